@@ -1,0 +1,104 @@
+"""The composition root: builds every client of one instance from its settings, once.
+
+`main.py` keeps one `App` per instance (built lazily on the first request); tests build their
+own with injected fakes or real loopback servers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from gateway import logs
+from gateway.carto import CartoClient, ClientCredentials, StaticToken, TokenSource
+from gateway.errors import ConfigError
+from gateway.events import Publisher, PubSubPublisher, event_source
+from gateway.intake import Intake
+from gateway.ledger import Ledger, open_ledger
+from gateway.poller import Clock, Poller, Schedule
+from gateway.settings import Secret, Settings
+from gateway.sweeper import Sweeper
+from gateway.workflows import Registry, load_registry
+
+
+@dataclass
+class App:
+    """Everything one instance needs, wired together."""
+
+    settings: Settings
+    registry: Registry
+    carto: CartoClient
+    ledger: Ledger
+    publisher: Publisher
+    intake: Intake
+    poller: Poller
+    sweeper: Sweeper
+    clock: Clock
+
+    @classmethod
+    def build(cls, settings: Settings, *, registry: Registry | None = None, session: requests.Session | None = None,
+              ledger: Ledger | None = None, publisher: Publisher | None = None, clock: Clock | None = None,
+              id_token_verifier: Any = None) -> App:
+        """Wire an instance; every client may be injected."""
+        clock = clock or Clock(time.time, time.sleep)
+        registry = registry or load_registry(settings.schemas_dir, settings.env, id_token_verifier=id_token_verifier)
+        _check_carto_settings(settings, registry)
+        session = session or _session()
+        carto = CartoClient(session, _tokens(settings, session, clock.now), timeout_s=settings.carto_timeout_s,
+                            sleep=clock.sleep, workflow_tokens=_workflow_tokens(settings, registry))
+        ledger = ledger or open_ledger(settings.ledger, project=settings.project)
+        publisher = publisher or PubSubPublisher(settings.project)
+        intake = Intake(carto=carto, ledger=ledger, publisher=publisher, jobs_topic=settings.jobs_topic,
+                        default_base_url=settings.carto_api_base_url, retention_s=settings.retention_s,
+                        clock=clock.now)
+        poller = Poller(carto=carto, ledger=ledger, publisher=publisher, events_topic=settings.events_topic,
+                        source=event_source(settings.project), clock=clock,
+                        schedule=Schedule(settings.poll_first_s, settings.poll_factor), inline_s=settings.poll_inline_s)
+        sweeper = Sweeper(ledger=ledger, intake=intake, poller=poller, clock=clock.now, grace_s=settings.sweep_grace_s)
+        return cls(settings, registry, carto, ledger, publisher, intake, poller, sweeper, clock)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> App:
+        settings = Settings.from_env(env)
+        logs.configure(settings.project)
+        return cls.build(settings)
+
+
+def _session() -> requests.Session:
+    session = requests.Session()
+    # Retries are ours (gateway.carto); the pool is sized for gunicorn's threads.
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=32, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def _tokens(settings: Settings, session: requests.Session, now: Callable[[], float]) -> TokenSource:
+    if settings.carto_api_token is not None:
+        return StaticToken(settings.carto_api_token)
+    if settings.carto_client_id and settings.carto_client_secret:
+        return ClientCredentials(session, settings.carto_auth_url, settings.carto_client_id,
+                                 settings.carto_client_secret, clock=now)
+    raise ConfigError("set CARTO_API_TOKEN, or CARTO_CLIENT_ID and CARTO_CLIENT_SECRET")
+
+
+def _workflow_tokens(settings: Settings, registry: Registry) -> dict[str, TokenSource]:
+    """Workflows whose `carto.token` names their own token variable (resolved once, kept as a Secret)."""
+    tokens: dict[str, TokenSource] = {}
+    for workflow in registry.workflows.values():
+        if workflow.token_env:
+            value = settings.env.get(workflow.token_env)
+            if not value:
+                raise ConfigError(f"workflow {workflow.name}: environment variable {workflow.token_env} is not set")
+            tokens[workflow.name] = StaticToken(Secret(value))
+    return tokens
+
+
+def _check_carto_settings(settings: Settings, registry: Registry) -> None:
+    missing = [w.name for w in registry.workflows.values() if not (w.api_base_url or settings.carto_api_base_url)]
+    if missing:
+        raise ConfigError(f"CARTO_API_BASE_URL is not set and workflows {', '.join(missing)} do not set carto.api_base_url")

@@ -1,0 +1,270 @@
+"""Client for CARTO's SQL job API (DESIGN §1), and the pure rules that read a job's state.
+
+    POST   {base}/v3/sql/{connection}/job            {"query", "queryParameters"} -> {"externalId", ..., "token"}
+    GET    {base}/v3/sql/{connection}/job/{id}       -> {"status": {"state": ...}, "errorResult": {...}?}
+    DELETE {base}/v3/sql/{connection}/job/{id}       cancel
+    GET    {base}/v3/sql/jobs                         list
+
+CARTO echoes the bearer token in its answers: every body is passed through `strip_secrets`
+before anything else sees it. Retries follow requests' own advice on `max_retries`: only what
+cannot have been applied twice is retried — a refused connection, or a 429/503 answer, which
+means the request was not acted on. A POST whose fate is unknown (reset or timeout after it was
+sent) is reported as `SubmitOutcomeUnknown`, never retried blindly: the ledger and the sweeper
+reconcile it with CARTO's job list.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Protocol
+
+import requests
+
+from gateway.errors import CartoUnavailable, NotFound, UpstreamRejected
+from gateway.settings import Secret
+
+SUCCEEDED, FAILED, TIMED_OUT, CANCELLED = "SUCCEEDED", "FAILED", "TIMED_OUT", "CANCELLED"
+OUTCOMES = (SUCCEEDED, FAILED, TIMED_OUT, CANCELLED)
+
+# Other warehouses report other words for the same states; compare case-insensitively.
+_RUNNING = {"pending", "running", "queued", "submitted", "started", "executing", "in_progress", "created", "scheduled"}
+_SUCCEEDED = {"done", "success", "succeeded", "successful", "complete", "completed", "finished", "finished_with_success"}
+_FAILED = {"failed", "failure", "error", "errored", "aborted", "finished_with_error"}
+_CANCELLED = {"cancelled", "canceled", "cancelling", "canceling", "killed"}
+_SECRET_KEYS = {"token", "access_token", "accesstoken", "apikey", "api_key", "authorization", "client_secret"}
+MAX_RETRY_WAIT_S = 5.0
+
+
+class SubmitOutcomeUnknown(CartoUnavailable):
+    """The job POST may or may not have reached CARTO (reset or timeout after sending)."""
+
+    code = "carto-outcome-unknown"
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """What CARTO says of one job; `outcome` is None while it is not over."""
+
+    job_id: str
+    state: str | None
+    outcome: str | None
+    error: dict[str, Any] | None
+
+
+def strip_secrets(value: Any) -> Any:
+    """A copy of a CARTO answer without the echoed token (or any other credential-named field)."""
+    if isinstance(value, dict):
+        return {k: strip_secrets(v) for k, v in value.items() if str(k).lower() not in _SECRET_KEYS}
+    if isinstance(value, list):
+        return [strip_secrets(v) for v in value]
+    return value
+
+
+def parse_status(job_id: str, body: Mapping[str, Any]) -> JobStatus:
+    """Apply DESIGN §1's terminal-state rules to a job body, tolerant of other warehouses' words."""
+    status = body.get("status")
+    raw = status.get("state") if isinstance(status, Mapping) else status
+    if raw is None:
+        raw = body.get("state")
+    state = str(raw) if raw is not None else None
+    error = _error_of(body, status)
+    word = (state or "").strip().lower()
+    if word in _CANCELLED:
+        return JobStatus(job_id, state, CANCELLED, error)
+    if word in _FAILED or (word in _SUCCEEDED and error is not None):
+        return JobStatus(job_id, state, FAILED, error or {"reason": None, "location": None, "message": state})
+    if word in _SUCCEEDED:
+        return JobStatus(job_id, state, SUCCEEDED, None)
+    return JobStatus(job_id, state, None, None)
+
+
+def _error_of(body: Mapping[str, Any], status: Any) -> dict[str, Any] | None:
+    error = body.get("errorResult")
+    if error is None and isinstance(status, Mapping):
+        error = status.get("errorResult")
+    if not error:
+        return None
+    if not isinstance(error, Mapping):
+        return {"reason": None, "location": None, "message": str(error)}
+    return {
+        "reason": _str_or_none(error.get("reason")),
+        "location": _str_or_none(error.get("location")),
+        "message": str(error.get("message") or error.get("reason") or "job failed"),
+    }
+
+
+def _str_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+class TokenSource(Protocol):
+    """Gives the bearer token for the next CARTO call."""
+
+    def token(self) -> str: ...
+
+
+@dataclass
+class StaticToken:
+    """A long-lived API access token from the environment."""
+
+    secret: Secret
+
+    def token(self) -> str:
+        return self.secret.reveal()
+
+
+class ClientCredentials:
+    """OAuth client-credentials token for CARTO M2M clients, refreshed a minute before it expires."""
+
+    REFRESH_MARGIN_S = 60.0
+
+    def __init__(self, session: requests.Session, url: str, client_id: str, client_secret: Secret,
+                 *, clock: Callable[[], float] = time.time, timeout_s: float = 10.0):
+        self._session, self._url, self._client_id = session, url, client_id
+        self._client_secret, self._clock, self._timeout_s = client_secret, clock, timeout_s
+        self._token: str | None = None
+        self._expires_at = 0.0
+
+    def __repr__(self) -> str:
+        return f"ClientCredentials(client_id={self._client_id!r})"
+
+    def token(self) -> str:
+        if self._token is None or self._clock() >= self._expires_at - self.REFRESH_MARGIN_S:
+            self._refresh()
+        assert self._token is not None
+        return self._token
+
+    def _refresh(self) -> None:
+        form = {"grant_type": "client_credentials", "client_id": self._client_id,
+                "client_secret": self._client_secret.reveal(), "audience": "carto-cloud-native-api"}
+        try:
+            answer = self._session.post(self._url, data=form, timeout=self._timeout_s)
+        except requests.RequestException:
+            raise CartoUnavailable("CARTO's token endpoint is unreachable") from None
+        if answer.status_code >= 500 or answer.status_code == 429:
+            raise CartoUnavailable(f"CARTO's token endpoint answered {answer.status_code}")
+        try:
+            body = answer.json()
+            token, lifetime = body["access_token"], float(body.get("expires_in", 3600))
+        except (ValueError, KeyError, TypeError):
+            raise UpstreamRejected(f"CARTO's token endpoint refused the client ({answer.status_code})") from None
+        self._token, self._expires_at = str(token), self._clock() + lifetime
+
+
+class CartoClient:
+    """The four calls of CARTO's SQL job API, with timeouts and honest retries."""
+
+    def __init__(self, session: requests.Session, tokens: TokenSource, *, timeout_s: float = 30.0,
+                 connect_timeout_s: float = 5.0, attempts: int = 3, sleep: Callable[[float], None] = time.sleep,
+                 workflow_tokens: Mapping[str, TokenSource] | None = None):
+        self._session, self._tokens = session, tokens
+        self._workflow_tokens = dict(workflow_tokens or {})
+        self._timeout = (connect_timeout_s, timeout_s)
+        self._attempts, self._sleep = attempts, sleep
+
+    def submit(self, base_url: str, connection: str, query: str, parameters: Mapping[str, Any], *,
+               workflow: str | None = None) -> str:
+        """Create the job; return its id. CartoUnavailable: safe to retry; UpstreamRejected: it never will work."""
+        body = self._call("POST", f"{base_url}/v3/sql/{connection}/job", workflow,
+                          json_body={"query": query, "queryParameters": dict(parameters)})
+        job_id = body.get("externalId") or body.get("jobId") or body.get("id")
+        if not job_id:
+            raise UpstreamRejected("CARTO accepted the job but returned no externalId")
+        return str(job_id)
+
+    def status(self, base_url: str, connection: str, job_id: str, *, workflow: str | None = None) -> JobStatus:
+        body = self._call("GET", f"{base_url}/v3/sql/{connection}/job/{job_id}", workflow)
+        return parse_status(job_id, body)
+
+    def cancel(self, base_url: str, connection: str, job_id: str, *, workflow: str | None = None) -> None:
+        self._call("DELETE", f"{base_url}/v3/sql/{connection}/job/{job_id}", workflow)
+
+    def list_jobs(self, base_url: str, *, workflow: str | None = None) -> list[dict[str, Any]]:
+        body = self._call("GET", f"{base_url}/v3/sql/jobs", workflow)
+        jobs = body.get("jobs", body.get("rows", body)) if isinstance(body, dict) else body
+        return [j for j in jobs if isinstance(j, dict)] if isinstance(jobs, list) else []
+
+    def _call(self, method: str, url: str, workflow: str | None, *, json_body: Any = None) -> Any:
+        tokens = self._workflow_tokens.get(workflow or "", self._tokens)
+        for attempt in range(1, self._attempts + 1):
+            wait = self._attempt(method, url, tokens, json_body, last=attempt == self._attempts)
+            if not isinstance(wait, float):
+                return wait.body
+            self._sleep(wait)
+        raise AssertionError("unreachable")
+
+    def _attempt(self, method: str, url: str, tokens: TokenSource, json_body: Any, *, last: bool) -> Any:
+        headers = {"Authorization": f"Bearer {tokens.token()}", "Accept": "application/json"}
+        try:
+            answer = self._session.request(method, url, json=json_body, headers=headers, timeout=self._timeout)
+        except requests.RequestException as exc:
+            if _never_connected(exc):
+                if last:
+                    raise CartoUnavailable(f"CARTO is unreachable ({type(exc).__name__})") from None
+                return 0.5
+            # The request may have been read and applied: never repeat a POST here.
+            if method == "POST":
+                raise SubmitOutcomeUnknown(f"CARTO did not answer the job request ({type(exc).__name__})") from None
+            if last:
+                raise CartoUnavailable(f"CARTO did not answer ({type(exc).__name__})") from None
+            return 0.5
+        return self._judge(method, answer, last=last)
+
+    def _judge(self, method: str, answer: requests.Response, *, last: bool) -> Any:
+        status = answer.status_code
+        if status in (429, 503):
+            retry_after = _retry_after(answer.headers.get("Retry-After"))
+            if last or retry_after > MAX_RETRY_WAIT_S:
+                raise CartoUnavailable(f"CARTO answered {status}", retry_after=max(1, round(retry_after)))
+            return float(retry_after)
+        if status in (500, 502, 504):
+            if method == "POST":
+                raise SubmitOutcomeUnknown(f"CARTO answered {status} to the job request")
+            if last:
+                raise CartoUnavailable(f"CARTO answered {status}")
+            return 1.0
+        if status == 404:
+            raise NotFound("CARTO does not know this job")
+        if status >= 400:
+            raise UpstreamRejected(f"CARTO refused the request ({status}): {_message(answer)}")
+        return _Answer(_json(answer))
+
+
+@dataclass(frozen=True)
+class _Answer:
+    body: Any
+
+
+def _never_connected(exc: requests.RequestException) -> bool:
+    """True when the TCP connection was never established, so the request cannot have been read."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    if not isinstance(exc, requests.ConnectionError):
+        return False
+    text = repr(exc.args[0]) if exc.args else ""
+    return "NewConnectionError" in text or "Connection refused" in text or "Failed to establish" in text
+
+
+def _retry_after(value: str | None) -> float:
+    try:
+        return max(0.0, float(value)) if value else 1.0
+    except ValueError:
+        return 1.0
+
+
+def _json(answer: requests.Response) -> Any:
+    try:
+        return strip_secrets(answer.json())
+    except ValueError:
+        raise UpstreamRejected(f"CARTO answered {answer.status_code} with a body that is not JSON") from None
+
+
+def _message(answer: requests.Response) -> str:
+    try:
+        body = strip_secrets(answer.json())
+    except ValueError:
+        return answer.text[:200]
+    if isinstance(body, dict):
+        return str(body.get("error") or body.get("message") or body.get("detail") or "")[:300]
+    return str(body)[:300]

@@ -1,0 +1,168 @@
+"""The command line (DESIGN §10): check, render, sign, send, openapi, events, sandbox, dev."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from gateway.errors import ConfigError, GatewayError
+
+DEFAULT_WEBHOOK_URL = "http://127.0.0.1:8080"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one verb; exit status 0 on success, 1 on a problem it reports, 2 on bad usage."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "sandbox":
+        from gateway.sandbox import main as sandbox_main
+
+        return sandbox_main(argv[1:])
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except (ConfigError, GatewayError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__)
+    parser.add_argument("--schemas", default=os.environ.get("GATEWAY_SCHEMAS_DIR", "schemas"),
+                        help="schemas directory (GATEWAY_SCHEMAS_DIR, default: schemas)")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    check = verbs.add_parser("check", help="lint every workflow file")
+    check.set_defaults(run=_check)
+
+    render = verbs.add_parser("render", help="print the CALL and typed parameters for a payload")
+    render.add_argument("workflow")
+    render.add_argument("file", type=Path)
+    render.set_defaults(run=_render)
+
+    sign = verbs.add_parser("sign", help="print headers that authenticate FILE for WORKFLOW")
+    sign.add_argument("workflow")
+    sign.add_argument("file", type=Path)
+    sign.set_defaults(run=_sign)
+
+    send = verbs.add_parser("send", help="sign FILE and POST it to the webhook")
+    send.add_argument("workflow")
+    send.add_argument("file", type=Path)
+    send.add_argument("--url", default=os.environ.get("GATEWAY_URL", DEFAULT_WEBHOOK_URL))
+    send.add_argument("--delivery-id", help="idempotency / delivery id (default: a new one)")
+    send.set_defaults(run=_send)
+
+    openapi = verbs.add_parser("openapi", help="print the OpenAPI 3.1 document")
+    openapi.set_defaults(run=_openapi)
+
+    events = verbs.add_parser("events", help="print completion events as they arrive")
+    events.add_argument("--json", action="store_true", help="print raw JSON")
+    events.add_argument("--workflow")
+    events.add_argument("--outcome", choices=["SUCCEEDED", "FAILED", "TIMED_OUT", "CANCELLED"])
+    events.add_argument("--subscription", help="existing subscription to read (default: a new one)")
+    events.add_argument("--max", type=int, default=0, help="stop after N events (0: run until Ctrl-C)")
+    events.set_defaults(run=_events)
+
+    dev = verbs.add_parser("dev", help="run the whole stack locally")
+    dev.add_argument("--webhook-port", type=int, default=8080)
+    dev.add_argument("--poll-port", type=int, default=8081)
+    dev.add_argument("--sandbox-port", type=int, default=8090)
+    dev.add_argument("--pubsub-port", type=int, default=8085)
+    dev.set_defaults(run=_dev)
+
+    verbs.add_parser("sandbox", help="run the local CARTO job API alone (--port N)")
+    return parser
+
+
+def _registry(args: argparse.Namespace, *, require_secrets: bool = True) -> Any:
+    from gateway.workflows import load_registry
+
+    return load_registry(args.schemas, os.environ, require_secrets=require_secrets)
+
+
+def _workflow(args: argparse.Namespace, **kw: Any) -> Any:
+    registry = _registry(args, **kw)
+    workflow = registry.get(args.workflow)
+    if workflow is None:
+        raise ConfigError(f"no workflow named {args.workflow} in {args.schemas}/workflows "
+                          f"(have: {', '.join(sorted(registry.workflows)) or 'none'})")
+    return workflow
+
+
+def _check(args: argparse.Namespace) -> int:
+    from gateway.lint import lint
+
+    registry = _registry(args, require_secrets=False)
+    problems = lint(registry)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    for name in sorted(registry.workflows):
+        print(f"ok  {name}" if not any(p.startswith(f"{name}:") for p in problems) else f"bad {name}")
+    return 1 if problems else 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    from gateway.http import parse_json
+    from gateway.intake import render
+
+    workflow = _workflow(args, require_secrets=False)
+    payload = parse_json(args.file.read_bytes(), "application/json")
+    try:
+        rendered = render(workflow, payload, {})
+    except GatewayError as exc:
+        print(json.dumps(exc.problem(), indent=2), file=sys.stderr)
+        return 1
+    print(json.dumps({"query": rendered.query, "queryParameters": rendered.parameters}, indent=2))
+    return 0
+
+
+def _signed_headers(args: argparse.Namespace, body: bytes) -> dict[str, str]:
+    import uuid
+
+    workflow = _workflow(args)
+    if not workflow.schemes:
+        raise ConfigError(f"workflow {workflow.name} has no auth scheme to sign with")
+    delivery_id = getattr(args, "delivery_id", None) or f"msg_{uuid.uuid4().hex}"
+    headers = workflow.schemes[0].sign(body, time.time(), delivery_id)
+    return {"Content-Type": "application/json", **headers}
+
+
+def _sign(args: argparse.Namespace) -> int:
+    body = args.file.read_bytes()
+    for name, value in _signed_headers(args, body).items():
+        print(f"{name}: {value}")
+    return 0
+
+
+def _send(args: argparse.Namespace) -> int:
+    import requests
+
+    body = args.file.read_bytes()
+    headers = _signed_headers(args, body)
+    answer = requests.post(f"{args.url.rstrip('/')}/hooks/{args.workflow}", data=body, headers=headers, timeout=60)
+    print(f"HTTP {answer.status_code}")
+    print(answer.text)
+    return 0 if answer.status_code < 400 else 1
+
+
+def _openapi(args: argparse.Namespace) -> int:
+    from gateway.openapi import document
+
+    print(json.dumps(document(_registry(args, require_secrets=False)), indent=2))
+    return 0
+
+
+def _events(args: argparse.Namespace) -> int:
+    from gateway.watch import watch
+
+    return watch(args)
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from gateway.devstack import run
+
+    return run(args)

@@ -1,0 +1,210 @@
+"""The whole stack on one machine (DESIGN §10): Pub/Sub emulator, local CARTO job API, `webhook` and
+`poll` under functions-framework, topics and a push subscription wired up.
+
+`LocalStack` is also what the integration tests, benchmarks and the soak run start. Dev-only:
+kept out of the deployed source by .gcloudignore.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from gateway import emulators
+
+ROOT = Path(__file__).resolve().parent.parent
+DEV_SECRET = "whsec_ZGV2LXNlY3JldC1ub3QtZm9yLXByb2R1Y3Rpb24tdXNl"  # base64("dev-secret-not-for-production-use")
+DEV_TOKEN = "dev-carto-token"
+
+
+@dataclass
+class LocalStack:
+    """Start with `start()`, stop with `stop()`; ports of 0 are chosen free."""
+
+    state_dir: Path
+    project: str = "local-project"
+    schemas_dir: Path = ROOT / "schemas"
+    webhook_port: int = 0
+    poll_port: int = 0
+    submit_port: int | None = None
+    sandbox_port: int = 0
+    pubsub_port: int = 0
+    pubsub_host: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    sandbox_duration_s: float = 1.0
+    sandbox_procedures: Mapping[str, Any] | None = None
+    log_dir: Path | None = None
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    sandbox: Any = None
+    pubsub: emulators.Emulator | None = None
+
+    def start(self) -> LocalStack:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir = self.log_dir or self.state_dir
+        try:
+            self._start_pubsub()
+            self._start_sandbox()
+            self._start_functions()
+            self._wire_topics()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    @property
+    def topics(self) -> dict[str, str]:
+        env = self.function_env()
+        return {"jobs": env["GATEWAY_JOBS_TOPIC"], "events": env["GATEWAY_EVENTS_TOPIC"],
+                "requests": env["GATEWAY_REQUESTS_TOPIC"]}
+
+    def url(self, name: str) -> str:
+        port = {"webhook": self.webhook_port, "poll": self.poll_port, "submit": self.submit_port}[name]
+        return f"http://127.0.0.1:{port}"
+
+    def function_env(self) -> dict[str, str]:
+        """The environment of the function processes: the caller's settings over the stack's defaults."""
+        base = {
+            "GOOGLE_CLOUD_PROJECT": self.project,
+            "GATEWAY_SCHEMAS_DIR": str(self.schemas_dir),
+            "CARTO_API_BASE_URL": self.sandbox.url if self.sandbox else "",
+            "CARTO_API_TOKEN": DEV_TOKEN,
+            "GATEWAY_LEDGER": f"sqlite:///{self.state_dir / 'ledger.sqlite3'}",
+            "GATEWAY_JOBS_TOPIC": "workflow-jobs",
+            "GATEWAY_EVENTS_TOPIC": "workflow-job-events",
+            "GATEWAY_REQUESTS_TOPIC": "workflow-requests",
+            "STORE_CLUSTERS_SECRETS": DEV_SECRET,
+        }
+        merged = {**base, **{k: v for k, v in self.env.items()}}
+        if self.pubsub_host:
+            merged["PUBSUB_EMULATOR_HOST"] = self.pubsub_host
+        return merged
+
+    def _start_pubsub(self) -> None:
+        if self.pubsub_host is None:
+            self.pubsub = emulators.Emulator.start("pubsub", self.pubsub_port or None, project=self.project,
+                                                   log_dir=self.log_dir)
+            self.pubsub_host = self.pubsub.host
+        os.environ["PUBSUB_EMULATOR_HOST"] = self.pubsub_host
+
+    def _start_sandbox(self) -> None:
+        from gateway.sandbox import load_procedures, serve
+        from gateway.sandbox.procedures import apply_overrides
+
+        procedures = load_procedures(str(self.schemas_dir), None)
+        if self.sandbox_procedures:
+            procedures = apply_overrides(procedures or {}, self.sandbox_procedures)
+        token = self.function_env()["CARTO_API_TOKEN"]
+        self.sandbox = serve(self.sandbox_port, token=token, procedures=procedures,
+                             db_path=str(self.state_dir / "sandbox.sqlite3"),
+                             default_duration_s=self.sandbox_duration_s)
+        self.sandbox_port = self.sandbox.port
+
+    def _start_functions(self) -> None:
+        self.webhook_port = self.webhook_port or emulators.free_port()
+        self.poll_port = self.poll_port or emulators.free_port()
+        targets = {"webhook": (self.webhook_port, "http"), "poll": (self.poll_port, "cloudevent")}
+        if self.submit_port is not None:
+            self.submit_port = self.submit_port or emulators.free_port()
+            targets["submit"] = (self.submit_port, "cloudevent")
+        for target, (port, signature) in targets.items():
+            self.processes[target] = self._function(target, port, signature)
+        for target, (port, _) in targets.items():
+            emulators.wait_for_port(port, 60, self.processes[target])
+
+    def _function(self, target: str, port: int, signature: str) -> subprocess.Popen:
+        env = {**os.environ, **self.function_env()}
+        args = [sys.executable, "-m", "functions_framework", "--target", target, "--source", str(ROOT / "main.py"),
+                "--signature-type", signature, "--host", "127.0.0.1", "--port", str(port)]
+        assert self.log_dir is not None
+        log = open(self.log_dir / f"{target}.log", "ab")
+        return subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def _wire_topics(self) -> None:
+        topics = self.topics
+        push = {"poll-push": f"{topics['jobs']} {self.url('poll')}/"}
+        if self.submit_port:
+            push["submit-push"] = f"{topics['requests']} {self.url('submit')}/"
+        emulators.ensure_topics(self.project, list(topics.values()), push=push)
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            _terminate(process)
+        self.processes.clear()
+        if self.sandbox is not None:
+            self.sandbox.stop()
+            self.sandbox = None
+        if self.pubsub is not None:
+            self.pubsub.stop()
+            self.pubsub = None
+
+
+def _terminate(process: subprocess.Popen) -> None:
+    import signal
+
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def run(args: Any) -> int:
+    """`python -m gateway dev`: start everything, print how to send a webhook, sweep until Ctrl-C."""
+    try:
+        emulators.find("pubsub")
+    except emulators.EmulatorMissing as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    env = {k: v for k, v in os.environ.items() if k.startswith(("GATEWAY_", "CARTO_")) or k.endswith("_SECRETS")}
+    stack = LocalStack(state_dir=ROOT / ".state", project=os.environ.get("GOOGLE_CLOUD_PROJECT", "local-project"),
+                       schemas_dir=Path(os.environ.get("GATEWAY_SCHEMAS_DIR", ROOT / "schemas")),
+                       webhook_port=args.webhook_port, poll_port=args.poll_port, sandbox_port=args.sandbox_port,
+                       pubsub_port=args.pubsub_port, env=env)
+    stack.start()
+    try:
+        _print_banner(stack)
+        _sweep_forever(stack)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.stop()
+    return 0
+
+
+def _print_banner(stack: LocalStack) -> None:
+    env = stack.function_env()
+    print(f"""
+Local stack is up (logs in {stack.log_dir}):
+  webhook   {stack.url('webhook')}      (functions-framework, target webhook)
+  poll      {stack.url('poll')}      (push subscription poll-push on {env['GATEWAY_JOBS_TOPIC']})
+  CARTO     {stack.sandbox.url}      (local CARTO job API)
+  Pub/Sub   {stack.pubsub_host}       (emulator, project {stack.project})
+
+In another terminal, send a signed webhook and watch its completion event:
+  export PUBSUB_EMULATOR_HOST={stack.pubsub_host} GOOGLE_CLOUD_PROJECT={stack.project} STORE_CLUSTERS_SECRETS={env['STORE_CLUSTERS_SECRETS']}
+  .venv/bin/python -m gateway events &
+  .venv/bin/python -m gateway send store-clusters examples/store-clusters.json --url {stack.url('webhook')}
+Ctrl-C stops everything.""", flush=True)
+
+
+def _sweep_forever(stack: LocalStack, every_s: float = 30.0) -> None:
+    """Stand in for Cloud Scheduler: run the sweeper every `every_s` seconds."""
+    from gateway.app import App
+
+    app = App.from_env({**os.environ, **stack.function_env()})
+    stop = threading.Event()
+    while not stop.wait(every_s):
+        report = app.sweeper.sweep()
+        if any(v for v in report.as_dict().values()):
+            print(f"sweep: {report.as_dict()}", flush=True)

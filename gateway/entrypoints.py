@@ -1,0 +1,87 @@
+"""What each Cloud Function does with its trigger, given the instance's `App`.
+
+Pub/Sub-triggered functions ack by returning and nack by raising: a poison message (one that can
+never succeed) is logged and acked, never looped forever; anything that may succeed later raises.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from typing import Any, Mapping
+
+import flask
+
+from gateway import http, logs
+from gateway.app import App
+from gateway.errors import GatewayError, Unavailable, DeliveryInFlight
+from gateway.events import PoisonMessage, attributes_of, parse_tracking
+from gateway.intake import Inbound, idempotency_key
+
+log = logging.getLogger("gateway.entrypoints")
+
+
+def webhook(app: App, request: flask.Request) -> http.Response:
+    return http.handle(app, request)
+
+
+def pubsub_message(cloud_event: Any) -> tuple[bytes, dict[str, str], str | None]:
+    """(data, attributes, message id) of the Pub/Sub message inside a CloudEvent; PoisonMessage if none."""
+    data = cloud_event.data if hasattr(cloud_event, "data") else cloud_event
+    message = data.get("message") if isinstance(data, Mapping) else None
+    if not isinstance(message, Mapping):
+        raise PoisonMessage("the event carries no Pub/Sub message")
+    try:
+        payload = base64.b64decode(message.get("data") or "", validate=True)
+    except (binascii.Error, ValueError, TypeError):
+        raise PoisonMessage("the message data is not base64") from None
+    message_id = message.get("messageId") or message.get("message_id")
+    return payload, attributes_of(message), str(message_id) if message_id else None
+
+
+def poll(app: App, cloud_event: Any) -> None:
+    """Follow one job; raising makes Pub/Sub redeliver (job still running, or a dependency down)."""
+    try:
+        data, _, _ = pubsub_message(cloud_event)
+        tracking = parse_tracking(data)
+    except PoisonMessage as exc:
+        log.error("poison tracking message acked: %s", exc.detail)
+        return
+    token = logs.bind(workflow=tracking.workflow, job_id=tracking.job_id, delivery_id=tracking.delivery_id,
+                      trace=tracking.trace)
+    try:
+        record = app.poller.handle(tracking)
+        if record is not None:
+            log.info("job finished", extra={"outcome": record.outcome})
+    finally:
+        logs.reset(token)
+
+
+def submit(app: App, cloud_event: Any) -> None:
+    """Run a workflow for another function: the webhook path minus the signature (IAM guards the topic)."""
+    try:
+        data, attributes, message_id = pubsub_message(cloud_event)
+        workflow = app.registry.get(attributes.get("workflow", ""))
+        if workflow is None:
+            raise PoisonMessage(f"unknown workflow {attributes.get('workflow')!r}")
+        payload = http.parse_json(data, "application/json")
+        key = attributes.get("idempotency_key") or idempotency_key(workflow, payload, attributes, None) or message_id
+        token = logs.bind(workflow=workflow.name, delivery_id=key)
+        try:
+            accepted = app.intake.accept(Inbound(workflow, data, payload, attributes, key, key))
+            log.info("request accepted", extra={"job_id": accepted.job_id})
+        finally:
+            logs.reset(token)
+    except (Unavailable, DeliveryInFlight):
+        raise  # may succeed later: let Pub/Sub redeliver
+    except GatewayError as exc:
+        log.error("request message refused and acked: %s (%s)", exc.detail, exc.code,
+                  extra={"status": exc.status})
+
+
+def sweep(app: App, request: flask.Request) -> http.Response:
+    report = app.sweeper.sweep()
+    log.info("sweep done: %s", json.dumps(report.as_dict()))
+    return json.dumps(report.as_dict()), 200, {"Content-Type": "application/json"}

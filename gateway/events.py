@@ -1,0 +1,174 @@
+"""Messages the gateway publishes: tracking messages for `poll`, completion CloudEvents (DESIGN §6).
+
+Completion events use the CloudEvents Pub/Sub protocol binding in binary mode: context attributes
+travel as `ce-` message attributes, the data is the JSON body
+(https://github.com/googleapis/google-cloudevents/blob/main/docs/spec/pubsub.md). `ce-id` is
+`{job_id}:{outcome}`, stable across redeliveries, so subscribers can de-duplicate.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Mapping, Protocol
+
+from gateway.carto import CANCELLED, FAILED, SUCCEEDED, TIMED_OUT
+from gateway.errors import GatewayError
+from gateway.ledger import Delivery
+
+EVENT_TYPES = {
+    SUCCEEDED: "com.carto.workflows.job.succeeded",
+    FAILED: "com.carto.workflows.job.failed",
+    TIMED_OUT: "com.carto.workflows.job.timed_out",
+    CANCELLED: "com.carto.workflows.job.cancelled",
+}
+
+
+@dataclass(frozen=True)
+class Message:
+    """A Pub/Sub message: bytes and string attributes."""
+
+    data: bytes
+    attributes: dict[str, str]
+
+
+class Publisher(Protocol):
+    """Publishes one message and waits until Pub/Sub has it; raises PublishUnavailable otherwise."""
+
+    def publish(self, topic: str, message: Message) -> str: ...
+
+
+class PoisonMessage(GatewayError):
+    """A tracking or request message that can never be processed; it is acked and logged."""
+
+    status, code, title = 400, "poison-message", "Message cannot be processed"
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """What `poll` needs to follow one job. Never the token."""
+
+    key: str
+    job_id: str
+    workflow: str
+    connection: str
+    api_base_url: str
+    submitted_at: float
+    deadline_at: float
+    delivery_id: str | None
+    trace: str | None
+
+
+def isoformat(timestamp: float) -> str:
+    """RFC 3339 in UTC with milliseconds, as CloudEvents and the event schema expect."""
+    moment = datetime.fromtimestamp(timestamp, tz=timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def tracking_message(delivery: Delivery) -> Message:
+    """The message that starts (or re-drives) polling of a submitted job."""
+    assert delivery.job_id is not None and delivery.submitted_at is not None and delivery.deadline_at is not None
+    body = Tracking(key=delivery.key, job_id=delivery.job_id, workflow=delivery.workflow,
+                    connection=delivery.connection, api_base_url=delivery.api_base_url,
+                    submitted_at=delivery.submitted_at, deadline_at=delivery.deadline_at,
+                    delivery_id=delivery.delivery_id, trace=delivery.trace)
+    return Message(json.dumps(body.__dict__).encode(),
+                   {"workflow": delivery.workflow, "job_id": delivery.job_id})
+
+
+def parse_tracking(data: bytes) -> Tracking:
+    """Read a tracking message; PoisonMessage when it is not one."""
+    try:
+        body = json.loads(data)
+        tracking = Tracking(**{name: body[name] for name in Tracking.__dataclass_fields__})
+        float(tracking.submitted_at), float(tracking.deadline_at)
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+        raise PoisonMessage(f"not a tracking message: {type(exc).__name__}") from None
+    if not all(isinstance(v, str) and v for v in (tracking.key, tracking.job_id, tracking.workflow,
+                                                   tracking.connection, tracking.api_base_url)):
+        raise PoisonMessage("not a tracking message: missing fields")
+    return tracking
+
+
+def completion_event(delivery: Delivery, *, source: str, now: float) -> Message:
+    """The one CloudEvent that says how a finished job ended."""
+    assert delivery.outcome in EVENT_TYPES and delivery.job_id and delivery.finished_at is not None
+    data = event_data(delivery)
+    attributes = {
+        "ce-specversion": "1.0",
+        "ce-id": f"{delivery.job_id}:{delivery.outcome}",
+        "ce-source": source,
+        "ce-type": EVENT_TYPES[delivery.outcome],
+        "ce-time": isoformat(delivery.finished_at),
+        "ce-subject": delivery.job_id,
+        "content-type": "application/json",
+        "workflow": delivery.workflow,
+        "outcome": delivery.outcome,
+        "job_id": delivery.job_id,
+    }
+    if delivery.trace:
+        attributes["trace"] = delivery.trace
+    return Message(json.dumps(data, separators=(",", ":")).encode(), attributes)
+
+
+def event_data(delivery: Delivery) -> dict[str, Any]:
+    """The event's data, valid against schemas/job-event.schema.json."""
+    submitted = delivery.submitted_at if delivery.submitted_at is not None else delivery.created_at
+    finished = delivery.finished_at if delivery.finished_at is not None else submitted
+    return {
+        "job_id": delivery.job_id,
+        "workflow": delivery.workflow,
+        "outcome": delivery.outcome,
+        "state": delivery.carto_state,
+        "error": delivery.error,
+        "delivery_id": delivery.delivery_id,
+        "trace": delivery.trace,
+        "submitted_at": isoformat(submitted),
+        "finished_at": isoformat(finished),
+        "duration_s": round(max(0.0, finished - submitted), 3),
+        "checks": delivery.checks,
+        "parameters": delivery.parameters,
+    }
+
+
+def event_source(project: str) -> str:
+    """The CloudEvents `source` of this deployment's events."""
+    return f"//carto-workflows-gateway/projects/{project}"
+
+
+class PubSubPublisher:
+    """google-cloud-pubsub publisher tuned for one message per request (no 10 ms batching wait)."""
+
+    def __init__(self, project: str, *, timeout_s: float = 10.0, client: Any = None):
+        self._project, self._timeout_s = project, timeout_s
+        self._client = client
+
+    def _publisher(self) -> Any:
+        if self._client is None:
+            # Imported here: google-cloud-pubsub costs more to import than the rest of the app.
+            from google.cloud import pubsub_v1
+
+            batch = pubsub_v1.types.BatchSettings(max_messages=1, max_latency=0.0)
+            self._client = pubsub_v1.PublisherClient(batch_settings=batch)
+        return self._client
+
+    def publish(self, topic: str, message: Message) -> str:
+        from gateway.errors import PublishUnavailable
+
+        client = self._publisher()
+        path = client.topic_path(self._project, topic)
+        try:
+            from google.api_core import retry as api_retry
+
+            retry = api_retry.Retry(initial=0.1, maximum=1.0, multiplier=2.0, timeout=self._timeout_s)
+            future = client.publish(path, message.data, retry=retry, timeout=self._timeout_s, **message.attributes)
+            return str(future.result(timeout=self._timeout_s * 1.5))
+        except Exception as exc:  # any client, transport or timeout error means "not published"
+            raise PublishUnavailable(f"publishing to {topic} failed ({type(exc).__name__})") from None
+
+
+def attributes_of(message: Mapping[str, Any]) -> dict[str, str]:
+    """Attributes of a Pub/Sub message as delivered inside a CloudEvent's data."""
+    attributes = message.get("attributes") or {}
+    return {str(k): str(v) for k, v in attributes.items()} if isinstance(attributes, Mapping) else {}

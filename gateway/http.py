@@ -1,0 +1,215 @@
+"""The HTTP surface of the `webhook` function (DESIGN §5): routing, body limits, strict JSON.
+
+Authentication runs on the raw body bytes before any parsing (STYLE 4); every failure is a
+GatewayError rendered once, as RFC 9457 problem+json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any, Callable
+
+import flask
+
+from gateway import logs
+from gateway.app import App
+from gateway.errors import (AuthenticationFailed, GatewayError, MalformedRequest, MethodNotAllowed, NotFound,
+                            PayloadTooLarge, UnsupportedMediaType)
+from gateway.intake import Inbound, idempotency_key, render
+from gateway.signatures import verify_request
+from gateway.workflows import Workflow
+
+log = logging.getLogger("gateway.http")
+_HOOK = re.compile(r"^/hooks/([a-z0-9][a-z0-9-]{0,62})(/validate)?/?$")
+_JOB = re.compile(r"^/jobs/([A-Za-z0-9_.:\-]{1,200})/?$")
+_JSON_TYPE = re.compile(r"^application/([a-z0-9.+-]*\+)?json\s*(;.*)?$", re.IGNORECASE)
+Response = tuple[str, int, dict[str, str]]
+
+
+def handle(app: App, request: flask.Request) -> Response:
+    """Answer one request; never raises, never 500s on bad input."""
+    token = logs.bind(route=request.path, trace=logs.trace_id(request.headers))
+    try:
+        response = _route(app, request)
+    except GatewayError as exc:
+        response = exc.response()
+    except Exception:  # a bug, not bad input: an honest 500, logged by type only (values may hold secrets)
+        log.exception("unhandled error")
+        response = GatewayError("internal error").response()
+    log.info("answered %s %s with %s", request.method, request.path, response[1], extra={"status": response[1]})
+    logs.reset(token)
+    return response
+
+
+def _route(app: App, request: flask.Request) -> Response:
+    path = request.path
+    if path in ("/healthz", "/"):
+        return _only(request, "GET", lambda: _json({"status": "ok", "workflows": sorted(app.registry.workflows)}))
+    if path == "/openapi.json":
+        return _only(request, "GET", lambda: _json(_openapi(app)))
+    hook = _HOOK.match(path)
+    if hook:
+        workflow = _workflow(app, hook.group(1))
+        if hook.group(2):
+            return _only(request, "POST", lambda: _validate(app, workflow, request))
+        return _only(request, "POST", lambda: _webhook(app, workflow, request))
+    job = _JOB.match(path)
+    if job:
+        if request.method == "GET":
+            return _job_status(app, job.group(1), request)
+        if request.method == "DELETE":
+            return _job_cancel(app, job.group(1), request)
+        raise MethodNotAllowed(f"{request.method} is not allowed on {path}", headers={"Allow": "GET, DELETE"})
+    raise NotFound(f"no route {path}")
+
+
+def _only(request: flask.Request, method: str, answer: Callable[[], Response]) -> Response:
+    if request.method != method:
+        raise MethodNotAllowed(f"{request.method} is not allowed on {request.path}", headers={"Allow": method})
+    return answer()
+
+
+def _workflow(app: App, name: str) -> Workflow:
+    workflow = app.registry.get(name)
+    if workflow is None:
+        raise NotFound(f"no workflow named {name}")
+    return workflow
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return json.dumps(body), status, {"Content-Type": "application/json", **(headers or {})}
+
+
+def read_body(request: flask.Request, limit: int) -> bytes:
+    """The raw body, refused with 413 before buffering when it is (or turns out) over `limit` bytes."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise PayloadTooLarge(f"body of {length} bytes is over the limit of {limit} bytes")
+    stream = request.stream
+    chunks, size = [], 0
+    while True:
+        chunk = stream.read(min(65536, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
+    return b"".join(chunks)
+
+
+def parse_json(body: bytes, content_type: str | None) -> Any:
+    """Strict JSON (RFC 8259): UTF-8, no BOM, no NaN/Infinity, no duplicate keys, bounded depth."""
+    if not content_type or not _JSON_TYPE.match(content_type):
+        raise UnsupportedMediaType(f"expected Content-Type application/json, got {content_type or 'none'}")
+    if body.startswith(b"\xef\xbb\xbf"):
+        raise MalformedRequest("body starts with a byte order mark; send plain UTF-8 JSON")
+    try:
+        text = body.decode("utf-8")
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+    except UnicodeDecodeError as exc:
+        raise MalformedRequest(f"body is not valid UTF-8 (byte {exc.start})") from None
+    except RecursionError:
+        raise MalformedRequest("body is nested too deeply") from None
+    except ValueError as exc:
+        raise MalformedRequest(f"body is not valid JSON: {exc}") from None
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise ValueError(f"duplicate key {duplicate!r}")
+    return result
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _authenticated(app: App, workflow: Workflow, request: flask.Request, body: bytes):
+    try:
+        return verify_request(workflow.schemes, request.headers, body, app.clock.now())
+    except AuthenticationFailed:
+        raise
+    except GatewayError:
+        raise
+    except Exception:  # a verifier bug must not open the door nor crash: deny
+        log.exception("signature verification failed unexpectedly")
+        raise AuthenticationFailed("authentication failed") from None
+
+
+def _webhook(app: App, workflow: Workflow, request: flask.Request) -> Response:
+    body = read_body(request, app.settings.max_body_bytes)
+    verified = _authenticated(app, workflow, request, body)
+    payload = parse_json(body, request.content_type)
+    key = idempotency_key(workflow, payload, request.headers, verified.delivery_id)
+    logs.bind(workflow=workflow.name, delivery_id=verified.delivery_id or key)
+    inbound = Inbound(workflow, body, payload, request.headers, key, verified.delivery_id or key,
+                      logs.trace_id(request.headers))
+    accepted = app.intake.accept(inbound)
+    logs.bind(job_id=accepted.job_id)
+    status_url = f"/jobs/{accepted.job_id}"
+    status = 200 if accepted.duplicate else 202
+    return _json(accepted.as_dict(status_url), status, {"Location": status_url})
+
+
+def _validate(app: App, workflow: Workflow, request: flask.Request) -> Response:
+    body = read_body(request, app.settings.max_body_bytes)
+    _authenticated(app, workflow, request, body)
+    payload = parse_json(body, request.content_type)
+    rendered = render(workflow, payload, request.headers)
+    return _json({"query": rendered.query, "queryParameters": rendered.parameters})
+
+
+def _job_record(app: App, job_id: str, request: flask.Request):
+    record = app.ledger.find_job(job_id)
+    if record is None:
+        raise NotFound(f"no job {job_id}")
+    workflow = _workflow(app, record.workflow)
+    _authenticated(app, workflow, request, read_body(request, app.settings.max_body_bytes))
+    logs.bind(workflow=record.workflow, job_id=job_id, delivery_id=record.delivery_id)
+    return record
+
+
+def _job_status(app: App, job_id: str, request: flask.Request) -> Response:
+    record = _job_record(app, job_id, request)
+    live: dict[str, Any] | None = None
+    if record.outcome is None:
+        try:
+            status = app.carto.status(record.api_base_url, record.connection, job_id, workflow=record.workflow)
+            live = {"state": status.state, "outcome": status.outcome, "error": status.error}
+        except GatewayError as exc:
+            live = {"unavailable": exc.detail}
+    return _json(_record_view(record, live))
+
+
+def _job_cancel(app: App, job_id: str, request: flask.Request) -> Response:
+    record = _job_record(app, job_id, request)
+    if record.outcome is None:
+        app.carto.cancel(record.api_base_url, record.connection, job_id, workflow=record.workflow)
+        record = app.poller.cancelled(record, app.clock.now())
+    return _json(_record_view(record, None))
+
+
+def _record_view(record: Any, live: dict[str, Any] | None) -> dict[str, Any]:
+    from gateway.events import isoformat
+
+    view = {"job_id": record.job_id, "workflow": record.workflow, "state": record.state,
+            "outcome": record.outcome, "carto_state": record.carto_state, "error": record.error,
+            "delivery_id": record.delivery_id, "checks": record.checks, "parameters": record.parameters,
+            "submitted_at": isoformat(record.submitted_at) if record.submitted_at else None,
+            "finished_at": isoformat(record.finished_at) if record.finished_at else None,
+            "event_published": record.published}
+    if live is not None:
+        view["live"] = live
+    return view
+
+
+def _openapi(app: App) -> dict[str, Any]:
+    from gateway.openapi import document
+
+    return document(app.registry)

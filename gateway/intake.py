@@ -1,0 +1,216 @@
+"""Accepting a delivery: validate, map, claim, submit, track (DESIGN §2 and §7).
+
+Shared by the `webhook` (HTTP) and `submit` (Pub/Sub) entry points. The order of the steps is
+the guarantee: a claim before the job, the job id in the ledger before the 202, and every way
+out of the middle either releases the claim (nothing happened) or leaves a record the sweeper
+and the sender's retry can finish.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Mapping
+
+from gateway.carto import CartoClient, SubmitOutcomeUnknown
+from gateway.errors import (CartoUnavailable, DeliveryInFlight, FieldError, GatewayError, IdempotencyKeyReused,
+                            PublishUnavailable, Unavailable, Unprocessable, UpstreamRejected)
+from gateway.events import Publisher, tracking_message
+from gateway.ledger import CLAIMED, SUBMITTED, Delivery, Ledger
+from gateway.params import map_parameters, resolve_pointer, MISSING
+from gateway.workflows import Workflow
+
+log = logging.getLogger("gateway.intake")
+CLAIM_STALE_S = 90.0  # longer than one CARTO POST with its retries can take
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """What would be submitted for a payload: the CALL and its typed parameters."""
+
+    query: str
+    parameters: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """One delivery as the entry points hand it over, after authentication and parsing."""
+
+    workflow: Workflow
+    body: bytes
+    payload: Any
+    headers: Mapping[str, str]
+    idempotency_key: str | None
+    delivery_id: str | None
+    trace: str | None = None
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The answer to a delivery: its job, and whether it was a replay."""
+
+    job_id: str
+    workflow: str
+    delivery_id: str | None
+    duplicate: bool
+    key: str
+
+    def as_dict(self, status_url: str) -> dict[str, Any]:
+        return {"job_id": self.job_id, "workflow": self.workflow, "status_url": status_url,
+                "delivery_id": self.delivery_id, "duplicate": self.duplicate}
+
+
+def render(workflow: Workflow, payload: Any, headers: Mapping[str, str]) -> Rendered:
+    """Validate the payload against the workflow's schema and map it; Unprocessable lists every problem."""
+    errors = [FieldError(_pointer(e.instance_path), e.message) for e in workflow.validator.iter_errors(payload)]
+    try:
+        parameters = map_parameters(workflow.parameters, payload, headers)
+    except Unprocessable as exc:
+        errors.extend(e for e in exc.errors if e not in errors)
+        parameters = {}
+    if errors:
+        raise Unprocessable(f"{len(errors)} problem(s) in the payload for workflow {workflow.name}", errors=errors)
+    return Rendered(workflow.query, parameters)
+
+
+def _pointer(parts: list[Any]) -> str:
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts) or "/"
+
+
+def idempotency_key(workflow: Workflow, payload: Any, headers: Mapping[str, str],
+                    delivery_id: str | None) -> str | None:
+    """The key that makes retries of one delivery one job: configured header or pointer, else the
+    IETF `Idempotency-Key` header, else the sender's delivery id."""
+    if workflow.idempotency_header and headers.get(workflow.idempotency_header):
+        return headers.get(workflow.idempotency_header)
+    if workflow.idempotency_pointer:
+        value = resolve_pointer(payload, workflow.idempotency_pointer)
+        if value is not MISSING and value is not None and not isinstance(value, (dict, list)):
+            return str(value)
+    return headers.get("Idempotency-Key") or delivery_id
+
+
+def delivery_marker(key: str) -> str:
+    """A comment appended to the CALL so the job can be found in CARTO's job list after a crash."""
+    return f"/* carto-gateway:{hashlib.sha256(key.encode()).hexdigest()[:32]} */"
+
+
+class Intake:
+    """Turns inbound deliveries into CARTO jobs exactly once."""
+
+    def __init__(self, *, carto: CartoClient, ledger: Ledger, publisher: Publisher, jobs_topic: str,
+                 default_base_url: str | None, retention_s: int, clock: Callable[[], float]):
+        self.carto, self.ledger, self.publisher = carto, ledger, publisher
+        self.jobs_topic, self.default_base_url = jobs_topic, default_base_url
+        self.retention_s, self.clock = retention_s, clock
+
+    def accept(self, inbound: Inbound) -> Accepted:
+        """Validate, map, claim, submit and track one delivery; replays answer the original job."""
+        workflow = inbound.workflow
+        if workflow.paused:
+            raise Unavailable(f"workflow {workflow.name} is paused", retry_after=300)
+        rendered = render(workflow, inbound.payload, inbound.headers)
+        claim = self.ledger.claim(self._new_delivery(inbound, rendered))
+        if claim.created:
+            return self._submit(claim.delivery)
+        return self._replay(claim.delivery, _fingerprint(inbound.body))
+
+    def _new_delivery(self, inbound: Inbound, rendered: Rendered) -> Delivery:
+        now = self.clock()
+        key_part = inbound.idempotency_key or "anon-" + secrets.token_hex(16)
+        return Delivery(
+            key=f"{inbound.workflow.name}:{key_part}", workflow=inbound.workflow.name,
+            idempotency_key=key_part, fingerprint=_fingerprint(inbound.body),
+            claim_token=secrets.token_hex(16), created_at=now, updated_at=now,
+            expires_at=now + self.retention_s, delivery_id=inbound.delivery_id, trace=inbound.trace,
+            connection=inbound.workflow.connection, api_base_url=self.base_url(inbound.workflow),
+            query=rendered.query, parameters=rendered.parameters,
+            deadline_at=now + inbound.workflow.deadline_s)
+
+    def base_url(self, workflow: Workflow) -> str:
+        base = workflow.api_base_url or self.default_base_url
+        if not base:
+            raise Unavailable("no CARTO_API_BASE_URL configured for this workflow")
+        return base
+
+    def _submit(self, delivery: Delivery) -> Accepted:
+        query = f"{delivery.query}\n{delivery_marker(delivery.key)}"
+        try:
+            job_id = self.carto.submit(delivery.api_base_url, delivery.connection, query, delivery.parameters,
+                                       workflow=delivery.workflow)
+        except SubmitOutcomeUnknown:
+            # The job may exist: keep the claim, so neither a retry nor the sweeper submits it twice
+            # before reconciling with CARTO's job list.
+            log.warning("job submission outcome unknown", extra={"key": delivery.key})
+            raise
+        except (CartoUnavailable, UpstreamRejected, GatewayError):
+            self.ledger.release(delivery.key, delivery.claim_token)
+            raise
+        return self._record_job(delivery, job_id, duplicate=False)
+
+    def _record_job(self, delivery: Delivery, job_id: str, *, duplicate: bool) -> Accepted:
+        now = self.clock()
+        deadline = now + ((delivery.deadline_at or now) - delivery.created_at)
+        if not self.ledger.mark_submitted(delivery.key, delivery.claim_token, job_id, now, deadline, now):
+            # Another instance took the claim over meanwhile; it records and tracks the job.
+            raise DeliveryInFlight("the same delivery is being resumed elsewhere", retry_after=2)
+        submitted = replace(delivery, state=SUBMITTED, job_id=job_id, submitted_at=now, deadline_at=deadline)
+        self.track(submitted)
+        return Accepted(job_id, delivery.workflow, delivery.delivery_id, duplicate, delivery.key)
+
+    def track(self, delivery: Delivery) -> bool:
+        """Publish the tracking message; False (and a warning) when Pub/Sub is down: the sweeper re-drives."""
+        try:
+            self.publisher.publish(self.jobs_topic, tracking_message(delivery))
+        except PublishUnavailable:
+            log.warning("tracking message not published; the sweeper will re-drive it",
+                        extra={"key": delivery.key, "job_id": delivery.job_id})
+            return False
+        self.ledger.mark_tracked(delivery.key, self.clock())
+        return True
+
+    def _replay(self, existing: Delivery, fingerprint: str) -> Accepted:
+        if existing.fingerprint != fingerprint:
+            raise IdempotencyKeyReused(
+                "this idempotency key was already used with a different body",
+                errors=[FieldError("idempotency-key", "reused with a different body")])
+        if existing.state == CLAIMED:
+            return self._resume_claim(existing)
+        assert existing.job_id is not None
+        if existing.state == SUBMITTED:
+            self.track(existing)
+        return Accepted(existing.job_id, existing.workflow, existing.delivery_id, True, existing.key)
+
+    def _resume_claim(self, existing: Delivery) -> Accepted:
+        """A twin is in flight; if it has been silent too long, its instance died: reconcile and resume."""
+        now = self.clock()
+        if now - existing.updated_at < CLAIM_STALE_S:
+            raise DeliveryInFlight("the same delivery is still being processed", retry_after=2)
+        token = secrets.token_hex(16)
+        if not self.ledger.take_over(existing.key, existing.claim_token, token, now):
+            raise DeliveryInFlight("the same delivery is still being processed", retry_after=2)
+        mine = replace(existing, claim_token=token, updated_at=now)
+        job_id = self.find_submitted_job(mine)
+        if job_id is not None:
+            return self._record_job(mine, job_id, duplicate=True)
+        return self._submit(mine)
+
+    def adopt(self, delivery: Delivery, job_id: str) -> Accepted:
+        """Record a job found in CARTO's list for a claimed delivery, and start tracking it."""
+        return self._record_job(delivery, job_id, duplicate=True)
+
+    def find_submitted_job(self, delivery: Delivery) -> str | None:
+        """The id of the job CARTO ran for this delivery, found by its marker in CARTO's job list."""
+        marker = delivery_marker(delivery.key)
+        for job in self.carto.list_jobs(delivery.api_base_url, workflow=delivery.workflow):
+            if marker in str(job.get("query", "")):
+                job_id = job.get("externalId") or job.get("jobId") or job.get("id")
+                if job_id:
+                    return str(job_id)
+        return None
+
+
+def _fingerprint(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()

@@ -1,0 +1,263 @@
+"""The delivery ledger: exactly one job per delivery, no job without its completion event (DESIGN §7).
+
+A delivery moves  claimed → submitted(job_id) → tracked → finished(outcome) → published.
+`claim` is an atomic create-if-absent keyed by (workflow, idempotency key); the stored body
+fingerprint tells a replay from a conflict. `finish` is first-writer-wins, so a redelivered
+tracking message can never publish a second, different outcome.
+
+Two implementations share one contract (tests/test_ledger_contract.py): `SqliteLedger`, the
+embedded default, and `FirestoreLedger` (gateway/ledger_firestore.py) in the cloud.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable, Protocol
+
+from gateway.errors import ConfigError, LedgerUnavailable
+
+CLAIMED, SUBMITTED, TRACKED, FINISHED = "claimed", "submitted", "tracked", "finished"
+STATES = (CLAIMED, SUBMITTED, TRACKED, FINISHED)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One ledger record. Never holds a secret: parameters are the mapped queryParameters."""
+
+    key: str
+    workflow: str
+    idempotency_key: str
+    fingerprint: str
+    claim_token: str
+    created_at: float
+    expires_at: float
+    state: str = CLAIMED
+    updated_at: float = 0.0
+    delivery_id: str | None = None
+    trace: str | None = None
+    connection: str = ""
+    api_base_url: str = ""
+    query: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+    job_id: str | None = None
+    submitted_at: float | None = None
+    deadline_at: float | None = None
+    outcome: str | None = None
+    carto_state: str | None = None
+    error: dict[str, Any] | None = None
+    checks: int = 0
+    last_check_at: float | None = None
+    finished_at: float | None = None
+    published: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Delivery:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The answer of `claim`: whether this caller created the record, and the record as it stands."""
+
+    created: bool
+    delivery: Delivery
+
+
+class Ledger(Protocol):
+    """Where deliveries are recorded. Every method is atomic; none holds a secret."""
+
+    def claim(self, delivery: Delivery) -> Claim: ...
+    def get(self, key: str) -> Delivery | None: ...
+    def find_job(self, job_id: str) -> Delivery | None: ...
+    def release(self, key: str, claim_token: str) -> bool: ...
+    def take_over(self, key: str, claim_token: str, new_token: str, now: float) -> bool: ...
+    def mark_submitted(self, key: str, claim_token: str, job_id: str, submitted_at: float,
+                       deadline_at: float, now: float) -> bool: ...
+    def mark_tracked(self, key: str, now: float) -> None: ...
+    def finish(self, key: str, outcome: str, carto_state: str | None, error: dict[str, Any] | None,
+               checks: int, finished_at: float) -> Delivery: ...
+    def note_checks(self, key: str, checks: int, last_check_at: float) -> None: ...
+    def mark_published(self, key: str, now: float) -> None: ...
+    def stale(self, updated_before: float, limit: int = 100) -> list[Delivery]: ...
+    def close(self) -> None: ...
+
+
+def open_ledger(url: str, *, project: str | None = None) -> Ledger:
+    """The ledger named by GATEWAY_LEDGER: sqlite:///path or firestore://collection."""
+    if url.startswith("sqlite:///"):
+        return SqliteLedger(Path(url[len("sqlite:///"):]))
+    if url.startswith("firestore://"):
+        from gateway.ledger_firestore import FirestoreLedger
+
+        return FirestoreLedger.from_url(url, project=project)
+    raise ConfigError(f"GATEWAY_LEDGER must be sqlite:///PATH or firestore://COLLECTION, got {url!r}")
+
+
+_COLUMNS = tuple(Delivery.__dataclass_fields__)
+_JSON_COLUMNS = {"parameters", "error"}
+
+
+class SqliteLedger:
+    """The embedded ledger: one SQLite file, WAL mode, a connection per thread."""
+
+    def __init__(self, path: Path, *, busy_timeout_s: float = 5.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._busy_timeout_s = busy_timeout_s
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        with self._guard():
+            self._db.executescript(_SCHEMA)
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None,
+                                 check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.db = db
+            with self._lock:
+                self._connections.append(db)
+        return db
+
+    def _guard(self) -> _Guard:
+        return _Guard()
+
+    def claim(self, delivery: Delivery) -> Claim:
+        row = _to_row(replace(delivery, updated_at=delivery.created_at))
+        with self._guard():
+            cursor = self._db.execute(
+                f"INSERT INTO deliveries ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
+                "ON CONFLICT(key) DO NOTHING", [row[c] for c in _COLUMNS])
+            if cursor.rowcount == 1:
+                return Claim(True, delivery)
+            existing = self._get(delivery.key)
+        if existing is None:  # released between our insert and read: try once more
+            return self.claim(delivery)
+        return Claim(False, existing)
+
+    def get(self, key: str) -> Delivery | None:
+        with self._guard():
+            return self._get(key)
+
+    def _get(self, key: str) -> Delivery | None:
+        row = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM deliveries WHERE key = ?", (key,)).fetchone()
+        return _from_row(row) if row else None
+
+    def find_job(self, job_id: str) -> Delivery | None:
+        with self._guard():
+            row = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM deliveries WHERE job_id = ?", (job_id,)).fetchone()
+        return _from_row(row) if row else None
+
+    def release(self, key: str, claim_token: str) -> bool:
+        with self._guard():
+            cursor = self._db.execute("DELETE FROM deliveries WHERE key = ? AND claim_token = ? AND state = ?",
+                                      (key, claim_token, CLAIMED))
+        return cursor.rowcount == 1
+
+    def take_over(self, key: str, claim_token: str, new_token: str, now: float) -> bool:
+        return self._update("claim_token = ?, updated_at = ?", (new_token, now),
+                            "key = ? AND claim_token = ? AND state = ?", (key, claim_token, CLAIMED))
+
+    def mark_submitted(self, key: str, claim_token: str, job_id: str, submitted_at: float,
+                       deadline_at: float, now: float) -> bool:
+        return self._update("state = ?, job_id = ?, submitted_at = ?, deadline_at = ?, updated_at = ?",
+                            (SUBMITTED, job_id, submitted_at, deadline_at, now),
+                            "key = ? AND claim_token = ? AND state = ?", (key, claim_token, CLAIMED))
+
+    def mark_tracked(self, key: str, now: float) -> None:
+        self._update("state = ?, updated_at = ?", (TRACKED, now), "key = ? AND state = ?", (key, SUBMITTED))
+
+    def finish(self, key: str, outcome: str, carto_state: str | None, error: dict[str, Any] | None,
+               checks: int, finished_at: float) -> Delivery:
+        self._update("state = ?, outcome = ?, carto_state = ?, error = ?, checks = ?, finished_at = ?, updated_at = ?",
+                     (FINISHED, outcome, carto_state, json.dumps(error), checks, finished_at, finished_at),
+                     "key = ? AND outcome IS NULL", (key,))
+        record = self.get(key)
+        if record is None:
+            raise LedgerUnavailable(f"ledger record {key} vanished")
+        return record
+
+    def note_checks(self, key: str, checks: int, last_check_at: float) -> None:
+        self._update("checks = ?, last_check_at = ?, updated_at = ?", (checks, last_check_at, last_check_at),
+                     "key = ? AND outcome IS NULL", (key,))
+
+    def mark_published(self, key: str, now: float) -> None:
+        self._update("published = 1, updated_at = ?", (now,), "key = ?", (key,))
+
+    def stale(self, updated_before: float, limit: int = 100) -> list[Delivery]:
+        with self._guard():
+            rows = self._db.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM deliveries WHERE updated_at < ? "
+                "AND NOT (state = ? AND published = 1) ORDER BY updated_at LIMIT ?",
+                (updated_before, FINISHED, limit)).fetchall()
+        return [_from_row(r) for r in rows]
+
+    def purge_expired(self, now: float) -> int:
+        """Delete records past their retention (Firestore's TTL policy does this in the cloud)."""
+        with self._guard():
+            return self._db.execute("DELETE FROM deliveries WHERE expires_at < ?", (now,)).rowcount
+
+    def _update(self, assignments: str, values: Iterable[Any], where: str, args: Iterable[Any]) -> bool:
+        with self._guard():
+            cursor = self._db.execute(f"UPDATE deliveries SET {assignments} WHERE {where}", (*values, *args))
+        return cursor.rowcount == 1
+
+    def close(self) -> None:
+        with self._lock:
+            for db in self._connections:
+                db.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+
+class _Guard:
+    """Turns SQLite's operational errors (locked, disk full, unreadable) into an honest 503."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: Any) -> bool:
+        if isinstance(exc, sqlite3.OperationalError) or isinstance(exc, sqlite3.DatabaseError):
+            raise LedgerUnavailable(f"the ledger is unavailable ({type(exc).__name__})") from None
+        return False
+
+
+def _to_row(delivery: Delivery) -> dict[str, Any]:
+    row = delivery.as_dict()
+    for column in _JSON_COLUMNS:
+        row[column] = json.dumps(row[column])
+    row["published"] = int(row["published"])
+    return row
+
+
+def _from_row(row: tuple[Any, ...]) -> Delivery:
+    data = dict(zip(_COLUMNS, row))
+    for column in _JSON_COLUMNS:
+        data[column] = json.loads(data[column]) if data[column] else ({} if column == "parameters" else None)
+    data["published"] = bool(data["published"])
+    return Delivery.from_dict(data)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS deliveries (
+    key TEXT PRIMARY KEY, workflow TEXT NOT NULL, idempotency_key TEXT NOT NULL, fingerprint TEXT NOT NULL,
+    claim_token TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL NOT NULL, state TEXT NOT NULL,
+    updated_at REAL NOT NULL, delivery_id TEXT, trace TEXT, connection TEXT, api_base_url TEXT, query TEXT,
+    parameters TEXT, job_id TEXT, submitted_at REAL, deadline_at REAL, outcome TEXT, carto_state TEXT,
+    error TEXT, checks INTEGER NOT NULL DEFAULT 0, last_check_at REAL, finished_at REAL, published INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS deliveries_job ON deliveries (job_id);
+CREATE INDEX IF NOT EXISTS deliveries_updated ON deliveries (updated_at);
+"""

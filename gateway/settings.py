@@ -1,0 +1,142 @@
+"""Settings of one instance, read once from the environment (DESIGN §9).
+
+Every missing or invalid variable is reported together, so a deployment is fixed in one round.
+Secrets are wrapped in `Secret`, whose repr never shows the value.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from gateway.errors import ConfigError
+
+DEFAULT_LEDGER = "sqlite:///.state/ledger.sqlite3"
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A secret value that never shows itself in repr, str or logs."""
+
+    value: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def reveal(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything an instance needs, validated at load time."""
+
+    schemas_dir: Path
+    carto_api_base_url: str | None
+    carto_api_token: Secret | None
+    carto_client_id: str | None
+    carto_client_secret: Secret | None
+    carto_auth_url: str
+    project: str
+    jobs_topic: str
+    events_topic: str
+    requests_topic: str
+    ledger: str
+    max_body_bytes: int
+    poll_inline_s: float
+    poll_first_s: float
+    poll_factor: float
+    sweep_grace_s: float
+    retention_s: int
+    carto_timeout_s: float
+    env: Mapping[str, str] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read every setting from `env` (default: os.environ); raise one ConfigError naming all problems."""
+        env = os.environ if env is None else env
+        reader = _Reader(env)
+        token = env.get("CARTO_API_TOKEN") or None
+        client_id = env.get("CARTO_CLIENT_ID") or None
+        client_secret = env.get("CARTO_CLIENT_SECRET") or None
+        if bool(client_id) != bool(client_secret):
+            reader.problems.append("CARTO_CLIENT_ID and CARTO_CLIENT_SECRET must be set together")
+        settings = cls(
+            schemas_dir=Path(env.get("GATEWAY_SCHEMAS_DIR") or "schemas"),
+            carto_api_base_url=(env.get("CARTO_API_BASE_URL") or "").rstrip("/") or None,
+            carto_api_token=Secret(token) if token else None,
+            carto_client_id=client_id,
+            carto_client_secret=Secret(client_secret) if client_secret else None,
+            carto_auth_url=env.get("CARTO_AUTH_URL") or "https://auth.carto.com/oauth/token",
+            project=env.get("GOOGLE_CLOUD_PROJECT") or env.get("GCP_PROJECT") or "local-project",
+            jobs_topic=env.get("GATEWAY_JOBS_TOPIC") or "workflow-jobs",
+            events_topic=env.get("GATEWAY_EVENTS_TOPIC") or "workflow-job-events",
+            requests_topic=env.get("GATEWAY_REQUESTS_TOPIC") or "workflow-requests",
+            ledger=reader.ledger("GATEWAY_LEDGER", DEFAULT_LEDGER),
+            max_body_bytes=reader.integer("GATEWAY_MAX_BODY_BYTES", 1024 * 1024, minimum=1),
+            poll_inline_s=reader.number("GATEWAY_POLL_INLINE_S", 300.0, minimum=0),
+            poll_first_s=reader.number("GATEWAY_POLL_FIRST_S", 1.0, minimum=0.05),
+            poll_factor=reader.number("GATEWAY_POLL_FACTOR", 1.25, minimum=1.01),
+            sweep_grace_s=reader.number("GATEWAY_SWEEP_GRACE_S", 120.0, minimum=1),
+            retention_s=reader.integer("GATEWAY_RETENTION_S", 7 * 24 * 3600, minimum=72 * 3600),
+            carto_timeout_s=reader.number("CARTO_TIMEOUT_S", 30.0, minimum=0.1),
+            env=env,
+        )
+        if reader.problems:
+            raise ConfigError("invalid settings:\n- " + "\n- ".join(reader.problems))
+        return settings
+
+
+class _Reader:
+    """Parses typed variables, collecting problems instead of stopping at the first."""
+
+    def __init__(self, env: Mapping[str, str]):
+        self.env = env
+        self.problems: list[str] = []
+
+    def integer(self, name: str, default: int, *, minimum: int) -> int:
+        raw = self.env.get(name)
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            self.problems.append(f"{name} must be an integer, got {raw!r}")
+            return default
+        if value < minimum:
+            self.problems.append(f"{name} must be at least {minimum}, got {value}")
+        return value
+
+    def number(self, name: str, default: float, *, minimum: float) -> float:
+        raw = self.env.get(name)
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            self.problems.append(f"{name} must be a number, got {raw!r}")
+            return default
+        if not value >= minimum:
+            self.problems.append(f"{name} must be at least {minimum}, got {raw}")
+        return value
+
+    def ledger(self, name: str, default: str) -> str:
+        raw = self.env.get(name) or default
+        if not (raw.startswith("sqlite:///") or raw.startswith("firestore://")):
+            self.problems.append(f"{name} must be sqlite:///PATH or firestore://COLLECTION, got {raw!r}")
+        return raw
+
+
+def resolve_env_ref(ref: str, env: Mapping[str, str]) -> list[str]:
+    """Values of an `env:NAME` reference (space-separated = several, for rotation); ConfigError if unset."""
+    if not ref.startswith("env:"):
+        raise ConfigError(f"secret references must be env:NAME, got a literal value")
+    name = ref[4:]
+    values = (env.get(name) or "").split()
+    if not values:
+        raise ConfigError(f"environment variable {name} is not set (referenced as {ref})")
+    return values

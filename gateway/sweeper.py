@@ -1,0 +1,87 @@
+"""Re-driving deliveries stuck between two states (DESIGN §7): run by Cloud Scheduler via `sweep`.
+
+    claimed, silent past the grace   → find the job in CARTO's list by its marker: adopt it, or
+                                       release the claim so the sender's retry can submit it
+    submitted (tracking unpublished) → publish the tracking message
+    tracked, silent for long         → publish the tracking message again (it may be lost); past the
+                                       deadline, check once and finish (TIMED_OUT if still running)
+    finished, event unpublished      → publish the completion event
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+from gateway.errors import GatewayError
+from gateway.intake import Intake
+from gateway.ledger import CLAIMED, FINISHED, SUBMITTED, TRACKED, Delivery, Ledger
+from gateway.poller import Poller
+
+log = logging.getLogger("gateway.sweeper")
+TRACKED_SILENCE_S = 1800.0  # longer than the subscription's maximum backoff plus one inline wait
+
+
+@dataclass
+class SweepReport:
+    """What one sweep did, for the log line and the HTTP answer."""
+
+    adopted: int = 0
+    released: int = 0
+    tracked: int = 0
+    retracked: int = 0
+    timed_out: int = 0
+    published: int = 0
+    failed: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+class Sweeper:
+    """Finds stuck deliveries and moves each one step on."""
+
+    def __init__(self, *, ledger: Ledger, intake: Intake, poller: Poller, clock: Callable[[], float],
+                 grace_s: float, tracked_silence_s: float = TRACKED_SILENCE_S):
+        self.ledger, self.intake, self.poller, self.clock = ledger, intake, poller, clock
+        self.grace_s, self.tracked_silence_s = grace_s, tracked_silence_s
+
+    def sweep(self, limit: int = 200) -> SweepReport:
+        report = SweepReport()
+        now = self.clock()
+        for delivery in self.ledger.stale(now - self.grace_s, limit):
+            try:
+                self._redrive(delivery, now, report)
+            except GatewayError as exc:
+                log.warning("sweep could not re-drive %s: %s", delivery.key, exc.detail)
+                report.failed.append(delivery.key)
+        return report
+
+    def _redrive(self, delivery: Delivery, now: float, report: SweepReport) -> None:
+        if delivery.state == CLAIMED:
+            self._reconcile(delivery, report)
+        elif delivery.state == SUBMITTED:
+            report.tracked += self.intake.track(delivery)
+        elif delivery.state == TRACKED:
+            self._tracked(delivery, now, report)
+        elif delivery.state == FINISHED and not delivery.published:
+            self.poller.publish(delivery)
+            report.published += 1
+
+    def _reconcile(self, delivery: Delivery, report: SweepReport) -> None:
+        job_id = self.intake.find_submitted_job(delivery)
+        if job_id is None:
+            if self.ledger.release(delivery.key, delivery.claim_token):
+                report.released += 1
+            return
+        self.intake.adopt(delivery, job_id)
+        report.adopted += 1
+
+    def _tracked(self, delivery: Delivery, now: float, report: SweepReport) -> None:
+        if delivery.deadline_at is not None and now >= delivery.deadline_at + self.grace_s:
+            self.poller.expire(delivery, now)
+            report.timed_out += 1
+        elif now - delivery.updated_at >= self.tracked_silence_s:
+            self.intake.track(delivery)
+            report.retracked += 1

@@ -1,0 +1,216 @@
+"""The workflow registry: one checked, compiled definition per file in schemas/workflows/ (DESIGN §4).
+
+Every file is validated against schemas/workflow.schema.json, its CALL parsed, its `@names` matched
+one-to-one with `parameters`, its constants and defaults bound to their types, its payload schema
+compiled once. Any problem stops the instance with a message naming file, JSON path and problem.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import jsonschema_rs
+
+from gateway.errors import ConfigError
+from gateway.params import ParamSpec, check_spec
+from gateway.signatures import Scheme, build_schemes
+
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+DEFAULT_DEADLINE_S = 6 * 3600
+_CALL = re.compile(r"^\s*CALL\s+(`(?P<quoted>[^`]+)`|(?P<bare>[A-Za-z0-9_.\-]+))\s*\(", re.IGNORECASE | re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """One workflow definition, checked and compiled."""
+
+    name: str
+    description: str
+    connection: str
+    query: str
+    procedure: str
+    parameters: dict[str, ParamSpec]
+    payload_schema: dict[str, Any]
+    auth: Any
+    schemes: tuple[Scheme, ...] = field(repr=False)
+    idempotency_header: str | None
+    idempotency_pointer: str | None
+    deadline_s: int
+    api_base_url: str | None
+    token_env: str | None
+    paused: bool
+    validator: Any = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Registry:
+    """All workflows of a schemas directory, by URL name."""
+
+    workflows: dict[str, Workflow]
+    schemas_dir: Path
+
+    def get(self, name: str) -> Workflow | None:
+        return self.workflows.get(name)
+
+
+def load_registry(schemas_dir: Path | str, env: Mapping[str, str] | None = None, *,
+                  id_token_verifier: Any = None, require_secrets: bool = True) -> Registry:
+    """Load and check every workflow file; raise one ConfigError listing every bad file."""
+    import os
+
+    schemas_dir = Path(schemas_dir)
+    env = os.environ if env is None else env
+    meta = _meta_validator(schemas_dir)
+    files = sorted((schemas_dir / "workflows").glob("*.json"))
+    workflows: dict[str, Workflow] = {}
+    problems: list[str] = []
+    for path in files:
+        try:
+            workflow = load_workflow(path, meta, env, id_token_verifier=id_token_verifier,
+                                     require_secrets=require_secrets)
+        except ConfigError as exc:
+            problems.append(str(exc))
+            continue
+        workflows[workflow.name] = workflow
+    if problems:
+        raise ConfigError("invalid workflow definitions:\n" + "\n".join(problems))
+    return Registry(workflows=workflows, schemas_dir=schemas_dir)
+
+
+def _meta_validator(schemas_dir: Path) -> Any:
+    meta_path = schemas_dir / "workflow.schema.json"
+    try:
+        meta_schema = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{meta_path}: cannot read the meta-schema: {exc}") from None
+    return jsonschema_rs.Draft202012Validator(meta_schema)
+
+
+def load_workflow(path: Path, meta: Any, env: Mapping[str, str], *, id_token_verifier: Any = None,
+                  require_secrets: bool = True) -> Workflow:
+    """Load one workflow file; ConfigError names the file, the JSON path and the problem."""
+    name = path.stem
+    if not NAME_PATTERN.match(name):
+        raise ConfigError(f"{path}: file name must match {NAME_PATTERN.pattern} (it is the URL segment)")
+    try:
+        definition = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+    errors = [f"{path}: {_json_path(e.instance_path)}: {e.message}" for e in meta.iter_errors(definition)]
+    if errors:
+        raise ConfigError("\n".join(errors))
+    problems: list[str] = []
+    procedure, names = _parse_call(definition["query"], problems)
+    parameters = _parameters(definition["parameters"], names, problems)
+    validator = _compile_payload(definition["payload"], problems)
+    schemes = _schemes(definition["auth"], env, id_token_verifier, require_secrets, problems)
+    if problems:
+        raise ConfigError("\n".join(f"{path}: {p}" for p in problems))
+    idempotency = definition.get("idempotency", {})
+    carto = definition.get("carto", {})
+    return Workflow(
+        name=name,
+        description=definition.get("description", ""),
+        connection=definition["connection"],
+        query=definition["query"],
+        procedure=procedure,
+        parameters=parameters,
+        payload_schema=definition["payload"],
+        auth=definition["auth"],
+        schemes=schemes,
+        idempotency_header=idempotency.get("header"),
+        idempotency_pointer=idempotency.get("pointer"),
+        deadline_s=definition.get("tracking", {}).get("deadline_s", DEFAULT_DEADLINE_S),
+        api_base_url=(carto.get("api_base_url") or "").rstrip("/") or None,
+        token_env=carto["token"][4:] if "token" in carto else None,
+        paused=definition.get("paused", False),
+        validator=validator,
+    )
+
+
+def _json_path(parts: list[Any]) -> str:
+    return "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts)
+
+
+def query_parameter_names(query: str) -> list[str]:
+    """The `@name`s of a query in order of appearance, skipping string literals, identifiers and comments."""
+    names: list[str] = []
+    i, n = 0, len(query)
+    while i < n:
+        ch = query[i]
+        if ch in "'\"`":
+            i = _skip_quoted(query, i)
+        elif query.startswith("--", i) or ch == "#":
+            end = query.find("\n", i)
+            i = n if end < 0 else end
+        elif query.startswith("/*", i):
+            end = query.find("*/", i + 2)
+            i = n if end < 0 else end + 2
+        elif ch == "@" and not query.startswith("@@", i):
+            match = re.match(r"@([A-Za-z_][A-Za-z0-9_]*)", query[i:])
+            if match and match.group(1) not in names:
+                names.append(match.group(1))
+            i += len(match.group(0)) if match else 1
+        else:
+            i += 1
+    return names
+
+
+def _skip_quoted(query: str, start: int) -> int:
+    quote, i = query[start], start + 1
+    while i < len(query):
+        if query[i] == "\\":
+            i += 2
+            continue
+        if query[i] == quote:
+            return i + 1
+        i += 1
+    return i
+
+
+def _parse_call(query: str, problems: list[str]) -> tuple[str, list[str]]:
+    match = _CALL.match(query)
+    if not match:
+        problems.append("$.query: expected CALL `project.dataset.procedure`(...) as pasted from CARTO")
+        return "", []
+    procedure = match.group("quoted") or match.group("bare")
+    return procedure, query_parameter_names(query)
+
+
+def _parameters(definitions: Mapping[str, Any], names: list[str], problems: list[str]) -> dict[str, ParamSpec]:
+    for missing in [n for n in names if n not in definitions]:
+        problems.append(f"$.query: @{missing} has no entry in parameters")
+    for extra in [n for n in definitions if n not in names]:
+        problems.append(f"$.parameters.{extra}: not used as @{extra} in the query")
+    specs: dict[str, ParamSpec] = {}
+    for name in [n for n in names if n in definitions]:
+        try:
+            spec = ParamSpec.from_definition(name, definitions[name])
+            check_spec(spec)
+        except ConfigError as exc:
+            problems.append(f"$.parameters.{name}: {exc}")
+            continue
+        specs[name] = spec
+    return specs
+
+
+def _compile_payload(schema: Any, problems: list[str]) -> Any:
+    try:
+        return jsonschema_rs.Draft202012Validator(schema, validate_formats=True)
+    except (jsonschema_rs.ValidationError, ValueError, TypeError) as exc:
+        problems.append(f"$.payload: not a valid JSON Schema 2020-12: {str(exc).splitlines()[0]}")
+        return None
+
+
+def _schemes(auth: Any, env: Mapping[str, str], verifier: Any, require_secrets: bool,
+             problems: list[str]) -> tuple[Scheme, ...]:
+    try:
+        return build_schemes(auth, env, id_token_verifier=verifier)
+    except ConfigError as exc:
+        if require_secrets:
+            problems.append(f"$.auth: {exc}")
+        return ()

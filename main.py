@@ -1,0 +1,42 @@
+"""Cloud Functions entry points: webhook, poll, submit, sweep. Thin: the logic lives in `gateway/`.
+
+Each instance builds its clients once, on first use (`_app`), and reuses them for every request.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import functions_framework
+
+from gateway import entrypoints
+from gateway.app import App
+
+
+@functools.cache
+def _app() -> App:
+    return App.from_env()
+
+
+@functions_framework.http
+def webhook(request):
+    """POST /hooks/{workflow} and the rest of the HTTP surface (DESIGN §5)."""
+    return entrypoints.webhook(_app(), request)
+
+
+@functions_framework.cloud_event
+def poll(cloud_event):
+    """Tracking topic → follow the job → one completion event. Raises to have Pub/Sub redeliver later."""
+    entrypoints.poll(_app(), cloud_event)
+
+
+@functions_framework.cloud_event
+def submit(cloud_event):
+    """Requests topic → the same path as a webhook, minus the signature (IAM protects the topic)."""
+    entrypoints.submit(_app(), cloud_event)
+
+
+@functions_framework.http
+def sweep(request):
+    """Cloud Scheduler → re-drive deliveries stuck between states."""
+    return entrypoints.sweep(_app(), request)

@@ -1,0 +1,67 @@
+"""Shared fixtures: the real Pub/Sub and Firestore emulators (started here, skipped with a reason
+where the machine has none), a schemas directory with the test-only workflows, signing helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from gateway import emulators
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+CARTO_TOKEN = "carto-token-SENTINEL-7f3a9c"  # searched for in every answer, log and message
+PROJECT = "test-project"
+
+
+@pytest.fixture(scope="session")
+def pubsub_emulator(tmp_path_factory):
+    """The real Pub/Sub emulator on a free loopback port; PUBSUB_EMULATOR_HOST points at it."""
+    try:
+        emulator = emulators.Emulator.start("pubsub", project=PROJECT, log_dir=tmp_path_factory.mktemp("pubsub"))
+    except emulators.EmulatorMissing as exc:
+        pytest.skip(f"Pub/Sub emulator unavailable: {exc}")
+    previous = os.environ.get("PUBSUB_EMULATOR_HOST")
+    os.environ["PUBSUB_EMULATOR_HOST"] = emulator.host
+    yield emulator
+    emulator.stop()
+    if previous is None:
+        os.environ.pop("PUBSUB_EMULATOR_HOST", None)
+    else:
+        os.environ["PUBSUB_EMULATOR_HOST"] = previous
+
+
+@pytest.fixture(scope="session")
+def firestore_emulator(tmp_path_factory):
+    """The real Firestore emulator on a free loopback port; FIRESTORE_EMULATOR_HOST points at it."""
+    try:
+        emulator = emulators.Emulator.start("firestore", log_dir=tmp_path_factory.mktemp("firestore"))
+    except emulators.EmulatorMissing as exc:
+        pytest.skip(f"Firestore emulator unavailable: {exc}")
+    os.environ["FIRESTORE_EMULATOR_HOST"] = emulator.host
+    yield emulator
+    emulator.stop()
+    os.environ.pop("FIRESTORE_EMULATOR_HOST", None)
+
+
+@pytest.fixture(scope="session")
+def test_schemas(tmp_path_factory) -> Path:
+    """schemas/ plus the test-only workflows of tests/data/workflows/."""
+    target = tmp_path_factory.mktemp("schemas") / "schemas"
+    shutil.copytree(ROOT / "schemas", target)
+    for path in (DATA / "workflows").glob("*.json"):
+        shutil.copy(path, target / "workflows" / path.name)
+    return target
+
+
+def product_workflow_files() -> list[Path]:
+    return sorted((ROOT / "schemas" / "workflows").glob("*.json"))
+
+
+def load_json(path: Path):
+    return json.loads(path.read_text())

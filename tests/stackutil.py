@@ -1,0 +1,75 @@
+"""Helpers for tests that drive the running local stack: signing with the official Standard
+Webhooks library (an independent client), and reading completion events from the emulator."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import requests
+from standardwebhooks.webhooks import Webhook
+
+
+def signed_headers(secret: str, body: bytes, msg_id: str | None = None) -> dict[str, str]:
+    """Headers the official standardwebhooks package produces for `body`."""
+    msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
+    now = datetime.now(tz=timezone.utc)
+    signature = Webhook(secret).sign(msg_id, now, body.decode())
+    return {"webhook-id": msg_id, "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": signature, "Content-Type": "application/json"}
+
+
+def post_hook(base_url: str, workflow: str, payload: Any, secret: str, msg_id: str | None = None,
+              body: bytes | None = None) -> requests.Response:
+    body = body if body is not None else json.dumps(payload).encode()
+    return requests.post(f"{base_url}/hooks/{workflow}", data=body, headers=signed_headers(secret, body, msg_id),
+                         timeout=30)
+
+
+@dataclass
+class Event:
+    attributes: dict[str, str]
+    data: dict[str, Any]
+    raw: bytes
+
+
+class EventInbox:
+    """A pull subscription on the events topic, read on demand."""
+
+    def __init__(self, project: str, topic: str, name: str):
+        from google.cloud import pubsub_v1
+
+        self.subscriber = pubsub_v1.SubscriberClient()
+        self.path = self.subscriber.subscription_path(project, name)
+        self.subscriber.create_subscription(request={"name": self.path, "topic": f"projects/{project}/topics/{topic}",
+                                                     "ack_deadline_seconds": 60})
+        self.events: list[Event] = []
+
+    def drain(self) -> None:
+        answer = self.subscriber.pull(request={"subscription": self.path, "max_messages": 100}, timeout=5)
+        ack_ids = []
+        for received in answer.received_messages:
+            message = received.message
+            self.events.append(Event(dict(message.attributes), json.loads(message.data), bytes(message.data)))
+            ack_ids.append(received.ack_id)
+        if ack_ids:
+            self.subscriber.acknowledge(request={"subscription": self.path, "ack_ids": ack_ids})
+
+    def wait_for(self, predicate: Callable[[Event], bool], timeout_s: float = 60.0) -> Event:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for event in self.events:
+                if predicate(event):
+                    return event
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no matching event within {timeout_s} s; have {[e.attributes for e in self.events]}")
+            self.drain()
+            time.sleep(0.2)
+
+    def for_job(self, job_id: str) -> list[Event]:
+        self.drain()
+        return [e for e in self.events if e.attributes.get("job_id") == job_id]

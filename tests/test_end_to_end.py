@@ -1,0 +1,141 @@
+"""A signed webhook becomes a typed CARTO job, and its completion becomes one Pub/Sub event.
+
+Everything real: functions-framework serving `webhook` and `poll` from main.py in their own
+processes, the Pub/Sub emulator with a push subscription to `poll`, the local CARTO job API over
+HTTP, webhooks signed by the official standardwebhooks package.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import jsonschema
+import pytest
+import requests
+
+from gateway.devstack import LocalStack
+from tests.conftest import CARTO_TOKEN, PROJECT, ROOT, SECRET
+from tests.stackutil import EventInbox, post_hook
+
+BODY = {"clusters": 2, "radius_m": 500, "store": {"type": "Supermarket"}}
+EVENT_SCHEMA = json.loads((ROOT / "schemas" / "job-event.schema.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def stack(pubsub_emulator, test_schemas, tmp_path_factory):
+    stack = LocalStack(
+        state_dir=tmp_path_factory.mktemp("stack"), project=PROJECT, schemas_dir=test_schemas,
+        pubsub_host=pubsub_emulator.host, sandbox_duration_s=1.0,
+        sandbox_procedures={"test-project.workflows_temp.slow_report": {"parameters": {"region": "STRING"},
+                                                                         "duration_s": None}},
+        env={"CARTO_API_TOKEN": CARTO_TOKEN, "STORE_CLUSTERS_SECRETS": SECRET, "GATEWAY_POLL_FIRST_S": "0.2"},
+    ).start()
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture(scope="module")
+def inbox(stack):
+    return EventInbox(PROJECT, stack.topics["events"], f"test-events-{uuid.uuid4().hex[:8]}")
+
+
+def _accepted(response) -> dict:
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def test_a_succeeding_job_yields_one_succeeded_event(stack, inbox):
+    answer = _accepted(post_hook(stack.url("webhook"), "store-clusters", BODY, SECRET))
+
+    event = inbox.wait_for(lambda e: e.attributes.get("job_id") == answer["job_id"])
+
+    jsonschema.validate(event.data, EVENT_SCHEMA)
+    assert event.attributes["ce-id"] == f"{answer['job_id']}:SUCCEEDED"
+    assert event.attributes["ce-type"] == "com.carto.workflows.job.succeeded"
+    assert event.attributes["outcome"] == "SUCCEEDED" and event.attributes["workflow"] == "store-clusters"
+    assert event.data["parameters"] == {"number_of_clusters": 2, "buffer_radius": 500, "store_type": "Supermarket"}
+    assert isinstance(event.data["parameters"]["number_of_clusters"], int)
+    assert event.data["delivery_id"] == answer["delivery_id"]
+
+
+def test_the_202_names_the_job_and_where_to_follow_it(stack):
+    response = post_hook(stack.url("webhook"), "store-clusters", BODY, SECRET)
+
+    answer = _accepted(response)
+    assert response.headers["Location"] == f"/jobs/{answer['job_id']}" == answer["status_url"]
+    assert answer["workflow"] == "store-clusters" and answer["duplicate"] is False
+    assert any(job.external_id == answer["job_id"] for job in stack.sandbox.jobs())
+
+
+def test_a_job_carto_fails_yields_a_failed_event_with_the_coercion_error(stack, inbox):
+    body = {**BODY, "clusters": 2.5}
+    answer = _accepted(post_hook(stack.url("webhook"), "store-clusters-float", body, SECRET))
+
+    event = inbox.wait_for(lambda e: e.attributes.get("job_id") == answer["job_id"])
+
+    jsonschema.validate(event.data, EVENT_SCHEMA)
+    assert event.attributes["outcome"] == "FAILED"
+    assert event.attributes["ce-id"] == f"{answer['job_id']}:FAILED"
+    assert event.data["error"]["reason"] == "invalidQuery"
+    assert event.data["error"]["message"].startswith(
+        "Query error: Cannot coerce expression @number_of_clusters to type INT64 at [1:")
+
+
+def test_a_job_past_its_deadline_yields_one_timed_out_event(stack, inbox):
+    answer = _accepted(post_hook(stack.url("webhook"), "slow-report", {"region": "emea"}, SECRET))
+
+    event = inbox.wait_for(lambda e: e.attributes.get("job_id") == answer["job_id"], timeout_s=30)
+
+    jsonschema.validate(event.data, EVENT_SCHEMA)
+    assert event.attributes["outcome"] == "TIMED_OUT"
+    assert event.attributes["ce-type"] == "com.carto.workflows.job.timed_out"
+    assert event.data["duration_s"] >= 3
+
+
+@pytest.mark.parametrize("clusters", [2.5, "2"])
+def test_a_mistyped_value_is_a_422_naming_parameter_and_path_and_reaches_no_carto(stack, clusters):
+    before = len(stack.sandbox.jobs())
+
+    response = post_hook(stack.url("webhook"), "store-clusters", {**BODY, "clusters": clusters}, SECRET)
+
+    assert response.status_code == 422
+    assert response.headers["Content-Type"] == "application/problem+json"
+    errors = response.json()["errors"]
+    assert any(e["path"] == "/clusters" and "number_of_clusters" in e["message"] for e in errors)
+    assert len(stack.sandbox.jobs()) == before
+
+
+def test_a_replayed_delivery_answers_the_original_job(stack):
+    msg_id = f"msg_{uuid.uuid4().hex}"
+    first = _accepted(post_hook(stack.url("webhook"), "store-clusters", BODY, SECRET, msg_id=msg_id))
+    jobs = len(stack.sandbox.jobs())
+
+    replay = post_hook(stack.url("webhook"), "store-clusters", BODY, SECRET, msg_id=msg_id)
+
+    assert replay.status_code == 200
+    assert replay.json()["job_id"] == first["job_id"] and replay.json()["duplicate"] is True
+    assert len(stack.sandbox.jobs()) == jobs
+
+
+def test_no_token_or_secret_in_any_answer_log_or_message(stack, inbox):
+    tracking = EventInbox(PROJECT, stack.topics["jobs"], f"test-tracking-{uuid.uuid4().hex[:8]}")
+    answers = [post_hook(stack.url("webhook"), "store-clusters", BODY, SECRET) for _ in range(2)]
+    answers.append(post_hook(stack.url("webhook"), "store-clusters", {"radius_m": "x"}, SECRET))
+    answers.append(post_hook(stack.url("webhook"), "store-clusters", BODY, "whsec_" + "A" * 32))
+    for answer in answers[:2]:
+        inbox.wait_for(lambda e, j=answer.json()["job_id"]: e.attributes.get("job_id") == j)
+    # The local CARTO API really echoes the token, like CARTO: it was there to leak.
+    echoed = requests.get(f"{stack.sandbox.url}/v3/sql/carto_dw/job/{answers[0].json()['job_id']}",
+                          headers={"Authorization": f"Bearer {CARTO_TOKEN}"}, timeout=10)
+    assert CARTO_TOKEN in echoed.text
+
+    texts = [a.text + json.dumps(dict(a.headers)) for a in answers]
+    texts += [e.raw.decode() + json.dumps(e.attributes) for e in inbox.events]
+    texts += [(stack.log_dir / f"{name}.log").read_text() for name in ("webhook", "poll")]
+    texts += [e.raw.decode() + json.dumps(e.attributes) for e in tracking.events]
+    texts += [p.read_bytes().decode("latin-1") for p in stack.state_dir.glob("ledger.sqlite3*")]
+    secret_material = SECRET.removeprefix("whsec_")
+    for text in texts:
+        assert CARTO_TOKEN not in text
+        assert secret_material not in text
