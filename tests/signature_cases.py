@@ -168,8 +168,8 @@ def signing_key(name: str = "trusted", key_id: str = KEY_ID) -> SigningKey:
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name}.test")])
     cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
             .public_key(private.public_key()).serial_number(1)
-            .not_valid_before(dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc))
-            .not_valid_after(dt.datetime(2040, 1, 1, tzinfo=dt.timezone.utc))
+            .not_valid_before(dt.datetime(2020, 1, 1, tzinfo=dt.UTC))
+            .not_valid_after(dt.datetime(2040, 1, 1, tzinfo=dt.UTC))
             .sign(private, hashes.SHA256()))
     private_pem = private.private_bytes(serialization.Encoding.PEM,
                                         serialization.PrivateFormat.PKCS8,
@@ -263,7 +263,8 @@ def _standard_webhooks_faults() -> dict[str, dict[str, str]]:
         "no comma": "v1" + signature, "three parts": f"v1,{signature},v1",
         "only v0": "v0," + signature, "only v2": "v2," + signature,
         "only v1a": "v1a," + signature, "empty version": "," + signature, "empty signature": "v1,",
-        "bad base64": "v1,!!" + signature[2:], "base64 without padding": "v1," + signature.rstrip("="),
+        "bad base64": "v1,!!" + signature[2:], "stray character": f"v1,{signature[:8]}*{signature[8:]}",
+        "base64 without padding": "v1," + signature.rstrip("="),
         "two spaces between": f"v2,{signature}  v1,{signature}",
         "other body": standard_webhooks_headers(body=OTHER_BODY)["webhook-signature"],
         "hex instead of base64": "v1," + base64.b64decode(signature).hex(),
@@ -311,6 +312,7 @@ def _shopify_faults() -> dict[str, dict[str, str]]:
     b64 = good["X-Shopify-Hmac-Sha256"]
     sig = {
         "bad base64": "!!" + b64[2:], "missing padding": b64.rstrip("="),
+        "stray character": f"{b64[:8]}*{b64[8:]}",
         "url-safe alphabet": b64.replace("+", "-").replace("/", "_") + "-_",
         "hex instead of base64": base64.b64decode(b64).hex(), "prefixed": "sha256=" + b64,
         "other body": shopify_headers(OTHER_BODY)["X-Shopify-Hmac-Sha256"],
@@ -338,6 +340,7 @@ def _hmac_faults() -> dict[str, dict[str, str]]:
     b64 = good["X-Signature"].removeprefix("sha512=")
     sig = {
         "no prefix": b64, "sha256 prefix": "sha256=" + b64, "bad base64": "sha512=!!" + b64[2:],
+        "stray character": f"sha512={b64[:8]}*{b64[8:]}",
         "hex instead of base64": "sha512=" + base64.b64decode(b64).hex(),
         "other body": hmac_headers(body=OTHER_BODY)["X-Signature"],
         "other id": hmac_headers(msg_id="msg_other")["X-Signature"],
