@@ -1,0 +1,167 @@
+"""What each endpoint answers, independent of the HTTP server that carries it."""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import threading
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.sandbox.faults import Fault, Faults, fault_from_json
+from gateway.sandbox.jobs import Outcome, SandboxJob, cancel, iso, plan_job, wire
+from gateway.sandbox.procedures import Procedure
+from gateway.sandbox.store import JobStore
+
+
+@dataclass(frozen=True)
+class Response:
+    """Status, JSON body and extra headers of one answer."""
+
+    status: int
+    body: Any
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def error(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+    """CARTO's error body: `{"error": message, "status": status}`."""
+    return Response(status, {"error": message, "status": status}, headers or {})
+
+
+def fault_response(fault: Fault) -> Response:
+    """The answer an error or rate_limit fault gives instead of the real one."""
+    if fault.kind == "rate_limit":
+        return error(429, "Too many requests", {"Retry-After": str(fault.retry_after)})
+    return error(fault.status, "Service unavailable (sandbox fault)")
+
+
+class SandboxApi:
+    """The job API over a JobStore: submit, status, cancel, list, plus the admin endpoints."""
+
+    def __init__(self, store: JobStore, faults: Faults, *, token: str | None,
+                 procedures: Mapping[str, Procedure] | None, default_duration_s: float,
+                 clock: Callable[[], float]):
+        self.store, self.faults, self.clock = store, faults, clock
+        self._token = token
+        self._procedures = procedures
+        self._default_duration_s = default_duration_s
+        self._lock = threading.Lock()
+        self._requests: Counter[str] = Counter()
+
+    def authorized(self, presented: str | None) -> bool:
+        """Any caller when no token is configured; otherwise exactly that bearer token."""
+        if self._token is None:
+            return True
+        return presented is not None and hmac.compare_digest(presented.encode(), self._token.encode())
+
+    def count(self, route: str) -> None:
+        with self._lock:
+            self._requests[route] += 1
+
+    def submit(self, connection: str, payload: Any, token: str | None, fault: Fault | None) -> Response:
+        """Create a job; a mistyped CALL is accepted here and fails when polled, like BigQuery."""
+        problem = _payload_problem(payload)
+        if problem:
+            return error(400, problem)
+        job = plan_job(
+            "job_" + secrets.token_urlsafe(21), connection, payload["query"], payload.get("queryParameters") or {},
+            procedures=self._procedures, default_duration_s=self._default_duration_s, now=self.clock(),
+            metadata=payload.get("metadata"), forced=_outcome(fault))
+        self.store.add(job)
+        # The create answer is the job as accepted; even a mistyped CALL only shows its error when polled.
+        return Response(200, wire(job, None, token))
+
+    def status(self, connection: str, external_id: str, token: str | None) -> Response:
+        """The job with its current state."""
+        job = self.store.get(connection, external_id)
+        if job is None:
+            return error(404, f"Job {external_id} not found")
+        return Response(200, wire(job, self.clock(), token))
+
+    def cancel(self, connection: str, external_id: str, token: str | None) -> Response:
+        """Cancel a job: unless already DONE it ends DONE with errorResult reason `stopped`."""
+        now = self.clock()
+        job = self.store.update(connection, external_id, lambda j: cancel(j, now))
+        if job is None:
+            return error(404, f"Job {external_id} not found")
+        return Response(200, wire(job, now, token))
+
+    def list(self, query: Mapping[str, str]) -> Response:
+        """Jobs newest first, optionally of one `connection` and at most `limit`."""
+        jobs = list(reversed(self.store.all(query.get("connection"))))
+        limit = query.get("limit", "")
+        if limit.isdigit():
+            jobs = jobs[: int(limit)]
+        now = self.clock()
+        return Response(200, {"jobs": [wire(job, now) for job in jobs]})
+
+    def stats(self) -> dict[str, Any]:
+        """Jobs created (total, per procedure, each with its parameters), requests per route, faults."""
+        jobs = self.store.all()
+        now = self.clock()
+        with self._lock:
+            requests = dict(self._requests)
+        return {
+            "jobs_created": len(jobs),
+            "per_procedure": dict(Counter(job.procedure or "" for job in jobs)),
+            "jobs": [_summary(job, now) for job in jobs],
+            "requests": requests,
+            "faults": self.faults.pending(),
+        }
+
+    def reset(self) -> None:
+        """Forget every job, fault and request count."""
+        self.store.clear()
+        self.faults.clear()
+        with self._lock:
+            self._requests.clear()
+
+    def admin(self, method: str, path: str, payload: Any) -> Response:
+        """`POST /_sandbox/faults`, `DELETE /_sandbox/faults`, `GET /_sandbox/stats`, `POST /_sandbox/reset`."""
+        if (method, path) == ("GET", "/_sandbox/stats"):
+            return Response(200, self.stats())
+        if (method, path) == ("POST", "/_sandbox/reset"):
+            self.reset()
+            return Response(200, {"reset": True})
+        if (method, path) == ("DELETE", "/_sandbox/faults"):
+            self.faults.clear()
+            return Response(200, {"faults": []})
+        if (method, path) == ("POST", "/_sandbox/faults"):
+            return self._add_faults(payload)
+        return error(404, f"No sandbox admin route {method} {path}")
+
+    def _add_faults(self, payload: Any) -> Response:
+        try:
+            parsed = [fault_from_json(raw) for raw in (payload if isinstance(payload, list) else [payload])]
+            for fault, count in parsed:
+                self.faults.add(fault, count)
+        except (ValueError, TypeError) as exc:
+            return error(400, f"Bad fault: {exc}")
+        return Response(200, {"faults": self.faults.pending()})
+
+
+def _payload_problem(payload: Any) -> str | None:
+    if not isinstance(payload, dict):
+        return "Body must be a JSON object"
+    if not isinstance(payload.get("query"), str) or not payload["query"].strip():
+        return "Missing query"
+    if not isinstance(payload.get("queryParameters", {}), (dict, type(None))):
+        return "queryParameters must be an object"
+    if not isinstance(payload.get("metadata", {}), (dict, type(None))):
+        return "metadata must be an object"
+    return None
+
+
+def _outcome(fault: Fault | None) -> Outcome | None:
+    if fault is None or fault.kind not in ("fail_job", "never_finish"):
+        return None
+    return Outcome(error=fault.message if fault.kind == "fail_job" else None,
+                   never_finish=fault.kind == "never_finish")
+
+
+def _summary(job: SandboxJob, now: float) -> dict[str, Any]:
+    return {"externalId": job.external_id, "connectionName": job.connection, "procedure": job.procedure,
+            "query": job.query, "queryParameters": dict(job.query_parameters), "metadata": job.metadata,
+            "createdAt": iso(job.created_at), "state": job.state(now)}

@@ -1,0 +1,63 @@
+"""`python -m gateway sandbox`: run the local CARTO job API alone until SIGINT or SIGTERM (DESIGN §10)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+from gateway.errors import ConfigError
+from gateway.sandbox.procedures import load_procedures
+from gateway.sandbox.server import SandboxServer
+
+DEFAULT_PORT = 8090
+
+
+def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m gateway sandbox",
+                                     description="Local CARTO SQL job API for development and tests.")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--schemas", help="workflow definitions to derive procedure signatures from "
+                                          "(default: GATEWAY_SCHEMAS_DIR or ./schemas, when present)")
+    parser.add_argument("--duration", type=float, default=1.0, help="seconds each job runs (default 1)")
+    parser.add_argument("--db", default=":memory:", help="SQLite file for jobs (default: in memory)")
+    parser.add_argument("--procedures", default=env.get("GATEWAY_SANDBOX_PROCEDURES"),
+                        help="JSON overrides per procedure (default: GATEWAY_SANDBOX_PROCEDURES)")
+    return parser
+
+
+def _schemas_dir(explicit: str | None, env: Mapping[str, str]) -> str | None:
+    if explicit is not None:
+        return explicit
+    default = env.get("GATEWAY_SCHEMAS_DIR", "schemas")
+    return default if (Path(default) / "workflows").is_dir() else None
+
+
+def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    """Run the sandbox; `argv` are the arguments after the `sandbox` verb. Returns the exit status."""
+    env = os.environ if env is None else env
+    args = _parser(env).parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        procedures = load_procedures(_schemas_dir(args.schemas, env), args.procedures)
+    except (ConfigError, ImportError) as exc:
+        print(f"sandbox: {exc}", file=sys.stderr)
+        return 2
+    server = SandboxServer(args.host, args.port, token=env.get("CARTO_API_TOKEN") or None,
+                           procedures=procedures, db_path=args.db, default_duration_s=args.duration)
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
+    server.start()
+    known = "any procedure (no signatures)" if procedures is None else f"{len(procedures)} procedure(s)"
+    print(f"CARTO sandbox on {server.url} — {known}; Ctrl-C to stop", flush=True)
+    while not stopping.wait(0.5):
+        pass
+    server.stop()
+    return 0
