@@ -3,10 +3,11 @@
 The schedule is geometric: the k-th status check is due `first_s * factor**k` seconds after
 submission (1 s, 1.25 s, 1.56 s, … with the defaults), so a job is seen finished within
 `factor - 1` (25 %) of its run time, in about log_factor(duration) checks. One invocation
-sleeps between checks while the next one is due within `inline_s`; past that it asks Pub/Sub
-to redeliver the tracking message later (`RetryLater`, which makes the function fail, so the
-subscription's retry policy backs off). A redelivery that arrives before the next check is due
-either sleeps until then (if within `inline_s`) or asks again, making no CARTO call.
+sleeps between checks while the next one is due within `inline_s` of its start; past that it
+sleeps out the rest of that budget and asks Pub/Sub to redeliver the tracking message later
+(`RetryLater`, which makes the function fail, so the subscription's retry policy backs off).
+A redelivery that arrives before the next check is due sleeps until then (if within `inline_s`)
+or asks again, making no CARTO call.
 
 Final transitions are first-writer-wins in the ledger, and the event is published before the
 message is acked, with a deterministic id, so redeliveries never yield a second, different outcome.
@@ -89,6 +90,9 @@ class Poller:
             if due_at > now:
                 if due_at - started > self.inline_s:
                     self.ledger.note_checks(record.key, checks, last_check or tracking.submitted_at)
+                    # Spend the rest of the budget first: a redelivery that comes back at once (the
+                    # emulator's, or a short backoff) then cannot spin.
+                    self.clock.sleep(max(0.0, started + self.inline_s - now))
                     raise RetryLater(f"job {tracking.job_id} still running; next check in {due_at - now:.0f} s")
                 self.clock.sleep(due_at - now)
             status = self._check(tracking)

@@ -130,13 +130,3 @@ class _Reader:
             self.problems.append(f"{name} must be sqlite:///PATH or firestore://COLLECTION, got {raw!r}")
         return raw
 
-
-def resolve_env_ref(ref: str, env: Mapping[str, str]) -> list[str]:
-    """Values of an `env:NAME` reference (space-separated = several, for rotation); ConfigError if unset."""
-    if not ref.startswith("env:"):
-        raise ConfigError(f"secret references must be env:NAME, got a literal value")
-    name = ref[4:]
-    values = (env.get(name) or "").split()
-    if not values:
-        raise ConfigError(f"environment variable {name} is not set (referenced as {ref})")
-    return values

@@ -1,0 +1,83 @@
+"""Building the real function app around injected clients: a recording publisher (a small fake,
+not a mock), a real SQLite ledger, the real local CARTO job API over loopback HTTP."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import functions_framework
+
+from gateway.app import App
+from gateway.errors import PublishUnavailable
+from gateway.events import Message
+from gateway.poller import Clock
+from gateway.settings import Settings
+from tests.conftest import CARTO_TOKEN, ROOT, SECRET
+
+
+@dataclass
+class RecordingPublisher:
+    """Keeps every published message; `fail_next` makes the next N publishes raise PublishUnavailable."""
+
+    messages: list[tuple[str, Message]] = field(default_factory=list)
+    fail_next: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def publish(self, topic: str, message: Message) -> str:
+        with self.lock:
+            if self.fail_next > 0:
+                self.fail_next -= 1
+                raise PublishUnavailable(f"publishing to {topic} failed (injected)")
+            self.messages.append((topic, message))
+            return str(len(self.messages))
+
+    def on(self, topic: str) -> list[Message]:
+        return [m for t, m in self.messages if t == topic]
+
+    def events(self) -> list[dict[str, Any]]:
+        return [{"attributes": m.attributes, "data": json.loads(m.data)} for m in self.on("workflow-job-events")]
+
+
+class FakeClock:
+    """Time that moves only when slept on (or advanced)."""
+
+    def __init__(self, start: float = 1_800_000_000.0):
+        self.t = start
+        self.slept: list[float] = []
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.t += max(0.0, seconds)
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+    def as_clock(self) -> Clock:
+        return Clock(self.now, self.sleep)
+
+
+def settings_env(schemas_dir: Path, sandbox_url: str, state_dir: Path, **extra: str) -> dict[str, str]:
+    return {"GATEWAY_SCHEMAS_DIR": str(schemas_dir), "CARTO_API_BASE_URL": sandbox_url,
+            "CARTO_API_TOKEN": CARTO_TOKEN, "GOOGLE_CLOUD_PROJECT": "test-project",
+            "GATEWAY_LEDGER": f"sqlite:///{state_dir / 'ledger.sqlite3'}", "STORE_CLUSTERS_SECRETS": SECRET,
+            "GATEWAY_POLL_FIRST_S": "0.05", **extra}
+
+
+def build_app(env: dict[str, str], *, publisher: Any = None, clock: Clock | None = None) -> App:
+    return App.build(Settings.from_env(env), publisher=publisher or RecordingPublisher(), clock=clock)
+
+
+def function_client(app: App, target: str = "webhook") -> Any:
+    """The real functions-framework app for `target` of main.py, serving the given App."""
+    signature = "cloudevent" if target in ("poll", "submit") else "http"
+    flask_app = functions_framework.create_app(target=target, source=str(ROOT / "main.py"), signature_type=signature)
+    sys.modules["main"]._app = lambda: app
+    return flask_app.test_client()

@@ -1,0 +1,182 @@
+"""The CARTO client against the local CARTO job API over loopback HTTP: honest retries, the echoed
+token stripped, state rules tolerant of other warehouses."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+
+from gateway.carto import (CANCELLED, FAILED, SUCCEEDED, CartoClient, ClientCredentials, StaticToken,
+                           SubmitOutcomeUnknown, parse_status, strip_secrets)
+from gateway.errors import CartoUnavailable, NotFound, UpstreamRejected
+from gateway.sandbox import serve
+from gateway.settings import Secret
+from tests.conftest import CARTO_TOKEN
+
+QUERY = "CALL `p.d.proc`(@a)"
+
+
+@pytest.mark.parametrize("body, outcome", [
+    ({"status": {"state": "PENDING"}}, None),
+    ({"status": {"state": "RUNNING"}}, None),
+    ({"status": {"state": "DONE"}}, SUCCEEDED),
+    ({"status": {"state": "DONE", "errorResult": {"reason": "invalidQuery", "message": "boom"}}}, FAILED),
+    ({"status": {"state": "DONE"}, "errorResult": {"reason": "invalidQuery", "message": "boom"}}, FAILED),
+    ({"status": "done"}, SUCCEEDED),
+    ({"status": {"state": "success"}}, SUCCEEDED),
+    ({"status": {"state": "FAILED_WITH_ERROR"}}, None),
+    ({"status": {"state": "failed"}}, FAILED),
+    ({"status": {"state": "Canceled"}}, CANCELLED),
+    ({"state": "queued"}, None),
+    ({}, None),
+])
+def test_terminal_states_are_read_defensively(body, outcome):
+    assert parse_status("j", body).outcome == outcome
+
+
+def test_a_failed_job_carries_reason_location_and_message():
+    error = {"reason": "invalidQuery", "location": "query", "message": "Query error: Cannot coerce"}
+    assert parse_status("j", {"status": {"state": "DONE", "errorResult": error}}).error == error
+
+
+def test_the_echoed_token_is_stripped_at_any_depth():
+    body = {"externalId": "j", "token": "t", "nested": [{"access_token": "t", "ok": 1}]}
+    assert strip_secrets(body) == {"externalId": "j", "nested": [{"ok": 1}]}
+
+
+@pytest.fixture
+def sandbox():
+    server = serve(token=CARTO_TOKEN, default_duration_s=0.2)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def slept():
+    return []
+
+
+@pytest.fixture
+def client(slept):
+    return CartoClient(requests.Session(), StaticToken(Secret(CARTO_TOKEN)), timeout_s=2, sleep=slept.append)
+
+
+def test_submit_returns_the_external_id(client, sandbox):
+    job_id = client.submit(sandbox.url, "conn", QUERY, {"a": 1})
+    assert [j.external_id for j in sandbox.jobs()] == [job_id]
+
+
+def test_a_503_with_retry_after_is_retried_after_waiting(client, sandbox, slept):
+    sandbox.faults.error("submit", status=503, count=1)
+    sandbox.faults.rate_limit("submit", retry_after=2, count=1)
+
+    client.submit(sandbox.url, "conn", QUERY, {"a": 1})
+
+    assert len(sandbox.jobs()) == 1 and 2.0 in slept
+
+
+def test_a_long_retry_after_is_passed_on_to_the_sender(client, sandbox):
+    sandbox.faults.rate_limit("submit", retry_after=120, count=1)
+
+    with pytest.raises(CartoUnavailable) as raised:
+        client.submit(sandbox.url, "conn", QUERY, {"a": 1})
+
+    assert raised.value.retry_after == 120 and sandbox.jobs() == []
+
+
+def test_a_500_to_a_post_is_never_retried_blindly(client, sandbox):
+    sandbox.faults.error("submit", status=500, count=1)
+
+    with pytest.raises(SubmitOutcomeUnknown):
+        client.submit(sandbox.url, "conn", QUERY, {"a": 1})
+
+    assert sandbox.stats()["requests"]["submit"] == 1
+
+
+def test_a_connection_dropped_after_the_job_was_created_is_an_unknown_outcome(client, sandbox):
+    sandbox.faults.drop("submit", after=True)
+
+    with pytest.raises(SubmitOutcomeUnknown):
+        client.submit(sandbox.url, "conn", QUERY, {"a": 1})
+
+    assert len(sandbox.jobs()) == 1  # it exists: only the job list can tell
+
+
+def test_a_refused_connection_is_unavailable():
+    from gateway.emulators import free_port
+
+    client = CartoClient(requests.Session(), StaticToken(Secret("t")), sleep=lambda s: None)
+    with pytest.raises(CartoUnavailable) as raised:
+        client.submit(f"http://127.0.0.1:{free_port()}", "conn", QUERY, {})
+    assert not isinstance(raised.value, SubmitOutcomeUnknown)
+
+
+def test_a_wrong_token_is_refused_without_echoing_it(sandbox):
+    client = CartoClient(requests.Session(), StaticToken(Secret("wrong-token-xyz")), sleep=lambda s: None)
+    with pytest.raises(UpstreamRejected) as raised:
+        client.submit(sandbox.url, "conn", QUERY, {})
+    assert "wrong-token-xyz" not in str(raised.value)
+
+
+def test_status_reads_failures_and_an_unknown_job_is_not_found(client, sandbox):
+    sandbox.faults.fail_jobs("Query error: boom")
+    job_id = client.submit(sandbox.url, "conn", QUERY, {"a": 1})
+    with pytest.raises(NotFound):
+        client.status(sandbox.url, "conn", "job_missing")
+    import time
+
+    time.sleep(0.3)
+    status = client.status(sandbox.url, "conn", job_id)
+    assert status.outcome == FAILED and status.error["message"] == "Query error: boom"
+
+
+def test_status_checks_are_retried_over_a_transient_502(client, sandbox):
+    job_id = client.submit(sandbox.url, "conn", QUERY, {"a": 1})
+    sandbox.faults.error("status", status=502, count=2)
+
+    assert client.status(sandbox.url, "conn", job_id).job_id == job_id
+
+
+def test_list_finds_submitted_jobs_with_their_query(client, sandbox):
+    client.submit(sandbox.url, "conn", QUERY + " /* marker */", {"a": 1})
+    assert any("/* marker */" in job["query"] for job in client.list_jobs(sandbox.url))
+
+
+class _TokenEndpoint(BaseHTTPRequestHandler):
+    issued: list[dict] = []
+
+    def do_POST(self):  # noqa: N802 - http.server's naming
+        form = self.rfile.read(int(self.headers["Content-Length"])).decode()
+        self.issued.append(dict(pair.split("=", 1) for pair in form.split("&")))
+        body = json.dumps({"access_token": f"token-{len(self.issued)}", "expires_in": 3600}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_client_credentials_are_refreshed_a_minute_before_expiry():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _TokenEndpoint)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    now = [1000.0]
+    tokens = ClientCredentials(requests.Session(), f"http://127.0.0.1:{server.server_port}/oauth/token",
+                               "client-1", Secret("s3cret"), clock=lambda: now[0])
+    try:
+        first = tokens.token()
+        now[0] += 3500
+        same = tokens.token()
+        now[0] += 50  # 3550 s: within the last minute
+        refreshed = tokens.token()
+    finally:
+        server.shutdown()
+    assert (first, same, refreshed) == ("token-1", "token-1", "token-2")
+    assert _TokenEndpoint.issued[0]["grant_type"] == "client_credentials"
+    assert "s3cret" not in repr(tokens)

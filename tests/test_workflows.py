@@ -1,0 +1,132 @@
+"""Workflow definitions: every file in schemas/ loads and lints clean; a bad file stops the instance
+with a message naming file, JSON path and problem."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from gateway.errors import ConfigError
+from gateway.lint import lint
+from gateway.settings import Settings
+from gateway.workflows import load_registry, query_parameter_names
+from tests.conftest import ROOT, SECRET, product_workflow_files
+
+SEED = json.loads((ROOT / "schemas" / "workflows" / "store-clusters.json").read_text())
+
+
+def env_for_every_secret() -> dict[str, str]:
+    """A value for every env:NAME a product workflow references."""
+    names = set()
+    for path in product_workflow_files():
+        auth = json.loads(path.read_text())["auth"]
+        for scheme in auth if isinstance(auth, list) else []:
+            for key in ("secrets", "tokens"):
+                if key in scheme:
+                    names.add(scheme[key][4:])
+    return {name: SECRET for name in names}
+
+
+@pytest.mark.parametrize("path", product_workflow_files(), ids=lambda p: p.stem)
+def test_every_workflow_file_loads_and_lints_clean(path):
+    registry = load_registry(ROOT / "schemas", env_for_every_secret())
+
+    workflow = registry.get(path.stem)
+
+    assert workflow is not None and workflow.schemes
+    assert set(workflow.parameters) == set(query_parameter_names(workflow.query))
+    assert [p for p in lint(registry) if p.startswith(f"{path.stem}:")] == []
+
+
+@pytest.fixture
+def schemas(tmp_path):
+    target = tmp_path / "schemas"
+    shutil.copytree(ROOT / "schemas", target)
+    for path in (target / "workflows").glob("*.json"):
+        path.unlink()
+    return target
+
+
+def write(schemas, name, definition):
+    (schemas / "workflows" / f"{name}.json").write_text(json.dumps(definition))
+
+
+def load_error(schemas, env=None) -> str:
+    with pytest.raises(ConfigError) as raised:
+        load_registry(schemas, env if env is not None else {"STORE_CLUSTERS_SECRETS": SECRET})
+    return str(raised.value)
+
+
+def test_a_meta_schema_violation_names_file_path_and_problem(schemas):
+    write(schemas, "bad", {**SEED, "parameters": {**SEED["parameters"], "store_type": {"type": "VARCHAR", "from": "/s"}}})
+    message = load_error(schemas)
+    assert "bad.json" in message and "$.parameters.store_type.type" in message
+
+
+def test_a_query_name_without_a_parameter_is_refused(schemas):
+    write(schemas, "bad", {**SEED, "parameters": {k: v for k, v in SEED["parameters"].items() if k != "store_type"}})
+    assert "@store_type has no entry in parameters" in load_error(schemas)
+
+
+def test_a_parameter_the_query_does_not_use_is_refused(schemas):
+    write(schemas, "bad", {**SEED, "parameters": {**SEED["parameters"], "extra": {"type": "STRING", "value": "x"}}})
+    assert "$.parameters.extra: not used as @extra in the query" in load_error(schemas)
+
+
+def test_a_default_that_does_not_bind_is_refused(schemas):
+    parameters = {**SEED["parameters"], "number_of_clusters": {"type": "INT64", "from": "/clusters", "default": 2.5}}
+    write(schemas, "bad", {**SEED, "parameters": parameters})
+    assert "number_of_clusters" in load_error(schemas)
+
+
+def test_a_workflow_without_auth_is_refused_unless_it_says_none(schemas):
+    write(schemas, "open", {k: v for k, v in SEED.items() if k != "auth"})
+    assert "auth" in load_error(schemas)
+    write(schemas, "open", {**SEED, "auth": "none"})
+    assert load_registry(schemas, {}).get("open").schemes
+
+
+def test_a_missing_secret_variable_is_named_without_any_value(schemas):
+    write(schemas, "flow", SEED)
+    message = load_error(schemas, env={})
+    assert "STORE_CLUSTERS_SECRETS" in message
+
+
+def test_an_invalid_payload_schema_is_refused(schemas):
+    write(schemas, "bad", {**SEED, "payload": {"type": "no-such-type"}})
+    assert "$.payload" in load_error(schemas)
+
+
+def test_the_file_name_must_be_a_url_segment(schemas):
+    write(schemas, "Bad_Name", SEED)
+    assert "URL segment" in load_error(schemas)
+
+
+def test_every_bad_file_is_reported_together(schemas):
+    write(schemas, "one", {**SEED, "connection": ""})
+    write(schemas, "two", {**SEED, "query": "SELECT 1"})
+    message = load_error(schemas)
+    assert "one.json" in message and "two.json" in message
+
+
+def test_query_names_skip_literals_identifiers_and_comments():
+    query = "CALL `p.d.x@y`(@a, '@b', \"@c\", @a /* @d */, @e) -- @f\n"
+    assert query_parameter_names(query) == ["a", "e"]
+
+
+def test_a_pointer_absent_from_the_payload_schema_is_a_lint_problem(schemas):
+    parameters = {**SEED["parameters"], "store_type": {"type": "STRING", "from": "/store/kind"}}
+    write(schemas, "typo", {**SEED, "parameters": parameters})
+    problems = lint(load_registry(schemas, {"STORE_CLUSTERS_SECRETS": SECRET}))
+    assert problems == ["typo: parameters.store_type: pointer /store/kind is not declared in the payload schema"]
+
+
+def test_settings_report_every_problem_together_and_hide_secrets():
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({"GATEWAY_MAX_BODY_BYTES": "big", "GATEWAY_LEDGER": "mysql://x", "CARTO_CLIENT_ID": "id"})
+    message = str(raised.value)
+    assert "GATEWAY_MAX_BODY_BYTES" in message and "GATEWAY_LEDGER" in message and "CARTO_CLIENT_SECRET" in message
+    settings = Settings.from_env({"CARTO_API_TOKEN": "tok-SENTINEL"})
+    assert "tok-SENTINEL" not in repr(settings)
