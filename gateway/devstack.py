@@ -171,6 +171,12 @@ def run(args: Any) -> int:
                        schemas_dir=Path(os.environ.get("GATEWAY_SCHEMAS_DIR", ROOT / "schemas")),
                        webhook_port=args.webhook_port, poll_port=args.poll_port, sandbox_port=args.sandbox_port,
                        pubsub_port=args.pubsub_port, env=env)
+    import signal
+
+    def _interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` and `timeout` stop the children too
     stack.start()
     try:
         _print_banner(stack)

@@ -210,6 +210,6 @@ def _record_view(record: Any, live: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _openapi(app: App) -> dict[str, Any]:
-    from gateway.openapi import document
+    from gateway.openapi import cached_document
 
-    return document(app.registry)
+    return cached_document(app.registry)
