@@ -1,0 +1,70 @@
+"""Structured logs for Cloud Logging: JSON lines with severity, the trace of the request, and the
+workflow, delivery id and job id; the trace travels from the webhook into the completion event."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+
+import pytest
+
+from gateway import logs
+from gateway.events import parse_tracking
+from gateway.sandbox import serve
+from tests.apptools import FakeClock, RecordingPublisher, build_app, function_client, settings_env
+from tests.conftest import CARTO_TOKEN, SECRET
+from tests.stackutil import signed_headers
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+BODY = json.dumps({"clusters": 2, "radius_m": 500, "store": {"type": "Supermarket"}}).encode()
+
+
+@pytest.mark.parametrize("headers, expected", [
+    ({"traceparent": f"00-{TRACE}-00f067aa0ba902b7-01"}, TRACE),
+    ({"X-Cloud-Trace-Context": f"{TRACE.upper()}/1;o=1"}, TRACE),
+    ({"traceparent": "garbage"}, None),
+    ({}, None),
+])
+def test_the_trace_id_comes_from_traceparent_or_the_cloud_header(headers, expected):
+    assert logs.trace_id(headers) == expected
+
+
+@pytest.fixture
+def captured():
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.JsonFormatter("test-project"))
+    logger = logging.getLogger("gateway")
+    logger.addHandler(handler)
+    previous = logger.level
+    logger.setLevel(logging.INFO)
+    yield stream
+    logger.removeHandler(handler)
+    logger.setLevel(previous)
+
+
+def test_a_webhook_logs_json_lines_that_carry_trace_workflow_delivery_and_job(test_schemas, tmp_path, captured):
+    sandbox = serve(token=CARTO_TOKEN, default_duration_s=0.1)
+    clock = FakeClock(start=time.time())  # signatures are checked against it
+    publisher = RecordingPublisher()
+    app = build_app(settings_env(test_schemas, sandbox.url, tmp_path), publisher=publisher, clock=clock.as_clock())
+    headers = {**signed_headers(SECRET, BODY, "msg_trace_1"), "traceparent": f"00-{TRACE}-00f067aa0ba902b7-01"}
+    try:
+        answer = function_client(app).post("/hooks/store-clusters", data=BODY, headers=headers).get_json()
+        tracking = parse_tracking(publisher.on("workflow-jobs")[0].data)
+        clock.advance(1)
+        app.poller.handle(tracking)
+    finally:
+        sandbox.stop()
+
+    lines = [json.loads(line) for line in captured.getvalue().splitlines()]
+    answered = next(line for line in lines if line["message"].startswith("answered POST"))
+    assert answered["severity"] == "INFO"
+    assert answered["logging.googleapis.com/trace"] == f"projects/test-project/traces/{TRACE}"
+    assert (answered["workflow"], answered["delivery_id"], answered["job_id"]) == (
+        "store-clusters", "msg_trace_1", answer["job_id"])
+    event = publisher.on("workflow-job-events")[0]
+    assert tracking.trace == TRACE and json.loads(event.data)["trace"] == TRACE
+    assert json.loads(event.data)["delivery_id"] == "msg_trace_1"
