@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint bench soak deploy clean
+.PHONY: dev test lint bench soak deploy deploy-check teardown clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,3 +23,13 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache .hypothesis
+
+ENV ?= deploy/env
+deploy:
+	deploy/deploy.sh --env $(ENV)
+
+deploy-check:
+	deploy/deploy.sh --env $(ENV) --dry-run | $(PYTHON) deploy/gcloud_argcheck.py
+
+teardown:
+	deploy/teardown.sh --env $(ENV)

@@ -1,6 +1,7 @@
 """Cloud Functions entry points: webhook, poll, submit, sweep. Thin: the logic lives in `gateway/`.
 
 Each instance builds its clients once, on first use (`_app`), and reuses them for every request.
+Only `webhook` loads the webhook secrets: the Pub/Sub-triggered functions and `sweep` never verify one.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from gateway.app import App
 
 
 @functools.cache
-def _app() -> App:
-    return App.from_env()
+def _app(verify_senders: bool = True) -> App:
+    return App.from_env(verify_senders=verify_senders)
 
 
 @functions_framework.http
@@ -27,16 +28,16 @@ def webhook(request):
 @functions_framework.cloud_event
 def poll(cloud_event):
     """Tracking topic → follow the job → one completion event. Raises to have Pub/Sub redeliver later."""
-    entrypoints.poll(_app(), cloud_event)
+    entrypoints.poll(_app(verify_senders=False), cloud_event)
 
 
 @functions_framework.cloud_event
 def submit(cloud_event):
     """Requests topic → the same path as a webhook, minus the signature (IAM protects the topic)."""
-    entrypoints.submit(_app(), cloud_event)
+    entrypoints.submit(_app(verify_senders=False), cloud_event)
 
 
 @functions_framework.http
 def sweep(request):
     """Cloud Scheduler → re-drive deliveries stuck between states."""
-    return entrypoints.sweep(_app(), request)
+    return entrypoints.sweep(_app(verify_senders=False), request)

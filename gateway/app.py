@@ -62,10 +62,13 @@ class App:
         return cls(settings, registry, carto, ledger, publisher, intake, poller, sweeper, clock)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> App:
+    def from_env(cls, env: Mapping[str, str] | None = None, *, verify_senders: bool = True) -> App:
+        """An instance from the environment. Without `verify_senders` (poll, submit, sweep) the webhook
+        secrets are not loaded, so those functions need no access to them; every signature then fails closed."""
         settings = Settings.from_env(env)
         logs.configure(settings.project)
-        return cls.build(settings)
+        registry = load_registry(settings.schemas_dir, settings.env, require_secrets=verify_senders)
+        return cls.build(settings, registry=registry)
 
 
 def _session() -> requests.Session:

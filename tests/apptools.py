@@ -79,5 +79,5 @@ def function_client(app: App, target: str = "webhook") -> Any:
     """The real functions-framework app for `target` of main.py, serving the given App."""
     signature = "cloudevent" if target in ("poll", "submit") else "http"
     flask_app = functions_framework.create_app(target=target, source=str(ROOT / "main.py"), signature_type=signature)
-    sys.modules["main"]._app = lambda: app
+    sys.modules["main"]._app = lambda **_: app
     return flask_app.test_client()

@@ -1,0 +1,309 @@
+#!/usr/bin/env bash
+# Create or update the gateway on Google Cloud. Idempotent: run it again after any change.
+# Order: APIs, topics and dead letters, service accounts, secrets, IAM, Firestore ledger,
+# the four functions, invokers, the tracking/requests retry policies, the sweep schedule.
+set -euo pipefail
+# shellcheck source=deploy/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+usage() {
+  cat <<'EOF'
+usage: deploy/deploy.sh [--env FILE] [--dry-run]
+
+  --env FILE   settings file (default deploy/env; start from deploy/env.example)
+  --dry-run    print every gcloud command instead of running it (no credentials needed)
+
+A secret with no value yet takes it from the environment variable of the same name, e.g.
+  CARTO_API_TOKEN=... STORE_CLUSTERS_SECRETS=whsec_... deploy/deploy.sh
+EOF
+}
+
+REQUIRED_APIS=(
+  cloudfunctions.googleapis.com run.googleapis.com cloudbuild.googleapis.com
+  artifactregistry.googleapis.com eventarc.googleapis.com pubsub.googleapis.com
+  secretmanager.googleapis.com firestore.googleapis.com cloudscheduler.googleapis.com
+  iam.googleapis.com logging.googleapis.com
+)
+
+main() {
+  while (($#)); do
+    common_option "$@" || die "unknown option: $1 (see --help)"
+    shift "$SHIFT"
+  done
+  load_settings
+  ((DRY_RUN)) || command -v gcloud >/dev/null || die "gcloud not found: install the Google Cloud SDK"
+  collect_secrets
+  FUNCTION_ENV_VARS=$(function_env_vars)
+  say "gateway deploy to project $PROJECT, region $REGION"
+  gc services enable "${REQUIRED_APIS[@]}"
+  PUBSUB_AGENT=$(pubsub_service_agent)
+  create_topics
+  create_service_accounts
+  create_secrets
+  grant_runtime_roles
+  create_firestore_ledger
+  deploy_functions
+  grant_invokers
+  apply_retry_policy poll "$JOBS_DEAD_LETTER_TOPIC" "$JOBS_MAX_DELIVERY_ATTEMPTS"
+  apply_retry_policy submit "$REQUESTS_DEAD_LETTER_TOPIC" "$REQUESTS_MAX_DELIVERY_ATTEMPTS"
+  schedule_sweep
+  report
+}
+
+# Pub/Sub's own identity: it moves dead letters and signs the push requests of the triggers.
+pubsub_service_agent() {
+  local number
+  number=$(gc_value PROJECT_NUMBER projects describe "$PROJECT" '--format=value(projectNumber)')
+  printf 'serviceAccount:service-%s@gcp-sa-pubsub.iam.gserviceaccount.com\n' "$number"
+}
+
+create_topics() {
+  say "Pub/Sub topics (tracking, events, requests, dead letters); created if absent"
+  local topic
+  for topic in "${TOPICS[@]}"; do
+    gc_exists pubsub topics describe "$topic" || gc pubsub topics create "$topic"
+  done
+  say "subscriptions that keep dead letters until someone replays or drops them"
+  keep_dead_letters "$JOBS_DEAD_LETTER_SUB" "$JOBS_DEAD_LETTER_TOPIC"
+  keep_dead_letters "$REQUESTS_DEAD_LETTER_SUB" "$REQUESTS_DEAD_LETTER_TOPIC"
+}
+
+keep_dead_letters() {
+  local subscription=$1 topic=$2
+  gc_exists pubsub subscriptions describe "$subscription" \
+    || gc pubsub subscriptions create "$subscription" --topic="$topic" \
+      --message-retention-duration=7d --expiration-period=never --ack-deadline=60
+}
+
+create_service_accounts() {
+  say "service accounts, one per identity, created if absent"
+  local role
+  for role in "${SERVICE_ACCOUNT_ROLES[@]}"; do
+    gc_exists iam service-accounts describe "$(sa_email "$role")" \
+      || gc iam service-accounts create "$NAME_PREFIX-$role" \
+        --display-name="Workflow gateway: $role"
+  done
+}
+
+create_secrets() {
+  say "Secret Manager secrets, one per secret env var (CARTO and the workflows' auth)"
+  local name missing=()
+  for name in "${ALL_SECRET_ENVS[@]}"; do
+    gc_exists secrets describe "$name" || gc secrets create "$name" --replication-policy=automatic
+    if has_secret_value "$name"; then continue; fi
+    if ((DRY_RUN)) || [[ -n ${!name:-} ]]; then
+      add_first_secret_value "$name"
+    else
+      missing+=("$name")
+    fi
+  done
+  ((${#missing[@]} == 0)) || die "$(missing_secrets_message "${missing[@]}")"
+}
+
+has_secret_value() {
+  local version
+  version=$(gc_value "" secrets versions list "$1" --filter=state:enabled --limit=1 '--format=value(name)')
+  [[ -n $version ]]
+}
+
+# The first value comes from the deployer's environment variable of the same name, through
+# stdin: a secret never appears on a command line or in the settings file.
+add_first_secret_value() {
+  local name=$1
+  if ((DRY_RUN)); then
+    say "only if $name has no enabled version yet; the value is read from \$$name on stdin"
+    gc secrets versions add "$name" --data-file=-
+  else
+    printf '%s' "${!name}" | gc secrets versions add "$name" --data-file=-
+  fi
+}
+
+missing_secrets_message() {
+  local name
+  printf 'these secrets have no value yet; add each, then deploy again:\n'
+  for name in "$@"; do
+    printf "  printf %%s 'VALUE' | gcloud secrets versions add %s --data-file=- --project=%s\n" "$name" "$PROJECT"
+  done
+  printf '(or export %s in the environment of deploy.sh)' "$*"
+}
+
+# Least roles: each function publishes only where it must and reads only the secrets it is
+# given (function_secret_envs). Firestore has no per-collection IAM: datastore.user on the
+# project is the narrowest role that reads and writes documents.
+grant_runtime_roles() {
+  say "IAM for the runtime service accounts"
+  local fn name secrets
+  for fn in "${FUNCTIONS[@]}"; do
+    gc_retry projects add-iam-policy-binding "$PROJECT" --member="$(sa_member "$fn")" \
+      --role=roles/datastore.user --condition=None --format=none
+  done
+  grant_publishers "$GATEWAY_JOBS_TOPIC" webhook submit poll sweep
+  grant_publishers "$GATEWAY_EVENTS_TOPIC" poll sweep
+  for fn in "${FUNCTIONS[@]}"; do
+    mapfile -t secrets < <(function_secret_envs "$fn")
+    for name in "${secrets[@]}"; do
+      gc_retry secrets add-iam-policy-binding "$name" --member="$(sa_member "$fn")" \
+        --role=roles/secretmanager.secretAccessor --format=none
+    done
+  done
+}
+
+grant_publishers() {
+  local topic=$1 fn
+  shift
+  for fn in "$@"; do
+    gc_retry pubsub topics add-iam-policy-binding "$topic" --member="$(sa_member "$fn")" \
+      --role=roles/pubsub.publisher --format=none
+  done
+}
+
+# The ledger (DESIGN §7): a native-mode database whose records expire by TTL. Fields that are
+# never queried are exempt from indexing: large ones, and expires_at, whose monotonic values
+# would hotspot the index (https://cloud.google.com/firestore/docs/ttl).
+UNINDEXED_LEDGER_FIELDS=(expires_at parameters query error)
+
+create_firestore_ledger() {
+  say "Firestore database $LEDGER_DATABASE (native mode), ledger collection $LEDGER_COLLECTION"
+  local database=--database=$LEDGER_DATABASE group=--collection-group=$LEDGER_COLLECTION
+  local kind overridden ttl field
+  if gc_exists firestore databases describe "$database"; then
+    kind=$(gc_value FIRESTORE_NATIVE firestore databases describe "$database" '--format=value(type)')
+    [[ $kind == FIRESTORE_NATIVE ]] || die "Firestore database $LEDGER_DATABASE is $kind; the ledger needs native mode"
+  else
+    gc firestore databases create "$database" --location="${FIRESTORE_LOCATION:-$REGION}" --type=firestore-native
+  fi
+  overridden=$(gc_value "" firestore indexes fields list "$group" "$database" '--format=value(name)')
+  for field in "${UNINDEXED_LEDGER_FIELDS[@]}"; do
+    if ! grep -q "/fields/$field\$" <<<"$overridden"; then
+      gc firestore indexes fields update "$field" "$group" "$database" --disable-indexes
+    fi
+  done
+  ttl=$(gc_value "" firestore fields ttls list "$group" "$database" '--format=value(name)')
+  if ! grep -q "/fields/expires_at\$" <<<"$ttl"; then
+    gc firestore fields ttls update expires_at "$group" "$database" --enable-ttl --async
+  fi
+}
+
+# Sizes: poll sleeps between status checks inside an invocation (GATEWAY_POLL_INLINE_S), so
+# it gets a long timeout and serves many messages per instance (concurrency needs cpu >= 1).
+deploy_functions() {
+  say "functions (2nd gen); deploy updates an existing one in place"
+  deploy_function webhook --trigger-http --allow-unauthenticated \
+    --memory=512Mi --cpu=1 --concurrency=40 --timeout=60s --max-instances=20
+  deploy_function poll --trigger-topic="$GATEWAY_JOBS_TOPIC" --retry \
+    --trigger-service-account="$(sa_email trigger)" \
+    --memory=512Mi --cpu=1 --concurrency=40 --timeout=540s --max-instances=20
+  deploy_function submit --trigger-topic="$GATEWAY_REQUESTS_TOPIC" --retry \
+    --trigger-service-account="$(sa_email trigger)" \
+    --memory=512Mi --cpu=1 --concurrency=20 --timeout=120s --max-instances=10
+  deploy_function sweep --trigger-http --no-allow-unauthenticated \
+    --memory=512Mi --cpu=1 --concurrency=1 --timeout=300s --max-instances=1
+}
+
+deploy_function() {
+  local fn=$1
+  shift
+  local args=(functions deploy "$(function_name "$fn")" --gen2 --region="$REGION"
+    --runtime="$RUNTIME" --source="$SOURCE_DIR" --entry-point="$fn"
+    --service-account="$(sa_email "$fn")"
+    --set-env-vars="$FUNCTION_ENV_VARS" --set-secrets="$(function_secrets "$fn")" "$@")
+  if [[ -n $BUILD_SERVICE_ACCOUNT ]]; then
+    args+=(--build-service-account="projects/$PROJECT/serviceAccounts/$BUILD_SERVICE_ACCOUNT")
+  fi
+  gc "${args[@]}"
+}
+
+# The settings of DESIGN §9, the same for every function.
+function_env_vars() {
+  local pairs=(
+    "GOOGLE_CLOUD_PROJECT=$PROJECT"
+    "GATEWAY_SCHEMAS_DIR=$GATEWAY_SCHEMAS_DIR"
+    "CARTO_API_BASE_URL=$CARTO_API_BASE_URL"
+    "GATEWAY_JOBS_TOPIC=$GATEWAY_JOBS_TOPIC"
+    "GATEWAY_EVENTS_TOPIC=$GATEWAY_EVENTS_TOPIC"
+    "GATEWAY_REQUESTS_TOPIC=$GATEWAY_REQUESTS_TOPIC"
+    "GATEWAY_LEDGER=$GATEWAY_LEDGER"
+    "GATEWAY_MAX_BODY_BYTES=$GATEWAY_MAX_BODY_BYTES"
+    "GATEWAY_POLL_INLINE_S=$GATEWAY_POLL_INLINE_S"
+  )
+  [[ -z $CARTO_CLIENT_ID ]] || pairs+=("CARTO_CLIENT_ID=$CARTO_CLIENT_ID")
+  local pair
+  for pair in "${pairs[@]}"; do
+    [[ $pair != *,* ]] || die "a setting may not contain a comma: ${pair%%=*}"
+  done
+  [[ -z $EXTRA_ENV_VARS ]] || pairs+=("$EXTRA_ENV_VARS")
+  local IFS=,
+  printf '%s\n' "${pairs[*]}"
+}
+
+# NAME=NAME:latest for each secret the function reads: a new instance reads the newest version.
+function_secrets() {
+  local refs=() name
+  while read -r name; do
+    refs+=("$name=$name:latest")
+  done < <(function_secret_envs "$1")
+  local IFS=,
+  printf '%s\n' "${refs[*]}"
+}
+
+# Who may call the private functions: the Eventarc triggers' identity and the scheduler's.
+grant_invokers() {
+  say "invokers of the private functions"
+  gc_retry functions add-invoker-policy-binding "$(function_name poll)" --region="$REGION" \
+    --member="$(sa_member trigger)"
+  gc_retry functions add-invoker-policy-binding "$(function_name submit)" --region="$REGION" \
+    --member="$(sa_member trigger)"
+  gc_retry functions add-invoker-policy-binding "$(function_name sweep)" --region="$REGION" \
+    --member="$(sa_member scheduler)"
+  # Pub/Sub mints the OIDC token of the trigger identity for each push.
+  gc_retry iam service-accounts add-iam-policy-binding "$(sa_email trigger)" \
+    --member="$PUBSUB_AGENT" --role=roles/iam.serviceAccountTokenCreator --format=none
+}
+
+# The trigger's subscription is created by Eventarc: find it, then set backoff bounds and the
+# dead-letter policy (https://cloud.google.com/pubsub/docs/handling-failures).
+apply_retry_policy() {
+  local fn=$1 dead_letter_topic=$2 attempts=$3 name trigger subscription
+  name=$(function_name "$fn")
+  say "retry and dead-letter policy of the subscription that triggers $name"
+  trigger=$(gc_value "projects/$PROJECT/locations/$REGION/triggers/$name-000000" \
+    functions describe "$name" --gen2 --region="$REGION" '--format=value(eventTrigger.trigger)')
+  [[ -n $trigger ]] || die "$name has no Eventarc trigger"
+  subscription=$(gc_value "projects/$PROJECT/subscriptions/eventarc-$REGION-$name-000000-sub-000" \
+    eventarc triggers describe "$trigger" --location="$REGION" \
+    '--format=value(transport.pubsub.subscription)')
+  [[ -n $subscription ]] || die "the trigger $trigger has no Pub/Sub subscription"
+  gc pubsub subscriptions update "$subscription" --ack-deadline=600 \
+    --min-retry-delay=10s --max-retry-delay=600s \
+    --dead-letter-topic="$dead_letter_topic" --max-delivery-attempts="$attempts"
+  gc_retry pubsub topics add-iam-policy-binding "$dead_letter_topic" --member="$PUBSUB_AGENT" \
+    --role=roles/pubsub.publisher --format=none
+  gc_retry pubsub subscriptions add-iam-policy-binding "$subscription" --member="$PUBSUB_AGENT" \
+    --role=roles/pubsub.subscriber --format=none
+}
+
+schedule_sweep() {
+  say "Cloud Scheduler job calling sweep with an OIDC token"
+  local url verb=create
+  url=$(function_url sweep)
+  if gc_exists scheduler jobs describe "$SCHEDULER_JOB" --location="$REGION"; then verb=update; fi
+  gc scheduler jobs "$verb" http "$SCHEDULER_JOB" --location="$REGION" \
+    --schedule="$SWEEP_SCHEDULE" --time-zone=Etc/UTC --uri="$url" --http-method=post \
+    --oidc-service-account-email="$(sa_email scheduler)" --oidc-token-audience="$url" \
+    --attempt-deadline=320s --description="Re-drive gateway deliveries stuck between states"
+}
+
+function_url() {
+  local name
+  name=$(function_name "$1")
+  gc_value "https://$name-dry-run.a.run.app" functions describe "$name" --gen2 \
+    --region="$REGION" '--format=value(serviceConfig.uri)'
+}
+
+report() {
+  local url
+  url=$(function_url webhook)
+  say "done. Webhooks go to $url/hooks/{workflow}"
+}
+
+main "$@"

@@ -1,0 +1,227 @@
+# Shared by deploy.sh, teardown.sh and replay-dead-letters.sh: options, settings, naming,
+# and the one place a gcloud command is built and issued (printed under --dry-run).
+# Sourced, not run. Bash 4+.
+
+DEPLOY_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=$(cd "$DEPLOY_DIR/.." && pwd)
+DRY_RUN=0
+ENV_FILE="$DEPLOY_DIR/env"
+# What an existence probe answers under --dry-run: deploy shows the creates, teardown the deletes.
+DRY_RUN_ASSUME=absent
+FAILURES=0
+
+# The dry-run listing goes to the caller's stdout even from inside $(...).
+exec 3>&1
+# Deletes and IAM changes must never wait on a prompt nobody sees.
+export CLOUDSDK_CORE_DISABLE_PROMPTS=1
+
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+say() { if ((DRY_RUN)); then printf '# %s\n' "$*" >&3; else printf '==> %s\n' "$*" >&2; fi; }
+
+# Print an argv so it can be pasted into a shell (and split back by shlex).
+quote_argv() {
+  local out=() arg
+  for arg in "$@"; do
+    if [[ $arg =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then
+      out+=("$arg")
+    else
+      out+=("'${arg//\'/\'\\\'\'}'")
+    fi
+  done
+  printf '%s\n' "${out[*]}"
+}
+
+# The one place a gcloud command is built and issued. MODE:
+#   run       run it; the script stops if it fails
+#   retry     like run, retried a few times (IAM on a service account created seconds ago)
+#   exists    run it quietly; true when it succeeds (a describe probe)
+#   value:D   run it and print its stdout (a lookup); D is printed instead under --dry-run
+#   try       run it; a failure is reported, counted and skipped (teardown)
+gcloud_cmd() {
+  local mode=$1
+  shift
+  local argv=(gcloud "$@" "--project=$PROJECT")
+  if ((DRY_RUN)); then
+    quote_argv "${argv[@]}" >&3
+    case $mode in
+      exists) [[ $DRY_RUN_ASSUME == present ]] ;;
+      value:*) printf '%s\n' "${mode#value:}" ;;
+    esac
+    return
+  fi
+  case $mode in
+    exists) "${argv[@]}" >/dev/null 2>&1 ;;
+    value:*) "${argv[@]}" ;;
+    run) quote_argv + "${argv[@]}" >&2; "${argv[@]}" ;;
+    retry) quote_argv + "${argv[@]}" >&2; run_with_retries "${argv[@]}" ;;
+    try) quote_argv + "${argv[@]}" >&2; run_or_report "${argv[@]}" ;;
+    *) die "gcloud_cmd: unknown mode $mode" ;;
+  esac
+}
+
+gc() { gcloud_cmd run "$@"; }
+gc_retry() { gcloud_cmd retry "$@"; }
+gc_exists() { gcloud_cmd exists "$@"; }
+gc_try() { gcloud_cmd try "$@"; }
+gc_value() { local default=$1; shift; gcloud_cmd "value:$default" "$@"; }
+
+# A service account is visible to IAM some seconds after its creation: retry, don't fail.
+run_with_retries() {
+  local attempt
+  for attempt in 1 2 3 4 5; do
+    "$@" && return 0
+    ((attempt < 5)) && { printf '   (retrying in %ss)\n' $((attempt * 5)) >&2; sleep $((attempt * 5)); }
+  done
+  return 1
+}
+
+# Teardown keeps going: "not found" means already gone, anything else is counted.
+run_or_report() {
+  local err
+  if err=$("$@" 2>&1 >/dev/null); then return 0; fi
+  if grep -qiE 'not.?found|does not exist|NOT_FOUND' <<<"$err"; then
+    printf '   (already gone)\n' >&2
+  else
+    printf '%s\n' "$err" >&2
+    FAILURES=$((FAILURES + 1))
+  fi
+  return 0
+}
+
+# Handle one shared option at "$@" (--env FILE, --dry-run, --help); set SHIFT to the number
+# of words it used, or return 1 for an option this helper does not know.
+common_option() {
+  case $1 in
+    --env) [[ $# -ge 2 ]] || die "--env needs a file"; ENV_FILE=$2; SHIFT=2 ;;
+    --env=*) ENV_FILE=${1#--env=}; SHIFT=1 ;;
+    --dry-run) DRY_RUN=1; SHIFT=1 ;;
+    -h | --help) usage; exit 0 ;;
+    *) return 1 ;;
+  esac
+}
+
+# Source the settings file, apply defaults, and report every missing setting at once.
+load_settings() {
+  [[ -f $ENV_FILE ]] || die "settings file $ENV_FILE not found: cp deploy/env.example deploy/env and edit it"
+  # shellcheck disable=SC1090
+  source "$ENV_FILE"
+  : "${NAME_PREFIX:=gateway}"
+  : "${RUNTIME:=python311}"
+  : "${SOURCE_DIR:=$REPO_ROOT}"
+  : "${FIRESTORE_LOCATION:=}"
+  : "${GATEWAY_SCHEMAS_DIR:=schemas}"
+  : "${GATEWAY_JOBS_TOPIC:=workflow-jobs}"
+  : "${GATEWAY_EVENTS_TOPIC:=workflow-job-events}"
+  : "${GATEWAY_REQUESTS_TOPIC:=workflow-requests}"
+  : "${GATEWAY_LEDGER:=firestore://deliveries}"
+  : "${GATEWAY_MAX_BODY_BYTES:=1048576}"
+  : "${GATEWAY_POLL_INLINE_S:=300}"
+  : "${JOBS_DEAD_LETTER_TOPIC:=${GATEWAY_JOBS_TOPIC}-dead-letter}"
+  : "${REQUESTS_DEAD_LETTER_TOPIC:=${GATEWAY_REQUESTS_TOPIC}-dead-letter}"
+  : "${DEAD_LETTER_SUBSCRIPTION_SUFFIX:=-kept}"
+  : "${JOBS_MAX_DELIVERY_ATTEMPTS:=100}"
+  : "${REQUESTS_MAX_DELIVERY_ATTEMPTS:=20}"
+  : "${SWEEP_SCHEDULE:=*/5 * * * *}"
+  : "${CARTO_CLIENT_ID:=}"
+  : "${EXTRA_ENV_VARS:=}"
+  : "${BUILD_SERVICE_ACCOUNT:=}"
+  local missing=() name
+  for name in PROJECT REGION CARTO_API_BASE_URL; do
+    [[ -n ${!name:-} ]] || missing+=("$name")
+  done
+  ((${#missing[@]} == 0)) || die "missing in $ENV_FILE: ${missing[*]}"
+  [[ $GATEWAY_LEDGER =~ ^firestore://([A-Za-z0-9][A-Za-z0-9_.-]*)(\?database=([a-z][a-z0-9-]*))?$ ]] \
+    || die "GATEWAY_LEDGER must be firestore://COLLECTION[?database=NAME] in the cloud, got $GATEWAY_LEDGER"
+  LEDGER_COLLECTION=${BASH_REMATCH[1]}
+  LEDGER_DATABASE=${BASH_REMATCH[3]:-(default)}
+  [[ $NAME_PREFIX =~ ^[a-z][a-z0-9-]{1,20}$ ]] \
+    || die "NAME_PREFIX must be 2-21 lower-case letters, digits or dashes (it prefixes service account ids)"
+  set_names
+}
+
+# Names derived from the settings, used by deploy and teardown alike.
+set_names() {
+  FUNCTIONS=(webhook poll submit sweep)
+  SCHEDULER_JOB="$NAME_PREFIX-sweep"
+  JOBS_DEAD_LETTER_SUB="$JOBS_DEAD_LETTER_TOPIC$DEAD_LETTER_SUBSCRIPTION_SUFFIX"
+  REQUESTS_DEAD_LETTER_SUB="$REQUESTS_DEAD_LETTER_TOPIC$DEAD_LETTER_SUBSCRIPTION_SUFFIX"
+  TOPICS=("$GATEWAY_JOBS_TOPIC" "$GATEWAY_EVENTS_TOPIC" "$GATEWAY_REQUESTS_TOPIC"
+    "$JOBS_DEAD_LETTER_TOPIC" "$REQUESTS_DEAD_LETTER_TOPIC")
+  # Runtime identities (one per function), the scheduler's and the Eventarc triggers'.
+  SERVICE_ACCOUNT_ROLES=(webhook poll submit sweep scheduler trigger)
+}
+function_name() { printf '%s-%s\n' "$NAME_PREFIX" "$1"; }
+sa_email() { printf '%s-%s@%s.iam.gserviceaccount.com\n' "$NAME_PREFIX" "$1" "$PROJECT"; }
+sa_member() { printf 'serviceAccount:%s\n' "$(sa_email "$1")"; }
+
+# Env var names of the CARTO credentials the deployment itself uses (DESIGN §9).
+carto_secret_envs() {
+  if [[ -n $CARTO_CLIENT_ID ]]; then echo CARTO_CLIENT_SECRET; else echo CARTO_API_TOKEN; fi
+}
+
+# Secret env vars named by the workflow files, as "auth NAME" (webhook secrets and tokens)
+# or "carto NAME" (a workflow's own CARTO token): adding a workflow needs no script change.
+workflow_secret_envs() {
+  python3 - "$SOURCE_DIR/$GATEWAY_SCHEMAS_DIR/workflows" <<'PY'
+import json, pathlib, re, sys
+
+def env_refs(value):
+    """Every env:NAME string anywhere inside value."""
+    if isinstance(value, str):
+        for ref in value.split():
+            if ref.startswith("env:"):
+                yield ref[4:]
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from env_refs(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from env_refs(item)
+
+found = set()
+for path in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
+    try:
+        workflow = json.loads(path.read_text())
+    except ValueError as exc:
+        sys.exit(f"{path}: not JSON: {exc}")
+    for kind, section in (("auth", workflow.get("auth")), ("carto", workflow.get("carto"))):
+        for name in env_refs(section):
+            if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", name):
+                sys.exit(f"{path}: env:{name} is not an UPPER_SNAKE environment variable name")
+            found.add((kind, name))
+for kind, name in sorted(found):
+    print(kind, name)
+PY
+}
+
+# The non-empty arguments, sorted, each once.
+unique_lines() {
+  local item
+  for item in "$@"; do
+    if [[ -n $item ]]; then printf '%s\n' "$item"; fi
+  done | sort -u
+}
+
+# Fill AUTH_SECRET_ENVS, CARTO_SECRET_ENVS (deployment + per-workflow) and ALL_SECRET_ENVS.
+collect_secrets() {
+  local listing kind name
+  listing=$(workflow_secret_envs) || die "cannot read the workflow definitions"
+  AUTH_SECRET_ENVS=()
+  mapfile -t CARTO_SECRET_ENVS < <(carto_secret_envs)
+  while read -r kind name; do
+    [[ -n $kind ]] || continue
+    if [[ $kind == auth ]]; then AUTH_SECRET_ENVS+=("$name"); else CARTO_SECRET_ENVS+=("$name"); fi
+  done <<<"$listing"
+  mapfile -t ALL_SECRET_ENVS < <(unique_lines "${CARTO_SECRET_ENVS[@]}" "${AUTH_SECRET_ENVS[@]}")
+}
+
+# Which secret env vars a function reads. Only `webhook` verifies senders, so only it gets the
+# webhook secrets; poll, submit and sweep load the registry without them (main.py:
+# App.from_env(verify_senders=False)) and read the CARTO credentials alone.
+function_secret_envs() {
+  if [[ ${1:-} == webhook ]]; then
+    unique_lines "${CARTO_SECRET_ENVS[@]}" "${AUTH_SECRET_ENVS[@]}"
+  else
+    unique_lines "${CARTO_SECRET_ENVS[@]}"
+  fi
+}

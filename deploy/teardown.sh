@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Remove what deploy.sh created: the sweep schedule, the four functions (their Eventarc
+# triggers and subscriptions go with them), topics and dead-letter subscriptions, IAM
+# bindings, service accounts and, with --delete-secrets, the secrets.
+# Kept on purpose: the Firestore database (the ledger's data) and the enabled APIs.
+set -euo pipefail
+# shellcheck source=deploy/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+usage() {
+  cat <<'EOF'
+usage: deploy/teardown.sh [--env FILE] [--dry-run] [--yes] [--delete-secrets]
+
+  --env FILE         settings file (default deploy/env)
+  --dry-run          print every gcloud command instead of running it
+  --yes              do not ask for confirmation
+  --delete-secrets   also delete the Secret Manager secrets (their values are lost)
+EOF
+}
+
+DRY_RUN_ASSUME=present
+ASSUME_YES=0
+DELETE_SECRETS=0
+
+main() {
+  while (($#)); do
+    case $1 in
+      --yes) ASSUME_YES=1; shift ;;
+      --delete-secrets) DELETE_SECRETS=1; shift ;;
+      *) common_option "$@" || die "unknown option: $1 (see --help)"; shift "$SHIFT" ;;
+    esac
+  done
+  load_settings
+  ((DRY_RUN)) || command -v gcloud >/dev/null || die "gcloud not found: install the Google Cloud SDK"
+  collect_secrets
+  confirm
+  say "gateway teardown in project $PROJECT, region $REGION"
+  gc_try scheduler jobs delete "$SCHEDULER_JOB" --location="$REGION" --quiet
+  delete_functions
+  delete_topics
+  revoke_runtime_roles
+  delete_service_accounts
+  if ((DELETE_SECRETS)); then delete_secrets; fi
+  say "kept: the Firestore (default) database; its ledger records expire by TTL, or run"
+  say "  gcloud firestore bulk-delete --collection-ids=$LEDGER_COLLECTION --project=$PROJECT"
+  ((FAILURES == 0)) || die "$FAILURES step(s) failed, see above; run teardown again when fixed"
+}
+
+confirm() {
+  if ((DRY_RUN || ASSUME_YES)); then return 0; fi
+  [[ -t 0 ]] || die "refusing to delete without --yes (stdin is not a terminal)"
+  local answer
+  read -r -p "Delete the gateway from project $PROJECT? Type the project id to confirm: " answer
+  [[ $answer == "$PROJECT" ]] || die "not confirmed; nothing deleted"
+}
+
+delete_functions() {
+  say "functions, with their Eventarc triggers and trigger subscriptions"
+  local fn
+  for fn in "${FUNCTIONS[@]}"; do
+    gc_try functions delete "$(function_name "$fn")" --gen2 --region="$REGION" --quiet
+  done
+}
+
+delete_topics() {
+  say "dead-letter subscriptions and topics (undelivered messages are lost)"
+  gc_try pubsub subscriptions delete "$JOBS_DEAD_LETTER_SUB" --quiet
+  gc_try pubsub subscriptions delete "$REQUESTS_DEAD_LETTER_SUB" --quiet
+  local topic
+  for topic in "${TOPICS[@]}"; do
+    gc_try pubsub topics delete "$topic" --quiet
+  done
+}
+
+# Bindings on the project and on kept secrets would outlive the accounts as "deleted:" members.
+revoke_runtime_roles() {
+  say "IAM bindings of the runtime service accounts"
+  local fn name secrets
+  for fn in "${FUNCTIONS[@]}"; do
+    gc_try projects remove-iam-policy-binding "$PROJECT" --member="$(sa_member "$fn")" \
+      --role=roles/datastore.user --all --format=none
+    if ((DELETE_SECRETS)); then continue; fi
+    mapfile -t secrets < <(function_secret_envs "$fn")
+    for name in "${secrets[@]}"; do
+      gc_try secrets remove-iam-policy-binding "$name" --member="$(sa_member "$fn")" \
+        --role=roles/secretmanager.secretAccessor --format=none
+    done
+  done
+}
+
+delete_service_accounts() {
+  say "service accounts"
+  local role
+  for role in "${SERVICE_ACCOUNT_ROLES[@]}"; do
+    gc_try iam service-accounts delete "$(sa_email "$role")" --quiet
+  done
+}
+
+delete_secrets() {
+  say "secrets (--delete-secrets): their values cannot be recovered"
+  local name
+  for name in "${ALL_SECRET_ENVS[@]}"; do
+    gc_try secrets delete "$name" --quiet
+  done
+}
+
+main "$@"

@@ -1,0 +1,929 @@
+"""deploy/: what the scripts would run, that re-runs are idempotent, and that gcloud parses it.
+
+The dry runs use deploy/env.example as shipped, with workflow files from a temporary source
+tree (SOURCE_DIR) so the secrets they name are known. Real-mode runs use a recording fake
+`gcloud` on PATH. The parse checks run every printed command through the installed gcloud
+CLI with a throw-away config directory and no credentials (deploy/gcloud_argcheck.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import os
+import re
+import shlex
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DEPLOY = REPO / "deploy"
+ENV_EXAMPLE = DEPLOY / "env.example"
+PROJECT = "my-gcp-project"  # as in env.example
+FUNCTIONS = ("webhook", "poll", "submit", "sweep")
+
+
+def _load_argcheck():
+    spec = importlib.util.spec_from_file_location(
+        "gcloud_argcheck", DEPLOY / "gcloud_argcheck.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gcloud_argcheck"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+argcheck = _load_argcheck()
+
+WORKFLOWS = {
+    "store-clusters": {
+        "auth": [
+            {"scheme": "standard-webhooks", "secrets": "env:STORE_CLUSTERS_SECRETS"}
+        ],
+    },
+    "partner-orders": {
+        "auth": [
+            {"scheme": "bearer", "tokens": "env:PARTNER_TOKENS"},
+            {"scheme": "google-id-token", "audience": "https://example.test"},
+        ],
+        "carto": {"token": "env:PARTNER_CARTO_TOKEN"},
+    },
+}
+AUTH_SECRETS = {"STORE_CLUSTERS_SECRETS", "PARTNER_TOKENS"}
+ALL_SECRETS = AUTH_SECRETS | {"PARTNER_CARTO_TOKEN", "CARTO_API_TOKEN"}
+
+FAKE_GCLOUD = r"""#!/usr/bin/env bash
+# Recording fake gcloud: FAKE_GCLOUD_WORLD is "empty" (nothing exists) or "deployed".
+printf '%s\x1f' "$@" >>"$FAKE_GCLOUD_LOG"
+printf '\n' >>"$FAKE_GCLOUD_LOG"
+args=" $* "
+deployed() { [[ $FAKE_GCLOUD_WORLD == deployed ]]; }
+case "$1 $2 $3" in
+  "secrets versions add") cat >"$FAKE_GCLOUD_LOG.stdin.$4" ;;
+  "secrets versions list") deployed && echo "projects/p/secrets/$4/versions/1" ;;
+  "projects describe "*) echo 123456789 ;;
+  "pubsub subscriptions pull") printf '%s' "${FAKE_GCLOUD_PULLED:-[]}" ;;
+  "functions describe "*)
+    if [[ $args == *eventTrigger* ]]; then echo "projects/p/locations/r/triggers/$3-trigger"
+    else echo "https://$3.a.run.app"; fi ;;
+  "eventarc triggers describe") echo "projects/p/subscriptions/${4##*/}-sub" ;;
+  "firestore indexes fields")
+    [[ $4 == list ]] && deployed && printf 'projects/p/databases/d/collectionGroups/c/fields/%s\n' expires_at parameters query error ;;
+  "firestore fields ttls")
+    [[ $4 == list ]] && deployed && echo "projects/p/databases/(default)/collectionGroups/c/fields/expires_at" ;;
+  "firestore databases describe")
+    deployed || exit 1
+    [[ $args == *'value(type)'* ]] && echo FIRESTORE_NATIVE ;;
+  *) if [[ $args == *" describe "* || $args == *" delete "* || $args == *remove-iam* ]] && ! deployed; then
+       echo "ERROR: NOT_FOUND: $3 does not exist" >&2; exit 1
+     fi ;;
+esac
+exit 0
+"""
+
+
+# --- running the scripts ------------------------------------------------------------------
+
+
+def write_source_tree(root: Path, workflows: dict = WORKFLOWS) -> Path:
+    """A source tree whose schemas/workflows/ holds the given workflow files."""
+    folder = root / "schemas" / "workflows"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, workflow in workflows.items():
+        (folder / f"{name}.json").write_text(json.dumps(workflow))
+    return root
+
+
+def script_env(
+    source: Path, extra: dict[str, str] | None = None, path: str | None = None
+) -> dict:
+    env = {
+        "PATH": path or os.environ["PATH"],
+        "HOME": str(source),
+        "SOURCE_DIR": str(source),
+    }
+    env.update(extra or {})
+    return env
+
+
+def run_script(
+    name: str, *args: str, env: dict, check: bool = True
+) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        ["bash", str(DEPLOY / name), *args],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+    if check:
+        assert done.returncode == 0, done.stderr
+    return done
+
+
+def dry_run(
+    name: str, source: Path, *args: str, env_file: Path = ENV_EXAMPLE
+) -> list[tuple]:
+    done = run_script(
+        name, "--env", str(env_file), "--dry-run", *args, env=script_env(source)
+    )
+    return argcheck.commands_from_script(done.stdout)
+
+
+def with_prefix(commands: list[tuple], *words: str) -> list[tuple]:
+    return [argv for argv in commands if argv[1 : 1 + len(words)] == words]
+
+
+def flags(argv: tuple) -> dict[str, str | bool]:
+    """--name=value flags as a dict; bare --flags map to True."""
+    found: dict[str, str | bool] = {}
+    for word in argv:
+        if word.startswith("--"):
+            name, _, value = word[2:].partition("=")
+            found[name] = value if "=" in word else True
+    return found
+
+
+def deploy_of(commands: list[tuple], fn: str) -> tuple:
+    (argv,) = [
+        a
+        for a in with_prefix(commands, "functions", "deploy")
+        if a[3] == f"gateway-{fn}"
+    ]
+    return argv
+
+
+def sa(name: str) -> str:
+    return f"serviceAccount:gateway-{name}@{PROJECT}.iam.gserviceaccount.com"
+
+
+class FakeGcloud:
+    """A recording `gcloud` on PATH whose project is empty or already deployed."""
+
+    def __init__(self, folder: Path, world: str = "empty"):
+        self.log = folder / "gcloud.log"
+        binary = folder / "bin" / "gcloud"
+        binary.parent.mkdir(parents=True, exist_ok=True)
+        binary.write_text(FAKE_GCLOUD)
+        binary.chmod(binary.stat().st_mode | stat.S_IEXEC)
+        self.path = f"{binary.parent}{os.pathsep}{os.environ['PATH']}"
+        self.env = {"FAKE_GCLOUD_LOG": str(self.log), "FAKE_GCLOUD_WORLD": world}
+
+    def calls(self) -> list[tuple]:
+        if not self.log.exists():
+            return []
+        return [
+            ("gcloud", *line.split("\x1f")[:-1])
+            for line in self.log.read_text().splitlines()
+        ]
+
+    def stdin_of_secret(self, name: str) -> str:
+        return Path(f"{self.log}.stdin.{name}").read_text()
+
+
+SECRET_VALUES = {name: f"value-of-{name.lower()}-s3cr3t" for name in ALL_SECRETS}
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    return write_source_tree(tmp_path_factory.mktemp("source"))
+
+
+@pytest.fixture(scope="module")
+def deploy_commands(source) -> list[tuple]:
+    return dry_run("deploy.sh", source)
+
+
+@pytest.fixture(scope="module")
+def teardown_commands(source) -> list[tuple]:
+    return dry_run("teardown.sh", source)
+
+
+# --- deploy --dry-run: what it would create ---------------------------------------------
+
+
+def test_topics_for_tracking_events_requests_and_dead_letters_are_created(
+    deploy_commands,
+):
+    created = {
+        argv[4] for argv in with_prefix(deploy_commands, "pubsub", "topics", "create")
+    }
+    assert created == {
+        "workflow-jobs",
+        "workflow-job-events",
+        "workflow-requests",
+        "workflow-jobs-dead-letter",
+        "workflow-requests-dead-letter",
+    }
+
+
+def test_each_resource_is_described_before_it_is_created(deploy_commands):
+    lines = [shlex.join(argv) for argv in deploy_commands]
+    for index, line in enumerate(lines):
+        if " create " in line:
+            assert " describe " in lines[index - 1], line
+
+
+def test_dead_letters_are_kept_by_a_subscription(deploy_commands):
+    subscriptions = with_prefix(deploy_commands, "pubsub", "subscriptions", "create")
+    topics = {flags(argv)["topic"] for argv in subscriptions}
+    assert topics == {"workflow-jobs-dead-letter", "workflow-requests-dead-letter"}
+    assert all(flags(argv)["expiration-period"] == "never" for argv in subscriptions)
+
+
+@pytest.mark.parametrize(
+    ("fn", "trigger"),
+    [
+        ("webhook", "trigger-http"),
+        ("poll", "trigger-topic"),
+        ("submit", "trigger-topic"),
+        ("sweep", "trigger-http"),
+    ],
+)
+def test_each_function_is_second_gen_with_its_entry_point_and_trigger(
+    deploy_commands, fn, trigger
+):
+    deployed = flags(deploy_of(deploy_commands, fn))
+    assert deployed["gen2"] is True
+    assert deployed["entry-point"] == fn
+    assert deployed["runtime"] in {"python311", "python312"}
+    assert deployed["service-account"] == sa(fn).removeprefix("serviceAccount:")
+    assert trigger in deployed
+
+
+def test_the_source_is_the_source_tree(deploy_commands, source):
+    assert {flags(deploy_of(deploy_commands, fn))["source"] for fn in FUNCTIONS} == {
+        str(source)
+    }
+
+
+def test_only_the_webhook_is_public(deploy_commands):
+    public = {
+        fn
+        for fn in FUNCTIONS
+        if "allow-unauthenticated" in flags(deploy_of(deploy_commands, fn))
+    }
+    assert public == {"webhook"}
+    assert "no-allow-unauthenticated" in flags(deploy_of(deploy_commands, "sweep"))
+
+
+@pytest.mark.parametrize(
+    ("fn", "topic"), [("poll", "workflow-jobs"), ("submit", "workflow-requests")]
+)
+def test_event_functions_retry_on_failure_under_the_trigger_identity(
+    deploy_commands, fn, topic
+):
+    deployed = flags(deploy_of(deploy_commands, fn))
+    assert deployed["trigger-topic"] == topic
+    assert deployed["retry"] is True
+    assert deployed["trigger-service-account"] == sa("trigger").removeprefix(
+        "serviceAccount:"
+    )
+
+
+def test_poll_may_wait_for_a_job_inside_one_invocation(deploy_commands):
+    poll = flags(deploy_of(deploy_commands, "poll"))
+    assert poll["timeout"] == "540s"
+    assert int(poll["concurrency"]) > 1
+    assert float(poll["cpu"]) >= 1
+
+
+def test_tracking_subscription_gets_backoff_bounds_and_a_dead_letter_policy(
+    deploy_commands,
+):
+    (lookup,) = [
+        a
+        for a in with_prefix(deploy_commands, "eventarc", "triggers", "describe")
+        if "gateway-poll" in a[4]
+    ]
+    assert flags(lookup)["format"] == "value(transport.pubsub.subscription)"
+    (update,) = [
+        a
+        for a in with_prefix(deploy_commands, "pubsub", "subscriptions", "update")
+        if "gateway-poll" in a[4]
+    ]
+    policy = flags(update)
+    assert (policy["min-retry-delay"], policy["max-retry-delay"]) == ("10s", "600s")
+    assert policy["dead-letter-topic"] == "workflow-jobs-dead-letter"
+    assert policy["max-delivery-attempts"] == "100"
+    assert int(policy["ack-deadline"]) > 540  # longer than poll's timeout
+
+
+def test_pubsub_service_agent_may_move_dead_letters(deploy_commands):
+    agent = (
+        "serviceAccount:service-PROJECT_NUMBER@gcp-sa-pubsub.iam.gserviceaccount.com"
+    )
+    grants = {
+        (argv[2], argv[4], flags(argv)["role"])
+        for argv in deploy_commands
+        if "add-iam-policy-binding" in argv and flags(argv).get("member") == agent
+    }
+    assert ("topics", "workflow-jobs-dead-letter", "roles/pubsub.publisher") in grants
+    assert any(
+        kind == "subscriptions"
+        and "gateway-poll" in name
+        and role == "roles/pubsub.subscriber"
+        for kind, name, role in grants
+    )
+
+
+def test_every_function_gets_the_settings_of_design_section_9(deploy_commands):
+    for fn in FUNCTIONS:
+        settings = dict(
+            pair.split("=", 1)
+            for pair in flags(deploy_of(deploy_commands, fn))["set-env-vars"].split(",")
+        )
+        assert settings["GOOGLE_CLOUD_PROJECT"] == PROJECT
+        assert settings["GATEWAY_LEDGER"] == "firestore://deliveries"
+        assert {
+            "GATEWAY_SCHEMAS_DIR",
+            "CARTO_API_BASE_URL",
+            "GATEWAY_JOBS_TOPIC",
+            "GATEWAY_EVENTS_TOPIC",
+            "GATEWAY_REQUESTS_TOPIC",
+            "GATEWAY_MAX_BODY_BYTES",
+        } <= settings.keys()
+
+
+def mapped_secrets(commands: list[tuple], fn: str) -> dict[str, str]:
+    pairs = flags(deploy_of(commands, fn))["set-secrets"].split(",")
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
+@pytest.mark.parametrize("fn", FUNCTIONS)
+def test_each_function_reads_only_the_secrets_it_needs_from_their_latest_version(deploy_commands, fn):
+    # Only webhook verifies senders; the others load the registry without webhook secrets (main.py).
+    needed = ALL_SECRETS if fn == "webhook" else ALL_SECRETS - AUTH_SECRETS
+    assert mapped_secrets(deploy_commands, fn) == {name: f"{name}:latest" for name in needed}
+
+
+def test_each_secret_named_by_a_workflow_is_created(deploy_commands):
+    created = {argv[3] for argv in with_prefix(deploy_commands, "secrets", "create")}
+    assert created == ALL_SECRETS
+
+
+def test_a_new_workflow_adds_its_secret_without_a_script_change(tmp_path):
+    extra = {
+        "github-push": {
+            "auth": [{"scheme": "github", "secrets": "env:GITHUB_PUSH_SECRET"}]
+        }
+    }
+    source = write_source_tree(tmp_path, {**WORKFLOWS, **extra})
+    commands = dry_run("deploy.sh", source)
+    assert "GITHUB_PUSH_SECRET" in mapped_secrets(commands, "webhook")
+
+
+@pytest.mark.parametrize(
+    "workflow",
+    sorted((REPO / "schemas" / "workflows").glob("*.json")),
+    ids=lambda p: p.stem,
+)
+def test_each_shipped_workflow_gets_the_secrets_it_names(workflow):
+    names = set(re.findall(r"env:([A-Z_][A-Z0-9_]*)", workflow.read_text()))
+    commands = dry_run("deploy.sh", REPO)
+    assert names <= set(mapped_secrets(commands, "webhook"))
+
+
+def test_client_credentials_replace_the_token_when_a_client_id_is_set(tmp_path, source):
+    env_file = tmp_path / "env"
+    env_file.write_text(ENV_EXAMPLE.read_text() + "CARTO_CLIENT_ID=client-123\n")
+    commands = dry_run("deploy.sh", source, env_file=env_file)
+    webhook = flags(deploy_of(commands, "webhook"))
+    assert "CARTO_CLIENT_SECRET" in mapped_secrets(commands, "webhook")
+    assert "CARTO_API_TOKEN" not in mapped_secrets(commands, "webhook")
+    assert "CARTO_CLIENT_ID=client-123" in webhook["set-env-vars"].split(",")
+
+
+def expected_grants() -> set[tuple[str, str, str]]:
+    """(member, resource, role) for every runtime identity: the least each one needs."""
+    grants = {
+        (sa(fn), f"project:{PROJECT}", "roles/datastore.user") for fn in FUNCTIONS
+    }
+    grants |= {
+        (sa(fn), "topic:workflow-jobs", "roles/pubsub.publisher") for fn in FUNCTIONS
+    }
+    grants |= {
+        (sa(fn), "topic:workflow-job-events", "roles/pubsub.publisher")
+        for fn in ("poll", "sweep")
+    }
+    grants |= {
+        (sa(fn), f"secret:{name}", "roles/secretmanager.secretAccessor")
+        for fn in FUNCTIONS
+        for name in (ALL_SECRETS if fn == "webhook" else ALL_SECRETS - AUTH_SECRETS)
+    }
+    grants |= {
+        (sa("trigger"), f"function:gateway-{fn}", "roles/run.invoker")
+        for fn in ("poll", "submit")
+    }
+    grants |= {(sa("scheduler"), "function:gateway-sweep", "roles/run.invoker")}
+    return grants
+
+
+def granted(commands: list[tuple]) -> set[tuple[str, str, str]]:
+    kinds = {
+        "projects": "project",
+        "topics": "topic",
+        "secrets": "secret",
+        "functions": "function",
+    }
+    found = set()
+    for argv in commands:
+        options = flags(argv)
+        if not str(options.get("member", "")).startswith("serviceAccount:gateway-"):
+            continue
+        kind = argv[1] if argv[1] in kinds else argv[2]
+        name = argv[3] if argv[1] in kinds else argv[4]
+        role = options.get("role", "roles/run.invoker")  # add-invoker-policy-binding
+        found.add((options["member"], f"{kinds[kind]}:{name}", role))
+    return found
+
+
+def test_service_accounts_get_exactly_their_least_roles(deploy_commands):
+    assert granted(deploy_commands) == expected_grants()
+
+
+def test_a_service_account_is_created_for_each_identity(deploy_commands):
+    created = {
+        argv[4]
+        for argv in with_prefix(deploy_commands, "iam", "service-accounts", "create")
+    }
+    assert created == {
+        f"gateway-{name}" for name in (*FUNCTIONS, "scheduler", "trigger")
+    }
+
+
+def test_scheduler_calls_sweep_every_five_minutes_with_an_oidc_token(deploy_commands):
+    (job,) = with_prefix(deploy_commands, "scheduler", "jobs", "create", "http")
+    options = flags(job)
+    assert options["schedule"] == "*/5 * * * *"
+    assert (
+        options["uri"]
+        == options["oidc-token-audience"]
+        == "https://gateway-sweep-dry-run.a.run.app"
+    )
+    assert options["oidc-service-account-email"] == sa("scheduler").removeprefix(
+        "serviceAccount:"
+    )
+
+
+def test_firestore_ledger_is_native_with_a_ttl_on_expires_at(deploy_commands):
+    (database,) = with_prefix(deploy_commands, "firestore", "databases", "create")
+    assert flags(database)["type"] == "firestore-native"
+    assert flags(database)["database"] == "(default)"
+    (ttl,) = with_prefix(deploy_commands, "firestore", "fields", "ttls", "update")
+    assert ttl[5] == "expires_at"
+    assert flags(ttl)["collection-group"] == "deliveries"
+    assert flags(ttl)["enable-ttl"] is True
+
+
+def test_ledger_fields_never_queried_are_not_indexed(deploy_commands):
+    updates = with_prefix(deploy_commands, "firestore", "indexes", "fields", "update")
+    assert {argv[5] for argv in updates} == {
+        "expires_at",
+        "parameters",
+        "query",
+        "error",
+    }
+    assert all(flags(argv)["disable-indexes"] is True for argv in updates)
+
+
+def test_a_named_ledger_database_is_used_everywhere(tmp_path, source):
+    env_file = tmp_path / "env"
+    env_file.write_text(
+        ENV_EXAMPLE.read_text() + "GATEWAY_LEDGER=firestore://jobs?database=gateway\n"
+    )
+    commands = dry_run("deploy.sh", source, env_file=env_file)
+    firestore = with_prefix(commands, "firestore")
+    assert {flags(argv)["database"] for argv in firestore} == {"gateway"}
+    ttl = with_prefix(commands, "firestore", "fields", "ttls", "update")
+    assert flags(ttl[0])["collection-group"] == "jobs"
+
+
+def test_every_command_names_the_project(deploy_commands):
+    assert all(flags(argv).get("project") == PROJECT for argv in deploy_commands)
+
+
+def test_dry_run_runs_no_gcloud(tmp_path, source):
+    fake = FakeGcloud(tmp_path)
+    run_script(
+        "deploy.sh",
+        "--env",
+        str(ENV_EXAMPLE),
+        "--dry-run",
+        env=script_env(source, fake.env, path=fake.path),
+    )
+    assert fake.calls() == []
+
+
+def test_a_missing_settings_file_says_how_to_make_one(tmp_path, source):
+    done = run_script(
+        "deploy.sh",
+        "--env",
+        str(tmp_path / "nope"),
+        "--dry-run",
+        env=script_env(source),
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "cp deploy/env.example deploy/env" in done.stderr
+
+
+def test_missing_settings_are_reported_together(tmp_path, source):
+    env_file = tmp_path / "env"
+    env_file.write_text("PROJECT=\nREGION=\n")
+    done = run_script(
+        "deploy.sh",
+        "--env",
+        str(env_file),
+        "--dry-run",
+        env=script_env(source),
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "PROJECT REGION CARTO_API_BASE_URL" in done.stderr
+
+
+def test_a_sqlite_ledger_is_refused_in_the_cloud(tmp_path, source):
+    env_file = tmp_path / "env"
+    env_file.write_text(
+        ENV_EXAMPLE.read_text() + "GATEWAY_LEDGER=sqlite:///tmp/ledger.db\n"
+    )
+    done = run_script(
+        "deploy.sh",
+        "--env",
+        str(env_file),
+        "--dry-run",
+        env=script_env(source),
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "firestore://" in done.stderr
+
+
+def test_a_setting_with_a_comma_is_refused(tmp_path, source):
+    env_file = tmp_path / "env"
+    env_file.write_text(ENV_EXAMPLE.read_text() + "CARTO_API_BASE_URL=https://a,b\n")
+    done = run_script(
+        "deploy.sh",
+        "--env",
+        str(env_file),
+        "--dry-run",
+        env=script_env(source),
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "CARTO_API_BASE_URL" in done.stderr
+
+
+# --- teardown --dry-run ---------------------------------------------------------------------
+
+
+def test_teardown_deletes_the_functions_schedule_topics_and_accounts(teardown_commands):
+    def deleted(*path: str, at: int) -> set[str]:
+        return {argv[at] for argv in with_prefix(teardown_commands, *path, "delete")}
+
+    assert deleted("functions", at=3) == {f"gateway-{fn}" for fn in FUNCTIONS}
+    assert deleted("scheduler", "jobs", at=4) == {"gateway-sweep"}
+    assert deleted("pubsub", "topics", at=4) == {
+        "workflow-jobs",
+        "workflow-job-events",
+        "workflow-requests",
+        "workflow-jobs-dead-letter",
+        "workflow-requests-dead-letter",
+    }
+    assert deleted("pubsub", "subscriptions", at=4) == {
+        "workflow-jobs-dead-letter-kept",
+        "workflow-requests-dead-letter-kept",
+    }
+    assert deleted("iam", "service-accounts", at=4) == {
+        sa(name).removeprefix("serviceAccount:")
+        for name in (*FUNCTIONS, "scheduler", "trigger")
+    }
+
+
+def test_teardown_revokes_every_role_deploy_granted_on_what_it_keeps(teardown_commands):
+    revoked = {
+        (flags(a)["member"], a[3], flags(a)["role"])
+        for a in teardown_commands
+        if a[2] == "remove-iam-policy-binding"
+    }
+    kept = {
+        (member, resource.split(":", 1)[1], role)
+        for member, resource, role in expected_grants()
+        if resource.startswith(("project:", "secret:"))
+    }
+    assert revoked == kept
+
+
+def test_teardown_keeps_secrets_and_the_database_by_default(teardown_commands):
+    assert with_prefix(teardown_commands, "secrets", "delete") == []
+    assert with_prefix(teardown_commands, "firestore") == []
+
+
+def test_teardown_deletes_secrets_when_asked(source):
+    commands = dry_run("teardown.sh", source, "--delete-secrets")
+    assert {
+        argv[3] for argv in with_prefix(commands, "secrets", "delete")
+    } == ALL_SECRETS
+
+
+def test_teardown_refuses_to_run_unattended_without_yes(tmp_path, source):
+    fake = FakeGcloud(tmp_path)
+    done = run_script(
+        "teardown.sh",
+        "--env",
+        str(ENV_EXAMPLE),
+        env=script_env(source, fake.env, path=fake.path),
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "--yes" in done.stderr
+    assert fake.calls() == []
+
+
+# --- real runs against a recording fake gcloud -------------------------------------------
+
+
+def real_deploy(folder: Path, source: Path, world: str, secrets: dict[str, str]):
+    fake = FakeGcloud(folder, world)
+    done = run_script(
+        "deploy.sh",
+        "--env",
+        str(ENV_EXAMPLE),
+        env=script_env(source, {**fake.env, **secrets}, path=fake.path),
+        check=False,
+    )
+    return fake, done
+
+
+@pytest.fixture(scope="module")
+def first_deploy(tmp_path_factory, source):
+    """A real run on an empty project, secret values in the deployer's environment."""
+    return real_deploy(tmp_path_factory.mktemp("first"), source, "empty", SECRET_VALUES)
+
+
+@pytest.fixture(scope="module")
+def second_deploy(tmp_path_factory, source):
+    """A real run on a project where everything exists already."""
+    return real_deploy(tmp_path_factory.mktemp("second"), source, "deployed", {})
+
+
+def created(commands: list[tuple]) -> set[tuple]:
+    """The command path and name of each create (placeholders of a dry run differ in flags)."""
+    return {argv[:5] for argv in commands if "create" in argv}
+
+
+def test_first_deploy_creates_what_the_dry_run_showed(first_deploy, deploy_commands):
+    fake, done = first_deploy
+    assert done.returncode == 0, done.stderr
+    assert created(fake.calls()) == created(deploy_commands)
+
+
+def test_second_deploy_creates_nothing_and_updates_in_place(second_deploy):
+    fake, done = second_deploy
+    assert done.returncode == 0, done.stderr
+    calls = fake.calls()
+    assert [argv for argv in calls if "create" in argv or "add" in argv[:4]] == []
+    assert len(with_prefix(calls, "functions", "deploy")) == 4
+    assert len(with_prefix(calls, "scheduler", "jobs", "update", "http")) == 1
+    assert [argv for argv in with_prefix(calls, "firestore") if "update" in argv] == []
+
+
+def test_real_deploy_updates_the_subscription_eventarc_created(second_deploy):
+    fake, _ = second_deploy
+    updated = {
+        argv[4]
+        for argv in with_prefix(fake.calls(), "pubsub", "subscriptions", "update")
+    }
+    assert updated == {
+        "projects/p/subscriptions/gateway-poll-trigger-sub",
+        "projects/p/subscriptions/gateway-submit-trigger-sub",
+    }
+
+
+def test_a_first_secret_value_goes_through_stdin_never_a_command_line(first_deploy):
+    fake, done = first_deploy
+    assert fake.stdin_of_secret("CARTO_API_TOKEN") == SECRET_VALUES["CARTO_API_TOKEN"]
+    everything_visible = (
+        "".join(map(shlex.join, fake.calls())) + done.stdout + done.stderr
+    )
+    assert not any(value in everything_visible for value in SECRET_VALUES.values())
+
+
+def test_deploy_stops_before_the_functions_when_a_secret_has_no_value(tmp_path, source):
+    fake, done = real_deploy(tmp_path, source, "empty", {})
+    assert done.returncode != 0
+    assert "gcloud secrets versions add CARTO_API_TOKEN --data-file=-" in done.stderr
+    assert with_prefix(fake.calls(), "functions", "deploy") == []
+
+
+def real_teardown(tmp_path: Path, source: Path, world: str):
+    fake = FakeGcloud(tmp_path, world)
+    done = run_script(
+        "teardown.sh",
+        "--env",
+        str(ENV_EXAMPLE),
+        "--yes",
+        env=script_env(source, fake.env, path=fake.path),
+        check=False,
+    )
+    return fake, done
+
+
+def test_teardown_runs_what_its_dry_run_showed(tmp_path, source, teardown_commands):
+    fake, done = real_teardown(tmp_path, source, "deployed")
+    assert done.returncode == 0, done.stderr
+    assert fake.calls() == teardown_commands
+
+
+def test_teardown_of_a_removed_gateway_finds_everything_already_gone(tmp_path, source):
+    fake, done = real_teardown(tmp_path, source, "empty")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("(already gone)") == len(fake.calls())
+
+
+def test_replay_republishes_each_dead_letter_with_its_attributes_then_acks_it(
+    tmp_path, source
+):
+    data = '{"job_id": "job_1", "workflow": "store-clusters"}'
+    pulled = [
+        {
+            "ackId": "ack-1",
+            "message": {
+                "data": base64.b64encode(data.encode()).decode(),
+                "attributes": {
+                    "workflow": "store-clusters",
+                    "note": "a,b",
+                    "CloudPubSubDeadLetterSourceDeliveryCount": "100",
+                },
+            },
+        }
+    ]
+    fake = FakeGcloud(tmp_path, "deployed")
+    env = {**fake.env, "FAKE_GCLOUD_PULLED": json.dumps(pulled)}
+    run_script(
+        "replay-dead-letters.sh",
+        "--env",
+        str(ENV_EXAMPLE),
+        env=script_env(source, env, path=fake.path),
+    )
+    _, publish, ack = fake.calls()
+    assert publish[1:5] == ("pubsub", "topics", "publish", "workflow-jobs")
+    assert flags(publish)["message"] == data
+    assert flags(publish)["attribute"] == "^;^note=a,b;workflow=store-clusters"
+    assert ack[1:5] == (
+        "pubsub",
+        "subscriptions",
+        "ack",
+        "workflow-jobs-dead-letter-kept",
+    )
+    assert flags(ack)["ack-ids"] == "ack-1"
+
+
+# --- every command through the real gcloud parser ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sdk():
+    found = argcheck.find_sdk()
+    if found is None:
+        pytest.skip(
+            "gcloud CLI not found on PATH: cannot parse-check the deploy commands "
+            "(install the Google Cloud SDK to run these tests)"
+        )
+    return found
+
+
+MISSPELT = tuple(
+    shlex.split("gcloud functions deploy gateway-poll --region=europe-west1 --retyr")
+)
+BAD_VALUE = tuple(
+    shlex.split("gcloud pubsub subscriptions update s --max-delivery-attempts=1000")
+)
+
+
+@pytest.fixture(scope="module")
+def verdicts(sdk, source, deploy_commands, teardown_commands) -> dict[tuple, object]:
+    replay = dry_run("replay-dead-letters.sh", source) + dry_run(
+        "replay-dead-letters.sh", source, "--requests"
+    )
+    commands = list(
+        dict.fromkeys(
+            [*deploy_commands, *teardown_commands, *replay, MISSPELT, BAD_VALUE]
+        )
+    )
+    return {verdict.argv: verdict for verdict in argcheck.check(commands, sdk)}
+
+
+def failures(verdicts: dict, commands: list[tuple]) -> list[str]:
+    return [
+        f"{verdicts[argv].outcome}: {verdicts[argv].detail}\n  {shlex.join(argv)}"
+        for argv in commands
+        if not verdicts[argv].ok
+    ]
+
+
+def test_every_deploy_command_parses_with_the_real_gcloud(verdicts, deploy_commands):
+    assert failures(verdicts, deploy_commands) == []
+
+
+def test_every_teardown_command_parses_with_the_real_gcloud(
+    verdicts, teardown_commands
+):
+    assert failures(verdicts, teardown_commands) == []
+
+
+def test_every_replay_command_parses_with_the_real_gcloud(verdicts, source):
+    replay = dry_run("replay-dead-letters.sh", source)
+    assert len(replay) == 3
+    assert failures(verdicts, replay) == []
+
+
+def test_the_checker_catches_a_misspelt_flag(verdicts):
+    verdict = verdicts[MISSPELT]
+    assert verdict.outcome == argcheck.PARSE_ERROR
+    assert "unrecognized arguments: --retyr" in verdict.detail
+
+
+def test_the_checker_catches_a_value_the_flag_refuses(verdicts):
+    verdict = verdicts[BAD_VALUE]
+    assert verdict.outcome == argcheck.PARSE_ERROR
+    assert "argument --max-delivery-attempts" in verdict.detail
+
+
+def test_the_checker_agrees_with_one_gcloud_process_per_command(sdk, deploy_commands):
+    sample = [deploy_of(deploy_commands, "poll"), MISSPELT]
+    separate = argcheck.check_separately(sample, sdk)
+    assert [v.outcome for v in separate] == [argcheck.PARSED, argcheck.PARSE_ERROR]
+    assert [v.outcome for v in argcheck.check(sample, sdk)] == [
+        v.outcome for v in separate
+    ]
+
+
+def test_a_parsed_command_stops_at_credentials_not_later():
+    verdict = argcheck.classify(
+        ("gcloud",), 1, f"ERROR: (gcloud.x) {argcheck.NO_CREDENTIALS}.\n"
+    )
+    assert verdict.ok
+
+
+def test_any_other_failure_is_not_taken_for_parsed():
+    verdict = argcheck.classify(
+        ("gcloud",), 1, "ERROR: (gcloud.x) Invalid value for [--region].\n"
+    )
+    assert (verdict.ok, verdict.outcome) == (False, argcheck.FAILED)
+
+
+def test_the_upload_leaves_out_tests_and_the_local_stack(sdk, tmp_path):
+    tree = [
+        "main.py",
+        "requirements.txt",
+        "requirements-dev.txt",
+        "README.md",
+        "Makefile",
+        "pytest.ini",
+        "gateway/__init__.py",
+        "gateway/http.py",
+        "gateway/sandbox.py",
+        "gateway/devstack.py",
+        "gateway/emulators.py",
+        "gateway/sandbox/__init__.py",
+        "gateway/sandbox/server.py",
+        "examples/store-clusters.json",
+        "schemas/workflows/a.json",
+        "tests/test_a.py",
+        "bench/b.py",
+        ".venv/lib/x.py",
+        ".state/ledger.db",
+        "deploy/env",
+        ".ci/run",
+        "gateway/__pycache__/x.pyc",
+    ]
+    source = tmp_path / "source"
+    for name in tree:
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_text("")
+    (source / ".gcloudignore").write_text((REPO / ".gcloudignore").read_text())
+    done = subprocess.run(
+        [str(sdk.gcloud), "meta", "list-files-for-upload", str(source)],
+        env=argcheck.offline_env(str(tmp_path / "config")),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert set(done.stdout.split()) == {
+        "main.py",
+        "requirements.txt",
+        "gateway/__init__.py",
+        "gateway/http.py",
+        "schemas/workflows/a.json",
+    }
