@@ -135,13 +135,14 @@ class SqliteLedger:
         return _Guard()
 
     def claim(self, delivery: Delivery) -> Claim:
-        row = _to_row(replace(delivery, updated_at=delivery.created_at))
+        stored = replace(delivery, updated_at=delivery.created_at)
+        row = _to_row(stored)
         with self._guard():
             cursor = self._db.execute(
                 f"INSERT INTO deliveries ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
                 "ON CONFLICT(key) DO NOTHING", [row[c] for c in _COLUMNS])
             if cursor.rowcount == 1:
-                return Claim(True, delivery)
+                return Claim(True, stored)
             existing = self._get(delivery.key)
         if existing is None:  # released between our insert and read: try once more
             return self.claim(delivery)
@@ -229,7 +230,10 @@ class _Guard:
         return None
 
     def __exit__(self, kind: type | None, exc: BaseException | None, tb: Any) -> bool:
-        if isinstance(exc, sqlite3.OperationalError) or isinstance(exc, sqlite3.DatabaseError):
+        # Locked, busy, disk full, unreadable: the ledger is unavailable. IntegrityError and
+        # ProgrammingError are bugs and stay what they are.
+        bug = isinstance(exc, (sqlite3.IntegrityError, sqlite3.ProgrammingError))
+        if isinstance(exc, sqlite3.DatabaseError) and not bug:
             raise LedgerUnavailable(f"the ledger is unavailable ({type(exc).__name__})") from None
         return False
 

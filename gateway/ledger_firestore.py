@@ -1,0 +1,269 @@
+"""The delivery ledger in Firestore: the contract of `SqliteLedger` for the cloud (DESIGN §7).
+
+One document per delivery in one collection. The document id is the sha256 hex of
+`Delivery.key` (keys hold ':' and arbitrary sender text, and document ids may not hold '/'
+nor exceed 1500 bytes); the key itself is the field `key`.
+
+- `claim` is `DocumentReference.create()`: Firestore's atomic create-if-absent.
+- Every conditional change (release, take_over, mark_submitted, finish, …) reads and writes
+  in one transaction (https://cloud.google.com/firestore/docs/manage-data/transactions), so
+  the condition and the write cannot interleave with another instance.
+- `parameters` and `error` are stored as JSON text, as in SQLite: Firestore cannot hold arrays
+  of arrays nor integers beyond int64 (NUMERIC values), and the text round-trips exactly.
+- `expires_at` is a timestamp so a TTL policy deletes records after the retention window
+  (https://cloud.google.com/firestore/docs/ttl); it round-trips to the microsecond. TTL deletes
+  within about a day after expiry, not at it: nothing here relies on the moment of deletion.
+- `sweep_at` mirrors `updated_at` while a record still needs the sweeper and is removed once it
+  is finished and published. A query on a field only sees documents that have it, so `stale`
+  is one single-field range query: no composite index, and finished records cost no reads.
+
+Indexes for production (firestore.indexes.json; the emulator needs none): the automatic
+single-field indexes on `job_id` (find_job) and `sweep_at` (stale) are all the queries use.
+Exempt the rest from indexing — `expires_at` because monotonic timestamps hotspot
+(the TTL docs say so), `parameters`, `query` and `error` because they are large:
+
+    {"indexes": [], "fieldOverrides": [
+      {"collectionGroup": "deliveries", "fieldPath": "expires_at", "ttl": true, "indexes": []},
+      {"collectionGroup": "deliveries", "fieldPath": "parameters", "indexes": []},
+      {"collectionGroup": "deliveries", "fieldPath": "query", "indexes": []},
+      {"collectionGroup": "deliveries", "fieldPath": "error", "indexes": []}]}
+
+or `gcloud firestore fields ttls update expires_at --collection-group=deliveries --enable-ttl`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+from google.api_core import exceptions as api
+from google.api_core import retry as api_retry
+from google.auth import exceptions as auth
+from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
+
+from gateway.errors import ConfigError, LedgerUnavailable
+from gateway.ledger import CLAIMED, FINISHED, SUBMITTED, TRACKED, Claim, Delivery
+
+T = TypeVar("T")
+_COLLECTION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_DATABASE = re.compile(r"\(default\)|[a-z][a-z0-9-]{3,62}")
+_JSON_FIELDS = {"parameters", "error"}
+_SWEEP_AT = "sweep_at"
+_CLAIM_ATTEMPTS = 3
+_STRIPES = 64
+
+# What "Firestore is unavailable, try later" looks like; anything else (permission, bad
+# argument, missing database) is a deployment error and stays loud.
+_TRANSIENT = (api.ServiceUnavailable, api.DeadlineExceeded, api.InternalServerError, api.ResourceExhausted,
+              api.Aborted, api.Unknown, api.RetryError, auth.TransportError, auth.RefreshError)
+_RETRIED = api_retry.if_exception_type(api.ServiceUnavailable, api.DeadlineExceeded,
+                                       api.InternalServerError, api.ResourceExhausted)
+
+
+class FirestoreLedger:
+    """The cloud ledger: one Firestore document per delivery, same semantics as SqliteLedger."""
+
+    def __init__(self, collection: str, *, project: str | None = None, database: str | None = None,
+                 timeout_s: float = 10.0):
+        if not _COLLECTION.fullmatch(collection) or collection.startswith("__"):
+            raise ConfigError(f"invalid Firestore collection name {collection!r}")
+        if database is not None and not _DATABASE.fullmatch(database):
+            raise ConfigError(f"invalid Firestore database name {database!r}")
+        self.collection, self.project, self.database = collection, project, database
+        self.timeout_s = timeout_s
+        # Reads and create() are safe to retry (a retried create that had landed is recognised by
+        # its claim token); the whole call, retries included, stays within timeout_s. A transaction's
+        # begin and commit keep the library's own policy (retry UNAVAILABLE for up to 60 s).
+        retry = api_retry.Retry(predicate=_RETRIED, initial=0.1, maximum=1.0, multiplier=2.0, timeout=timeout_s)
+        self._call = {"retry": retry, "timeout": timeout_s}
+        self._client: firestore.Client | None = None
+        self._lock = threading.Lock()
+        # Transactions on one document contend: Firestore aborts and retries the losers (the emulator
+        # even waits out a lock timeout per conflict), so the threads of one instance queue here first.
+        self._stripes = [threading.Lock() for _ in range(_STRIPES)]
+
+    @classmethod
+    def from_url(cls, url: str, *, project: str | None = None) -> FirestoreLedger:
+        """`firestore://collection` or `firestore://collection?database=name` (GATEWAY_LEDGER)."""
+        parts = urlsplit(url)
+        options = parse_qs(parts.query, keep_blank_values=True)
+        if parts.scheme != "firestore" or parts.path not in ("", "/") or set(options) - {"database"}:
+            raise ConfigError(f"GATEWAY_LEDGER must be firestore://COLLECTION[?database=NAME], got {url!r}")
+        database = options["database"][-1] if "database" in options else None
+        return cls(parts.netloc, project=project, database=database)
+
+    @property
+    def client(self) -> firestore.Client:
+        """The Firestore client, built once on first use (it honours FIRESTORE_EMULATOR_HOST itself)."""
+        with self._lock:
+            if self._client is None:
+                self._client = firestore.Client(project=self.project, database=self.database)
+            return self._client
+
+    def _ref(self, key: str) -> firestore.DocumentReference:
+        return self.client.collection(self.collection).document(document_id(key))
+
+    def claim(self, delivery: Delivery) -> Claim:
+        stored = replace(delivery, updated_at=delivery.created_at)
+        for _ in range(_CLAIM_ATTEMPTS):
+            with _unavailable():
+                try:
+                    self._ref(delivery.key).create(_to_doc(stored), **self._call)
+                    return Claim(True, stored)
+                except api.AlreadyExists:
+                    existing = self.get(delivery.key)
+            if existing is not None:
+                # Our own create, retried after its answer was lost, finds itself: still ours.
+                return Claim(existing.claim_token == delivery.claim_token, existing)
+        raise LedgerUnavailable("the ledger record kept vanishing while being claimed")
+
+    def get(self, key: str) -> Delivery | None:
+        with _unavailable():
+            snapshot = self._ref(key).get(**self._call)
+        return _from_doc(snapshot.to_dict()) if snapshot.exists else None
+
+    def find_job(self, job_id: str) -> Delivery | None:
+        query = self.client.collection(self.collection).where(filter=FieldFilter("job_id", "==", job_id)).limit(1)
+        with _unavailable():
+            found = [s.to_dict() for s in query.stream(**self._call)]
+        return _from_doc(found[0]) if found else None
+
+    def release(self, key: str, claim_token: str) -> bool:
+        def step(transaction: firestore.Transaction, ref: firestore.DocumentReference,
+                 current: Delivery | None) -> bool:
+            if current is None or not _holds(current, claim_token):
+                return False
+            transaction.delete(ref)
+            return True
+
+        return self._transact(key, step)
+
+    def take_over(self, key: str, claim_token: str, new_token: str, now: float) -> bool:
+        return self._update(key, lambda d: _holds(d, claim_token), claim_token=new_token, updated_at=now)[1]
+
+    def mark_submitted(self, key: str, claim_token: str, job_id: str, submitted_at: float,
+                       deadline_at: float, now: float) -> bool:
+        return self._update(key, lambda d: _holds(d, claim_token), state=SUBMITTED, job_id=job_id,
+                            submitted_at=submitted_at, deadline_at=deadline_at, updated_at=now)[1]
+
+    def mark_tracked(self, key: str, now: float) -> None:
+        self._update(key, lambda d: d.state == SUBMITTED, state=TRACKED, updated_at=now)
+
+    def finish(self, key: str, outcome: str, carto_state: str | None, error: dict[str, Any] | None,
+               checks: int, finished_at: float) -> Delivery:
+        # First writer wins: a redelivered tracking message gets the outcome already recorded.
+        record, _ = self._update(key, lambda d: d.outcome is None, state=FINISHED, outcome=outcome,
+                                 carto_state=carto_state, error=error, checks=checks,
+                                 finished_at=finished_at, updated_at=finished_at)
+        if record is None:
+            raise LedgerUnavailable(f"ledger record {key} vanished")
+        return record
+
+    def note_checks(self, key: str, checks: int, last_check_at: float) -> None:
+        self._update(key, lambda d: d.outcome is None, checks=checks, last_check_at=last_check_at,
+                     updated_at=last_check_at)
+
+    def mark_published(self, key: str, now: float) -> None:
+        self._update(key, lambda d: True, published=True, updated_at=now)
+
+    def stale(self, updated_before: float, limit: int = 100) -> list[Delivery]:
+        query = (self.client.collection(self.collection)
+                 .where(filter=FieldFilter(_SWEEP_AT, "<", updated_before)).order_by(_SWEEP_AT).limit(limit))
+        with _unavailable():
+            return [_from_doc(s.to_dict()) for s in query.stream(**self._call)]
+
+    def close(self) -> None:
+        # The client has no public close; dropping it lets its gRPC channel be collected.
+        with self._lock:
+            self._client = None
+
+    def _update(self, key: str, when: Callable[[Delivery], bool], **changes: Any) -> tuple[Delivery | None, bool]:
+        """Apply `changes` if the record exists and `when` holds, atomically: (record as it stands, applied)."""
+        def step(transaction: firestore.Transaction, ref: firestore.DocumentReference,
+                 current: Delivery | None) -> tuple[Delivery | None, bool]:
+            if current is None or not when(current):
+                return current, False
+            updated = replace(current, **changes)
+            transaction.update(ref, _patch(updated, changes))
+            return updated, True
+
+        return self._transact(key, step)
+
+    def _transact(self, key: str, step: Callable[[firestore.Transaction, firestore.DocumentReference,
+                                                    Delivery | None], T]) -> T:
+        """Run `step` on the current record inside a transaction (retried by the library on contention)."""
+        ref = self._ref(key)
+        stripe = self._stripes[int(ref.id[:8], 16) % _STRIPES]
+
+        @firestore.transactional
+        def run(transaction: firestore.Transaction) -> T:
+            snapshot = ref.get(transaction=transaction, **self._call)
+            return step(transaction, ref, _from_doc(snapshot.to_dict()) if snapshot.exists else None)
+
+        with stripe, _unavailable():
+            return run(self.client.transaction())
+
+
+def document_id(key: str) -> str:
+    """The Firestore document id of a ledger key."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def _holds(delivery: Delivery, claim_token: str) -> bool:
+    return delivery.state == CLAIMED and delivery.claim_token == claim_token
+
+
+def _settled(delivery: Delivery) -> bool:
+    return delivery.state == FINISHED and delivery.published
+
+
+def _encode(name: str, value: Any) -> Any:
+    if name in _JSON_FIELDS:
+        return json.dumps(value)
+    if name == "expires_at":
+        return datetime.fromtimestamp(value, tz=UTC)
+    return value
+
+
+def _to_doc(delivery: Delivery) -> dict[str, Any]:
+    doc = {name: _encode(name, value) for name, value in delivery.as_dict().items()}
+    if not _settled(delivery):
+        doc[_SWEEP_AT] = delivery.updated_at
+    return doc
+
+
+def _patch(updated: Delivery, changes: dict[str, Any]) -> dict[str, Any]:
+    patch = {name: _encode(name, value) for name, value in changes.items()}
+    patch[_SWEEP_AT] = firestore.DELETE_FIELD if _settled(updated) else updated.updated_at
+    return patch
+
+
+def _from_doc(doc: dict[str, Any]) -> Delivery:
+    data = dict(doc)
+    for name in _JSON_FIELDS:
+        data[name] = json.loads(data[name]) if data.get(name) else ({} if name == "parameters" else None)
+    if isinstance(data.get("expires_at"), datetime):
+        data["expires_at"] = data["expires_at"].timestamp()
+    return Delivery.from_dict(data)
+
+
+@contextmanager
+def _unavailable() -> Iterator[None]:
+    """Turn Firestore's "unavailable, try later" errors into an honest 503 (LedgerUnavailable)."""
+    try:
+        yield
+    except _TRANSIENT as exc:
+        raise LedgerUnavailable(f"the ledger is unavailable ({type(exc).__name__})") from None
+    except ValueError as exc:
+        if isinstance(exc.__cause__, api.Aborted):  # the transaction lost to contention max_attempts times
+            raise LedgerUnavailable("the ledger is busy (transaction contention)") from None
+        raise
