@@ -7,8 +7,9 @@ own with injected fakes or real loopback servers.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter

@@ -7,8 +7,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from gateway.errors import ConfigError, GatewayError
 

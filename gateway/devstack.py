@@ -11,10 +11,10 @@ import os
 import subprocess
 import sys
 import threading
-import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from gateway import emulators
 

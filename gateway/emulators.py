@@ -90,7 +90,7 @@ class Emulator:
               log_dir: Path | None = None, timeout_s: float = 60.0) -> Emulator:
         launcher = find(kind)
         port = port or free_port()
-        args = [str(launcher), f"--host=127.0.0.1", f"--port={port}"]
+        args = [str(launcher), "--host=127.0.0.1", f"--port={port}"]
         if kind == "pubsub":
             args.append(f"--project={project}")
         else:

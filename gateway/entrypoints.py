@@ -10,13 +10,14 @@ import base64
 import binascii
 import json
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flask
 
 from gateway import http, logs
 from gateway.app import App
-from gateway.errors import GatewayError, Unavailable, DeliveryInFlight
+from gateway.errors import DeliveryInFlight, GatewayError, Unavailable
 from gateway.events import PoisonMessage, attributes_of, parse_tracking
 from gateway.intake import Inbound, idempotency_key
 

@@ -9,9 +9,10 @@ travel as `ce-` message attributes, the data is the JSON body
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Mapping, Protocol
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from gateway.carto import CANCELLED, FAILED, SUCCEEDED, TIMED_OUT
 from gateway.errors import GatewayError
@@ -62,7 +63,7 @@ class Tracking:
 
 def isoformat(timestamp: float) -> str:
     """RFC 3339 in UTC with milliseconds, as CloudEvents and the event schema expect."""
-    moment = datetime.fromtimestamp(timestamp, tz=timezone.utc)
+    moment = datetime.fromtimestamp(timestamp, tz=UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

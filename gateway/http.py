@@ -9,14 +9,22 @@ from __future__ import annotations
 import json
 import logging
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flask
 
 from gateway import logs
 from gateway.app import App
-from gateway.errors import (AuthenticationFailed, GatewayError, MalformedRequest, MethodNotAllowed, NotFound,
-                            PayloadTooLarge, UnsupportedMediaType)
+from gateway.errors import (
+    AuthenticationFailed,
+    GatewayError,
+    MalformedRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from gateway.intake import Inbound, idempotency_key, render
 from gateway.signatures import verify_request
 from gateway.workflows import Workflow
@@ -133,7 +141,9 @@ def _no_constants(name: str) -> Any:
 def _authenticated(app: App, workflow: Workflow, request: flask.Request, body: bytes):
     try:
         return verify_request(workflow.schemes, request.headers, body, app.clock.now())
-    except AuthenticationFailed:
+    except AuthenticationFailed as exc:
+        # The caller learns nothing; the operator learns which header was wrong (never a value).
+        log.info("authentication refused: %s", _reasons(exc), extra={"workflow": workflow.name})
         raise
     except GatewayError:
         raise
@@ -142,10 +152,19 @@ def _authenticated(app: App, workflow: Workflow, request: flask.Request, body: b
         raise AuthenticationFailed("authentication failed") from None
 
 
+def _reasons(exc: BaseException) -> str:
+    """Each refusing scheme's reason, from the cause `verify_request` chains (fixed texts, no values)."""
+    cause = exc.__cause__
+    causes = cause.exceptions if isinstance(cause, BaseExceptionGroup) else [cause or exc]
+    return "; ".join(str(reason) for reason in causes)
+
+
 def _webhook(app: App, workflow: Workflow, request: flask.Request) -> Response:
     body = read_body(request, app.settings.max_body_bytes)
     verified = _authenticated(app, workflow, request, body)
     payload = parse_json(body, request.content_type)
+    if _is_slack_handshake(verified.scheme, payload):
+        return _json({"challenge": payload["challenge"]})
     key = idempotency_key(workflow, payload, request.headers, verified.delivery_id)
     logs.bind(workflow=workflow.name, delivery_id=verified.delivery_id or key)
     inbound = Inbound(workflow, body, payload, request.headers, key, verified.delivery_id or key,
@@ -155,6 +174,15 @@ def _webhook(app: App, workflow: Workflow, request: flask.Request) -> Response:
     status_url = f"/jobs/{accepted.job_id}"
     status = 200 if accepted.duplicate else 202
     return _json(accepted.as_dict(status_url), status, {"Location": status_url})
+
+
+def _is_slack_handshake(scheme: str, payload: Any) -> bool:
+    """Slack's signed `url_verification`: echoing its challenge enables the Events API URL; not a delivery.
+
+    https://api.slack.com/events/url_verification
+    """
+    return (scheme == "slack" and isinstance(payload, dict) and payload.get("type") == "url_verification"
+            and isinstance(payload.get("challenge"), str))
 
 
 def _validate(app: App, workflow: Workflow, request: flask.Request) -> Response:
@@ -190,8 +218,8 @@ def _job_status(app: App, job_id: str, request: flask.Request) -> Response:
 def _job_cancel(app: App, job_id: str, request: flask.Request) -> Response:
     record = _job_record(app, job_id, request)
     if record.outcome is None:
-        app.carto.cancel(record.api_base_url, record.connection, job_id, workflow=record.workflow)
-        record = app.poller.cancelled(record, app.clock.now())
+        answer = app.carto.cancel(record.api_base_url, record.connection, job_id, workflow=record.workflow)
+        record = app.poller.cancelled(record, app.clock.now(), answer)
     return _json(_record_view(record, None))
 
 

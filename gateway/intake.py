@@ -11,15 +11,25 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from gateway.carto import CartoClient, SubmitOutcomeUnknown
-from gateway.errors import (CartoUnavailable, DeliveryInFlight, FieldError, GatewayError, IdempotencyKeyReused,
-                            PublishUnavailable, Unavailable, Unprocessable, UpstreamRejected)
+from gateway.errors import (
+    CartoUnavailable,
+    DeliveryInFlight,
+    FieldError,
+    GatewayError,
+    IdempotencyKeyReused,
+    PublishUnavailable,
+    Unavailable,
+    Unprocessable,
+    UpstreamRejected,
+)
 from gateway.events import Publisher, tracking_message
 from gateway.ledger import CLAIMED, SUBMITTED, Delivery, Ledger
-from gateway.params import map_parameters, resolve_pointer, MISSING
+from gateway.params import MISSING, map_parameters, resolve_pointer
 from gateway.workflows import Workflow
 
 log = logging.getLogger("gateway.intake")

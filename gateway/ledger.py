@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import Any, Protocol
 
 from gateway.errors import ConfigError, LedgerUnavailable
 
@@ -247,7 +248,7 @@ def _to_row(delivery: Delivery) -> dict[str, Any]:
 
 
 def _from_row(row: tuple[Any, ...]) -> Delivery:
-    data = dict(zip(_COLUMNS, row))
+    data = dict(zip(_COLUMNS, row, strict=True))
     for column in _JSON_COLUMNS:
         data[column] = json.loads(data[column]) if data[column] else ({} if column == "parameters" else None)
     data["published"] = bool(data["published"])

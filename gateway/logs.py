@@ -12,10 +12,13 @@ import json
 import logging
 import re
 import sys
-from typing import Any, Mapping
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
 
 CONTEXT_FIELDS = ("workflow", "delivery_id", "job_id", "key", "outcome", "route", "status")
-_context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("gateway_log_context", default={})
+_context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "gateway_log_context", default=MappingProxyType({}))
 _TRACE_CONTEXT = re.compile(r"^([0-9a-fA-F]{32})(?:/\d+)?(?:;o=\d)?$")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
-from gateway.carto import CANCELLED, TIMED_OUT, CartoClient, JobStatus
+from gateway.carto import CANCELLED, FAILED, SUCCEEDED, TIMED_OUT, CartoClient, JobStatus
 from gateway.errors import GatewayError, NotFound, Unavailable
 from gateway.events import Publisher, Tracking, completion_event
 from gateway.ledger import Delivery, Ledger
@@ -136,9 +136,13 @@ class Poller:
                             record.delivery_id, record.trace)
         return self._finish(record, self._check(tracking), record.checks + 1, now, timed_out=True)
 
-    def cancelled(self, record: Delivery, now: float) -> Delivery:
-        """Record a cancellation made through DELETE /jobs/{id} and publish its event."""
-        final = self.ledger.finish(record.key, CANCELLED, "CANCELLED", None, record.checks, now)
+    def cancelled(self, record: Delivery, now: float, answer: JobStatus | None = None) -> Delivery:
+        """Record a cancellation made through DELETE /jobs/{id} and publish its event; a job CARTO's
+        answer shows had already succeeded or failed keeps that outcome (a cancel cannot undo it)."""
+        if answer is not None and answer.outcome in (SUCCEEDED, FAILED):
+            final = self.ledger.finish(record.key, answer.outcome, answer.state, answer.error, record.checks, now)
+        else:
+            final = self.ledger.finish(record.key, CANCELLED, "CANCELLED", None, record.checks, now)
         return self.publish(final)
 
     def publish(self, record: Delivery) -> Delivery:

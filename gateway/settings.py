@@ -7,9 +7,9 @@ Secrets are wrapped in `Secret`, whose repr never shows the value.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 from gateway.errors import ConfigError
 

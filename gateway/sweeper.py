@@ -11,11 +11,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from gateway.errors import GatewayError
-from gateway.intake import Intake
+from gateway.intake import CLAIM_STALE_S, Intake
 from gateway.ledger import CLAIMED, FINISHED, SUBMITTED, TRACKED, Delivery, Ledger
 from gateway.poller import Poller
 
@@ -43,9 +43,10 @@ class Sweeper:
     """Finds stuck deliveries and moves each one step on."""
 
     def __init__(self, *, ledger: Ledger, intake: Intake, poller: Poller, clock: Callable[[], float],
-                 grace_s: float, tracked_silence_s: float = TRACKED_SILENCE_S):
+                 grace_s: float, tracked_silence_s: float = TRACKED_SILENCE_S, claim_stale_s: float = CLAIM_STALE_S):
         self.ledger, self.intake, self.poller, self.clock = ledger, intake, poller, clock
         self.grace_s, self.tracked_silence_s = grace_s, tracked_silence_s
+        self.claim_stale_s = claim_stale_s
 
     def sweep(self, limit: int = 200) -> SweepReport:
         report = SweepReport()
@@ -60,7 +61,10 @@ class Sweeper:
 
     def _redrive(self, delivery: Delivery, now: float, report: SweepReport) -> None:
         if delivery.state == CLAIMED:
-            self._reconcile(delivery, report)
+            # A younger claim may still have its job POST in flight: releasing it now would let the
+            # sender's retry submit a second job (tests/test_faults_network.py). Same rule as a replay's.
+            if now - delivery.updated_at >= self.claim_stale_s:
+                self._reconcile(delivery, report)
         elif delivery.state == SUBMITTED:
             report.tracked += self.intake.track(delivery)
         elif delivery.state == TRACKED:
