@@ -163,8 +163,16 @@ class CartoClient:
                  workflow_tokens: Mapping[str, TokenSource] | None = None):
         self._session, self._tokens = session, tokens
         self._workflow_tokens = dict(workflow_tokens or {})
+        self._connect_timeout_s, self._read_timeout_s = connect_timeout_s, timeout_s
         self._timeout = (connect_timeout_s, timeout_s)
         self._attempts, self._sleep = attempts, sleep
+
+    @property
+    def longest_submit_s(self) -> float:
+        """The longest one `submit` can take, retries and their waits included: a claim younger than
+        this may still have its POST in flight, so nobody may resubmit it yet."""
+        per_attempt = self._connect_timeout_s + self._read_timeout_s
+        return self._attempts * per_attempt + (self._attempts - 1) * MAX_RETRY_WAIT_S
 
     def submit(self, base_url: str, connection: str, query: str, parameters: Mapping[str, Any], *,
                workflow: str | None = None) -> str:

@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+import jsonschema_rs
+
 from gateway.carto import CartoClient, SubmitOutcomeUnknown
 from gateway.errors import (
     CartoUnavailable,
@@ -33,7 +35,11 @@ from gateway.params import MISSING, map_parameters, resolve_pointer
 from gateway.workflows import Workflow
 
 log = logging.getLogger("gateway.intake")
-CLAIM_STALE_S = 90.0  # longer than one CARTO POST with its retries can take
+# One hostile body must not turn into a 422 of megabytes (tests/test_adversarial.py).
+MAX_SCHEMA_ERRORS = 50
+MANY_VALUES = 2000
+MAX_MESSAGE_CHARS = 300
+CLAIM_MARGIN_S = 30.0  # beyond the longest CARTO submit (CartoClient.longest_submit_s) before a claim is stale
 
 
 @dataclass(frozen=True)
@@ -74,7 +80,7 @@ class Accepted:
 
 def render(workflow: Workflow, payload: Any, headers: Mapping[str, str]) -> Rendered:
     """Validate the payload against the workflow's schema and map it; Unprocessable lists every problem."""
-    errors = [FieldError(_pointer(e.instance_path), e.message) for e in workflow.validator.iter_errors(payload)]
+    errors = _schema_errors(workflow.validator, payload)
     try:
         parameters = map_parameters(workflow.parameters, payload, headers)
     except Unprocessable as exc:
@@ -85,6 +91,77 @@ def render(workflow: Workflow, payload: Any, headers: Mapping[str, str]) -> Rend
     return Rendered(workflow.query, parameters)
 
 
+def _schema_errors(validator: Any, payload: Any) -> list[FieldError]:
+    """At most MAX_SCHEMA_ERRORS violations (see _violations)."""
+    try:
+        return _violations(validator, payload)
+    except UnicodeEncodeError:  # jsonschema-rs cannot read a lone surrogate, which JSON allows ("\ud800")
+        return [FieldError(_surrogate_at(payload), "the text contains an unpaired surrogate, which is not valid Unicode")]
+
+
+def _surrogate_at(payload: Any) -> str:
+    """The JSON Pointer of the first key or string that is not valid Unicode."""
+    pending: list[tuple[Any, str]] = [(payload, "")]
+    while pending:
+        value, path = pending.pop()
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for key, item in items:
+            pending.append((item, f"{path}/{str(key).replace('~', '~0').replace('/', '~1')}"))
+            if isinstance(key, str) and not _is_unicode(key):
+                return path or "/"
+        if isinstance(value, str) and not _is_unicode(value):
+            return path or "/"
+    return "/"
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _violations(validator: Any, payload: Any) -> list[FieldError]:
+    """jsonschema-rs builds every error before `iter_errors` yields one (8 s for a 1 MiB array of wrong
+    items), so a large payload gets its first violation only."""
+    if validator.is_valid(payload):
+        return []
+    if _more_values_than(payload, MANY_VALUES):
+        try:
+            validator.validate(payload)
+        except jsonschema_rs.ValidationError as first:
+            return [FieldError(_pointer(first.instance_path), _clip(first.message)),
+                    FieldError("/", f"the payload has over {MANY_VALUES} values: only its first violation is listed")]
+    found = [FieldError(_pointer(e.instance_path), _clip(e.message)) for e in validator.iter_errors(payload)]
+    if len(found) > MAX_SCHEMA_ERRORS:
+        found[MAX_SCHEMA_ERRORS:] = [FieldError("/", "more schema violations not listed")]
+    return found
+
+
+def _more_values_than(payload: Any, limit: int) -> bool:
+    """Whether the JSON document holds more than `limit` values; looks at no more than that many."""
+    pending, seen = [payload], 0
+    while pending:
+        value = pending.pop()
+        seen += 1
+        if seen > limit:
+            return True
+        if isinstance(value, dict):
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return False
+
+
+def _clip(message: str) -> str:
+    """A schema message quotes the offending value: keep its start and its end (the verdict), not megabytes."""
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    half = MAX_MESSAGE_CHARS // 2
+    return f"{message[:half]} … {message[-half:]}"
+
+
 def _pointer(parts: list[Any]) -> str:
     return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts) or "/"
 
@@ -92,14 +169,18 @@ def _pointer(parts: list[Any]) -> str:
 def idempotency_key(workflow: Workflow, payload: Any, headers: Mapping[str, str],
                     delivery_id: str | None) -> str | None:
     """The key that makes retries of one delivery one job: configured header or pointer, else the
-    IETF `Idempotency-Key` header, else the sender's delivery id."""
+    sender's delivery id from its auth scheme, else the IETF `Idempotency-Key` header.
+
+    The scheme's id comes before `Idempotency-Key`: schemes that sign their id (Standard Webhooks,
+    Stripe, Slack, hmac) would otherwise let a captured delivery be replayed as a new job by adding
+    a fresh, unsigned `Idempotency-Key`."""
     if workflow.idempotency_header and headers.get(workflow.idempotency_header):
         return headers.get(workflow.idempotency_header)
     if workflow.idempotency_pointer:
         value = resolve_pointer(payload, workflow.idempotency_pointer)
         if value is not MISSING and value is not None and not isinstance(value, (dict, list)):
             return str(value)
-    return headers.get("Idempotency-Key") or delivery_id
+    return delivery_id or headers.get("Idempotency-Key")
 
 
 def delivery_marker(key: str) -> str:
@@ -111,8 +192,10 @@ class Intake:
     """Turns inbound deliveries into CARTO jobs exactly once."""
 
     def __init__(self, *, carto: CartoClient, ledger: Ledger, publisher: Publisher, jobs_topic: str,
-                 default_base_url: str | None, retention_s: int, clock: Callable[[], float]):
+                 default_base_url: str | None, retention_s: int, clock: Callable[[], float],
+                 claim_stale_s: float | None = None):
         self.carto, self.ledger, self.publisher = carto, ledger, publisher
+        self.claim_stale_s = claim_stale_s if claim_stale_s is not None else carto.longest_submit_s + CLAIM_MARGIN_S
         self.jobs_topic, self.default_base_url = jobs_topic, default_base_url
         self.retention_s, self.clock = retention_s, clock
 
@@ -196,7 +279,7 @@ class Intake:
     def _resume_claim(self, existing: Delivery) -> Accepted:
         """A twin is in flight; if it has been silent too long, its instance died: reconcile and resume."""
         now = self.clock()
-        if now - existing.updated_at < CLAIM_STALE_S:
+        if now - existing.updated_at < self.claim_stale_s:
             raise DeliveryInFlight("the same delivery is still being processed", retry_after=2)
         token = secrets.token_hex(16)
         if not self.ledger.take_over(existing.key, existing.claim_token, token, now):

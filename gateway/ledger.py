@@ -88,6 +88,7 @@ class Ledger(Protocol):
     def note_checks(self, key: str, checks: int, last_check_at: float) -> None: ...
     def mark_published(self, key: str, now: float) -> None: ...
     def stale(self, updated_before: float, limit: int = 100) -> list[Delivery]: ...
+    def purge_expired(self, now: float) -> int: ...
     def close(self) -> None: ...
 
 
@@ -179,7 +180,8 @@ class SqliteLedger:
                             "key = ? AND claim_token = ? AND state = ?", (key, claim_token, CLAIMED))
 
     def mark_tracked(self, key: str, now: float) -> None:
-        self._update("state = ?, updated_at = ?", (TRACKED, now), "key = ? AND state = ?", (key, SUBMITTED))
+        # Also refreshes a tracked record, so a re-drive by the sweeper is not repeated every sweep.
+        self._update("state = ?, updated_at = ?", (TRACKED, now), "key = ? AND state IN (?, ?)", (key, SUBMITTED, TRACKED))
 
     def finish(self, key: str, outcome: str, carto_state: str | None, error: dict[str, Any] | None,
                checks: int, finished_at: float) -> Delivery:

@@ -155,8 +155,13 @@ class FirestoreLedger:
         return self._update(key, lambda d: _holds(d, claim_token), state=SUBMITTED, job_id=job_id,
                             submitted_at=submitted_at, deadline_at=deadline_at, updated_at=now)[1]
 
+    def purge_expired(self, now: float) -> int:
+        """Nothing to do: Firestore's TTL policy on `expires_at` deletes expired records."""
+        return 0
+
     def mark_tracked(self, key: str, now: float) -> None:
-        self._update(key, lambda d: d.state == SUBMITTED, state=TRACKED, updated_at=now)
+        # Also refreshes a tracked record, so a re-drive by the sweeper is not repeated every sweep.
+        self._update(key, lambda d: d.state in (SUBMITTED, TRACKED), state=TRACKED, updated_at=now)
 
     def finish(self, key: str, outcome: str, carto_state: str | None, error: dict[str, Any] | None,
                checks: int, finished_at: float) -> Delivery:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.errors import GatewayError
-from gateway.intake import CLAIM_STALE_S, Intake
+from gateway.intake import Intake
 from gateway.ledger import CLAIMED, FINISHED, SUBMITTED, TRACKED, Delivery, Ledger
 from gateway.poller import Poller
 
@@ -33,6 +33,7 @@ class SweepReport:
     retracked: int = 0
     timed_out: int = 0
     published: int = 0
+    purged: int = 0
     failed: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
@@ -43,10 +44,10 @@ class Sweeper:
     """Finds stuck deliveries and moves each one step on."""
 
     def __init__(self, *, ledger: Ledger, intake: Intake, poller: Poller, clock: Callable[[], float],
-                 grace_s: float, tracked_silence_s: float = TRACKED_SILENCE_S, claim_stale_s: float = CLAIM_STALE_S):
+                 grace_s: float, tracked_silence_s: float = TRACKED_SILENCE_S, claim_stale_s: float | None = None):
         self.ledger, self.intake, self.poller, self.clock = ledger, intake, poller, clock
         self.grace_s, self.tracked_silence_s = grace_s, tracked_silence_s
-        self.claim_stale_s = claim_stale_s
+        self.claim_stale_s = intake.claim_stale_s if claim_stale_s is None else claim_stale_s
 
     def sweep(self, limit: int = 200) -> SweepReport:
         report = SweepReport()
@@ -57,6 +58,7 @@ class Sweeper:
             except GatewayError as exc:
                 log.warning("sweep could not re-drive %s: %s", delivery.key, exc.detail)
                 report.failed.append(delivery.key)
+        report.purged = self.ledger.purge_expired(now)
         return report
 
     def _redrive(self, delivery: Delivery, now: float, report: SweepReport) -> None:
