@@ -124,11 +124,14 @@ def _render(args: argparse.Namespace) -> int:
 def _signed_headers(args: argparse.Namespace, body: bytes) -> dict[str, str]:
     import uuid
 
-    workflow = _workflow(args)
-    if not workflow.schemes:
+    from gateway.signatures import build_schemes
+
+    workflow = _workflow(args, require_secrets=False)  # only this workflow's secrets are needed
+    schemes = build_schemes(workflow.auth, os.environ)
+    if not schemes:
         raise ConfigError(f"workflow {workflow.name} has no auth scheme to sign with")
     delivery_id = getattr(args, "delivery_id", None) or f"msg_{uuid.uuid4().hex}"
-    headers = workflow.schemes[0].sign(body, time.time(), delivery_id)
+    headers = schemes[0].sign(body, time.time(), delivery_id)
     return {"Content-Type": "application/json", **headers}
 
 
