@@ -96,7 +96,9 @@ class LocalStack:
         from gateway.sandbox import load_procedures, serve
         from gateway.sandbox.procedures import apply_overrides
 
-        procedures = load_procedures(str(self.schemas_dir), None)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        overrides = self.env.get("GATEWAY_SANDBOX_PROCEDURES") or os.environ.get("GATEWAY_SANDBOX_PROCEDURES")
+        procedures = load_procedures(str(self.schemas_dir), overrides)
         if self.sandbox_procedures:
             procedures = apply_overrides(procedures or {}, self.sandbox_procedures)
         token = self.function_env()["CARTO_API_TOKEN"]
