@@ -21,6 +21,9 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check gateway tests main.py
 
+soak: $(STAMP)
+	$(PY) -m soak --minutes 10
+
 clean:
 	rm -rf $(VENV) .state .pytest_cache .hypothesis
 

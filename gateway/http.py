@@ -33,7 +33,8 @@ log = logging.getLogger("gateway.http")
 _HOOK = re.compile(r"^/hooks/([a-z0-9][a-z0-9-]{0,62})(/validate)?/?$")
 _JOB = re.compile(r"^/jobs/([A-Za-z0-9_.:\-]{1,200})/?$")
 _JSON_TYPE = re.compile(r"^application/([a-z0-9.+-]*\+)?json\s*(;.*)?$", re.IGNORECASE)
-Response = tuple[str, int, dict[str, str]]
+Response = tuple[Any, int, dict[str, str]]  # body: str, or an iterator of bytes when streamed (_unbuffered)
+_BODY_READ = "gateway.body_read"
 
 
 def handle(app: App, request: flask.Request) -> Response:
@@ -48,7 +49,17 @@ def handle(app: App, request: flask.Request) -> Response:
         response = GatewayError("internal error").response()
     log.info("answered %s %s with %s", request.method, request.path, response[1], extra={"status": response[1]})
     logs.reset(token)
-    return response
+    return _unbuffered(request, response)
+
+
+def _unbuffered(request: flask.Request, response: Response) -> Response:
+    """Stream the answer when the body was left unread (413, 404, 405…): functions-framework's
+    `read_request` hook otherwise reads all of it into memory before answering, however large."""
+    unread = request.content_length or "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    if not unread or request.environ.get(_BODY_READ):
+        return response
+    body, status, headers = response
+    return iter([body.encode()]), status, headers
 
 
 def _route(app: App, request: flask.Request) -> Response:
@@ -98,8 +109,12 @@ def read_body(request: flask.Request, limit: int) -> bytes:
     stream = request.stream
     chunks, size = [], 0
     while True:
-        chunk = stream.read(min(65536, limit + 1 - size))
+        try:
+            chunk = stream.read(min(65536, limit + 1 - size))
+        except Exception as exc:  # the server could not frame the body (bad chunk size, early end): bad input
+            raise MalformedRequest(f"the body could not be read ({type(exc).__name__})") from None
         if not chunk:
+            request.environ[_BODY_READ] = True
             break
         chunks.append(chunk)
         size += len(chunk)

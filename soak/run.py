@@ -1,0 +1,252 @@
+"""Running a soak: the local stack behind a fault proxy, senders at a bounded rate, a fault every few
+seconds, one Pub/Sub emulator restart half-way, a sweeper thread; then drain, reconcile, report."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gateway import emulators
+from gateway.app import App
+from gateway.devstack import DEV_SECRET, DEV_TOKEN, ROOT, LocalStack
+from gateway.settings import Settings
+from soak.faults import Injector
+from soak.reconcile import reconcile
+from soak.traffic import FAILING, MIX, Delivery, Sender, make_delivery
+from tests.faultproxy import FaultProxy
+
+PROJECT = "soak-project"
+FAULT_EVERY_S = 6.0
+SWEEP_EVERY_S = 5.0
+PUBSUB_DOWN_S = 15.0  # longer than a publish's own retries (10 s), so none lands in the gap
+# The emulator loses its messages when it stops (real Pub/Sub keeps them): a tracking message lost that
+# way waits for the sweeper's silence window, 30 min when deployed; the soak's sweeper waits 60 s.
+TRACKED_SILENCE_S = 60.0
+DRAIN_LIMIT_S = 480.0
+FAILING_WORKFLOW = {
+    "description": "Soak only: declares FLOAT64 where the procedure takes INT64, so CARTO fails the job.",
+    "connection": "carto_dw",
+    "query": "CALL `carto-dw-ac-jfjjof5m.workflows_temp_x.workflow_procedure_09cc2e19ad5bbc6f`"
+             "(@number_of_clusters,@buffer_radius,@store_type)",
+    "parameters": {"number_of_clusters": {"type": "FLOAT64", "from": "/clusters"},
+                   "buffer_radius": {"type": "FLOAT64", "from": "/radius_m"},
+                   "store_type": {"type": "STRING", "from": "/store/type"}},
+    "payload": {"type": "object", "required": ["clusters", "radius_m", "store"]},
+    "auth": [{"scheme": "standard-webhooks", "secrets": "env:STORE_CLUSTERS_SECRETS"}],
+}
+
+
+@dataclass(frozen=True)
+class Options:
+    minutes: float
+    rate: float
+    senders: int
+    seed: int
+    out: str
+
+
+class Events:
+    """Pulls the events topic on its own thread; survives the emulator going away and coming back."""
+
+    def __init__(self, topic: str):
+        self.topic, self.name = topic, "soak-events"
+        self.received: list[dict[str, str]] = []
+        self._stop = threading.Event()
+        self.subscribe()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def subscribe(self) -> None:
+        emulators.ensure_topics(PROJECT, [self.topic], pull={self.name: self.topic})
+
+    def _loop(self) -> None:
+        from google.cloud import pubsub_v1
+
+        subscriber = pubsub_v1.SubscriberClient()
+        path = subscriber.subscription_path(PROJECT, self.name)
+        while not self._stop.is_set():
+            try:
+                answer = subscriber.pull(request={"subscription": path, "max_messages": 500,
+                                                  "return_immediately": True}, timeout=10)
+                ack = [m.ack_id for m in answer.received_messages]
+                self.received.extend(dict(m.message.attributes) for m in answer.received_messages)
+                if ack:
+                    subscriber.acknowledge(request={"subscription": path, "ack_ids": ack})
+                else:
+                    time.sleep(0.5)
+            except Exception:  # the emulator is down (on purpose): try again
+                time.sleep(1.0)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class Sweeping:
+    """Stands in for Cloud Scheduler: the deployed sweeper, every SWEEP_EVERY_S, unless paused."""
+
+    def __init__(self, app: App):
+        self.app = app
+        self.paused = threading.Event()
+        self._stop = threading.Event()
+        self.reports: list[dict[str, Any]] = []
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(SWEEP_EVERY_S):
+            if not self.paused.is_set():
+                self.sweep()
+
+    def sweep(self) -> dict[str, Any]:
+        report = self.app.sweeper.sweep().as_dict()
+        self.reports.append(report)
+        return report
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _schemas(state: Path) -> Path:
+    schemas = state / "schemas"
+    shutil.copytree(ROOT / "schemas", schemas)
+    (schemas / "workflows" / f"{FAILING}.json").write_text(json.dumps(FAILING_WORKFLOW))
+    return schemas
+
+
+def _say(message: str) -> None:
+    print(f"[soak {datetime.now().strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def run(options: Options) -> int:
+    """Run the soak; 0 when every promise held."""
+    state = Path(tempfile.mkdtemp(prefix="soak-"))
+    pubsubs = [emulators.Emulator.start("pubsub", project=PROJECT, log_dir=state)]  # the last one is current
+    pubsub = pubsubs[0]
+    sandbox_port = emulators.free_port()
+    proxy = FaultProxy(("127.0.0.1", sandbox_port)).start()
+    stack = LocalStack(state_dir=state, project=PROJECT, schemas_dir=_schemas(state), pubsub_host=pubsub.host,
+                       sandbox_port=sandbox_port, sandbox_duration_s=1.0,
+                       env={"CARTO_API_BASE_URL": proxy.url, "CARTO_API_TOKEN": DEV_TOKEN,
+                            "STORE_CLUSTERS_SECRETS": DEV_SECRET, "CARTO_TIMEOUT_S": "5",
+                            "GATEWAY_POLL_FIRST_S": "0.5", "GATEWAY_SWEEP_GRACE_S": "10"})
+    try:
+        stack.start()
+        _say(f"stack up in {state}; {options.minutes} min at {options.rate}/s")
+        return _soak(options, stack, proxy, pubsubs)
+    finally:
+        stack.stop()
+        proxy.stop()
+        for emulator in pubsubs:
+            emulator.stop()
+
+
+def _soak(options: Options, stack: LocalStack, proxy: FaultProxy, pubsubs: list[emulators.Emulator]) -> int:
+    app = App.build(Settings.from_env(stack.function_env()))
+    app.sweeper.tracked_silence_s = TRACKED_SILENCE_S
+    events = Events(stack.topics["events"])
+    sweeping = Sweeping(app)
+    injector = Injector(stack.sandbox, proxy)
+    sender = Sender(stack.url("webhook"), DEV_SECRET)
+    started = time.monotonic()
+    deliveries = _traffic(options, sender, injector, lambda: _restart(stack, pubsubs, events, sweeping))
+    _say(f"traffic done: {len(deliveries)} deliveries, {sender.requests} requests; draining")
+    injector.clear()
+    _drain(deliveries, events, sweeping)
+    sweeping.stop()
+    events.stop()
+    result = reconcile(deliveries, stack.sandbox.jobs(), events.received)
+    result.rows[0:0] = [("minutes of traffic", options.minutes), ("run time incl. drain (s)", round(time.monotonic() - started)),
+                        *((f"fault: {name}", count) for name, count in sorted(injector.injected.items())),
+                        ("requests through the fault proxy", len(proxy.stats.seen)),
+                        *((f"&nbsp;&nbsp;that suffered `{kind}`", proxy.stats.count(kind))
+                          for kind in ("reset", "truncate", "blackhole", "delay", "respond"))]
+    _report(options, result)
+    return 1 if result.problems else 0
+
+
+def _traffic(options: Options, sender: Sender, injector: Injector, restart: Any) -> list[Delivery]:
+    """Start deliveries at `rate` per second (at most `senders` in flight) for `minutes`; inject faults."""
+    rng = random.Random(options.seed)
+    kinds, weights = zip(*MIX.items(), strict=False)
+    deliveries: list[Delivery] = []
+    accepted: list[Delivery] = []
+    in_flight = threading.BoundedSemaphore(options.senders)
+    restarter = threading.Thread(target=restart, daemon=True)  # traffic goes on while Pub/Sub is down
+    end = time.monotonic() + options.minutes * 60
+    next_fault, restart_at = time.monotonic() + FAULT_EVERY_S, time.monotonic() + options.minutes * 30
+
+    def send(delivery: Delivery) -> None:
+        try:
+            sender.send(delivery)
+            if delivery.accepted and delivery.kind in ("valid", "failing"):
+                accepted.append(delivery)
+        finally:
+            in_flight.release()
+
+    with ThreadPoolExecutor(max_workers=options.senders) as pool:
+        while (now := time.monotonic()) < end:
+            if now >= next_fault:
+                injector.tick()
+                next_fault += FAULT_EVERY_S
+            if now >= restart_at and restarter.ident is None:
+                restarter.start()
+                injector.note("Pub/Sub emulator stopped for 15 s and restarted")
+            in_flight.acquire()
+            delivery = make_delivery(rng.choices(kinds, weights)[0], rng, rng.choice(accepted) if accepted else None)
+            deliveries.append(delivery)
+            pool.submit(send, delivery)
+            time.sleep(1.0 / options.rate)
+    if restarter.ident is not None:
+        restarter.join()
+    return deliveries
+
+
+def _restart(stack: LocalStack, pubsubs: list[emulators.Emulator], events: Events, sweeping: Sweeping) -> None:
+    """Stop the emulator, wait, start it on the same port and wire topics again (events subscription first)."""
+    _say("Pub/Sub emulator going down")
+    sweeping.paused.set()
+    pubsubs[-1].stop()
+    time.sleep(PUBSUB_DOWN_S)
+    pubsubs.append(emulators.Emulator.start("pubsub", pubsubs[-1].port, project=PROJECT, log_dir=stack.state_dir))
+    events.subscribe()
+    stack._wire_topics()
+    sweeping.paused.clear()
+    _say("Pub/Sub emulator back")
+
+
+def _drain(deliveries: list[Delivery], events: Events, sweeping: Sweeping) -> None:
+    """Sweep until every accepted job has its event and two sweeps in a row found nothing to do."""
+    deadline = time.monotonic() + DRAIN_LIMIT_S
+    quiet = 0
+    while time.monotonic() < deadline:
+        time.sleep(SWEEP_EVERY_S)
+        report = sweeping.sweep()
+        busy = any(v for v in report.values())
+        heard = {e["job_id"] for e in events.received}
+        waiting = [d for d in deliveries if d.accepted and d.job_id not in heard]
+        quiet = 0 if busy or waiting else quiet + 1
+        if quiet >= 2:
+            return
+        _say(f"draining: {len(waiting)} accepted jobs without an event yet; sweep {report}")
+    _say("drain limit reached")
+
+
+def _report(options: Options, result: Any) -> None:
+    verdict = "every promise held" if not result.problems else "BROKEN: " + "; ".join(result.problems)
+    text = (f"# Soak run, {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}\n\n"
+            f"`python -m soak --minutes {options.minutes:g} --rate {options.rate:g} --senders {options.senders} "
+            f"--seed {options.seed}`: {verdict}.\n\n{result.markdown()}\n")
+    print(text)
+    Path(options.out).write_text(text)

@@ -1,0 +1,389 @@
+"""Network and process faults between the gateway and its dependencies: the sender is told the truth,
+and once the fault clears, each accepted delivery has exactly one CARTO job and one outcome (DESIGN §7).
+
+Everything is real and runs in its own process where it would in the cloud: `webhook` and `poll`
+under functions-framework, a Pub/Sub emulator of this module's own (stopped and restarted on its
+port), the local CARTO job API behind tests/faultproxy.py (CARTO_API_BASE_URL is the proxy, so
+`webhook`, `poll` and the sweeper all go through it), the SQLite ledger file that another process
+locks. The sender is a plain HTTP client that retries with the same webhook-id; the sweeper runs in
+this process with the stack's settings, as Cloud Scheduler would run it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import requests
+
+from gateway import emulators
+from gateway.app import App
+from gateway.devstack import LocalStack
+from gateway.intake import delivery_marker
+from gateway.sandbox import Fault as SandboxFault
+from gateway.settings import Settings
+from tests.conftest import CARTO_TOKEN, PROJECT, SECRET
+from tests.faultproxy import Fault, FaultProxy
+from tests.stackutil import Event, EventInbox, post_hook
+
+BODY = {"clusters": 2, "radius_m": 500, "store": {"type": "Supermarket"}}
+WORKFLOW = "store-clusters"
+JOB_POST = {"method": "POST", "path": r"/v3/sql/[^/]+/job$"}
+STATUS_GET = {"method": "GET", "path": r"/v3/sql/[^/]+/job/"}
+
+
+class QuickInbox(EventInbox):
+    """EventInbox whose pulls return at once when nothing is there (the emulator honours it)."""
+
+    def drain(self) -> None:
+        answer = self.subscriber.pull(request={"subscription": self.path, "max_messages": 100,
+                                               "return_immediately": True}, timeout=5)
+        ack_ids = []
+        for received in answer.received_messages:
+            message = received.message
+            self.events.append(Event(dict(message.attributes), json.loads(message.data), bytes(message.data)))
+            ack_ids.append(received.ack_id)
+        if ack_ids:
+            self.subscriber.acknowledge(request={"subscription": self.path, "ack_ids": ack_ids})
+
+
+@dataclass
+class Rig:
+    """The running stack, the proxy in front of CARTO, the module's emulator, an in-process sweeper."""
+
+    stack: LocalStack
+    proxy: FaultProxy
+    pubsub: emulators.Emulator
+    app: App
+    inbox: QuickInbox
+
+    @property
+    def sandbox(self) -> Any:
+        return self.stack.sandbox
+
+    def post(self, delivery: str, body: Any = BODY, workflow: str = WORKFLOW) -> requests.Response:
+        return post_hook(self.stack.url("webhook"), workflow, body, SECRET, msg_id=delivery)
+
+    def jobs_of(self, delivery: str, workflow: str = WORKFLOW) -> list[Any]:
+        marker = delivery_marker(f"{workflow}:{delivery}")
+        return [job for job in self.sandbox.jobs() if marker in job.query]
+
+    def rewire_pubsub(self) -> None:
+        """Topics, the push subscription to `poll` and a fresh event inbox (a restarted emulator has none)."""
+        self.stack._wire_topics()
+        self.inbox = QuickInbox(PROJECT, self.stack.topics["events"], f"faults-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture(scope="module")
+def rig(test_schemas, tmp_path_factory) -> Iterator[Rig]:
+    state = tmp_path_factory.mktemp("faults")
+    try:
+        pubsub = emulators.Emulator.start("pubsub", project=PROJECT, log_dir=state)
+    except emulators.EmulatorMissing as exc:
+        pytest.skip(f"Pub/Sub emulator unavailable: {exc}")
+    previous = os.environ.get("PUBSUB_EMULATOR_HOST")
+    sandbox_port = emulators.free_port()
+    proxy = FaultProxy(("127.0.0.1", sandbox_port)).start()
+    stack = LocalStack(
+        state_dir=state, project=PROJECT, schemas_dir=test_schemas, pubsub_host=pubsub.host,
+        sandbox_port=sandbox_port, sandbox_duration_s=0.3,
+        env={"CARTO_API_BASE_URL": proxy.url, "CARTO_API_TOKEN": CARTO_TOKEN, "STORE_CLUSTERS_SECRETS": SECRET,
+             "CARTO_TIMEOUT_S": "1", "GATEWAY_POLL_FIRST_S": "0.2", "GATEWAY_SWEEP_GRACE_S": "1"})
+    built: Rig | None = None
+    try:
+        stack.start()
+        app = App.build(Settings.from_env(stack.function_env()))
+        # The tests sweep only after the sender was answered, so no job POST can still be in flight:
+        # this sweeper may take claims over at once (the deployed one waits for CLAIM_STALE_S).
+        app.sweeper.claim_stale_s, app.sweeper.grace_s = 0.0, 0.1
+        built = Rig(stack, proxy, pubsub, app, QuickInbox(PROJECT, stack.topics["events"], "faults-events"))
+        yield built
+    finally:
+        stack.stop()
+        proxy.stop()
+        (built.pubsub if built else pubsub).stop()
+        if previous is not None:
+            os.environ["PUBSUB_EMULATOR_HOST"] = previous
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_faults(rig) -> Iterator[None]:
+    yield
+    rig.proxy.clear()
+    rig.sandbox.faults.clear()
+
+
+def new_delivery() -> str:
+    return f"msg_{uuid.uuid4().hex}"
+
+
+def retry_until_accepted(rig: Rig, delivery: str, body: Any = BODY, attempts: int = 30) -> requests.Response:
+    """The sender's retries with the same webhook-id, the sweeper running between them."""
+    for _ in range(attempts):
+        rig.app.sweeper.sweep()
+        answer = rig.post(delivery, body)
+        if answer.status_code in (200, 202):
+            return answer
+        assert answer.status_code in (409, 503) and answer.headers["Retry-After"], answer.text
+        time.sleep(0.3)
+    raise AssertionError(f"delivery {delivery} was never accepted")
+
+
+def assert_exactly_once(rig: Rig, delivery: str, accepted: requests.Response) -> str:
+    """One CARTO job for the delivery, the one the sender was told; its events carry one outcome."""
+    jobs = rig.jobs_of(delivery)
+    assert [job.external_id for job in jobs] == [accepted.json()["job_id"]]
+    job_id = jobs[0].external_id
+    first = rig.inbox.wait_for(lambda e: e.attributes.get("job_id") == job_id, timeout_s=30)
+    outcomes = {e.attributes["ce-id"] for e in rig.inbox.for_job(job_id)}
+    assert outcomes == {f"{job_id}:{first.attributes['outcome']}"}
+    return job_id
+
+
+def assert_honest_refusal(answer: requests.Response) -> None:
+    assert answer.status_code == 503, answer.text
+    assert answer.headers["Content-Type"] == "application/problem+json"
+    assert int(answer.headers["Retry-After"]) >= 1
+
+
+# --- CARTO answers the job POST with an error ----------------------------------------------------
+
+def _sandbox(kind: str, count: int = 1, **options: Any):
+    return lambda rig: rig.sandbox.faults.add(SandboxFault("submit", kind, **options), count)
+
+
+def _proxy(count: int = 1, **fault: Any):
+    return lambda rig: rig.proxy.inject(Fault(**JOB_POST, **fault), count)
+
+
+REFUSALS = {
+    "carto-500": (_sandbox("error", status=500), 503),
+    "carto-502": (_sandbox("error", status=502), 503),
+    "carto-503-on-every-attempt": (_sandbox("error", status=503, count=3), 503),
+    "carto-429-with-retry-after-once": (_sandbox("rate_limit", retry_after=1), 202),
+    "balancer-429-without-retry-after": (_proxy(3, kind="respond", status=429), 503),
+    "balancer-503-with-long-retry-after": (_proxy(kind="respond", status=503, headers=(("Retry-After", "30"),)), 503),
+}
+
+
+@pytest.mark.parametrize("name", REFUSALS)
+def test_an_error_answer_to_the_job_post_is_an_honest_status_then_one_job(rig, name):
+    inject, expected = REFUSALS[name]
+    inject(rig)
+    delivery = new_delivery()
+
+    first = rig.post(delivery)
+    accepted = first if first.status_code == 202 else retry_until_accepted(rig, delivery)
+
+    assert first.status_code == expected, first.text
+    if expected == 503:
+        assert_honest_refusal(first)
+    assert_exactly_once(rig, delivery, accepted)
+
+
+def test_a_long_retry_after_from_carto_is_passed_on_to_the_sender(rig):
+    rig.proxy.inject(Fault(**JOB_POST, kind="respond", status=503, headers=(("Retry-After", "30"),)))
+
+    refused = rig.post(new_delivery())
+
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "30"
+
+
+# --- the connection fails around the job POST -----------------------------------------------------
+
+BROKEN = {
+    "reset-before-carto-read-it": (Fault(**JOB_POST, kind="reset", forward=False), 0),
+    "reset-after-carto-created-the-job": (Fault(**JOB_POST, kind="reset"), 1),
+    "closed-inside-the-answer-headers": (Fault(**JOB_POST, kind="truncate", after_bytes=30), 1),
+    "closed-inside-the-answer-body": (Fault(**JOB_POST, kind="truncate", after_bytes=220), 1),
+    "no-answer-until-the-read-timeout": (Fault(**JOB_POST, kind="blackhole"), 1),
+    "no-answer-and-never-forwarded": (Fault(**JOB_POST, kind="blackhole", forward=False), 0),
+}
+
+
+@pytest.mark.parametrize("name", BROKEN)
+def test_a_broken_connection_on_the_job_post_is_a_503_then_exactly_one_job(rig, name):
+    fault, jobs_created = BROKEN[name]
+    rig.proxy.inject(fault)
+    delivery = new_delivery()
+
+    first = rig.post(delivery)
+    created = len(rig.jobs_of(delivery))
+    accepted = retry_until_accepted(rig, delivery)
+
+    assert_honest_refusal(first)
+    assert created == jobs_created
+    assert_exactly_once(rig, delivery, accepted)
+
+
+def test_carto_dropping_the_answer_after_creating_the_job_is_a_503_then_exactly_one_job(rig):
+    rig.sandbox.faults.drop("submit", after=True)
+    delivery = new_delivery()
+
+    first = rig.post(delivery)
+    accepted = retry_until_accepted(rig, delivery)
+
+    assert_honest_refusal(first)
+    assert accepted.json()["duplicate"] is True
+    assert_exactly_once(rig, delivery, accepted)
+
+
+def test_a_latency_spike_below_the_timeout_is_just_slower(rig):
+    rig.proxy.inject(Fault(**JOB_POST, kind="delay", delay_s=0.6))
+    delivery = new_delivery()
+
+    accepted = rig.post(delivery)
+
+    assert accepted.status_code == 202, accepted.text
+    assert_exactly_once(rig, delivery, accepted)
+
+
+def test_a_sweep_while_the_job_post_waits_out_a_429_does_not_release_the_claim(rig):
+    production = App.build(Settings.from_env(rig.stack.function_env()))  # the sweeper as deployed
+    rig.sandbox.faults.rate_limit("submit", retry_after=2)  # the POST is retried 2 s later, in the request
+    delivery = new_delivery()
+    answers: list[requests.Response] = []
+    sender = threading.Thread(target=lambda: answers.append(rig.post(delivery)))
+
+    sender.start()
+    _wait_for_claim(rig.app, f"{WORKFLOW}:{delivery}", older_than_s=1.2)
+    report = production.sweeper.sweep()
+    sender.join()
+
+    assert report.released == 0 and report.adopted == 0
+    assert answers[0].status_code == 202, answers[0].text
+    assert_exactly_once(rig, delivery, answers[0])
+
+
+def _wait_for_claim(app: App, key: str, older_than_s: float) -> None:
+    for _ in range(200):
+        record = app.ledger.get(key)
+        if record is not None and time.time() - record.created_at > older_than_s:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no claim for {key}")
+
+
+# --- the status checks of `poll` fail -------------------------------------------------------------
+
+def test_failing_status_checks_still_end_in_one_outcome(rig):
+    rig.sandbox.faults.error("status", status=500, count=2)
+    rig.sandbox.faults.drop("status")
+    rig.proxy.inject(Fault(**STATUS_GET, kind="reset"))
+    rig.proxy.inject(Fault(**STATUS_GET, kind="truncate", after_bytes=30))
+    rig.proxy.inject(Fault(**STATUS_GET, kind="blackhole"))
+    delivery = new_delivery()
+
+    accepted = rig.post(delivery)
+
+    assert accepted.status_code == 202, accepted.text
+    job_id = assert_exactly_once(rig, delivery, accepted)
+    assert rig.inbox.for_job(job_id)[0].attributes["outcome"] == "SUCCEEDED"
+
+
+def test_a_job_carto_fails_yields_one_failed_outcome_despite_faults(rig):
+    rig.sandbox.faults.fail_jobs("Query error: injected failure (sandbox)")
+    rig.sandbox.faults.error("status", status=502)
+    delivery = new_delivery()
+
+    accepted = rig.post(delivery)
+
+    assert accepted.status_code == 202, accepted.text
+    job_id = assert_exactly_once(rig, delivery, accepted)
+    assert rig.inbox.for_job(job_id)[0].attributes["outcome"] == "FAILED"
+
+
+# --- the ledger file is locked by another process -------------------------------------------------
+
+LOCKER = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.readline()
+db.execute("ROLLBACK")
+"""
+
+
+class LedgerLock:
+    """Another process holding `BEGIN EXCLUSIVE` on the ledger file until released."""
+
+    def __init__(self, path: str):
+        self.process = subprocess.Popen([sys.executable, "-c", LOCKER, path], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None and self.process.stdout.readline().strip() == "locked"
+
+    def release(self) -> None:
+        if self.process.poll() is None:
+            assert self.process.stdin is not None
+            self.process.stdin.write("\n")
+            self.process.stdin.flush()
+            self.process.wait(timeout=10)
+
+
+def _ledger_path(rig: Rig) -> str:
+    return rig.stack.function_env()["GATEWAY_LEDGER"].removeprefix("sqlite:///")
+
+
+def test_a_locked_ledger_is_a_503_and_no_job_then_the_retry_makes_one(rig):
+    delivery = new_delivery()
+    lock = LedgerLock(_ledger_path(rig))
+    try:
+        refused = rig.post(delivery)
+        created = len(rig.jobs_of(delivery))
+    finally:
+        lock.release()
+    accepted = retry_until_accepted(rig, delivery)
+
+    assert_honest_refusal(refused)
+    assert created == 0
+    assert_exactly_once(rig, delivery, accepted)
+
+
+def test_a_ledger_locked_while_carto_creates_the_job_is_a_503_then_the_job_is_adopted(rig):
+    rig.sandbox.faults.delay("submit", 0.8)
+    delivery = new_delivery()
+    answers: list[requests.Response] = []
+    sender = threading.Thread(target=lambda: answers.append(rig.post(delivery)))
+    sender.start()
+    _wait_for_claim(rig.app, f"{WORKFLOW}:{delivery}", older_than_s=0.2)
+    lock = LedgerLock(_ledger_path(rig))
+    try:
+        sender.join()
+    finally:
+        lock.release()
+    accepted = retry_until_accepted(rig, delivery)
+
+    assert_honest_refusal(answers[0])
+    assert accepted.json()["duplicate"] is True
+    assert_exactly_once(rig, delivery, accepted)
+
+
+# --- the Pub/Sub emulator goes away and comes back (last: it rewires the module's topics) ----------
+
+def test_pubsub_stopped_and_restarted_mid_run_loses_no_job(rig):
+    before = new_delivery()
+    accepted_before = rig.post(before)
+    assert_exactly_once(rig, before, accepted_before)
+    rig.pubsub.stop()
+    during = new_delivery()
+    try:
+        accepted = rig.post(during)  # the job exists; its tracking message cannot be published
+    finally:
+        rig.pubsub = emulators.Emulator.start("pubsub", rig.pubsub.port, project=PROJECT,
+                                              log_dir=rig.stack.state_dir)
+        rig.rewire_pubsub()
+    retried = retry_until_accepted(rig, during)
+
+    assert accepted.status_code == 202, accepted.text
+    assert retried.json()["job_id"] == accepted.json()["job_id"]
+    assert_exactly_once(rig, during, accepted)
