@@ -9,9 +9,10 @@ import hmac
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import requests
 from standardwebhooks.webhooks import Webhook
@@ -20,7 +21,7 @@ from standardwebhooks.webhooks import Webhook
 def signed_headers(secret: str, body: bytes, msg_id: str | None = None) -> dict[str, str]:
     """Headers the official standardwebhooks package produces for `body`."""
     msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
-    now = datetime.now(tz=timezone.utc)
+    now = datetime.now(tz=UTC)
     try:
         signature = Webhook(secret).sign(msg_id, now, body.decode())
     except UnicodeDecodeError:  # the library signs text only; sign bytes per the spec for invalid-UTF-8 tests
@@ -57,8 +58,11 @@ class EventInbox:
                                                      "ack_deadline_seconds": 60})
         self.events: list[Event] = []
 
-    def drain(self) -> None:
-        answer = self.subscriber.pull(request={"subscription": self.path, "max_messages": 100}, timeout=5)
+    def drain(self, *, return_immediately: bool = False) -> None:
+        request = {"subscription": self.path, "max_messages": 100}
+        if return_immediately:  # deprecated in Pub/Sub, honoured by the emulator: no wait when empty
+            request["return_immediately"] = True
+        answer = self.subscriber.pull(request=request, timeout=5)
         ack_ids = []
         for received in answer.received_messages:
             message = received.message

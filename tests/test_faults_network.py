@@ -11,7 +11,6 @@ this process with the stack's settings, as Cloud Scheduler would run it.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from gateway.sandbox import Fault as SandboxFault
 from gateway.settings import Settings
 from tests.conftest import CARTO_TOKEN, PROJECT, SECRET
 from tests.faultproxy import Fault, FaultProxy
-from tests.stackutil import Event, EventInbox, post_hook
+from tests.stackutil import EventInbox, post_hook
 
 BODY = {"clusters": 2, "radius_m": 500, "store": {"type": "Supermarket"}}
 WORKFLOW = "store-clusters"
@@ -44,16 +43,8 @@ STATUS_GET = {"method": "GET", "path": r"/v3/sql/[^/]+/job/"}
 class QuickInbox(EventInbox):
     """EventInbox whose pulls return at once when nothing is there (the emulator honours it)."""
 
-    def drain(self) -> None:
-        answer = self.subscriber.pull(request={"subscription": self.path, "max_messages": 100,
-                                               "return_immediately": True}, timeout=5)
-        ack_ids = []
-        for received in answer.received_messages:
-            message = received.message
-            self.events.append(Event(dict(message.attributes), json.loads(message.data), bytes(message.data)))
-            ack_ids.append(received.ack_id)
-        if ack_ids:
-            self.subscriber.acknowledge(request={"subscription": self.path, "ack_ids": ack_ids})
+    def drain(self, *, return_immediately: bool = True) -> None:
+        super().drain(return_immediately=return_immediately)
 
 
 @dataclass
