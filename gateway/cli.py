@@ -124,7 +124,7 @@ def _render(args: argparse.Namespace) -> int:
 def _signed_headers(args: argparse.Namespace, body: bytes) -> dict[str, str]:
     import uuid
 
-    from gateway.signatures import build_schemes
+    from gateway.auth_config import build_schemes
 
     workflow = _workflow(args, require_secrets=False)  # only this workflow's secrets are needed
     schemes = build_schemes(workflow.auth, os.environ)

@@ -18,7 +18,8 @@ import jsonschema_rs
 
 from gateway.errors import ConfigError
 from gateway.params import ParamSpec, check_spec
-from gateway.signatures import Scheme, build_schemes
+from gateway.auth_config import build_schemes
+from gateway.signatures import Scheme
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 DEFAULT_DEADLINE_S = 6 * 3600

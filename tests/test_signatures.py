@@ -14,6 +14,7 @@ import standardwebhooks.webhooks
 import stripe
 from werkzeug.datastructures import EnvironHeaders
 
+from gateway.auth_config import build_schemes
 from gateway.errors import ConfigError, SignatureError
 from gateway.signatures import (
     REJECTED,
@@ -21,7 +22,6 @@ from gateway.signatures import (
     GitHub,
     NoAuth,
     Verified,
-    build_schemes,
     verify_request,
 )
 from tests.signature_cases import (
