@@ -21,6 +21,9 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check gateway tests main.py
 
+bench: $(STAMP)
+	$(PY) -m bench
+
 soak: $(STAMP)
 	$(PY) -m soak --minutes 10
 
