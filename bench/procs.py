@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from gateway.emulators import stop_process_group
 
 ROOT = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -44,17 +45,7 @@ def spawn_function(target: str, source: Path, port: int, env: Mapping[str, str],
 
 def terminate(process: subprocess.Popen) -> None:
     """Stop a process group started by `spawn_function` (SIGTERM, then SIGKILL)."""
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=10)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
+    stop_process_group(process)
 
 
 def _stat(pid: int) -> list[str] | None:

@@ -136,7 +136,7 @@ class LocalStack:
 
     def stop(self) -> None:
         for process in self.processes.values():
-            _terminate(process)
+            emulators.stop_process_group(process)
         self.processes.clear()
         if self.sandbox is not None:
             self.sandbox.stop()
@@ -144,21 +144,6 @@ class LocalStack:
         if self.pubsub is not None:
             self.pubsub.stop()
             self.pubsub = None
-
-
-def _terminate(process: subprocess.Popen) -> None:
-    import signal
-
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=10)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def run(args: Any) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -109,18 +110,23 @@ class Emulator:
 
     def stop(self) -> None:
         """Stop the emulator and every child it started (the launchers are shell scripts around Java)."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        import signal
+        if self.process is not None:
+            stop_process_group(self.process)
 
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    """Stop a process started with `start_new_session=True` and all its children: SIGTERM, then SIGKILL."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
         try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=10)
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
         except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            pass
 
 
 def ensure_topics(project: str, topics: list[str], *, push: dict[str, str] | None = None,
