@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 lint: $(STAMP)
-	$(PY) -m ruff check gateway tests main.py
+	$(PY) -m ruff check gateway tests main.py bench soak deploy
 
 bench: $(STAMP)
 	$(PY) -m bench

@@ -16,9 +16,9 @@ from typing import Any
 
 import jsonschema_rs
 
+from gateway.auth_config import build_schemes
 from gateway.errors import ConfigError
 from gateway.params import ParamSpec, check_spec
-from gateway.auth_config import build_schemes
 from gateway.signatures import Scheme
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")

@@ -10,8 +10,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from gateway.carto import (CANCELLED, FAILED, SUCCEEDED, CartoClient, ClientCredentials, StaticToken,
-                           SubmitOutcomeUnknown, parse_status, strip_secrets)
+from gateway.carto import (
+    CANCELLED,
+    FAILED,
+    SUCCEEDED,
+    CartoClient,
+    ClientCredentials,
+    StaticToken,
+    SubmitOutcomeUnknown,
+    parse_status,
+    strip_secrets,
+)
 from gateway.errors import CartoUnavailable, NotFound, UpstreamRejected
 from gateway.sandbox import serve
 from gateway.settings import Secret

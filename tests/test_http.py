@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from gateway.sandbox import serve
-from tests.apptools import FakeClock, RecordingPublisher, build_app, function_client, settings_env
+from tests.apptools import RecordingPublisher, build_app, function_client, settings_env
 from tests.conftest import CARTO_TOKEN, SECRET
 from tests.stackutil import signed_headers
 

@@ -65,7 +65,8 @@ TYPED_PAYLOAD = {
 TYPED_PARAMETERS = {
     "day": {"type": "DATE", "from": "/day"}, "ids": {"type": "ARRAY<INT64>", "from": "/ids"},
     "area": {"type": "GEOGRAPHY", "from": "/area"}, "amount": {"type": "NUMERIC", "from": "/amount", "default": "0"},
-    "flag": {"type": "BOOL", "from": "/flag", "default": False}, "at": {"type": "TIMESTAMP", "from": "/at", "default": "2024-01-01T00:00:00Z"},
+    "flag": {"type": "BOOL", "from": "/flag", "default": False},
+    "at": {"type": "TIMESTAMP", "from": "/at", "default": "2024-01-01T00:00:00Z"},
     "extra": {"type": "JSON", "from": "/extra", "default": {}}, "region": {"type": "STRING", "header": "X-Region"},
 }
 # Workflows that can be signed locally; the property test drives each of them.

@@ -57,8 +57,9 @@ def make_app(test_schemas, sandbox, tmp_path, clock, **extra):
 
 
 def submit(app, workflow="store-clusters", body=BODY, key="k1"):
-    from gateway.intake import Inbound
     import json
+
+    from gateway.intake import Inbound
 
     raw = json.dumps(body).encode()
     accepted = app.intake.accept(Inbound(app.registry.get(workflow), raw, body, {}, key, key))

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.errors import ConfigError, SignatureError
 from gateway.auth_config import build_schemes
+from gateway.errors import ConfigError, SignatureError
 from gateway.signatures import REJECTED, verify_request
 from tests.signature_cases import (
     AUTH,
