@@ -1,0 +1,62 @@
+"""What `gcloud functions deploy --source=.` uploads is enough to run: main.py imports and answers
+from the uploaded files alone, without the local stack that .gcloudignore leaves out."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.conftest import ROOT, SECRET
+from tests.test_deploy import argcheck
+
+LEFT_OUT = ("gateway/sandbox", "gateway/devstack.py", "gateway/emulators.py", "tests/", "bench/", "deploy/")
+
+
+@pytest.fixture(scope="module")
+def uploaded(tmp_path_factory):
+    """A copy of exactly the files gcloud would upload from this repository."""
+    gcloud = shutil.which("gcloud")
+    if gcloud is None:
+        pytest.skip("gcloud is not installed: cannot compute the upload list")
+    config = tmp_path_factory.mktemp("gcloud-config")
+    listed = subprocess.run([gcloud, "meta", "list-files-for-upload", str(ROOT)], env=argcheck.offline_env(str(config)),
+                            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=True)
+    target = tmp_path_factory.mktemp("upload")
+    for name in listed.stdout.split():
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, target / name)
+    return target, set(listed.stdout.split())
+
+
+def test_the_upload_leaves_out_the_local_stack_tests_and_tools(uploaded):
+    _, files = uploaded
+    assert {"main.py", "requirements.txt", "schemas/workflows/store-clusters.json", "gateway/intake.py"} <= files
+    assert not [f for f in files if f.startswith(LEFT_OUT) or f.endswith(".md")]
+
+
+def test_the_uploaded_source_serves_a_webhook_on_its_own(uploaded, tmp_path):
+    source, _ = uploaded
+    script = textwrap.dedent("""
+        import json, sys, functions_framework
+        app = functions_framework.create_app(target="webhook", source="main.py")
+        answer = app.test_client().get("/healthz")
+        import gateway
+        print(json.dumps({"status": answer.status_code, "body": answer.get_json(), "package": gateway.__file__,
+                          "local_stack": sorted(m for m in sys.modules
+                                                if m.startswith(("gateway.sandbox", "gateway.devstack", "gateway.emulators")))}))
+    """)
+    env = {"PATH": "/usr/bin:/bin", "GATEWAY_SCHEMAS_DIR": "schemas", "CARTO_API_BASE_URL": "http://127.0.0.1:9",
+           "CARTO_API_TOKEN": "t", "STORE_CLUSTERS_SECRETS": SECRET, "GOOGLE_CLOUD_PROJECT": "p",
+           "GATEWAY_LEDGER": f"sqlite:///{tmp_path / 'ledger.sqlite3'}", "PUBSUB_EMULATOR_HOST": "127.0.0.1:9"}
+    done = subprocess.run([sys.executable, "-I", "-c", script], cwd=source, env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = __import__("json").loads(done.stdout.strip().splitlines()[-1])
+    assert result["status"] == 200 and result["body"]["workflows"] == ["store-clusters"]
+    assert result["local_stack"] == []
+    assert result["package"].startswith(str(source))  # imported from the upload, not the repository
