@@ -160,7 +160,8 @@ def _soak(options: Options, stack: LocalStack, proxy: FaultProxy, pubsubs: list[
     injector = Injector(stack.sandbox, proxy)
     sender = Sender(stack.url("webhook"), DEV_SECRET)
     started = time.monotonic()
-    deliveries = _traffic(options, sender, injector, lambda: _restart(stack, pubsubs, events, sweeping))
+    deliveries = _traffic(options, sender, injector, lambda: _restart(stack, pubsubs, events, sweeping),
+                          lambda sent: _settle(sent, events))
     _say(f"traffic done: {len(deliveries)} deliveries, {sender.requests} requests; draining")
     injector.clear()
     _drain(deliveries, events, sweeping)
@@ -176,7 +177,7 @@ def _soak(options: Options, stack: LocalStack, proxy: FaultProxy, pubsubs: list[
     return 1 if result.problems else 0
 
 
-def _traffic(options: Options, sender: Sender, injector: Injector, restart: Any) -> list[Delivery]:
+def _traffic(options: Options, sender: Sender, injector: Injector, restart: Any, settle: Any) -> list[Delivery]:
     """Start deliveries at `rate` per second (at most `senders` in flight) for `minutes`; inject faults."""
     rng = random.Random(options.seed)
     kinds, weights = zip(*MIX.items(), strict=False)
@@ -201,6 +202,14 @@ def _traffic(options: Options, sender: Sender, injector: Injector, restart: Any)
                 injector.tick()
                 next_fault += FAULT_EVERY_S
             if now >= restart_at and restarter.ident is None:
+                # The emulator keeps messages in memory only and loses them when it stops; real Pub/Sub never
+                # drops a message it acknowledged. So let the sends in flight finish and every event already
+                # owed arrive first, then stop it and keep the traffic going through the outage.
+                for _ in range(options.senders):
+                    in_flight.acquire()
+                for _ in range(options.senders):
+                    in_flight.release()
+                end += settle(deliveries)
                 restarter.start()
                 injector.note("Pub/Sub emulator stopped for 15 s and restarted")
             in_flight.acquire()
@@ -211,6 +220,18 @@ def _traffic(options: Options, sender: Sender, injector: Injector, restart: Any)
     if restarter.ident is not None:
         restarter.join()
     return deliveries
+
+
+def _settle(deliveries: list[Delivery], events: Events, limit_s: float = 120.0) -> float:
+    """Wait until every accepted job so far has its event (at most `limit_s`); the seconds it took."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit_s:
+        heard = {e["job_id"] for e in events.received}
+        if all(d.job_id in heard for d in deliveries if d.accepted):
+            break
+        time.sleep(0.5)
+    _say(f"settled before the Pub/Sub restart in {time.monotonic() - started:.1f} s")
+    return time.monotonic() - started
 
 
 def _restart(stack: LocalStack, pubsubs: list[emulators.Emulator], events: Events, sweeping: Sweeping) -> None:
