@@ -535,51 +535,27 @@ def test_a_missing_settings_file_says_how_to_make_one(tmp_path, source):
     assert "cp deploy/env.example deploy/env" in done.stderr
 
 
-def test_missing_settings_are_reported_together(tmp_path, source):
+def refused_dry_run(tmp_path: Path, source: Path, settings: str) -> str:
+    """Run deploy.sh --dry-run on a settings file with `settings`; it must fail: its stderr."""
     env_file = tmp_path / "env"
-    env_file.write_text("PROJECT=\nREGION=\n")
-    done = run_script(
-        "deploy.sh",
-        "--env",
-        str(env_file),
-        "--dry-run",
-        env=script_env(source),
-        check=False,
-    )
+    env_file.write_text(settings)
+    done = run_script("deploy.sh", "--env", str(env_file), "--dry-run", env=script_env(source), check=False)
     assert done.returncode != 0
-    assert "PROJECT REGION CARTO_API_BASE_URL" in done.stderr
+    return done.stderr
+
+
+def test_missing_settings_are_reported_together(tmp_path, source):
+    assert "PROJECT REGION CARTO_API_BASE_URL" in refused_dry_run(tmp_path, source, "PROJECT=\nREGION=\n")
 
 
 def test_a_sqlite_ledger_is_refused_in_the_cloud(tmp_path, source):
-    env_file = tmp_path / "env"
-    env_file.write_text(
-        ENV_EXAMPLE.read_text() + "GATEWAY_LEDGER=sqlite:///tmp/ledger.db\n"
-    )
-    done = run_script(
-        "deploy.sh",
-        "--env",
-        str(env_file),
-        "--dry-run",
-        env=script_env(source),
-        check=False,
-    )
-    assert done.returncode != 0
-    assert "firestore://" in done.stderr
+    settings = ENV_EXAMPLE.read_text() + "GATEWAY_LEDGER=sqlite:///tmp/ledger.db\n"
+    assert "firestore://" in refused_dry_run(tmp_path, source, settings)
 
 
 def test_a_setting_with_a_comma_is_refused(tmp_path, source):
-    env_file = tmp_path / "env"
-    env_file.write_text(ENV_EXAMPLE.read_text() + "CARTO_API_BASE_URL=https://a,b\n")
-    done = run_script(
-        "deploy.sh",
-        "--env",
-        str(env_file),
-        "--dry-run",
-        env=script_env(source),
-        check=False,
-    )
-    assert done.returncode != 0
-    assert "CARTO_API_BASE_URL" in done.stderr
+    settings = ENV_EXAMPLE.read_text() + "CARTO_API_BASE_URL=https://a,b\n"
+    assert "CARTO_API_BASE_URL" in refused_dry_run(tmp_path, source, settings)
 
 
 # --- teardown --dry-run ---------------------------------------------------------------------
