@@ -71,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     dev = verbs.add_parser("dev", help="run the whole stack locally")
     dev.add_argument("--webhook-port", type=int, default=8080)
     dev.add_argument("--poll-port", type=int, default=8081)
+    dev.add_argument("--submit-port", type=int, default=8082, help="the `submit` function, pushed the requests topic")
     dev.add_argument("--sandbox-port", type=int, default=8090)
     dev.add_argument("--pubsub-port", type=int, default=8085)
     dev.set_defaults(run=_dev)

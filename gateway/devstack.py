@@ -156,7 +156,8 @@ def run(args: Any) -> int:
     env = {k: v for k, v in os.environ.items() if k.startswith(("GATEWAY_", "CARTO_")) or k.endswith("_SECRETS")}
     stack = LocalStack(state_dir=ROOT / ".state", project=os.environ.get("GOOGLE_CLOUD_PROJECT", "local-project"),
                        schemas_dir=Path(os.environ.get("GATEWAY_SCHEMAS_DIR", ROOT / "schemas")),
-                       webhook_port=args.webhook_port, poll_port=args.poll_port, sandbox_port=args.sandbox_port,
+                       webhook_port=args.webhook_port, poll_port=args.poll_port, submit_port=args.submit_port,
+                       sandbox_port=args.sandbox_port,
                        pubsub_port=args.pubsub_port, env=env)
     import signal
 
@@ -181,6 +182,7 @@ def _print_banner(stack: LocalStack) -> None:
 Local stack is up (logs in {stack.log_dir}):
   webhook   {stack.url('webhook')}      (functions-framework, target webhook)
   poll      {stack.url('poll')}      (push subscription poll-push on {env['GATEWAY_JOBS_TOPIC']})
+  submit    {stack.url('submit')}      (push subscription submit-push on {env['GATEWAY_REQUESTS_TOPIC']})
   CARTO     {stack.sandbox.url}      (local CARTO job API)
   Pub/Sub   {stack.pubsub_host}       (emulator, project {stack.project})
 

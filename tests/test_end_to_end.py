@@ -8,6 +8,7 @@ HTTP, webhooks signed by the official standardwebhooks package.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import jsonschema
@@ -26,7 +27,7 @@ EVENT_SCHEMA = json.loads((ROOT / "schemas" / "job-event.schema.json").read_text
 def stack(pubsub_emulator, test_schemas, tmp_path_factory):
     stack = LocalStack(
         state_dir=tmp_path_factory.mktemp("stack"), project=PROJECT, schemas_dir=test_schemas,
-        pubsub_host=pubsub_emulator.host, sandbox_duration_s=1.0,
+        pubsub_host=pubsub_emulator.host, sandbox_duration_s=1.0, submit_port=0,
         sandbox_procedures={"test-project.workflows_temp.slow_report": {"parameters": {"region": "STRING"},
                                                                          "duration_s": None}},
         env={"CARTO_API_TOKEN": CARTO_TOKEN, "STORE_CLUSTERS_SECRETS": SECRET, "GATEWAY_POLL_FIRST_S": "0.2"},
@@ -91,6 +92,31 @@ def test_a_job_past_its_deadline_yields_one_timed_out_event(stack, inbox):
     assert event.attributes["outcome"] == "TIMED_OUT"
     assert event.attributes["ce-type"] == "com.carto.workflows.job.timed_out"
     assert event.data["duration_s"] >= 3
+
+
+def test_a_request_published_by_another_function_runs_its_workflow_once(stack, inbox):
+    from gateway.client import publish_request
+    from gateway.events import PubSubPublisher
+
+    key = f"report-{uuid.uuid4().hex}"
+    before = len(stack.sandbox.jobs())
+    publisher = PubSubPublisher(PROJECT)
+    for _ in range(2):  # a caller's retry of the same request
+        publish_request("store-clusters", BODY, project=PROJECT, idempotency_key=key, publisher=publisher)
+
+    event = inbox.wait_for(lambda e: e.data.get("delivery_id") == key)
+    _wait_for_log_lines(stack.log_dir / "submit.log", f'"delivery_id": "{key}"', count=2)
+
+    assert event.attributes["outcome"] == "SUCCEEDED" and event.attributes["workflow"] == "store-clusters"
+    assert len(stack.sandbox.jobs()) == before + 1
+
+
+def _wait_for_log_lines(path, text: str, count: int, timeout_s: float = 30.0) -> None:
+    """Until `submit` has logged both deliveries of the request (the second is the duplicate)."""
+    deadline = time.monotonic() + timeout_s
+    while path.read_text().count(text) < count:
+        assert time.monotonic() < deadline, f"{path.name} has fewer than {count} lines with {text}"
+        time.sleep(0.2)
 
 
 @pytest.mark.parametrize("clusters", [2.5, "2"])
