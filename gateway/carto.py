@@ -237,8 +237,10 @@ class CartoClient:
             if last:
                 raise CartoUnavailable(f"CARTO answered {status}")
             return 1.0
-        if status == 404:
+        if status == 404 and method != "POST":
             raise NotFound("CARTO does not know this job")
+        # A 404 to the job POST means a wrong base URL or connection: CARTO refused it, the sender's
+        # workflow is not unknown, so it falls through to a 502 below.
         if status >= 400:
             raise UpstreamRejected(f"CARTO refused the request ({status}): {_message(answer)}")
         if method == "POST":  # a 2xx: the job exists even if its answer was cut short (tests/test_faults_network.py)

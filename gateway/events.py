@@ -93,7 +93,7 @@ def parse_tracking(data: bytes) -> Tracking:
     return tracking
 
 
-def completion_event(delivery: Delivery, *, source: str, now: float) -> Message:
+def completion_event(delivery: Delivery, *, source: str) -> Message:
     """The one CloudEvent that says how a finished job ended."""
     assert delivery.outcome in EVENT_TYPES and delivery.job_id and delivery.finished_at is not None
     data = event_data(delivery)

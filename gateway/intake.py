@@ -19,7 +19,6 @@ import jsonschema_rs
 
 from gateway.carto import CartoClient, SubmitOutcomeUnknown
 from gateway.errors import (
-    CartoUnavailable,
     DeliveryInFlight,
     FieldError,
     GatewayError,
@@ -27,7 +26,6 @@ from gateway.errors import (
     PublishUnavailable,
     Unavailable,
     Unprocessable,
-    UpstreamRejected,
 )
 from gateway.events import Publisher, tracking_message
 from gateway.ledger import CLAIMED, SUBMITTED, Delivery, Ledger
@@ -238,7 +236,7 @@ class Intake:
             # before reconciling with CARTO's job list.
             log.warning("job submission outcome unknown", extra={"key": delivery.key})
             raise
-        except (CartoUnavailable, UpstreamRejected, GatewayError):
+        except GatewayError:  # unavailable or refused before any job exists: undo the claim
             self.ledger.release(delivery.key, delivery.claim_token)
             raise
         return self._record_job(delivery, job_id, duplicate=False)

@@ -148,7 +148,7 @@ class Poller:
     def publish(self, record: Delivery) -> Delivery:
         """Publish the completion event of a finished record (again, if need be); PublishUnavailable propagates."""
         if not record.published:
-            self.publisher.publish(self.events_topic, completion_event(record, source=self.source, now=self.clock.now()))
+            self.publisher.publish(self.events_topic, completion_event(record, source=self.source))
             self.ledger.mark_published(record.key, self.clock.now())
             record = replace(record, published=True)
         return record

@@ -124,6 +124,12 @@ def test_a_refused_connection_is_unavailable():
     assert not isinstance(raised.value, SubmitOutcomeUnknown)
 
 
+def test_a_404_to_the_job_post_is_a_refusal_not_an_unknown_workflow(client, sandbox):
+    with pytest.raises(UpstreamRejected):
+        client.submit(f"{sandbox.url}/no-such-prefix", "conn", QUERY, {"a": 1})
+    assert sandbox.jobs() == []
+
+
 def test_a_wrong_token_is_refused_without_echoing_it(sandbox):
     client = CartoClient(requests.Session(), StaticToken(Secret("wrong-token-xyz")), sleep=lambda s: None)
     with pytest.raises(UpstreamRejected) as raised:

@@ -31,7 +31,7 @@ def delivery(job_id: str = "job_1", outcome: str = "SUCCEEDED", workflow: str = 
 
 
 def event_of(record: Delivery) -> Event:
-    message = completion_event(record, source=event_source(PROJECT), now=SUBMITTED_AT + 13)
+    message = completion_event(record, source=event_source(PROJECT))
     return Event(message.attributes, message.data)
 
 
@@ -105,7 +105,7 @@ def events_topic(pubsub_emulator):
     publisher = pubsub_v1.PublisherClient()
 
     def publish(record: Delivery) -> None:
-        message = completion_event(record, source=event_source(PROJECT), now=SUBMITTED_AT + 13)
+        message = completion_event(record, source=event_source(PROJECT))
         publisher.publish(publisher.topic_path(PROJECT, topic), message.data, **message.attributes).result(timeout=10)
 
     return topic, publish
