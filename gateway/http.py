@@ -111,6 +111,9 @@ def read_body(request: flask.Request, limit: int) -> bytes:
     if length:  # the common case: one read of what was announced (the stream ends there)
         chunks.append(_read(stream, length))
         size = len(chunks[0])
+        if size == length:  # the server ends the stream at Content-Length: nothing can follow
+            request.environ[_BODY_READ] = True
+            return chunks[0]
     while True:
         chunk = _read(stream, min(65536, limit + 1 - size))
         if not chunk:

@@ -10,8 +10,11 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
 import re
 import sys
+import threading
+import time
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -69,8 +72,75 @@ def configure(project: str | None = None, level: int = logging.INFO) -> None:
     root = logging.getLogger("gateway")
     if any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
         return
-    handler = logging.StreamHandler(sys.stderr)
+    # The logging HOWTO's "Optimization" switches: our lines carry none of this, and collecting it
+    # (a stack walk for the caller, thread and process names) is most of a record's cost.
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    handler = LineWriter(sys.stderr)
     handler.setFormatter(JsonFormatter(project))
     root.addHandler(handler)
     root.setLevel(level)
     root.propagate = False
+
+
+class LineWriter(logging.Handler):
+    """Formats each record in the caller's thread (its request context is there) and writes the lines
+    from one writer thread, all that are waiting in one write: one syscall per batch instead of per line.
+
+    Under load that is the difference between 0.75 and 0.63 ms of CPU per request (BENCHMARKS.md): every
+    write releases the GIL, and with eight request threads each release is a contended hand-off.
+    `flush` (called by logging at exit) writes whatever is still waiting, in the calling thread.
+    """
+
+    def __init__(self, stream: Any):
+        super().__init__()
+        self._stream = stream
+        self._pending: list[str] = []
+        self._ready = threading.Condition(threading.Lock())
+        self._pid: int | None = None
+
+    GATHER_S = 0.005
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        with self._ready:
+            self._pending.append(line)
+            if self._pid != os.getpid():  # first line in this process (gunicorn forks after import)
+                self._pid = os.getpid()
+                threading.Thread(target=self._write_forever, name="gateway-log-writer", daemon=True).start()
+            if len(self._pending) == 1:
+                self._ready.notify()
+
+    def handle(self, record: logging.LogRecord) -> bool:  # no handler lock: emit takes its own
+        if self.filter(record):
+            self.emit(record)
+            return True
+        return False
+
+    def flush(self) -> None:
+        with self._ready:
+            lines, self._pending = self._pending, []
+        self._write(lines)
+
+    def _write_forever(self) -> None:
+        while True:
+            with self._ready:
+                while not self._pending:
+                    self._ready.wait()
+            time.sleep(self.GATHER_S)
+            with self._ready:
+                lines, self._pending = self._pending, []
+            self._write(lines)
+
+    def _write(self, lines: list[str]) -> None:
+        if not lines:
+            return
+        try:
+            self._stream.write("\n".join(lines) + "\n")
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass  # nowhere left to say it
