@@ -10,18 +10,16 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
-
-import requests
-from requests.adapters import HTTPAdapter
 
 from gateway import logs
 from gateway.carto import CartoClient, ClientCredentials, StaticToken, TokenSource
 from gateway.errors import ConfigError
-from gateway.events import Publisher, PubSubPublisher, event_source
+from gateway.events import Publisher, event_source
 from gateway.intake import Intake
 from gateway.ledger import Ledger, open_ledger
+from gateway.outbound import Http
 from gateway.poller import Clock, Poller, Schedule
+from gateway.pubsub import PubSubPublisher
 from gateway.settings import Secret, Settings
 from gateway.sweeper import Sweeper
 from gateway.workflows import Registry, load_registry
@@ -42,15 +40,15 @@ class App:
     clock: Clock
 
     @classmethod
-    def build(cls, settings: Settings, *, registry: Registry | None = None, session: requests.Session | None = None,
+    def build(cls, settings: Settings, *, registry: Registry | None = None, http: Http | None = None,
               ledger: Ledger | None = None, publisher: Publisher | None = None, clock: Clock | None = None,
               id_token_verifier: Any = None) -> App:
         """Wire an instance; every client may be injected."""
         clock = clock or Clock(time.time, time.sleep)
         registry = registry or load_registry(settings.schemas_dir, settings.env, id_token_verifier=id_token_verifier)
         _check_carto_settings(settings, registry)
-        session = session or _session()
-        carto = CartoClient(session, _tokens(settings, session, clock.now), timeout_s=settings.carto_timeout_s,
+        http = http or Http()
+        carto = CartoClient(http, _tokens(settings, http, clock.now), timeout_s=settings.carto_timeout_s,
                             sleep=clock.sleep, workflow_tokens=_workflow_tokens(settings, registry))
         ledger = ledger or open_ledger(settings.ledger, project=settings.project)
         publisher = publisher or PubSubPublisher(settings.project)
@@ -73,42 +71,11 @@ class App:
         return cls.build(settings, registry=registry)
 
 
-class _Session(requests.Session):
-    """A requests session that asks the environment for proxy and CA settings once per host.
-
-    `Session.request` calls `merge_environment_settings` on every request, which walks os.environ
-    twice for proxies: 0.2–0.4 ms of CPU per CARTO call here (BENCHMARKS.md). An instance's
-    environment does not change (DESIGN §9), so the answer for a scheme and host is kept.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._environment: dict[tuple[str, str], dict[str, Any]] = {}
-
-    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> dict[str, Any]:
-        if proxies or stream is not None or verify is not None or cert is not None:
-            return super().merge_environment_settings(url, proxies, stream, verify, cert)
-        key = tuple(urlsplit(url)[:2])
-        if key not in self._environment:
-            self._environment[key] = super().merge_environment_settings(url, proxies, stream, verify, cert)
-        settings = self._environment[key]
-        return {**settings, "proxies": dict(settings["proxies"])}
-
-
-def _session() -> requests.Session:
-    session = _Session()
-    # Retries are ours (gateway.carto); the pool is sized for gunicorn's threads.
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=32, max_retries=0)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
-
-
-def _tokens(settings: Settings, session: requests.Session, now: Callable[[], float]) -> TokenSource:
+def _tokens(settings: Settings, http: Http, now: Callable[[], float]) -> TokenSource:
     if settings.carto_api_token is not None:
         return StaticToken(settings.carto_api_token)
     if settings.carto_client_id and settings.carto_client_secret:
-        return ClientCredentials(session, settings.carto_auth_url, settings.carto_client_id,
+        return ClientCredentials(http, settings.carto_auth_url, settings.carto_client_id,
                                  settings.carto_client_secret, clock=now)
     raise ConfigError("set CARTO_API_TOKEN, or CARTO_CLIENT_ID and CARTO_CLIENT_SECRET")
 

@@ -6,23 +6,23 @@
     GET    {base}/v3/sql/jobs                         list
 
 CARTO echoes the bearer token in its answers: every body is passed through `strip_secrets`
-before anything else sees it. Retries follow requests' own advice on `max_retries`: only what
-cannot have been applied twice is retried — a refused connection, or a 429/503 answer, which
-means the request was not acted on. A POST whose fate is unknown (reset or timeout after it was
-sent) is reported as `SubmitOutcomeUnknown`, never retried blindly: the ledger and the sweeper
-reconcile it with CARTO's job list.
+before anything else sees it. Only what cannot have been applied twice is retried — a connection
+that was never made, or a 429/503 answer, which means the request was not acted on. A POST whose
+fate is unknown (reset or timeout after it was sent) is reported as `SubmitOutcomeUnknown`, never
+retried blindly: the ledger and the sweeper reconcile it with CARTO's job list.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
-
-import requests
+from urllib.parse import urlencode
 
 from gateway.errors import CartoUnavailable, NotFound, UpstreamRejected
+from gateway.outbound import Answer, Http, NeverConnected, NoAnswer
 from gateway.settings import Secret
 
 SUCCEEDED, FAILED, TIMED_OUT, CANCELLED = "SUCCEEDED", "FAILED", "TIMED_OUT", "CANCELLED"
@@ -122,9 +122,9 @@ class ClientCredentials:
 
     REFRESH_MARGIN_S = 60.0
 
-    def __init__(self, session: requests.Session, url: str, client_id: str, client_secret: Secret,
+    def __init__(self, http: Http, url: str, client_id: str, client_secret: Secret,
                  *, clock: Callable[[], float] = time.time, timeout_s: float = 10.0):
-        self._session, self._url, self._client_id = session, url, client_id
+        self._http, self._url, self._client_id = http, url, client_id
         self._client_secret, self._clock, self._timeout_s = client_secret, clock, timeout_s
         self._token: str | None = None
         self._expires_at = 0.0
@@ -142,26 +142,29 @@ class ClientCredentials:
         form = {"grant_type": "client_credentials", "client_id": self._client_id,
                 "client_secret": self._client_secret.reveal(), "audience": "carto-cloud-native-api"}
         try:
-            answer = self._session.post(self._url, data=form, timeout=self._timeout_s)
-        except requests.RequestException:
+            answer = self._http.request("POST", self._url, body=urlencode(form).encode(),
+                                        headers={"Content-Type": "application/x-www-form-urlencoded",
+                                                 "Accept": "application/json"},
+                                        timeout=(self._timeout_s, self._timeout_s))
+        except (NeverConnected, NoAnswer):
             raise CartoUnavailable("CARTO's token endpoint is unreachable") from None
-        if answer.status_code >= 500 or answer.status_code == 429:
-            raise CartoUnavailable(f"CARTO's token endpoint answered {answer.status_code}")
+        if answer.status >= 500 or answer.status == 429:
+            raise CartoUnavailable(f"CARTO's token endpoint answered {answer.status}")
         try:
             body = answer.json()
             token, lifetime = body["access_token"], float(body.get("expires_in", 3600))
         except (ValueError, KeyError, TypeError):
-            raise UpstreamRejected(f"CARTO's token endpoint refused the client ({answer.status_code})") from None
+            raise UpstreamRejected(f"CARTO's token endpoint refused the client ({answer.status})") from None
         self._token, self._expires_at = str(token), self._clock() + lifetime
 
 
 class CartoClient:
     """The four calls of CARTO's SQL job API, with timeouts and honest retries."""
 
-    def __init__(self, session: requests.Session, tokens: TokenSource, *, timeout_s: float = 30.0,
+    def __init__(self, http: Http, tokens: TokenSource, *, timeout_s: float = 30.0,
                  connect_timeout_s: float = 5.0, attempts: int = 3, sleep: Callable[[float], None] = time.sleep,
                  workflow_tokens: Mapping[str, TokenSource] | None = None):
-        self._session, self._tokens = session, tokens
+        self._http, self._tokens = http, tokens
         self._workflow_tokens = dict(workflow_tokens or {})
         self._connect_timeout_s, self._read_timeout_s = connect_timeout_s, timeout_s
         self._timeout = (connect_timeout_s, timeout_s)
@@ -209,23 +212,27 @@ class CartoClient:
 
     def _attempt(self, method: str, url: str, tokens: TokenSource, json_body: Any, *, last: bool) -> Any:
         headers = {"Authorization": f"Bearer {tokens.token()}", "Accept": "application/json"}
+        body = None
+        if json_body is not None:
+            headers["Content-Type"] = "application/json"
+            body = json.dumps(json_body).encode()
         try:
-            answer = self._session.request(method, url, json=json_body, headers=headers, timeout=self._timeout)
-        except requests.RequestException as exc:
-            if _never_connected(exc):
-                if last:
-                    raise CartoUnavailable(f"CARTO is unreachable ({type(exc).__name__})") from None
-                return 0.5
+            answer = self._http.request(method, url, headers=headers, body=body, timeout=self._timeout)
+        except NeverConnected as exc:
+            if last:
+                raise CartoUnavailable(f"CARTO is unreachable ({exc})") from None
+            return 0.5
+        except NoAnswer as exc:
             # The request may have been read and applied: never repeat a POST here.
             if method == "POST":
-                raise SubmitOutcomeUnknown(f"CARTO did not answer the job request ({type(exc).__name__})") from None
+                raise SubmitOutcomeUnknown(f"CARTO did not answer the job request ({exc})") from None
             if last:
-                raise CartoUnavailable(f"CARTO did not answer ({type(exc).__name__})") from None
+                raise CartoUnavailable(f"CARTO did not answer ({exc})") from None
             return 0.5
         return self._judge(method, answer, last=last)
 
-    def _judge(self, method: str, answer: requests.Response, *, last: bool) -> Any:
-        status = answer.status_code
+    def _judge(self, method: str, answer: Answer, *, last: bool) -> Any:
+        status = answer.status
         if status in (429, 503):
             retry_after = _retry_after(answer.headers.get("Retry-After"))
             if last or retry_after > MAX_RETRY_WAIT_S:
@@ -253,16 +260,6 @@ class _Answer:
     body: Any
 
 
-def _never_connected(exc: requests.RequestException) -> bool:
-    """True when the TCP connection was never established, so the request cannot have been read."""
-    if isinstance(exc, requests.ConnectTimeout):
-        return True
-    if not isinstance(exc, requests.ConnectionError):
-        return False
-    text = repr(exc.args[0]) if exc.args else ""
-    return "NewConnectionError" in text or "Connection refused" in text or "Failed to establish" in text
-
-
 def _retry_after(value: str | None) -> float:
     try:
         return max(0.0, float(value)) if value else 1.0
@@ -270,23 +267,23 @@ def _retry_after(value: str | None) -> float:
         return 1.0
 
 
-def _json(answer: requests.Response) -> Any:
+def _json(answer: Answer) -> Any:
     try:
         return strip_secrets(answer.json())
     except ValueError:
-        raise UpstreamRejected(f"CARTO answered {answer.status_code} with a body that is not JSON") from None
+        raise UpstreamRejected(f"CARTO answered {answer.status} with a body that is not JSON") from None
 
 
-def _accepted(answer: requests.Response) -> Any:
+def _accepted(answer: Answer) -> Any:
     """The body of a 2xx to the job POST; a connection closed inside its headers reads as an empty 200."""
     try:
         return strip_secrets(answer.json())
     except ValueError:
-        raise SubmitOutcomeUnknown(f"CARTO answered {answer.status_code} to the job request with a body "
+        raise SubmitOutcomeUnknown(f"CARTO answered {answer.status} to the job request with a body "
                                    "that is not JSON") from None
 
 
-def _message(answer: requests.Response) -> str:
+def _message(answer: Answer) -> str:
     try:
         body = strip_secrets(answer.json())
     except ValueError:

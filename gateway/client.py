@@ -99,6 +99,6 @@ def publish_request(workflow: str, payload: Any, *, project: str, topic: str = "
 
 @functools.cache
 def _publisher(project: str) -> Publisher:
-    from gateway.events import PubSubPublisher
+    from gateway.pubsub import PubSubPublisher
 
     return PubSubPublisher(project)

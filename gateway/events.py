@@ -9,7 +9,6 @@ travel as `ce-` message attributes, the data is the JSON body
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -137,53 +136,6 @@ def event_data(delivery: Delivery) -> dict[str, Any]:
 def event_source(project: str) -> str:
     """The CloudEvents `source` of this deployment's events."""
     return f"//carto-workflows-gateway/projects/{project}"
-
-
-class PubSubPublisher:
-    """Pub/Sub's own Publish call, one message per call, through the generated (GAPIC) client.
-
-    Not the library's batching `PublisherClient`: for one message per request it spends a commit
-    thread and a future on each message: 1.15 ms of CPU against 0.3–0.65 ms (BENCHMARKS.md). The
-    client library is the heaviest import of the app, so a background thread loads it as soon as
-    the instance builds its publisher, while the first request does its own work (its CARTO call).
-    """
-
-    def __init__(self, project: str, *, timeout_s: float = 10.0, client: Any = None):
-        self._project, self._timeout_s = project, timeout_s
-        self._client, self._retry = client, None
-        self._ready = threading.Lock()
-        if client is None:
-            threading.Thread(target=self._warm, name="pubsub-client", daemon=True).start()
-
-    def _warm(self) -> None:
-        try:
-            self._publisher()
-        except Exception:  # the first publish builds the client again and reports the failure
-            pass
-
-    def _publisher(self) -> Any:
-        with self._ready:
-            if self._retry is None:
-                from google.api_core import retry as api_retry
-
-                self._retry = api_retry.Retry(initial=0.1, maximum=1.0, multiplier=2.0, timeout=self._timeout_s)
-            if self._client is None:
-                from google.pubsub_v1 import PublisherClient  # honours PUBSUB_EMULATOR_HOST itself
-
-                self._client = PublisherClient()
-        return self._client
-
-    def publish(self, topic: str, message: Message) -> str:
-        from gateway.errors import PublishUnavailable
-
-        client = self._publisher()
-        request = {"topic": client.topic_path(self._project, topic),
-                   "messages": [{"data": message.data, "attributes": message.attributes}]}
-        try:
-            answer = client.publish(request=request, retry=self._retry, timeout=self._timeout_s)
-            return str(answer.message_ids[0])
-        except Exception as exc:  # any client, transport or timeout error means "not published"
-            raise PublishUnavailable(f"publishing to {topic} failed ({type(exc).__name__})") from None
 
 
 def attributes_of(message: Mapping[str, Any]) -> dict[str, str]:

@@ -10,6 +10,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -85,3 +86,42 @@ class EventInbox:
     def for_job(self, job_id: str) -> list[Event]:
         self.drain()
         return [e for e in self.events if e.attributes.get("job_id") == job_id]
+
+
+def answer_json(handler: Any, status: int, body: Any) -> None:
+    """Write a JSON answer from an `http.server` handler of a loopback stand-in."""
+    data = json.dumps(body).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+@contextmanager
+def pulled_topic(project: str, prefix: str):
+    """A fresh topic with a pull subscription on the emulator: (topic, read(count) -> messages, acked)."""
+    from google.cloud import pubsub_v1
+
+    from gateway.emulators import ensure_topics
+
+    topic, subscription = f"{prefix}-{uuid.uuid4().hex[:8]}", f"{prefix}-sub-{uuid.uuid4().hex[:8]}"
+    ensure_topics(project, [topic], pull={subscription: topic})
+    subscriber = pubsub_v1.SubscriberClient()
+    path = subscriber.subscription_path(project, subscription)
+
+    def read(count: int, timeout_s: float = 20.0) -> list[Any]:
+        found: list[Any] = []
+        deadline = time.monotonic() + timeout_s
+        while len(found) < count and time.monotonic() < deadline:
+            answer = subscriber.pull(request={"subscription": path, "max_messages": 10}, timeout=10)
+            found += [received.message for received in answer.received_messages]
+            if answer.received_messages:
+                subscriber.acknowledge(request={"subscription": path,
+                                                "ack_ids": [r.ack_id for r in answer.received_messages]})
+        return found
+
+    try:
+        yield topic, read
+    finally:
+        subscriber.close()

@@ -8,7 +8,6 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-import requests
 
 from gateway.carto import (
     CANCELLED,
@@ -22,6 +21,7 @@ from gateway.carto import (
     strip_secrets,
 )
 from gateway.errors import CartoUnavailable, NotFound, UpstreamRejected
+from gateway.outbound import Http
 from gateway.sandbox import serve
 from gateway.settings import Secret
 from tests.conftest import CARTO_TOKEN
@@ -71,7 +71,7 @@ def slept():
 
 @pytest.fixture
 def client(slept):
-    return CartoClient(requests.Session(), StaticToken(Secret(CARTO_TOKEN)), timeout_s=2, sleep=slept.append)
+    return CartoClient(Http(), StaticToken(Secret(CARTO_TOKEN)), timeout_s=2, sleep=slept.append)
 
 
 def test_submit_returns_the_external_id(client, sandbox):
@@ -118,7 +118,7 @@ def test_a_connection_dropped_after_the_job_was_created_is_an_unknown_outcome(cl
 def test_a_refused_connection_is_unavailable():
     from gateway.emulators import free_port
 
-    client = CartoClient(requests.Session(), StaticToken(Secret("t")), sleep=lambda s: None)
+    client = CartoClient(Http(), StaticToken(Secret("t")), sleep=lambda s: None)
     with pytest.raises(CartoUnavailable) as raised:
         client.submit(f"http://127.0.0.1:{free_port()}", "conn", QUERY, {})
     assert not isinstance(raised.value, SubmitOutcomeUnknown)
@@ -131,7 +131,7 @@ def test_a_404_to_the_job_post_is_a_refusal_not_an_unknown_workflow(client, sand
 
 
 def test_a_wrong_token_is_refused_without_echoing_it(sandbox):
-    client = CartoClient(requests.Session(), StaticToken(Secret("wrong-token-xyz")), sleep=lambda s: None)
+    client = CartoClient(Http(), StaticToken(Secret("wrong-token-xyz")), sleep=lambda s: None)
     with pytest.raises(UpstreamRejected) as raised:
         client.submit(sandbox.url, "conn", QUERY, {})
     assert "wrong-token-xyz" not in str(raised.value)
@@ -182,7 +182,7 @@ def test_client_credentials_are_refreshed_a_minute_before_expiry():
     server = ThreadingHTTPServer(("127.0.0.1", 0), _TokenEndpoint)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     now = [1000.0]
-    tokens = ClientCredentials(requests.Session(), f"http://127.0.0.1:{server.server_port}/oauth/token",
+    tokens = ClientCredentials(Http(), f"http://127.0.0.1:{server.server_port}/oauth/token",
                                "client-1", Secret("s3cret"), clock=lambda: now[0])
     try:
         first = tokens.token()

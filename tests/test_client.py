@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -12,6 +11,7 @@ import pytest
 
 from gateway.client import GatewayRejected, publish_request, trigger_http
 from tests.conftest import PROJECT
+from tests.stackutil import pulled_topic
 
 TOKEN = "id-token-SENTINEL-3b1e"
 PAYLOAD = {"clusters": 2, "radius_m": 500, "store": {"type": "Supermarket"}}
@@ -161,22 +161,8 @@ def test_a_payload_that_is_not_json_is_refused_before_anything_is_sent(gateway):
 
 @pytest.fixture
 def requests_topic(pubsub_emulator):
-    from google.cloud import pubsub_v1
-
-    from gateway.emulators import ensure_topics
-
-    topic, subscription = f"requests-{uuid.uuid4().hex[:8]}", f"requests-sub-{uuid.uuid4().hex[:8]}"
-    ensure_topics(PROJECT, [topic], pull={subscription: topic})
-    subscriber = pubsub_v1.SubscriberClient()
-    path = subscriber.subscription_path(PROJECT, subscription)
-
-    def read_one():
-        answer = subscriber.pull(request={"subscription": path, "max_messages": 1}, timeout=10)
-        (received,) = answer.received_messages
-        subscriber.acknowledge(request={"subscription": path, "ack_ids": [received.ack_id]})
-        return received.message
-
-    return topic, read_one
+    with pulled_topic(PROJECT, "requests") as (topic, read):
+        yield topic, lambda: read(1)[0]
 
 
 def test_publish_request_sends_the_payload_with_workflow_and_key_attributes(requests_topic):

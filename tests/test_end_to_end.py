@@ -96,7 +96,7 @@ def test_a_job_past_its_deadline_yields_one_timed_out_event(stack, inbox):
 
 def test_a_request_published_by_another_function_runs_its_workflow_once(stack, inbox):
     from gateway.client import publish_request
-    from gateway.events import PubSubPublisher
+    from gateway.pubsub import PubSubPublisher
 
     key = f"report-{uuid.uuid4().hex}"
     before = len(stack.sandbox.jobs())
