@@ -25,7 +25,8 @@ log = logging.getLogger("gateway.entrypoints")
 
 
 def webhook(app: App, request: flask.Request) -> http.Response:
-    return http.handle(app, request)
+    with logs.invocation():
+        return http.handle(app, request)
 
 
 def pubsub_message(cloud_event: Any) -> tuple[bytes, dict[str, str], str | None]:
@@ -44,6 +45,11 @@ def pubsub_message(cloud_event: Any) -> tuple[bytes, dict[str, str], str | None]
 
 def poll(app: App, cloud_event: Any) -> None:
     """Follow one job; raising makes Pub/Sub redeliver (job still running, or a dependency down)."""
+    with logs.invocation():
+        _poll(app, cloud_event)
+
+
+def _poll(app: App, cloud_event: Any) -> None:
     try:
         data, _, _ = pubsub_message(cloud_event)
         tracking = parse_tracking(data)
@@ -62,6 +68,11 @@ def poll(app: App, cloud_event: Any) -> None:
 
 def submit(app: App, cloud_event: Any) -> None:
     """Run a workflow for another function: the webhook path minus the signature (IAM guards the topic)."""
+    with logs.invocation():
+        _submit(app, cloud_event)
+
+
+def _submit(app: App, cloud_event: Any) -> None:
     try:
         data, attributes, message_id = pubsub_message(cloud_event)
         workflow = app.registry.get(attributes.get("workflow", ""))
@@ -83,6 +94,7 @@ def submit(app: App, cloud_event: Any) -> None:
 
 
 def sweep(app: App, request: flask.Request) -> http.Response:
-    report = app.sweeper.sweep()
-    log.info("sweep done: %s", json.dumps(report.as_dict()))
+    with logs.invocation():
+        report = app.sweeper.sweep()
+        log.info("sweep done: %s", json.dumps(report.as_dict()))
     return json.dumps(report.as_dict()), 200, {"Content-Type": "application/json"}

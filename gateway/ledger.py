@@ -242,7 +242,7 @@ class _Guard:
 
 
 def _to_row(delivery: Delivery) -> dict[str, Any]:
-    row = delivery.as_dict()
+    row = {column: getattr(delivery, column) for column in _COLUMNS}  # shallow: the JSON columns are dumped
     for column in _JSON_COLUMNS:
         row[column] = json.dumps(row[column])
     row["published"] = int(row["published"])

@@ -68,3 +68,57 @@ def test_a_webhook_logs_json_lines_that_carry_trace_workflow_delivery_and_job(te
     event = publisher.on("workflow-job-events")[0]
     assert tracking.trace == TRACE and json.loads(event.data)["trace"] == TRACE
     assert json.loads(event.data)["delivery_id"] == "msg_trace_1"
+
+
+# --- LineWriter: batched while invocations overlap, never held back by an idle instance ----------------
+
+@pytest.fixture
+def writer(monkeypatch):
+    stream = io.StringIO()
+    handler = logs.LineWriter(stream)
+    handler.setFormatter(logs.JsonFormatter("test-project"))
+    logger = logging.getLogger("gateway.test-writer")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    monkeypatch.setattr(logs, "_writer", handler)
+    yield logger, stream
+    logger.removeHandler(handler)
+
+
+def lines(stream: io.StringIO) -> list[str]:
+    return [json.loads(line)["message"] for line in stream.getvalue().splitlines()]
+
+
+def test_outside_any_invocation_a_line_is_written_at_once(writer):
+    logger, stream = writer
+    logger.info("starting")
+    assert lines(stream) == ["starting"]
+
+
+def test_an_invocation_has_its_lines_written_by_the_time_it_returns(writer):
+    logger, stream = writer
+    with logs.invocation():
+        logger.info("answered")
+    assert lines(stream) == ["answered"]
+
+
+def test_overlapping_invocations_write_together_when_the_last_ends(writer, monkeypatch):
+    monkeypatch.setattr(logs.LineWriter, "GATHER_S", 30.0)  # the writer thread stays out of the way
+    logger, stream = writer
+    with logs.invocation():
+        with logs.invocation():
+            logger.info("inner")
+        logger.info("outer")
+        assert lines(stream) == []  # another invocation is still running
+    assert lines(stream) == ["inner", "outer"]
+
+
+def test_while_invocations_keep_overlapping_the_writer_thread_writes_within_its_gathering_time(writer):
+    logger, stream = writer
+    with logs.invocation():
+        logger.info("during a long poll")
+        deadline = time.monotonic() + 10 * logs.LineWriter.GATHER_S + 5
+        while not lines(stream) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert lines(stream) == ["during a long poll"]
