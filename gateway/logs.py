@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
@@ -46,6 +47,14 @@ def reset(token: contextvars.Token) -> None:
     _context.reset(token)
 
 
+_RECORD_FIELDS = CONTEXT_FIELDS + ("trace",)
+
+
+def _rfc3339(created: float) -> str:
+    """The record's time as Cloud Logging's `time` field wants it: RFC 3339, UTC."""
+    return datetime.fromtimestamp(created, tz=UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, in the shape Cloud Logging parses."""
 
@@ -55,8 +64,9 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {"severity": record.levelname, "message": record.getMessage(),
-                                 "logger": record.name, "time": self.formatTime(record)}
-        fields = {**_context.get(), **{k: getattr(record, k) for k in CONTEXT_FIELDS + ("trace",) if hasattr(record, k)}}
+                                 "logger": record.name, "time": _rfc3339(record.created)}
+        extra = record.__dict__  # `extra=` fields land here; a dict lookup, not a failing getattr per field
+        fields = {**_context.get(), **{k: extra[k] for k in _RECORD_FIELDS if k in extra}}
         trace = fields.pop("trace", None)
         if trace and self.project:
             entry["logging.googleapis.com/trace"] = f"projects/{self.project}/traces/{trace}"
