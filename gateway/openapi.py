@@ -44,7 +44,7 @@ _VALIDATE_ERRORS = (400, 401, 404, 413, 415, 422)
 _JOB_ERRORS = {"get": (401, 404, 503), "delete": (401, 404, 502, 503)}
 _RETRY_AFTER = {"description": "Seconds to wait before retrying.", "schema": {"type": "integer", "minimum": 0}}
 
-# JSON form of each SQL type in `queryParameters` (gateway.params: one wire form per type).
+# JSON form of each SQL type in `queryParameters` (gateway.sqltypes: one wire form per type).
 _WIRE_TYPES: dict[str, dict[str, Any]] = {
     "STRING": {"type": "string"}, "INT64": {"type": "integer"}, "FLOAT64": {"type": "number"},
     "NUMERIC": {"type": "string", "description": "decimal text"}, "BOOL": {"type": "boolean"},

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from gateway.errors import Unprocessable
 from gateway.intake import render
-from gateway.params import bind
+from gateway.sqltypes import bind
 from gateway.workflows import Workflow, load_registry
 from tests.conftest import DATA, ROOT
 

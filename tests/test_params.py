@@ -6,18 +6,8 @@ import pytest
 from werkzeug.datastructures import Headers
 
 from gateway.errors import ConfigError, FieldError, Unprocessable
-from gateway.params import (
-    MAX_ITEM_ERRORS,
-    MISSING,
-    SQL_TYPES,
-    BindError,
-    ParamSpec,
-    bind,
-    check_spec,
-    map_parameters,
-    normalise_type,
-    resolve_pointer,
-)
+from gateway.params import MISSING, ParamSpec, check_spec, map_parameters, resolve_pointer
+from gateway.sqltypes import MAX_ITEM_ERRORS, SQL_TYPES, BindError, bind, normalise_type
 
 POLYGON = {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 0]]]}
 POLYGON_TEXT = '{"type":"Polygon","coordinates":[[[0,0],[1,0],[1,1],[0,0]]]}'

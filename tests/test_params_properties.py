@@ -12,16 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import Unprocessable
-from gateway.params import (
-    GEOMETRY_TYPES,
-    INT64_MAX,
-    INT64_MIN,
-    SQL_TYPES,
-    BindError,
-    ParamSpec,
-    bind,
-    map_parameters,
-)
+from gateway.params import ParamSpec, map_parameters
+from gateway.sqltypes import GEOMETRY_TYPES, INT64_MAX, INT64_MIN, SQL_TYPES, BindError, bind
 
 PROPERTY = settings(max_examples=200, deadline=None)
 
