@@ -215,7 +215,7 @@ class CartoClient:
         body = None
         if json_body is not None:
             headers["Content-Type"] = "application/json"
-            body = json.dumps(json_body).encode()
+            body = json.dumps(json_body, allow_nan=False).encode()  # strict JSON, as requests sent it
         try:
             answer = self._http.request(method, url, headers=headers, body=body, timeout=self._timeout)
         except NeverConnected as exc:

@@ -161,7 +161,8 @@ class LineWriter(logging.Handler):
         with self._io:
             with self._ready:
                 lines, self._pending = self._pending, []
-                self._written_at = time.monotonic()
+                if lines:
+                    self._written_at = time.monotonic()
             self._write(lines)
 
     def _write_forever(self) -> None:
@@ -187,8 +188,9 @@ _writer: LineWriter | None = None
 
 @contextlib.contextmanager
 def invocation() -> Iterator[None]:
-    """Around one request or message: its lines are written by the time it returns, unless another
-    invocation is still running (then the writer thread writes them within `GATHER_S`)."""
+    """Around one request or message: its lines are written by the time it returns if it was the last
+    one running and nothing was written within `GATHER_S`; otherwise the writer thread writes them
+    within `GATHER_S`."""
     writer = _writer
     if writer is None:
         yield

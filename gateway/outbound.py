@@ -63,9 +63,9 @@ class Http:
                 timeout: tuple[float, float] = (5.0, 30.0)) -> Answer:
         """Send one request and read the whole answer; NeverConnected or NoAnswer when that fails."""
         try:
-            pool = self._pool(url)
+            parts = urlsplit(url)
+            pool = self._pool(parts.scheme, parts.netloc, url)
             if not isinstance(pool, urllib3.ProxyManager):  # a host's own pool takes the origin-form target
-                parts = urlsplit(url)
                 url = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             answer = pool.urlopen(method, url, body=body, headers=dict(headers), retries=False, redirect=False,
                                   assert_same_host=False, timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]))
@@ -77,9 +77,8 @@ class Http:
             raise NoAnswer(type(exc).__name__) from None
         return Answer(answer.status, answer.headers, answer.data)
 
-    def _pool(self, url: str) -> Any:
+    def _pool(self, scheme: str, host: str, url: str) -> Any:
         """The connection pool for the URL's scheme and host (a ProxyManager when a proxy applies)."""
-        scheme, host = urlsplit(url)[:2]
         pool = self._pools.get((scheme, host))
         if pool is None:
             with self._lock:

@@ -35,7 +35,9 @@ from gateway.outbound import Http, NeverConnected, NoAnswer
 
 MAX_BATCH = 100  # messages per Publish call (Pub/Sub takes up to 1,000 and 10 MB; ours are < 1 KiB)
 PUBSUB_SCOPE = "https://www.googleapis.com/auth/pubsub"
-_RETRIED_STATUSES = {429, 500, 502, 503, 504}  # what the gRPC client's retry treats as transient
+# What the gRPC client's retry treats as transient (429, 500, and the front end's 502/503/504, which
+# gRPC reports as UNAVAILABLE).
+_RETRIED_STATUSES = {429, 500, 502, 503, 504}
 
 
 class _Batch:
@@ -53,7 +55,7 @@ class _Batch:
 class RestPublish:
     """`projects.topics.publish` of Pub/Sub's REST API (https://cloud.google.com/pubsub/docs/reference/rest),
     against the emulator when PUBSUB_EMULATOR_HOST is set, else pubsub.googleapis.com with the
-    instance's default credentials. Retries what the gRPC client retries (429, 500, 503, no connection)."""
+    instance's default credentials. Retries what the gRPC client retries (429, 5xx, no connection)."""
 
     def __init__(self, http: Http | None = None, *, timeout_s: float = 10.0, endpoint: str | None = None,
                  authenticate: bool | None = None, sleep: Callable[[float], None] = time.sleep):
@@ -101,13 +103,13 @@ class RestPublish:
     def _authorization(self, url: str) -> dict[str, str]:
         if not self._needs_auth:
             return {}
-        import google.auth
-        import google.auth.transport.urllib3
-        import urllib3
-
         headers: dict[str, str] = {}
         with self._auth_lock:
             if self._credentials is None:
+                import google.auth
+                import google.auth.transport.urllib3
+                import urllib3
+
                 try:
                     self._credentials, _ = google.auth.default(scopes=[PUBSUB_SCOPE])
                 except Exception as exc:

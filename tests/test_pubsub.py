@@ -118,6 +118,7 @@ def test_topics_do_not_wait_for_each_other():
     wait_until(lambda: len(transport.calls) == 1)
 
     assert publisher.publish("events", Message(b"other", {})) == "id-other"
+    assert held[0].is_alive() and publisher.waiting("jobs") == 1  # "jobs" is still in flight
     transport.release.set()
     held[0].join(10)
 
