@@ -21,7 +21,7 @@ def _app(verify_senders: bool = True) -> App:
 
 @functions_framework.http
 def webhook(request):
-    """POST /hooks/{workflow} and the rest of the HTTP surface (DESIGN §5)."""
+    """POST /hooks/{workflow} and the rest of the HTTP surface (README, "HTTP surface")."""
     return entrypoints.webhook(_app(), request)
 
 

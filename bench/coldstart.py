@@ -20,7 +20,7 @@ from standardwebhooks.webhooks import Webhook
 from bench import procs
 from bench.load import BODY, signed_headers
 from bench.stacks import http_status
-from gateway import emulators
+from gateway.local import emulators
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace, state: Path) -> dict[str, Any]:
     """Start everything, measure, stop everything; the results document."""
     started, loadavg_before = time.monotonic(), _loadavg()
     stacks.quick_acks_in_sandbox()
-    logging.getLogger("gateway.sandbox").setLevel(logging.ERROR)  # idle keep-alive time-outs are not news
+    logging.getLogger("gateway.local.sandbox").setLevel(logging.ERROR)  # idle keep-alive time-outs are not news
     emulator = stacks.start_emulator(state)
     jobs = {2.0: 1} if args.quick else completion.JOBS
     running: completion.CompletionRun | None = None

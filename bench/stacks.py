@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import procs
-from gateway import emulators
-from gateway.devstack import DEV_SECRET, LocalStack
+from gateway.local import emulators
+from gateway.local.devstack import DEV_SECRET, LocalStack
 
 BARE_SOURCE = Path(__file__).with_name("bare.py")
 FLOOR_SOURCE = Path(__file__).with_name("floor.py")
@@ -36,7 +36,7 @@ def quick_acks_in_sandbox() -> None:
     which capped the webhook at ~180/s on 8 threads. Real CARTO has no such stall. Setting the
     standard `StreamRequestHandler.disable_nagle_algorithm` switch is a no-op once the sandbox sets it.
     """
-    from gateway.sandbox import server
+    from gateway.local.sandbox import server
 
     server._Handler.disable_nagle_algorithm = True
 

@@ -157,7 +157,7 @@ grant_publishers() {
   done
 }
 
-# The ledger (DESIGN §7): a native-mode database whose records expire by TTL. Fields that are
+# The ledger (docs/architecture.md, "Invariants"): a native-mode database whose records expire by TTL. Fields that are
 # never queried are exempt from indexing: large ones, and expires_at, whose monotonic values
 # would hotspot the index (https://cloud.google.com/firestore/docs/ttl).
 UNINDEXED_LEDGER_FIELDS=(expires_at parameters query error)
@@ -213,7 +213,7 @@ deploy_function() {
   gc "${args[@]}"
 }
 
-# The settings of DESIGN §9, the same for every function.
+# The settings of README "Settings", the same for every function.
 function_env_vars() {
   local pairs=(
     "GOOGLE_CLOUD_PROJECT=$PROJECT"

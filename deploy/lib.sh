@@ -154,7 +154,7 @@ function_name() { printf '%s-%s\n' "$NAME_PREFIX" "$1"; }
 sa_email() { printf '%s-%s@%s.iam.gserviceaccount.com\n' "$NAME_PREFIX" "$1" "$PROJECT"; }
 sa_member() { printf 'serviceAccount:%s\n' "$(sa_email "$1")"; }
 
-# Env var names of the CARTO credentials the deployment itself uses (DESIGN §9).
+# Env var names of the CARTO credentials the deployment itself uses (README, "Settings").
 carto_secret_envs() {
   if [[ -n $CARTO_CLIENT_ID ]]; then echo CARTO_CLIENT_SECRET; else echo CARTO_API_TOKEN; fi
 }

@@ -1,4 +1,4 @@
-"""Client for CARTO's SQL job API (DESIGN §1), and the pure rules that read a job's state.
+"""Client for CARTO's SQL job API, and the pure rules that read a job's state.
 
     POST   {base}/v3/sql/{connection}/job            {"query", "queryParameters"} -> {"externalId", ..., "token"}
     GET    {base}/v3/sql/{connection}/job/{id}       -> {"status": {"state": ...}, "errorResult": {...}?}
@@ -63,7 +63,7 @@ def strip_secrets(value: Any) -> Any:
 
 
 def parse_status(job_id: str, body: Mapping[str, Any]) -> JobStatus:
-    """Apply DESIGN §1's terminal-state rules to a job body, tolerant of other warehouses' words."""
+    """Apply CARTO's terminal-state rules (docs/architecture.md, "CARTO's job API") to a job body, tolerant of other warehouses' words."""
     status = body.get("status")
     raw = status.get("state") if isinstance(status, Mapping) else status
     if raw is None:

@@ -1,4 +1,4 @@
-"""Messages the gateway publishes: tracking messages for `poll`, completion CloudEvents (DESIGN §6).
+"""Messages the gateway publishes: tracking messages for `poll`, completion CloudEvents (README, "Completion events").
 
 Completion events use the CloudEvents Pub/Sub protocol binding in binary mode: context attributes
 travel as `ce-` message attributes, the data is the JSON body

@@ -1,4 +1,4 @@
-"""The HTTP surface of the `webhook` function (DESIGN §5): routing, body limits, strict JSON.
+"""The HTTP surface of the `webhook` function (README, "HTTP surface"): routing, body limits, strict JSON.
 
 Authentication runs on the raw body bytes before any parsing (STYLE 4); every failure is a
 GatewayError rendered once, as RFC 9457 problem+json.
@@ -16,6 +16,7 @@ import flask
 
 from gateway import logs
 from gateway.app import App
+from gateway.auth.signatures import verify_request
 from gateway.errors import (
     AuthenticationFailed,
     GatewayError,
@@ -26,7 +27,6 @@ from gateway.errors import (
     UnsupportedMediaType,
 )
 from gateway.intake import Inbound, idempotency_key, render
-from gateway.signatures import verify_request
 from gateway.workflows import Workflow
 
 log = logging.getLogger("gateway.http")

@@ -1,4 +1,4 @@
-"""Accepting a delivery: validate, map, claim, submit, track (DESIGN §2 and §7).
+"""Accepting a delivery: validate, map, claim, submit, track (docs/architecture.md, "One delivery").
 
 Shared by the `webhook` (HTTP) and `submit` (Pub/Sub) entry points. The order of the steps is
 the guarantee: a claim before the job, the job id in the ledger before the 202, and every way

@@ -2,7 +2,7 @@
 
 One `POST /hooks/{name}` (and its `/validate`) per workflow, with the workflow's payload schema as
 the request body, its auth schemes as security requirements and the headers they need as
-parameters; every error is RFC 9457 problem+json (DESIGN §5). OpenAPI 3.1 schema objects are JSON
+parameters; every error is RFC 9457 problem+json (README, "HTTP surface"). OpenAPI 3.1 schema objects are JSON
 Schema 2020-12 (https://spec.openapis.org/oas/v3.1.0#schema-object), so payload schemas are
 embedded as they are, only their document-relative `$ref`s re-rooted where they now live.
 
@@ -15,15 +15,15 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from gateway.auth.openapi import AuthDoc, Header, workflow_auth
 from gateway.errors import PROBLEM_TYPE_BASE
-from gateway.openapi_auth import AuthDoc, Header, workflow_auth
 from gateway.params import MISSING
 from gateway.workflows import Registry, Workflow
 
 OPENAPI_VERSION = "3.1.0"
 _SCHEMAS = "#/components/schemas/"
 
-# status -> (component name, description); the problem+json answers of DESIGN §5.
+# status -> (component name, description); the problem+json answers of README, "HTTP surface".
 PROBLEMS: dict[int, tuple[str, str]] = {
     400: ("BadRequest", "The body is not valid JSON (UTF-8, no BOM, no NaN, no duplicate keys)."),
     401: ("Unauthorized", "No configured authentication scheme accepted the request."),

@@ -1,6 +1,6 @@
 """Typed query parameters: where each value comes from, checked when a workflow loads and mapped per request.
 
-A workflow's `parameters` (DESIGN §4) give, for each `@name` of the CALL, the SQL type the
+A workflow's `parameters` (README, "Workflow files") give, for each `@name` of the CALL, the SQL type the
 procedure expects and where the value comes from: a JSON Pointer into the body (`from`), a
 request header, or a constant (`value`). `map_parameters` binds every parameter of a request
 (each value by `gateway.sqltypes.bind`, which also tells how each type is sent) and reports every

@@ -1,4 +1,4 @@
-"""Following a job to its end and publishing its one completion event (DESIGN §2, §6, §7).
+"""Following a job to its end and publishing its one completion event (docs/architecture.md, "One job").
 
 The schedule is geometric: the k-th status check is due `first_s * factor**k` seconds after
 submission (1 s, 1.25 s, 1.56 s, … with the defaults), so a job is seen finished within

@@ -1,4 +1,4 @@
-"""Settings of one instance, read once from the environment (DESIGN §9).
+"""Settings of one instance, read once from the environment (README, "Settings").
 
 Every missing or invalid variable is reported together, so a deployment is fixed in one round.
 Secrets are wrapped in `Secret`, whose repr never shows the value.

@@ -1,4 +1,4 @@
-"""Re-driving deliveries stuck between two states (DESIGN §7): run by Cloud Scheduler via `sweep`.
+"""Re-driving deliveries stuck between two states (docs/architecture.md, "Invariants"): run by Cloud Scheduler via `sweep`.
 
     claimed, silent past the grace   → find the job in CARTO's list by its marker: adopt it, or
                                        release the claim so the sender's retry can submit it

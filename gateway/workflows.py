@@ -1,4 +1,4 @@
-"""The workflow registry: one checked, compiled definition per file in schemas/workflows/ (DESIGN §4).
+"""The workflow registry: one checked, compiled definition per file in schemas/workflows/ (README, "Workflow files").
 
 Every file is validated against schemas/workflow.schema.json, its CALL parsed, its `@names` matched
 one-to-one with `parameters`, its constants and defaults bound to their types, its payload schema
@@ -16,10 +16,10 @@ from typing import Any
 
 import jsonschema_rs
 
-from gateway.auth_config import build_schemes
+from gateway.auth.config import build_schemes
+from gateway.auth.signatures import Scheme
 from gateway.errors import ConfigError
 from gateway.params import ParamSpec, check_spec
-from gateway.signatures import Scheme
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 DEFAULT_DEADLINE_S = 6 * 3600

@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gateway import emulators
 from gateway.app import App
-from gateway.devstack import DEV_SECRET, DEV_TOKEN, ROOT, LocalStack
+from gateway.local import emulators
+from gateway.local.devstack import DEV_SECRET, DEV_TOKEN, ROOT, LocalStack
 from gateway.settings import Settings
 from soak.faults import Injector
 from soak.reconcile import reconcile

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway import emulators
+from gateway.local import emulators
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"

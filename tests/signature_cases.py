@@ -1,10 +1,10 @@
 """Correctly signed requests for every auth scheme, and the malformed variants each must refuse.
 
-Importable by any test: the unit tests call `gateway.signatures` directly, an HTTP test can
+Importable by any test: the unit tests call `gateway.auth.signatures` directly, an HTTP test can
 send the same cases through the app (each case carries the workflow `auth` entry, the
 environment it reads, the headers, the body, the frozen clock and, for google-id-token, the
 verifier to inject). Requests are signed here by plain, independent code following each
-sender's documentation — never by `gateway.signatures` — and a timestamp or id is re-signed
+sender's documentation — never by `gateway.auth.signatures` — and a timestamp or id is re-signed
 when it is the thing being malformed, so the only reason left to refuse is the malformation.
 """
 
@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from google.auth import crypt, jwt
 
-from gateway.idtoken import GoogleIdTokenVerifier
+from gateway.auth.idtoken import GoogleIdTokenVerifier
 
 NOW = 1_700_000_000
 TOLERANCE_S = 300
@@ -75,7 +75,7 @@ class SignedRequest:
     headers: dict[str, str]
     body: bytes = BODY
     now: float = NOW
-    id_token_verifier: Any = None  # a gateway.idtoken.IdTokenVerifier for google-id-token
+    id_token_verifier: Any = None  # a gateway.auth.idtoken.IdTokenVerifier for google-id-token
 
 
 @dataclass(frozen=True)

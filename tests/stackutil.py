@@ -103,7 +103,7 @@ def pulled_topic(project: str, prefix: str):
     """A fresh topic with a pull subscription on the emulator: (topic, read(count) -> messages, acked)."""
     from google.cloud import pubsub_v1
 
-    from gateway.emulators import ensure_topics
+    from gateway.local.emulators import ensure_topics
 
     topic, subscription = f"{prefix}-{uuid.uuid4().hex[:8]}", f"{prefix}-sub-{uuid.uuid4().hex[:8]}"
     ensure_topics(project, [topic], pull={subscription: topic})

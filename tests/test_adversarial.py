@@ -27,8 +27,8 @@ from typing import Any
 import pytest
 import requests
 
-from gateway import emulators
-from gateway.sandbox import serve
+from gateway.local import emulators
+from gateway.local.sandbox import serve
 from tests.conftest import CARTO_TOKEN, ROOT, SECRET
 from tests.stackutil import signed_headers
 

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from bench import coldstart, completion, load, procs, report, stacks, validation
-from gateway import emulators
+from gateway.local import emulators
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,8 @@ from gateway.carto import (
     strip_secrets,
 )
 from gateway.errors import CartoUnavailable, NotFound, UpstreamRejected
+from gateway.local.sandbox import serve
 from gateway.outbound import Http
-from gateway.sandbox import serve
 from gateway.settings import Secret
 from tests.conftest import CARTO_TOKEN
 
@@ -116,7 +116,7 @@ def test_a_connection_dropped_after_the_job_was_created_is_an_unknown_outcome(cl
 
 
 def test_a_refused_connection_is_unavailable():
-    from gateway.emulators import free_port
+    from gateway.local.emulators import free_port
 
     client = CartoClient(Http(), StaticToken(Secret("t")), sleep=lambda s: None)
     with pytest.raises(CartoUnavailable) as raised:

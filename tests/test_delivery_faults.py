@@ -1,5 +1,5 @@
 """Whatever fails between the sender and the completion event, one delivery makes one CARTO job and
-that job makes at least one completion event, every copy with the same ce-id (DESIGN §7).
+that job makes at least one completion event, every copy with the same ce-id (docs/architecture.md, "Invariants").
 
 Everything is real except time and Pub/Sub: the functions-framework apps of main.py, the local CARTO
 job API over loopback HTTP (on the same FakeClock as the app), a SQLite ledger file, and a recording
@@ -28,8 +28,9 @@ from werkzeug.serving import make_server
 from gateway.app import App
 from gateway.errors import LedgerUnavailable
 from gateway.events import Message
-from gateway.ledger import CLAIMED, SUBMITTED, TRACKED, SqliteLedger
-from gateway.sandbox import SandboxServer, serve
+from gateway.ledger import CLAIMED, SUBMITTED, TRACKED
+from gateway.ledger.sqlite import SqliteLedger
+from gateway.local.sandbox import SandboxServer, serve
 from gateway.settings import Settings
 from tests.apptools import FakeClock, RecordingPublisher, function_client, settings_env
 from tests.conftest import CARTO_TOKEN, ROOT, load_json

@@ -9,8 +9,8 @@ from argparse import Namespace
 
 import requests
 
-from gateway import devstack, emulators
-from gateway.devstack import DEV_TOKEN, LocalStack
+from gateway.local import devstack, emulators
+from gateway.local.devstack import DEV_TOKEN, LocalStack
 from tests.conftest import ROOT
 
 SEED_PROCEDURE = "carto-dw-ac-jfjjof5m.workflows_temp_x.workflow_procedure_09cc2e19ad5bbc6f"

@@ -15,7 +15,7 @@ import jsonschema
 import pytest
 import requests
 
-from gateway.devstack import LocalStack
+from gateway.local.devstack import LocalStack
 from tests.conftest import CARTO_TOKEN, PROJECT, ROOT, SECRET
 from tests.stackutil import EventInbox, post_hook
 

@@ -1,5 +1,5 @@
 """Network and process faults between the gateway and its dependencies: the sender is told the truth,
-and once the fault clears, each accepted delivery has exactly one CARTO job and one outcome (DESIGN §7).
+and once the fault clears, each accepted delivery has exactly one CARTO job and one outcome (docs/architecture.md, "Invariants").
 
 Everything is real and runs in its own process where it would in the cloud: `webhook` and `poll`
 under functions-framework, a Pub/Sub emulator of this module's own (stopped and restarted on its
@@ -24,11 +24,11 @@ from typing import Any
 import pytest
 import requests
 
-from gateway import emulators
 from gateway.app import App
-from gateway.devstack import LocalStack
 from gateway.intake import delivery_marker
-from gateway.sandbox import Fault as SandboxFault
+from gateway.local import emulators
+from gateway.local.devstack import LocalStack
+from gateway.local.sandbox import Fault as SandboxFault
 from gateway.settings import Settings
 from tests.conftest import CARTO_TOKEN, PROJECT, SECRET
 from tests.faultproxy import Fault, FaultProxy

@@ -1,4 +1,4 @@
-"""The HTTP surface of `webhook` (DESIGN §5) through the real functions-framework app: statuses,
+"""The HTTP surface of `webhook` (README, "HTTP surface") through the real functions-framework app: statuses,
 problem+json, replays, the validate route, jobs. CARTO is the local job API over loopback HTTP."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from gateway.sandbox import serve
+from gateway.local.sandbox import serve
 from tests.apptools import RecordingPublisher, build_app, function_client, settings_env
 from tests.conftest import CARTO_TOKEN, SECRET
 from tests.stackutil import signed_headers

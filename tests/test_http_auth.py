@@ -1,4 +1,4 @@
-"""Issue 3 through the real functions-framework app: every auth scheme of DESIGN §8 over HTTP.
+"""Every auth scheme of docs/authentication.md over HTTP, through the real functions-framework app.
 
 Each scheme has a test-only workflow under tests/data/workflows/auth/ whose `auth` entry is the
 one of tests/signature_cases.AUTH with AUTH_* variable names. They live in a sub-folder so the
@@ -34,11 +34,11 @@ import requests
 from werkzeug.serving import make_server
 
 from gateway.app import App
-from gateway.lint import lint
+from gateway.auth.signatures import REJECTED
+from gateway.cli.lint import lint
+from gateway.local.sandbox import serve
 from gateway.logs import JsonFormatter
-from gateway.sandbox import serve
 from gateway.settings import Settings
-from gateway.signatures import REJECTED
 from gateway.workflows import load_registry
 from tests import signature_cases as cases
 from tests.apptools import FakeClock, RecordingPublisher, function_client, settings_env

@@ -1,4 +1,4 @@
-"""Idempotency of deliveries (DESIGN §5, §7; draft-ietf-httpapi-idempotency-key-header): a replay answers
+"""Idempotency of deliveries (draft-ietf-httpapi-idempotency-key-header): a replay answers
 the original job, a reused key with another body is a 422, a twin still in flight is a 409, and the key
 comes from the configured header, the body pointer, a plain Idempotency-Key header or the sender's
 delivery id, in that order. Through the real webhook function, the local CARTO job API and SQLite."""

@@ -1,4 +1,4 @@
-"""gateway.idtoken: Google ID tokens checked against certificates and a clock that are passed in."""
+"""gateway.auth.idtoken: Google ID tokens checked against certificates and a clock that are passed in."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import pytest
 from google.auth import crypt, jwt
 
+from gateway.auth.idtoken import GOOGLE_CERTS_URL, GoogleCerts, GoogleIdTokenVerifier
 from gateway.errors import SignatureError, Unavailable
-from gateway.idtoken import GOOGLE_CERTS_URL, GoogleCerts, GoogleIdTokenVerifier
 from tests.signature_cases import (
     AUDIENCE,
     KEY_ID,

@@ -1,4 +1,4 @@
-"""Racing claims and final transitions: one winner, however many threads or instances (DESIGN §7)."""
+"""Racing claims and final transitions: one winner, however many threads or instances (docs/architecture.md, "Invariants")."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from gateway.errors import LedgerUnavailable
-from gateway.ledger import Delivery, SqliteLedger
-from gateway.ledger_firestore import FirestoreLedger
+from gateway.ledger import Delivery
+from gateway.ledger.firestore import FirestoreLedger
+from gateway.ledger.sqlite import SqliteLedger
 from tests.conftest import PROJECT
 
 T0 = 1_700_000_000.0

@@ -1,4 +1,4 @@
-"""One contract for every ledger (DESIGN §7): SQLite and Firestore (on the real emulator) pass the same tests."""
+"""One contract for every ledger store: SQLite and Firestore (on the real emulator) pass the same tests."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from gateway.errors import ConfigError, LedgerUnavailable
 from gateway.ledger import CLAIMED, FINISHED, SUBMITTED, TRACKED, Delivery, open_ledger
-from gateway.ledger_firestore import FirestoreLedger, document_id
+from gateway.ledger.firestore import FirestoreLedger, document_id
 from tests.conftest import PROJECT
 
 T0 = 1_700_000_000.0
@@ -358,7 +358,7 @@ def test_firestore_drops_the_sweep_field_once_finished_and_published(firestore_l
 
 
 def test_firestore_unreachable_raises_ledger_unavailable(monkeypatch):
-    from gateway.emulators import free_port
+    from gateway.local.emulators import free_port
 
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", f"127.0.0.1:{free_port()}")  # nothing listens there
     ledger = FirestoreLedger("deliveries", project=PROJECT, timeout_s=0.5)

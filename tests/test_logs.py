@@ -12,7 +12,7 @@ import pytest
 
 from gateway import logs
 from gateway.events import parse_tracking
-from gateway.sandbox import serve
+from gateway.local.sandbox import serve
 from tests.apptools import FakeClock, RecordingPublisher, build_app, function_client, settings_env
 from tests.conftest import CARTO_TOKEN, SECRET
 from tests.stackutil import signed_headers

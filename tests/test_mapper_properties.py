@@ -1,6 +1,6 @@
 """Properties of `gateway.intake.render` over every workflow: for any JSON body and headers, either
 parameters that bind to their declared types come out, or Unprocessable naming where each problem is.
-Nothing else escapes (DESIGN §4, §5: a value that cannot be bound is a 422 and never reaches CARTO).
+Nothing else escapes (README, "Workflow files": a value that cannot be bound is a 422 and never reaches CARTO).
 
 Parameter binding alone is tests/test_params_properties.py's; this is the whole mapper: the payload
 schema and the parameters together, over the product's workflows, the test workflows and one that

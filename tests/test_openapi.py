@@ -282,8 +282,8 @@ def live(pubsub_emulator, tmp_path_factory):
     """The real `webhook` app from main.py, on the local CARTO job API and the Pub/Sub emulator."""
     import functions_framework
 
-    from gateway.emulators import ensure_topics
-    from gateway.sandbox import serve
+    from gateway.local.emulators import ensure_topics
+    from gateway.local.sandbox import serve
 
     state = tmp_path_factory.mktemp("openapi-live")
     schemas = write_schemas(state / "schemas", SIGNABLE)

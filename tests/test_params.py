@@ -1,4 +1,4 @@
-"""Typed query parameters (DESIGN §4): what each type accepts, what it is sent as, and every refusal."""
+"""Typed query parameters (README, "Workflow files"): what each type accepts, what it is sent as, and every refusal."""
 
 from __future__ import annotations
 

@@ -9,8 +9,8 @@ import jsonschema
 import pytest
 
 from gateway.events import parse_tracking
+from gateway.local.sandbox import serve
 from gateway.poller import RetryLater, Schedule
-from gateway.sandbox import serve
 from tests.apptools import FakeClock, RecordingPublisher, build_app, settings_env
 from tests.conftest import CARTO_TOKEN, ROOT, load_json
 from tests.test_http import BODY

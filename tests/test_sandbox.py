@@ -16,9 +16,9 @@ import pytest
 import requests
 
 from gateway.errors import ConfigError
-from gateway.sandbox import Fault, load_procedures, main, serve
-from gateway.sandbox.binding import binds, parse_call
-from gateway.sandbox.procedures import (
+from gateway.local.sandbox import Fault, load_procedures, main, serve
+from gateway.local.sandbox.binding import binds, parse_call
+from gateway.local.sandbox.procedures import (
     apply_overrides,
     parse_procedures,
     procedures_from_registry,
@@ -175,7 +175,7 @@ def test_any_token_is_accepted_when_none_is_configured(clock):
 
 
 def test_logs_never_contain_the_token(sandbox, caplog):
-    caplog.set_level(logging.DEBUG, logger="gateway.sandbox")
+    caplog.set_level(logging.DEBUG, logger="gateway.local.sandbox")
     external_id = submitted_id(sandbox)
     requests.get(job_url(sandbox, external_id), params={"access_token": TOKEN}, timeout=5)
     submit(sandbox, headers={"Authorization": "Bearer wrong-secret-value"})
@@ -568,7 +568,7 @@ def test_main_refuses_an_unreadable_override_file(tmp_path, capsys):
 
 def test_main_serves_until_sigterm(tmp_path):
     env = {**os.environ, "CARTO_API_TOKEN": TOKEN, "GATEWAY_SCHEMAS_DIR": str(ROOT / "schemas")}
-    code = "import sys; from gateway.sandbox import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from gateway.local.sandbox import main; sys.exit(main(sys.argv[1:]))"
     process = subprocess.Popen([sys.executable, "-c", code, "--port", "0"], cwd=ROOT, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -1,4 +1,4 @@
-"""gateway.signatures: published vectors, official libraries, rotation, replay window, config."""
+"""gateway.auth.signatures: published vectors, official libraries, rotation, replay window, config."""
 
 from __future__ import annotations
 
@@ -14,9 +14,8 @@ import standardwebhooks.webhooks
 import stripe
 from werkzeug.datastructures import EnvironHeaders
 
-from gateway.auth_config import build_schemes
-from gateway.errors import ConfigError, SignatureError
-from gateway.signatures import (
+from gateway.auth.config import build_schemes
+from gateway.auth.signatures import (
     REJECTED,
     Bearer,
     GitHub,
@@ -24,6 +23,7 @@ from gateway.signatures import (
     Verified,
     verify_request,
 )
+from gateway.errors import ConfigError, SignatureError
 from tests.signature_cases import (
     AUDIENCE,
     AUTH,

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.auth_config import build_schemes
+from gateway.auth.config import build_schemes
+from gateway.auth.signatures import REJECTED, verify_request
 from gateway.errors import ConfigError, SignatureError
-from gateway.signatures import REJECTED, verify_request
 from tests.signature_cases import (
     AUTH,
     MALFORMED_CASES,

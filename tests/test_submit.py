@@ -1,4 +1,4 @@
-"""The `submit` entry point (DESIGN §6): a request message on the requests topic runs a workflow exactly
+"""The `submit` entry point (README, "Completion events"): a request message on the requests topic runs a workflow exactly
 like a webhook, minus the signature. Pub/Sub semantics: returning acks, raising nacks (redelivery), so a
 message that can never succeed is acked and logged, and one that may succeed later raises.
 Through the real functions-framework app with Pub/Sub push bodies, the local CARTO job API and SQLite."""

@@ -1,4 +1,4 @@
-"""The sweeper (gateway/sweeper.py, DESIGN §7): each re-drive path of its docstring, on a FakeClock,
+"""The sweeper (gateway/sweeper.py): each re-drive path of its docstring, on a FakeClock,
 through the real `sweep` function app, the local CARTO job API (same clock) and a SQLite ledger.
 
     claimed, silent past the grace   → adopt the job CARTO has for it, or release the claim

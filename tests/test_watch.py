@@ -10,10 +10,10 @@ from dataclasses import replace
 
 import pytest
 
+from gateway.cli.watch import Event, Filters, format_json, format_line, watch
 from gateway.errors import ConfigError
 from gateway.events import completion_event, event_source
 from gateway.ledger import FINISHED, Delivery
-from gateway.watch import Event, Filters, format_json, format_line, watch
 from tests.conftest import PROJECT
 
 SUBMITTED_AT = 1_714_564_800.0  # 2024-05-01T12:00:00Z
@@ -98,7 +98,7 @@ def test_a_filter_that_could_inject_into_the_expression_is_refused():
 def events_topic(pubsub_emulator):
     from google.cloud import pubsub_v1
 
-    from gateway.emulators import ensure_topics
+    from gateway.local.emulators import ensure_topics
 
     topic = f"events-{uuid.uuid4().hex[:8]}"
     ensure_topics(PROJECT, [topic])
@@ -159,7 +159,7 @@ def test_a_new_subscription_filters_on_the_server(events_topic):
 
 
 def test_an_existing_subscription_is_filtered_here_and_kept(events_topic):
-    from gateway.emulators import ensure_topics
+    from gateway.local.emulators import ensure_topics
 
     topic, publish = events_topic
     name = f"watch-{uuid.uuid4().hex[:8]}"
@@ -191,7 +191,7 @@ def test_a_missing_topic_is_a_config_error_naming_it(pubsub_emulator):
 
 def test_the_cli_verb_runs_watch(events_topic, monkeypatch, capsys):
     from gateway import cli
-    from gateway.emulators import ensure_topics
+    from gateway.local.emulators import ensure_topics
 
     topic, publish = events_topic
     monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", PROJECT)

@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 
+from gateway.cli.lint import lint
 from gateway.errors import ConfigError
-from gateway.lint import lint
 from gateway.settings import Settings
 from gateway.workflows import load_registry, query_parameter_names
 from tests.conftest import ROOT, SECRET, product_workflow_files

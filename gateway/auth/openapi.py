@@ -140,7 +140,7 @@ def _google_id_token(entry: Mapping[str, Any]) -> SchemeDoc:
 
 
 def _tolerance(entry: Mapping[str, Any]) -> int:
-    from gateway.signatures import DEFAULT_TOLERANCE_S
+    from gateway.auth.signatures import DEFAULT_TOLERANCE_S
 
     return int(entry.get("tolerance_s", DEFAULT_TOLERANCE_S))
 

@@ -1,4 +1,4 @@
-"""Inbound authentication: every scheme of DESIGN §8, verified on the raw body, without I/O.
+"""Inbound authentication: every scheme of docs/authentication.md, verified on the raw body, without I/O.
 
 A workflow's `auth` is "none" or a list of schemes; a request passes if any of them accepts
 it (`verify_request`). Each scheme verifies the raw body bytes (never re-serialised JSON),
@@ -13,9 +13,9 @@ Scheme references:
   stripe            https://docs.stripe.com/webhooks#verify-manually
   shopify           https://shopify.dev/docs/apps/build/webhooks/subscribe/https#step-2-validate-the-origin-of-your-webhook-to-ensure-its-coming-from-shopify
   slack             https://api.slack.com/authentication/verifying-requests-from-slack
-  google-id-token   see gateway.idtoken
+  google-id-token   see gateway.auth.idtoken
 
-Building schemes from a workflow's `auth` entries is gateway.auth_config's job.
+Building schemes from a workflow's `auth` entries is gateway.auth.config's job.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from typing import Protocol
 
 from werkzeug.datastructures import EnvironHeaders, Headers
 
+from gateway.auth.idtoken import IdTokenVerifier
 from gateway.errors import ConfigError, SignatureError
-from gateway.idtoken import IdTokenVerifier
 
 DEFAULT_TOLERANCE_S = 300
 REJECTED = "Missing, malformed or invalid signature"

@@ -1,4 +1,4 @@
-"""The whole stack on one machine (DESIGN §10): Pub/Sub emulator, local CARTO job API, `webhook` and
+"""The whole stack on one machine: Pub/Sub emulator, local CARTO job API, `webhook` and
 `poll` under functions-framework, topics and a push subscription wired up.
 
 `LocalStack` is also what the integration tests, benchmarks and the soak run start. Dev-only:
@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway import emulators
+from gateway.local import emulators
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEV_SECRET = "whsec_ZGV2LXNlY3JldC1ub3QtZm9yLXByb2R1Y3Rpb24tdXNl"  # base64("dev-secret-not-for-production-use")
 DEV_TOKEN = "dev-carto-token"
 
@@ -93,8 +93,8 @@ class LocalStack:
         os.environ["PUBSUB_EMULATOR_HOST"] = self.pubsub_host
 
     def _start_sandbox(self) -> None:
-        from gateway.sandbox import load_procedures, serve
-        from gateway.sandbox.procedures import apply_overrides
+        from gateway.local.sandbox import load_procedures, serve
+        from gateway.local.sandbox.procedures import apply_overrides
 
         self.state_dir.mkdir(parents=True, exist_ok=True)
         overrides = self.env.get("GATEWAY_SANDBOX_PROCEDURES") or os.environ.get("GATEWAY_SANDBOX_PROCEDURES")
@@ -187,7 +187,8 @@ Local stack is up (logs in {stack.log_dir}):
   Pub/Sub   {stack.pubsub_host}       (emulator, project {stack.project})
 
 In another terminal, send a signed webhook and watch its completion event:
-  export PUBSUB_EMULATOR_HOST={stack.pubsub_host} GOOGLE_CLOUD_PROJECT={stack.project} STORE_CLUSTERS_SECRETS={env['STORE_CLUSTERS_SECRETS']}
+  export PUBSUB_EMULATOR_HOST={stack.pubsub_host} GOOGLE_CLOUD_PROJECT={stack.project} \\
+    STORE_CLUSTERS_SECRETS={env['STORE_CLUSTERS_SECRETS']}
   .venv/bin/python -m gateway events &
   .venv/bin/python -m gateway send store-clusters examples/store-clusters.json --url {stack.url('webhook')}
 Ctrl-C stops everything.""", flush=True)

@@ -2,7 +2,7 @@
 
 By default they come from the workflow definitions (each workflow's CALL names a procedure and
 its `parameters` give the argument types); `GATEWAY_SANDBOX_PROCEDURES` names a JSON file that
-overrides them per procedure (the unquoted fully qualified name from the CALL), DESIGN §11:
+overrides them per procedure (the unquoted fully qualified name from the CALL):
 
     {"proj.ds.proc": {"parameters": {"a": "INT64"}, "duration_s": 2, "error": "message or null"}}
 

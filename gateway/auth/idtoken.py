@@ -4,7 +4,7 @@ A caller on Google Cloud gets a token for our URL from its metadata server
 (https://cloud.google.com/run/docs/authenticating/service-to-service) and sends it as
 `Authorization: Bearer <jwt>`. `GoogleIdTokenVerifier` checks its signature against Google's
 certificates, issuer, audience and lifetime against the clock it is given; the signature
-scheme in `gateway.signatures` then checks the service account. The certificates come from a
+scheme in `gateway.auth.signatures` then checks the service account. The certificates come from a
 `CertSource`: `GoogleCerts` fetches them on first use and caches them, tests pass their own.
 """
 

@@ -1,4 +1,4 @@
-"""`python -m gateway sandbox`: run the local CARTO job API alone until SIGINT or SIGTERM (DESIGN §10)."""
+"""`python -m gateway sandbox`: run the local CARTO job API alone until SIGINT or SIGTERM."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from gateway.errors import ConfigError
-from gateway.sandbox.procedures import load_procedures
-from gateway.sandbox.server import SandboxServer
+from gateway.local.sandbox.procedures import load_procedures
+from gateway.local.sandbox.server import SandboxServer
 
 DEFAULT_PORT = 8090
 

@@ -1,4 +1,4 @@
-"""A local CARTO SQL job API for development, tests, benchmarks and soak runs (DESIGN §1, §11).
+"""A local CARTO SQL job API for development, tests, benchmarks and soak runs.
 
 Dev-only: keep `gateway/sandbox/` out of the deployed source (`.gcloudignore`).
 
@@ -59,10 +59,10 @@ Admin (never authenticated, never faulted): `POST /_sandbox/faults` (a fault obj
 
 from __future__ import annotations
 
-from gateway.sandbox.faults import Fault, Faults
-from gateway.sandbox.jobs import SandboxJob
-from gateway.sandbox.procedures import Procedure, load_procedures
-from gateway.sandbox.run import main
-from gateway.sandbox.server import SandboxServer, serve
+from gateway.local.sandbox.faults import Fault, Faults
+from gateway.local.sandbox.jobs import SandboxJob
+from gateway.local.sandbox.procedures import Procedure, load_procedures
+from gateway.local.sandbox.run import main
+from gateway.local.sandbox.server import SandboxServer, serve
 
 __all__ = ["Fault", "Faults", "Procedure", "SandboxJob", "SandboxServer", "load_procedures", "main", "serve"]

@@ -1,4 +1,4 @@
-"""The command line (DESIGN §10): check, render, sign, send, openapi, events, sandbox, dev."""
+"""The command line: check, render, sign, send, openapi, events, sandbox, dev."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one verb; exit status 0 on success, 1 on a problem it reports, 2 on bad usage."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "sandbox":
-        from gateway.sandbox import main as sandbox_main
+        from gateway.local.sandbox import main as sandbox_main
 
         return sandbox_main(argv[1:])
     args = _parser().parse_args(argv)
@@ -96,7 +96,7 @@ def _workflow(args: argparse.Namespace, **kw: Any) -> Any:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from gateway.lint import lint
+    from gateway.cli.lint import lint
 
     registry = _registry(args, require_secrets=False)
     problems = lint(registry)
@@ -125,7 +125,7 @@ def _render(args: argparse.Namespace) -> int:
 def _signed_headers(args: argparse.Namespace, body: bytes) -> dict[str, str]:
     import uuid
 
-    from gateway.auth_config import build_schemes
+    from gateway.auth.config import build_schemes
 
     workflow = _workflow(args, require_secrets=False)  # only this workflow's secrets are needed
     schemes = build_schemes(workflow.auth, os.environ)
@@ -162,12 +162,12 @@ def _openapi(args: argparse.Namespace) -> int:
 
 
 def _events(args: argparse.Namespace) -> int:
-    from gateway.watch import watch
+    from gateway.cli.watch import watch
 
     return watch(args)
 
 
 def _dev(args: argparse.Namespace) -> int:
-    from gateway.devstack import run
+    from gateway.local.devstack import run
 
     return run(args)

@@ -10,10 +10,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.sandbox.faults import Fault, Faults, fault_from_json
-from gateway.sandbox.jobs import Outcome, SandboxJob, cancel, iso, plan_job, wire
-from gateway.sandbox.procedures import Procedure
-from gateway.sandbox.store import JobStore
+from gateway.local.sandbox.faults import Fault, Faults, fault_from_json
+from gateway.local.sandbox.jobs import Outcome, SandboxJob, cancel, iso, plan_job, wire
+from gateway.local.sandbox.procedures import Procedure
+from gateway.local.sandbox.store import JobStore
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ import sqlite3
 import threading
 from collections.abc import Callable
 
-from gateway.sandbox.binding import ErrorResult
-from gateway.sandbox.jobs import SandboxJob
+from gateway.local.sandbox.binding import ErrorResult
+from gateway.local.sandbox.jobs import SandboxJob
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (

@@ -9,14 +9,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.sandbox.binding import (
+from gateway.local.sandbox.binding import (
     ErrorResult,
     cancelled,
     check_call,
     not_found,
     parse_call,
 )
-from gateway.sandbox.procedures import Procedure
+from gateway.local.sandbox.procedures import Procedure
 
 PENDING_SHARE = 0.2  # the first fifth of a job's run time is spent PENDING, the rest RUNNING
 

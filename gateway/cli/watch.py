@@ -1,4 +1,4 @@
-"""`python -m gateway events`: print completion events as they arrive (DESIGN §6, §10).
+"""`python -m gateway events`: print completion events as they arrive.
 
 Reads GATEWAY_EVENTS_TOPIC (project GOOGLE_CLOUD_PROJECT, default local-project; the client library
 honours PUBSUB_EMULATOR_HOST) through a pull subscription: a temporary one it creates, filtered

@@ -1,13 +1,4 @@
-"""The delivery ledger: exactly one job per delivery, no job without its completion event (DESIGN §7).
-
-A delivery moves  claimed → submitted(job_id) → tracked → finished(outcome) → published.
-`claim` is an atomic create-if-absent keyed by (workflow, idempotency key); the stored body
-fingerprint tells a replay from a conflict. `finish` is first-writer-wins, so a redelivered
-tracking message can never publish a second, different outcome.
-
-Two implementations share one contract (tests/test_ledger_contract.py): `SqliteLedger`, the
-embedded default, and `FirestoreLedger` (gateway/ledger_firestore.py) in the cloud.
-"""
+"""The embedded ledger store: one SQLite file, the default for local runs and tests."""
 
 from __future__ import annotations
 
@@ -15,93 +6,12 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from gateway.errors import ConfigError, LedgerUnavailable
-
-CLAIMED, SUBMITTED, TRACKED, FINISHED = "claimed", "submitted", "tracked", "finished"
-STATES = (CLAIMED, SUBMITTED, TRACKED, FINISHED)
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """One ledger record. Never holds a secret: parameters are the mapped queryParameters."""
-
-    key: str
-    workflow: str
-    idempotency_key: str
-    fingerprint: str
-    claim_token: str
-    created_at: float
-    expires_at: float
-    state: str = CLAIMED
-    updated_at: float = 0.0
-    delivery_id: str | None = None
-    trace: str | None = None
-    connection: str = ""
-    api_base_url: str = ""
-    query: str = ""
-    parameters: dict[str, Any] = field(default_factory=dict)
-    job_id: str | None = None
-    submitted_at: float | None = None
-    deadline_at: float | None = None
-    outcome: str | None = None
-    carto_state: str | None = None
-    error: dict[str, Any] | None = None
-    checks: int = 0
-    last_check_at: float | None = None
-    finished_at: float | None = None
-    published: bool = False
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Delivery:
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
-
-
-@dataclass(frozen=True)
-class Claim:
-    """The answer of `claim`: whether this caller created the record, and the record as it stands."""
-
-    created: bool
-    delivery: Delivery
-
-
-class Ledger(Protocol):
-    """Where deliveries are recorded. Every method is atomic; none holds a secret."""
-
-    def claim(self, delivery: Delivery) -> Claim: ...
-    def get(self, key: str) -> Delivery | None: ...
-    def find_job(self, job_id: str) -> Delivery | None: ...
-    def release(self, key: str, claim_token: str) -> bool: ...
-    def take_over(self, key: str, claim_token: str, new_token: str, now: float) -> bool: ...
-    def mark_submitted(self, key: str, claim_token: str, job_id: str, submitted_at: float,
-                       deadline_at: float, now: float) -> bool: ...
-    def mark_tracked(self, key: str, now: float) -> None: ...
-    def finish(self, key: str, outcome: str, carto_state: str | None, error: dict[str, Any] | None,
-               checks: int, finished_at: float) -> Delivery: ...
-    def note_checks(self, key: str, checks: int, last_check_at: float) -> None: ...
-    def mark_published(self, key: str, now: float) -> None: ...
-    def stale(self, updated_before: float, limit: int = 100) -> list[Delivery]: ...
-    def purge_expired(self, now: float) -> int: ...
-    def close(self) -> None: ...
-
-
-def open_ledger(url: str, *, project: str | None = None) -> Ledger:
-    """The ledger named by GATEWAY_LEDGER: sqlite:///path or firestore://collection."""
-    if url.startswith("sqlite:///"):
-        return SqliteLedger(Path(url[len("sqlite:///"):]))
-    if url.startswith("firestore://"):
-        from gateway.ledger_firestore import FirestoreLedger
-
-        return FirestoreLedger.from_url(url, project=project)
-    raise ConfigError(f"GATEWAY_LEDGER must be sqlite:///PATH or firestore://COLLECTION, got {url!r}")
-
+from gateway.errors import LedgerUnavailable
+from gateway.ledger.records import CLAIMED, FINISHED, SUBMITTED, TRACKED, Claim, Delivery
 
 _COLUMNS = tuple(Delivery.__dataclass_fields__)
 _JSON_COLUMNS = {"parameters", "error"}

@@ -14,13 +14,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from gateway.sandbox.api import Response, SandboxApi, error, fault_response
-from gateway.sandbox.faults import Fault, Faults
-from gateway.sandbox.jobs import SandboxJob
-from gateway.sandbox.procedures import as_procedures
-from gateway.sandbox.store import JobStore
+from gateway.local.sandbox.api import Response, SandboxApi, error, fault_response
+from gateway.local.sandbox.faults import Fault, Faults
+from gateway.local.sandbox.jobs import SandboxJob
+from gateway.local.sandbox.procedures import as_procedures
+from gateway.local.sandbox.store import JobStore
 
-log = logging.getLogger("gateway.sandbox")
+log = logging.getLogger("gateway.local.sandbox")
 MAX_BODY_BYTES = 10 * 1024 * 1024
 _JOB = re.compile(r"^/v3/sql/(?P<connection>[^/]+)/job$")
 _ONE_JOB = re.compile(r"^/v3/sql/(?P<connection>[^/]+)/job/(?P<job>[^/]+)$")

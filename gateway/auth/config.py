@@ -1,4 +1,4 @@
-"""Building a workflow's authentication schemes from its `auth` configuration (DESIGN §8).
+"""Building a workflow's authentication schemes from its `auth` configuration (docs/authentication.md).
 
 `env:NAME` references are read from the environment mapping passed in: several space-separated
 values are all active (rotation). Every problem is a ConfigError naming the entry and the
@@ -15,9 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.errors import ConfigError
-from gateway.idtoken import GoogleCerts, GoogleIdTokenVerifier, IdTokenVerifier
-from gateway.signatures import (
+from gateway.auth.idtoken import GoogleCerts, GoogleIdTokenVerifier, IdTokenVerifier
+from gateway.auth.signatures import (
     _VISIBLE,
     DEFAULT_TOLERANCE_S,
     Bearer,
@@ -31,6 +30,7 @@ from gateway.signatures import (
     StandardWebhooks,
     Stripe,
 )
+from gateway.errors import ConfigError
 
 _ENV_REF = re.compile(r"env:([A-Za-z_][A-Za-z0-9_]*)")
 

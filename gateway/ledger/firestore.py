@@ -1,4 +1,4 @@
-"""The delivery ledger in Firestore: the contract of `SqliteLedger` for the cloud (DESIGN §7).
+"""The delivery ledger in Firestore: the contract of `SqliteLedger` for the cloud (docs/architecture.md, "Invariants").
 
 One document per delivery in one collection. The document id is the sha256 hex of
 `Delivery.key` (keys hold ':' and arbitrary sender text, and document ids may not hold '/'
@@ -51,7 +51,7 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from gateway.errors import ConfigError, LedgerUnavailable
-from gateway.ledger import CLAIMED, FINISHED, SUBMITTED, TRACKED, Claim, Delivery
+from gateway.ledger.records import CLAIMED, FINISHED, SUBMITTED, TRACKED, Claim, Delivery
 
 T = TypeVar("T")
 _COLLECTION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
