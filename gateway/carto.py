@@ -63,7 +63,7 @@ def strip_secrets(value: Any) -> Any:
 
 
 def parse_status(job_id: str, body: Mapping[str, Any]) -> JobStatus:
-    """Apply CARTO's terminal-state rules (docs/architecture.md, "CARTO's job API") to a job body, tolerant of other warehouses' words."""
+    """Apply CARTO's terminal-state rules to a job body, tolerant of other warehouses' words."""
     status = body.get("status")
     raw = status.get("state") if isinstance(status, Mapping) else status
     if raw is None:

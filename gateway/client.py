@@ -4,7 +4,7 @@ Two ways in:
 - `trigger_http`: POST /hooks/{workflow} with a Google-signed ID token, fetched from the metadata
   server for the audience the workflow's `google-id-token` scheme expects, and an
   `Idempotency-Key`, so a retry with the same key answers the original job instead of a second one.
-- `publish_request`: a message on the requests topic (README, "Completion events" and "Settings"), for callers that need no answer;
+- `publish_request`: a message on the requests topic (README, "Settings"), for callers that need no answer;
   IAM on the topic is the authentication.
 
 Both build their clients once per instance (lazily) unless given one, like main.py.

@@ -59,6 +59,15 @@ def test_schemas(tmp_path_factory) -> Path:
     return target
 
 
+@pytest.fixture
+def rig(test_schemas, tmp_path):
+    """One gateway instance against a fresh local CARTO job API on a fake clock (tests/rigs.py)."""
+    from tests.rigs import running_rig  # rigs imports this module's constants
+
+    with running_rig(test_schemas, tmp_path) as built:
+        yield built
+
+
 def product_workflow_files() -> list[Path]:
     return sorted((ROOT / "schemas" / "workflows").glob("*.json"))
 

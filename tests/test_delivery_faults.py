@@ -9,189 +9,28 @@ Pub/Sub push bodies, so a raise is a 500 (nack) and a return a 2xx (ack), as in 
 
 from __future__ import annotations
 
-import base64
 import json
-import threading
-import uuid
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
 
-import jsonschema
 import pytest
 import requests
-from werkzeug.serving import make_server
 
-from gateway.app import App
-from gateway.errors import LedgerUnavailable
-from gateway.events import Message
 from gateway.ledger import CLAIMED, SUBMITTED, TRACKED
-from gateway.ledger.sqlite import SqliteLedger
-from gateway.local.sandbox import SandboxServer, serve
-from gateway.settings import Settings
-from tests.apptools import FakeClock, RecordingPublisher, function_client, settings_env
-from tests.conftest import CARTO_TOKEN, ROOT, load_json
-
-BODY = {"clusters": 2, "radius_m": 500, "store": {"type": "Supermarket"}}
-EVENT_SCHEMA = load_json(ROOT / "schemas" / "job-event.schema.json")
-JOBS_TOPIC = "workflow-jobs"
-GRACE_S = 120.0  # GATEWAY_SWEEP_GRACE_S's default
-ACK, NACK = 200, 500  # what functions-framework answers a push when the function returns or raises
-
-
-# --- the rig: one instance of the gateway against the local CARTO job API -----------------------
-
-class CrashingLedger(SqliteLedger):
-    """A SQLite ledger whose next `mark_submitted` fails: the instance 'dies' right after CARTO said yes."""
-
-    crashes = 1
-
-    def mark_submitted(self, *args: Any, **kwargs: Any) -> bool:
-        if self.crashes > 0:
-            self.crashes -= 1
-            raise LedgerUnavailable("injected crash between CARTO's answer and the ledger write")
-        return super().mark_submitted(*args, **kwargs)
-
-
-@dataclass
-class Rig:
-    """One gateway instance (webhook, poll, submit, sweep) wired to a sandbox, a ledger file and a fake clock."""
-
-    clock: FakeClock
-    sandbox: SandboxServer
-    app: App
-    publisher: RecordingPublisher
-    clients: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def build(cls, env: dict[str, str], clock: FakeClock, sandbox: SandboxServer, *,
-              ledger: SqliteLedger | None = None) -> Rig:
-        publisher = RecordingPublisher()
-        app = App.build(Settings.from_env(env), publisher=publisher, ledger=ledger, clock=clock.as_clock())
-        return cls(clock, sandbox, app, publisher)
-
-    def client(self, target: str) -> Any:
-        """The functions-framework test client of `target` in main.py, serving this rig's App."""
-        if target not in self.clients:
-            self.clients[target] = function_client(self.app, target)
-        return self.clients[target]
-
-    def headers(self, workflow: str, body: bytes, msg_id: str | None = None) -> dict[str, str]:
-        """Headers that authenticate `body` for `workflow` at the fake clock's now."""
-        scheme = self.app.registry.get(workflow).schemes[0]
-        return {**scheme.sign(body, self.clock.now(), msg_id), "Content-Type": "application/json"}
-
-    def fresh_client(self, target: str = "webhook") -> Any:
-        """Another test client of the same function app, for use from another thread."""
-        return self.client(target).application.test_client()
-
-    def post(self, workflow: str, payload: Any, *, msg_id: str | None = None,
-             headers: dict[str, str] | None = None, client: Any = None) -> Any:
-        body = json.dumps(payload).encode()
-        return (client or self.client("webhook")).post(
-            f"/hooks/{workflow}", data=body, headers={**self.headers(workflow, body, msg_id), **(headers or {})})
-
-    def job_request(self, method: str, job_id: str, workflow: str = "store-clusters") -> Any:
-        return self.client("webhook").open(f"/jobs/{job_id}", method=method, headers=self.headers(workflow, b""))
-
-    def tracking(self) -> list[Message]:
-        return self.publisher.on(JOBS_TOPIC)
-
-    def deliver(self, message: Message, message_id: str = "1", target: str = "poll") -> int:
-        """Push one Pub/Sub message to `target`; the status is what Pub/Sub sees (2xx ack, else nack)."""
-        return self.client(target).post("/", json=push_body(message, message_id)).status_code
-
-    def poll_all(self) -> list[int]:
-        """Deliver every tracking message published so far to `poll`."""
-        return [self.deliver(message, str(n)) for n, message in enumerate(self.tracking())]
-
-
-def push_body(message: Message, message_id: str = "1") -> dict[str, Any]:
-    """A Pub/Sub push request body, as a push subscription (or Eventarc) delivers it."""
-    return {"message": {"data": base64.b64encode(message.data).decode(), "attributes": message.attributes,
-                        "messageId": message_id},
-            "subscription": "projects/p/subscriptions/s"}
-
-
-def gateway_env(schemas: Path, sandbox: SandboxServer, state: Path, **extra: str) -> dict[str, str]:
-    """Settings of a test instance: the first status check after 1 s, the default grace and windows.
-
-    CARTO calls time out after 5 s here, so a claim is stale after 3 × (5 + 5) + 2 × 5 + 30 = 70 s
-    (CartoClient.longest_submit_s + CLAIM_MARGIN_S): the tests' 91 s and 121 s waits are past it."""
-    return settings_env(schemas, sandbox.url, state, GATEWAY_POLL_FIRST_S="1", **{"CARTO_TIMEOUT_S": "5", **extra})
-
-
-@contextmanager
-def running_rig(schemas: Path, state: Path, *, ledger: SqliteLedger | None = None, **extra: str) -> Iterator[Rig]:
-    """A rig with a fresh sandbox on the rig's fake clock (jobs run 10 s of that clock)."""
-    clock = FakeClock()
-    sandbox = serve(token=CARTO_TOKEN, default_duration_s=10.0, clock=clock.now)
-    try:
-        yield Rig.build(gateway_env(schemas, sandbox, state, **extra), clock, sandbox, ledger=ledger)
-    finally:
-        sandbox.stop()
-
-
-def msg() -> str:
-    return f"msg_{uuid.uuid4().hex}"
-
-
-# --- what every fault test asserts ------------------------------------------------------------
-
-def events_of(*publishers: RecordingPublisher) -> list[dict[str, Any]]:
-    return [event for publisher in publishers for event in publisher.events()]
-
-
-def assert_one_job_with_one_outcome(sandbox: SandboxServer, *publishers: RecordingPublisher) -> str:
-    """Exactly one CARTO job; at least one completion event, all for it, all with one ce-id; returns the job id."""
-    jobs = sandbox.jobs()
-    assert len(jobs) == 1, f"expected one CARTO job, got {[j.external_id for j in jobs]}"
-    job_id = jobs[0].external_id
-    events = events_of(*publishers)
-    assert events, "the job yielded no completion event"
-    assert {e["attributes"]["job_id"] for e in events} == {job_id}
-    outcomes = {e["attributes"]["ce-id"] for e in events}
-    assert len(outcomes) == 1, f"more than one outcome for one job: {outcomes}"
-    assert outcomes == {f"{job_id}:{events[0]['attributes']['outcome']}"}
-    for event in events:
-        jsonschema.validate(event["data"], EVENT_SCHEMA)
-    return job_id
-
-
-def race(count: int, action: Callable[[int], Any]) -> list[Any]:
-    """Run `action(n)` from `count` threads released together."""
-    barrier = threading.Barrier(count)
-
-    def run(n: int) -> Any:
-        barrier.wait()
-        return action(n)
-
-    with ThreadPoolExecutor(max_workers=count) as pool:
-        return list(pool.map(run, range(count)))
-
-
-@contextmanager
-def served(flask_app: Any) -> Iterator[str]:
-    """A real threaded WSGI server on loopback around a functions-framework app; yields its base URL."""
-    server = make_server("127.0.0.1", 0, flask_app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.port}"
-    finally:
-        server.shutdown()
-        thread.join()
-        server.server_close()
-
-
-@pytest.fixture
-def rig(test_schemas, tmp_path) -> Iterator[Rig]:
-    with running_rig(test_schemas, tmp_path) as built:
-        yield built
-
+from tests.rigs import (
+    ACK,
+    BODY,
+    GRACE_S,
+    NACK,
+    CrashingLedger,
+    Rig,
+    assert_one_job_with_one_outcome,
+    gateway_env,
+    msg,
+    push_body,
+    race,
+    running_rig,
+    served,
+)
 
 # --- CARTO unavailable before the job exists ---------------------------------------------------
 

@@ -9,17 +9,17 @@ CLI with a throw-away config directory and no credentials (deploy/gcloud_argchec
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
 import re
 import shlex
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.deploytools import argcheck
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -28,17 +28,6 @@ PROJECT = "my-gcp-project"  # as in env.example
 FUNCTIONS = ("webhook", "poll", "submit", "sweep")
 
 
-def _load_argcheck():
-    spec = importlib.util.spec_from_file_location(
-        "gcloud_argcheck", DEPLOY / "gcloud_argcheck.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gcloud_argcheck"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-argcheck = _load_argcheck()
 
 WORKFLOWS = {
     "store-clusters": {

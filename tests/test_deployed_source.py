@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 from tests.conftest import ROOT, SECRET
-from tests.test_deploy import argcheck
+from tests.deploytools import argcheck
 
 LEFT_OUT = ("gateway/local/", "gateway/cli/", "tests/", "bench/", "deploy/")
 

@@ -7,19 +7,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
-import pytest
-
-from tests.test_delivery_faults import BODY, Rig, msg, running_rig
+from tests.rigs import BODY, Rig, msg
 
 ORDER = {"total": 12.5}
-
-
-@pytest.fixture
-def rig(test_schemas, tmp_path) -> Iterator[Rig]:
-    with running_rig(test_schemas, tmp_path) as built:
-        yield built
 
 
 def wait_for_claim(rig: Rig, key: str) -> None:

@@ -13,7 +13,7 @@ from gateway.local.sandbox import serve
 from gateway.poller import RetryLater, Schedule
 from tests.apptools import FakeClock, RecordingPublisher, build_app, settings_env
 from tests.conftest import CARTO_TOKEN, ROOT, load_json
-from tests.test_http import BODY
+from tests.rigs import BODY
 
 EVENT_SCHEMA = load_json(ROOT / "schemas" / "job-event.schema.json")
 

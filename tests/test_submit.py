@@ -13,20 +13,13 @@ from typing import Any
 import pytest
 
 from gateway.events import Message
-from tests.test_delivery_faults import (
+from tests.rigs import (
     ACK,
     BODY,
     NACK,
     Rig,
     assert_one_job_with_one_outcome,
-    running_rig,
 )
-
-
-@pytest.fixture
-def rig(test_schemas, tmp_path) -> Iterator[Rig]:
-    with running_rig(test_schemas, tmp_path) as built:
-        yield built
 
 
 class RecordingHandler(logging.Handler):

@@ -9,14 +9,11 @@ through the real `sweep` function app, the local CARTO job API (same clock) and 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from gateway.ledger import CLAIMED, FINISHED, SUBMITTED, TRACKED
 from gateway.sweeper import TRACKED_SILENCE_S
-from tests.test_delivery_faults import (
+from tests.rigs import (
     ACK,
     BODY,
     GRACE_S,
@@ -24,17 +21,10 @@ from tests.test_delivery_faults import (
     Rig,
     assert_one_job_with_one_outcome,
     msg,
-    running_rig,
 )
 
 NOTHING = {"adopted": 0, "released": 0, "tracked": 0, "retracked": 0, "timed_out": 0, "published": 0, "purged": 0,
            "failed": []}
-
-
-@pytest.fixture
-def rig(test_schemas, tmp_path) -> Iterator[Rig]:
-    with running_rig(test_schemas, tmp_path) as built:
-        yield built
 
 
 def sweep(rig: Rig) -> dict[str, Any]:
