@@ -1,0 +1,133 @@
+"""The map stays true: every module of gateway/ is in docs/architecture.md's code map, no import
+circle, the deployed modules never reach the local stack or the CLI, no test module is a library,
+and nothing cites a document the repository does not hold."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+GATEWAY = ROOT / "gateway"
+MAP = ROOT / "docs" / "architecture.md"
+NOT_DEPLOYED = ("gateway.cli", "gateway.local")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def gateway_modules() -> dict[str, Path]:
+    return {module_name(path): path for path in sorted(GATEWAY.rglob("*.py"))}
+
+
+def imports_of(path: Path, known: set[str]) -> set[str]:
+    """Every gateway module `path` imports, at any depth of the file (function-level imports too)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        found |= {name for name in names if name in known}
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = gateway_modules()
+    known = set(modules)
+    return {name: imports_of(path, known) - {name} for name, path in modules.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle of `graph` as a list of modules, or None."""
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        if node in path:
+            return path[path.index(node):] + [node]
+        if node in done:
+            return None
+        for target in sorted(graph.get(node, ())):
+            cycle = visit(target, path + [node])
+            if cycle:
+                return cycle
+        done.add(node)
+        return None
+
+    for start in sorted(graph):
+        cycle = visit(start, [])
+        if cycle:
+            return cycle
+    return None
+
+
+def test_no_import_circle_among_gateway_modules():
+    assert find_cycle(import_graph()) is None, " → ".join(find_cycle(import_graph()) or [])
+
+
+def test_the_circle_finder_finds_a_planted_circle():
+    graph = {**import_graph(), "gateway.errors": {"gateway.settings"}}  # settings → errors already
+    assert find_cycle(graph) == ["gateway.errors", "gateway.settings", "gateway.errors"]
+
+
+def test_deployed_modules_never_import_the_cli_or_the_local_stack():
+    graph = import_graph()
+    deployed = [name for name in graph if not name.startswith(NOT_DEPLOYED) and name != "gateway.__main__"]
+    wrong = {name: sorted(t for t in graph[name] if t.startswith(NOT_DEPLOYED)) for name in deployed}
+    assert {name: targets for name, targets in wrong.items() if targets} == {}
+    assert "gateway.app" in deployed and "gateway.local.devstack" not in deployed
+
+
+def test_the_ledger_stores_import_only_the_records():
+    graph = import_graph()
+    for store in ("gateway.ledger.sqlite", "gateway.ledger.firestore"):
+        assert not graph[store] & {"gateway.ledger", "gateway.ledger.sqlite", "gateway.ledger.firestore"}, store
+
+
+def test_every_gateway_module_is_in_the_code_map():
+    text = MAP.read_text()
+    listed = set(re.findall(r"`(gateway/[\w/]+\.py)`", text))
+    modules = {str(path.relative_to(ROOT)) for path in gateway_modules().values()}
+    assert sorted(modules - listed) == [], "add these to docs/architecture.md's code map"
+    assert sorted(listed - modules) == [], "the code map names modules that do not exist"
+
+
+def test_no_test_module_imports_another_test_module():
+    offenders = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tests.test_"):
+                offenders.append(f"{path.name} imports {node.module}")
+    assert offenders == []
+
+
+CITED = re.compile(r"DESIGN(\.md| ?§)")
+SCANNED = ("gateway", "tests", "bench", "soak", "deploy", "docs", "main.py", "README.md", "Makefile", ".gcloudignore")
+
+
+def test_nothing_cites_a_document_outside_the_repository():
+    hits = []
+    for top in SCANNED:
+        base = ROOT / top
+        for path in [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file()):
+            if path == Path(__file__) or "__pycache__" in path.parts or path.suffix in (".png", ".pyc"):
+                continue
+            for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+                if CITED.search(line):
+                    hits.append(f"{path.relative_to(ROOT)}:{n}")
+    assert hits == []
+
+
+def test_the_cli_help_names_no_outside_document():
+    done = subprocess.run([sys.executable, "-m", "gateway", "--help"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert "usage: python -m gateway" in done.stdout
+    assert not CITED.search(done.stdout)
