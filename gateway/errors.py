@@ -19,7 +19,9 @@
 
     ConfigError                       a bad setting or workflow file: the instance must not start
 
-Problem details follow RFC 9457 (https://www.rfc-editor.org/rfc/rfc9457).
+Problem details follow RFC 9457 (https://www.rfc-editor.org/rfc/rfc9457). Each class also says, for the
+person who follows a problem's `type`, what happened and what to do: the `webhook` function serves that text
+at `/problems/{code}` (a relative `type`, RFC 9457 §3.1.1), and every code at `/problems`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-PROBLEM_TYPE_BASE = "https://github.com/carto-workflows-gateway/problems/"
+PROBLEM_TYPE_BASE = "/problems/"  # relative: it resolves against the function's own URL
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,9 @@ class GatewayError(Exception):
     status = 500
     code = "internal"
     title = "Internal error"
+    what_happened = "The gateway failed in a way it did not expect: a bug, not something wrong with the request."
+    what_to_do = ("Retry later. If it keeps failing, give the operator the time of the request; the function's "
+                  "log has the error's type under the same trace.")
 
     def __init__(self, detail: str = "", *, errors: list[FieldError] | None = None,
                  retry_after: int | None = None, headers: dict[str, str] | None = None):
@@ -70,6 +75,12 @@ class GatewayError(Exception):
             body["errors"] = [e.as_dict() for e in self.errors]
         return body
 
+    @classmethod
+    def page(cls) -> str:
+        """What a person who follows this problem's `type` reads (plain text)."""
+        return (f"{cls.code}: {cls.title} (HTTP {cls.status})\n\n"
+                f"What happened: {cls.what_happened}\n\nWhat to do: {cls.what_to_do}\n")
+
     def response_headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/problem+json"}
         if self.retry_after is not None:
@@ -84,52 +95,89 @@ class GatewayError(Exception):
 
 class MalformedRequest(GatewayError):
     status, code, title = 400, "malformed-json", "Malformed request body"
+    what_happened = ("The body could not be read as strict JSON: invalid UTF-8, a byte order mark, NaN or Infinity, a duplicate "
+                     "key, nesting too deep, or a body the server could not frame.")
+    what_to_do = ("Send one UTF-8 JSON document without a BOM; `detail` names the first thing that is wrong. Retrying the same "
+                  "body will fail the same way.")
 
 
 class AuthenticationFailed(GatewayError):
     status, code, title = 401, "unauthenticated", "Authentication failed"
+    what_happened = ("None of the workflow's authentication schemes accepted the request. Which header was wrong goes to the "
+                     "gateway's log, never into the answer.")
+    what_to_do = ("Check that the sender signs with the secret (or token) configured for this workflow, over the exact bytes it "
+                  "sends, with a fresh timestamp; the operator can read the reason in the log.")
 
 
 class SignatureError(AuthenticationFailed):
     """A signature header is missing, malformed, stale or does not match. Never says which secret."""
 
     code = "bad-signature"
+    what_happened = ("A signature header is missing, malformed, outside the replay window, or does not match the body; the "
+                     "answer never says which secret was tried.")
+    what_to_do = ("Sign the raw body bytes exactly as sent (no re-serialising) with the workflow's current secret, and check the "
+                  "sender's clock; after a rotation both secrets work until the old one is removed.")
 
 
 class NotFound(GatewayError):
     status, code, title = 404, "not-found", "Not found"
+    what_happened = "No such workflow, job or route: the name in the URL is unknown to this instance."
+    what_to_do = ("Check the path: webhooks go to /hooks/{workflow} with a workflow deployed on this instance, jobs to "
+                  "/jobs/{job_id} as returned in `status_url`.")
 
 
 class MethodNotAllowed(GatewayError):
     status, code, title = 405, "method-not-allowed", "Method not allowed"
+    what_happened = "The route exists but not for this HTTP method."
+    what_to_do = "Use the method in the `Allow` header: POST for /hooks, GET or DELETE for /jobs, GET for the rest."
 
 
 class DeliveryInFlight(GatewayError):
     status, code, title = 409, "delivery-in-flight", "Same idempotency key still in flight"
+    what_happened = "A request with the same idempotency key is still being processed, here or on another instance."
+    what_to_do = "Retry after `Retry-After` seconds: the answer will then be the job the first request made."
 
 
 class PayloadTooLarge(GatewayError):
     status, code, title = 413, "payload-too-large", "Payload too large"
+    what_happened = "The body is over the gateway's size limit (GATEWAY_MAX_BODY_BYTES); it was refused before being read."
+    what_to_do = "Send a smaller payload, or ask the operator to raise GATEWAY_MAX_BODY_BYTES."
 
 
 class UnsupportedMediaType(GatewayError):
     status, code, title = 415, "unsupported-media-type", "Unsupported media type"
+    what_happened = "The request's Content-Type is not JSON."
+    what_to_do = "Send the body with `Content-Type: application/json`."
 
 
 class Unprocessable(GatewayError):
     status, code, title = 422, "validation-failed", "Payload does not match the workflow"
+    what_happened = ("The JSON is well formed but does not match the workflow: its schema, a parameter's type, or a required "
+                     "value is missing. `errors` lists each violation with a JSON Pointer.")
+    what_to_do = ("Fix each entry of `errors` (path and message) and send again; POST /hooks/{workflow}/validate shows what would"
+                  " be submitted without submitting it.")
 
 
 class IdempotencyKeyReused(Unprocessable):
     code, title = "idempotency-key-reused", "Idempotency key reused with a different body"
+    what_happened = ("The idempotency key was already used for a delivery with a different body; the gateway will not run a "
+                     "second job under the same key.")
+    what_to_do = ("Use a new idempotency key (or delivery id) for a new payload; to replay the original delivery, send its exact "
+                  "body again.")
 
 
 class UpstreamRejected(GatewayError):
     status, code, title = 502, "carto-rejected", "CARTO refused the job"
+    what_happened = ("CARTO refused the job (bad request, unknown procedure or connection, permission denied); nothing was "
+                     "submitted and retrying the same request will not help.")
+    what_to_do = ("Read `detail` for CARTO's reason; check the workflow's query, connection and the token's permissions with the "
+                  "operator.")
 
 
 class Unavailable(GatewayError):
     status, code, title = 503, "unavailable", "Service unavailable, retry later"
+    what_happened = "A service the gateway needs is unavailable right now, or the workflow is paused; nothing was half-done."
+    what_to_do = "Retry after `Retry-After` seconds; the same request will be accepted once the service is back."
 
     def __init__(self, detail: str = "", *, retry_after: int | None = 5, **kw: Any):
         super().__init__(detail, retry_after=retry_after, **kw)
@@ -137,14 +185,39 @@ class Unavailable(GatewayError):
 
 class CartoUnavailable(Unavailable):
     code, title = "carto-unavailable", "CARTO is unavailable, retry later"
+    what_happened = "CARTO could not be reached or answered that it is busy or failing; no job was submitted."
+    what_to_do = "Retry after `Retry-After` seconds with the same idempotency key; it will not run twice."
 
 
 class PublishUnavailable(Unavailable):
     code, title = "pubsub-unavailable", "Pub/Sub is unavailable, retry later"
+    what_happened = ("Pub/Sub could not take the message the gateway needs to follow or announce the job; the delivery was not "
+                     "completed.")
+    what_to_do = "Retry after `Retry-After` seconds with the same idempotency key; it will not run twice."
 
 
 class LedgerUnavailable(Unavailable):
     code, title = "ledger-unavailable", "The delivery ledger is unavailable, retry later"
+    what_happened = ("The delivery ledger (the record that keeps deliveries from running twice) could not be read or written; "
+                     "nothing was submitted.")
+    what_to_do = "Retry after `Retry-After` seconds with the same idempotency key."
+
+
+def problem_types() -> dict[str, type[GatewayError]]:
+    """Every code the tree can produce, by code: the classes here and those defined beside their raisers."""
+    found: dict[str, type[GatewayError]] = {}
+    todo: list[type[GatewayError]] = [GatewayError]
+    while todo:  # a parent is always met before its subclasses, so a code a subclass inherits names the parent
+        cls = todo.pop()
+        found.setdefault(cls.code, cls)
+        todo.extend(cls.__subclasses__())
+    return dict(sorted(found.items()))
+
+
+def problem_index() -> str:
+    """The page at /problems: each code with its status, title and where its explanation is."""
+    lines = [f"{PROBLEM_TYPE_BASE}{code}  {cls.status}  {cls.title}" for code, cls in problem_types().items()]
+    return "Problem types this gateway answers with (the `type` of each problem+json):\n\n" + "\n".join(lines) + "\n"
 
 
 class ConfigError(Exception):

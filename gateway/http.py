@@ -25,12 +25,15 @@ from gateway.errors import (
     NotFound,
     PayloadTooLarge,
     UnsupportedMediaType,
+    problem_index,
+    problem_types,
 )
 from gateway.intake import Inbound, idempotency_key, render
 from gateway.workflows import Workflow
 
 log = logging.getLogger("gateway.http")
 _HOOK = re.compile(r"^/hooks/([a-z0-9][a-z0-9-]{0,62})(/validate)?/?$")
+_PROBLEM = re.compile(r"^/problems(?:/([a-z0-9-]{1,64}))?/?$")
 _JOB = re.compile(r"^/jobs/([A-Za-z0-9_.:\-]{1,200})/?$")
 _JSON_TYPE = re.compile(r"^application/([a-z0-9.+-]*\+)?json\s*(;.*)?$", re.IGNORECASE)
 Response = tuple[Any, int, dict[str, str]]  # body: str, or an iterator of bytes when streamed (_unbuffered)
@@ -74,6 +77,9 @@ def _route(app: App, request: flask.Request) -> Response:
         if hook.group(2):
             return _only(request, "POST", lambda: _validate(app, workflow, request))
         return _only(request, "POST", lambda: _webhook(app, workflow, request))
+    problem = _PROBLEM.match(path)
+    if problem:
+        return _only(request, "GET", lambda: _problem_page(problem.group(1)))
     job = _JOB.match(path)
     if job:
         if request.method == "GET":
@@ -95,6 +101,16 @@ def _workflow(app: App, name: str) -> Workflow:
     if workflow is None:
         raise NotFound(f"no workflow named {name}")
     return workflow
+
+
+def _problem_page(code: str | None) -> Response:
+    """Where a problem's relative `type` leads: what went wrong and what to do (public: it names no secret)."""
+    if code is None:
+        return problem_index(), 200, {"Content-Type": "text/plain; charset=utf-8"}
+    cls = problem_types().get(code)
+    if cls is None:
+        raise NotFound(f"no problem type {code}; /problems lists them")
+    return cls.page(), 200, {"Content-Type": "text/plain; charset=utf-8"}
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

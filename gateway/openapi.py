@@ -70,6 +70,7 @@ def document(registry: Registry) -> dict[str, Any]:
     paths["/jobs/{job_id}"] = _job_operations(sorted(job_security, key=lambda r: sorted(r)))
     paths["/healthz"] = {"get": _simple_get("health", "Liveness and the list of workflows", "Health")}
     paths["/openapi.json"] = {"get": _simple_get("openapi", "This document", "OpenApiDocument")}
+    paths.update(_problem_pages())
     return {
         "openapi": OPENAPI_VERSION,
         "info": {"title": "CARTO Workflows webhook gateway", "version": "1.0.0",
@@ -78,7 +79,7 @@ def document(registry: Registry) -> dict[str, Any]:
                                 "answered 202 with the job id; errors are RFC 9457 problem+json."},
         "tags": [{"name": "hooks", "description": "One per workflow"},
                  {"name": "jobs", "description": "Jobs started by hooks"},
-                 {"name": "service", "description": "Health and this document"}],
+                 {"name": "service", "description": "Health, this document and the problem types"}],
         "paths": dict(sorted(paths.items())),
         "components": {
             "schemas": dict(sorted(schemas.items())),
@@ -219,6 +220,22 @@ def _simple_get(operation_id: str, summary: str, schema: str) -> dict[str, Any]:
             "responses": {"200": _json_response(summary + ".", schema)}}
 
 
+def _problem_pages() -> dict[str, Any]:
+    """Where a problem's `type` leads: plain text saying what went wrong and what to do."""
+    text = {"text/plain": {"schema": {"type": "string"}}}
+    code = {"name": "code", "in": "path", "required": True, "description": "The problem's `code`; /problems lists them.",
+            "schema": {"type": "string", "pattern": "^[a-z0-9-]{1,64}$"}}
+    return {
+        "/problems": {"get": {"operationId": "list_problems", "tags": ["service"], "security": [],
+                              "summary": "Every problem type, with its status and title",
+                              "responses": {"200": {"description": "One line per problem type.", "content": text}}}},
+        "/problems/{code}": {"get": {
+            "operationId": "explain_problem", "tags": ["service"], "security": [], "parameters": [code],
+            "summary": "What a problem means and what to do about it",
+            "responses": {"200": {"description": "The explanation.", "content": text}, **_errors((404,))}}},
+    }
+
+
 def _json_response(description: str, schema: str, *, location: bool = False) -> dict[str, Any]:
     response: dict[str, Any] = {"description": description,
                                 "content": {"application/json": {"schema": {"$ref": _SCHEMAS + schema}}}}
@@ -272,7 +289,8 @@ def _common_schemas() -> dict[str, Any]:
             "type": "object", "description": "RFC 9457 problem details.",
             "required": ["type", "title", "status", "detail", "code"],
             "properties": {
-                "type": {"type": "string", "format": "uri-reference", "examples": [PROBLEM_TYPE_BASE + "validation-failed"]},
+                "type": {"type": "string", "format": "uri-reference", "examples": [PROBLEM_TYPE_BASE + "validation-failed"],
+                         "description": "Relative to the function's URL: GET it for what went wrong and what to do."},
                 "title": {"type": "string"}, "status": {"type": "integer", "minimum": 400, "maximum": 599},
                 "detail": {"type": "string"},
                 "code": {"type": "string", "description": "Stable machine-readable code, the last segment of `type`."},
