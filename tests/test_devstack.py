@@ -36,12 +36,30 @@ def test_the_local_carto_api_takes_procedure_overrides_from_the_environment(tmp_
     assert status["state"] == "DONE" and status["errorResult"]["message"] == "Query error: planted"
 
 
-def test_dev_without_the_emulator_stops_naming_the_install_command(monkeypatch, capsys):
-    def missing(kind):
-        raise emulators.EmulatorMissing(f"no {kind} emulator found; {emulators.INSTALL_HINT}")
+def _machine_without(monkeypatch, tmp_path, *, sdk_files=()):
+    """PATH and the gcloud SDK roots as on a machine where only `sdk_files` exist (no gcloud, no java)."""
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    monkeypatch.delenv("CLOUDSDK_ROOT_DIR", raising=False)
+    monkeypatch.setattr(emulators, "_SDK_ROOTS", (str(tmp_path / "sdk"),))
+    for relative in sdk_files:
+        (tmp_path / "sdk" / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "sdk" / relative).write_text("#!/bin/sh\n")
 
-    monkeypatch.setattr(emulators, "find", missing)
+
+def test_dev_without_the_emulator_stops_naming_the_install_command(monkeypatch, tmp_path, capsys):
+    _machine_without(monkeypatch, tmp_path)
 
     code = devstack.run(Namespace(webhook_port=0, poll_port=0, sandbox_port=0, pubsub_port=0))
 
-    assert code == 1 and "google-cloud-cli-pubsub-emulator" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 1 and "no pubsub emulator found" in err and "google-cloud-cli-pubsub-emulator" in err
+
+
+def test_dev_with_the_emulator_but_no_java_says_so(monkeypatch, tmp_path, capsys):
+    _machine_without(monkeypatch, tmp_path, sdk_files=["platform/pubsub-emulator/bin/cloud-pubsub-emulator"])
+
+    code = devstack.run(Namespace(webhook_port=0, poll_port=0, sandbox_port=0, pubsub_port=0))
+
+    err = capsys.readouterr().err
+    assert code == 1 and "needs Java 17+" in err and "openjdk-17-jre-headless" in err

@@ -151,6 +151,7 @@ def test_no_token_or_secret_in_any_answer_log_or_message(stack, inbox):
     answers.append(post_hook(stack.url("webhook"), "store-clusters", BODY, "whsec_" + "A" * 32))
     for answer in answers[:2]:
         inbox.wait_for(lambda e, j=answer.json()["job_id"]: e.attributes.get("job_id") == j)
+        tracking.wait_for(lambda e, j=answer.json()["job_id"]: e.data.get("job_id") == j)  # read: checked below
     # The local CARTO API really echoes the token, like CARTO: it was there to leak.
     echoed = requests.get(f"{stack.sandbox.url}/v3/sql/carto_dw/job/{answers[0].json()['job_id']}",
                           headers={"Authorization": f"Bearer {CARTO_TOKEN}"}, timeout=10)
