@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: dev test lint bench soak deploy deploy-check teardown clean
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt client/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 lint: $(STAMP)
-	$(PY) -m ruff check gateway tests main.py bench soak deploy
+	$(PY) -m ruff check gateway tests main.py bench soak deploy client examples
 
 bench: $(STAMP)
 	$(PY) -m bench

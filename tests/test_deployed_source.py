@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import ROOT, SECRET
 from tests.deploytools import argcheck
 
-LEFT_OUT = ("gateway/local/", "gateway/cli/", "tests/", "bench/", "deploy/")
+LEFT_OUT = ("gateway/local/", "gateway/cli/", "tests/", "bench/", "deploy/", "client/", "examples/")
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_the_uploaded_source_serves_a_webhook_on_its_own(uploaded, tmp_path):
         import gateway
         print(json.dumps({"status": answer.status_code, "body": answer.get_json(), "package": gateway.__file__,
                           "local_stack": sorted(m for m in sys.modules
-                                                if m.startswith(("gateway.local", "gateway.cli")))}))
+                                                if m.startswith(("gateway.local", "gateway.cli", "workflow_gateway_client")))}))
     """)
     env = {"PATH": "/usr/bin:/bin", "GATEWAY_SCHEMAS_DIR": "schemas", "CARTO_API_BASE_URL": "http://127.0.0.1:9",
            "CARTO_API_TOKEN": "t", "STORE_CLUSTERS_SECRETS": SECRET, "GOOGLE_CLOUD_PROJECT": "p",

@@ -95,14 +95,12 @@ def test_a_job_past_its_deadline_yields_one_timed_out_event(stack, inbox):
 
 
 def test_a_request_published_by_another_function_runs_its_workflow_once(stack, inbox):
-    from gateway.client import publish_request
-    from gateway.pubsub import PubSubPublisher
+    from workflow_gateway_client import publish_request
 
     key = f"report-{uuid.uuid4().hex}"
     before = len(stack.sandbox.jobs())
-    publisher = PubSubPublisher(PROJECT)
     for _ in range(2):  # a caller's retry of the same request
-        publish_request("store-clusters", BODY, project=PROJECT, idempotency_key=key, publisher=publisher)
+        publish_request(PROJECT, "store-clusters", BODY, idempotency_key=key, topic=stack.topics["requests"])
 
     event = inbox.wait_for(lambda e: e.data.get("delivery_id") == key)
     _wait_for_log_lines(stack.log_dir / "submit.log", f'"delivery_id": "{key}"', count=2)

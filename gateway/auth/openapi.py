@@ -136,7 +136,7 @@ def _google_id_token(entry: Mapping[str, Any]) -> SchemeDoc:
         {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
          "description": f"A Google-signed OIDC ID token (issuer {_GOOGLE_ISSUER}) of an allowed service account."},
         (), f"A Google-signed ID token for audience `{entry.get('audience', '')}` from an allowed service account "
-            "(`Authorization: Bearer <token>`; see gateway.client.trigger_http).")
+            "(`Authorization: Bearer <token>`; workflow_gateway_client.trigger sends one).")
 
 
 def _tolerance(entry: Mapping[str, Any]) -> int:
