@@ -36,6 +36,7 @@ CHECK = textwrap.dedent("""
         "absent": {name: absent(name) for name in ("functions_framework", "gateway", "flask", "google.cloud.pubsub_v1")},
         "event": [event.ce_id, event.duration_s],
         "error": client.GatewayError("x", status=503, code="unavailable").retryable,
+        "loaded": sorted(m for m in ("requests", "google.auth", "urllib3") if m in sys.modules),
     }))
 """)
 
@@ -73,6 +74,7 @@ def test_the_client_installs_alone_and_imports_without_the_gateway(fresh_venv):
     assert result["absent"] == {"functions_framework": True, "gateway": True, "flask": True,
                                 "google.cloud.pubsub_v1": True}
     assert result["event"] == ["job-1:SUCCEEDED", 1.5] and result["error"] is True
+    assert result["loaded"] == []  # a subscriber that only parses events never imports the HTTP stack
 
 
 def test_publish_request_without_the_pubsub_extra_says_how_to_get_it(fresh_venv):

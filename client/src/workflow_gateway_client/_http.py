@@ -13,7 +13,8 @@ Retried: no connection, a timeout, and 409, 429, 503, 504. Each wait is the answ
 (https://aws.amazon.com/builders-library/timeouts-retries-and-backoff-with-jitter/), within a
 bounded number of attempts and a total time. A small loop rather than urllib3's `Retry`: that one
 does not retry POSTs by default, does not bound the total time, and ends in an exception that
-drops the last problem+json, which the caller needs.
+drops the last problem+json, which the caller needs. requests and google-auth are imported on the
+first call, so a subscriber that only parses events never loads them.
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
-
-import requests
+from typing import TYPE_CHECKING, Any
 
 from workflow_gateway_client.errors import GatewayError
+
+if TYPE_CHECKING:
+    import requests
 
 TokenFetcher = Callable[[str], str]
 WORKFLOW_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -115,6 +117,8 @@ def trigger(url: str, workflow: str, payload: Any, *, idempotency_key: str | Non
 
 def _attempt(session: requests.Session, target: str, body: bytes, headers: dict[str, str], timeout: float,
              workflow: str, key: str) -> tuple[GatewayError | None, requests.Response | None]:
+    import requests
+
     try:
         answer = session.post(target, data=body, headers=headers, timeout=(min(CONNECT_TIMEOUT_S, timeout), timeout))
     except (requests.ConnectionError, requests.Timeout) as exc:
@@ -222,5 +226,7 @@ def _session() -> requests.Session:
     """One session per thread (requests sessions are not documented as thread-safe), kept for reuse."""
     session = getattr(_sessions, "session", None)
     if session is None:
+        import requests
+
         session = _sessions.session = requests.Session()
     return session
