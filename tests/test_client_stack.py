@@ -258,7 +258,9 @@ def log_lines(path, ce_id: str) -> list[dict]:
 
 def test_the_example_subscriber_logs_each_outcome_once_though_pub_sub_delivers_it_twice(stack, tokens, tmp_path):
     log = tmp_path / "subscriber.log"
-    process, url = serve("subscriber", "on_job_event", "cloudevent", log, {})
+    # Deployed with --trigger-http (deploy/deploy-subscriber.sh): its @cloud_event decorator, not the
+    # signature type the platform passes, makes functions-framework hand it a CloudEvent.
+    process, url = serve("subscriber", "on_job_event", "http", log, {})
     try:
         # Two push subscriptions to the same endpoint: every event arrives twice, as a redelivery would.
         suffix = uuid.uuid4().hex[:8]
