@@ -81,12 +81,14 @@ def test_the_deployed_entry_point_knows_every_code():
 
 @pytest.mark.parametrize(("path", "kwargs", "code"), [
     ("/hooks/store-clusters", {"data": b"{not json", "headers": {"Content-Type": "application/json"}}, "bad-signature"),
-    ("/hooks/store-clusters", {"data": b"{not json", "headers": signed_headers(SECRET, b"{not json")}, "malformed-json"),
+    ("/hooks/store-clusters", {"data": b"{not json", "headers": "signed"}, "malformed-json"),
     ("/hooks/no-such-workflow", {"data": b"{}", "headers": {"Content-Type": "application/json"}}, "not-found"),
     ("/jobs/some-job", {"method": "PUT"}, "method-not-allowed"),
 ])
 def test_following_a_problems_type_leads_to_its_explanation(client, path, kwargs, code):
     url = "http://gateway.test" + path
+    if kwargs.get("headers") == "signed":  # signed now: a signature made at collection goes stale in a long run
+        kwargs = {**kwargs, "headers": signed_headers(SECRET, kwargs["data"])}
     problem = client.open(url, **{"method": "POST", **kwargs}).get_json(force=True)
 
     assert problem["code"] == code and problem["type"] == f"/problems/{code}"
