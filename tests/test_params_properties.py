@@ -8,12 +8,14 @@ import re
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import Unprocessable
 from gateway.params import ParamSpec, map_parameters
 from gateway.sqltypes import GEOMETRY_TYPES, INT64_MAX, INT64_MIN, SQL_TYPES, BindError, bind
+from tests.strategies import VALID, Outcomes
 
 PROPERTY = settings(max_examples=200, deadline=None)
 
@@ -82,14 +84,23 @@ def _assert_text_form(sql_type: str, sent: str) -> None:
         json.loads(sent)
 
 
-@PROPERTY
-@given(sql_type=st.sampled_from(sorted(SQL_TYPES)), value=any_value, coerce=st.booleans())
-def test_bind_returns_the_wire_form_or_raises_bind_error(sql_type, value, coerce):
-    try:
-        sent = bind(sql_type, value, coerce=coerce)
-    except BindError:
-        return
-    assert_wire_form(sql_type, sent)
+@pytest.mark.parametrize("sql_type", sorted(SQL_TYPES))
+def test_bind_returns_the_wire_form_or_raises_bind_error(sql_type):
+    outcomes = Outcomes()
+
+    @settings(max_examples=100, deadline=None)
+    @given(value=any_value | VALID[sql_type], coerce=st.booleans())
+    def bind_any(value, coerce):
+        try:
+            sent = bind(sql_type, value, coerce=coerce)
+        except BindError:
+            outcomes["refused"] += 1
+            return
+        outcomes["accepted"] += 1
+        assert_wire_form(sql_type, sent)
+
+    bind_any()
+    outcomes.assert_both()  # a bind that refused every value would fail here
 
 
 @PROPERTY
@@ -147,16 +158,28 @@ EVERY_TYPE = {
 EVERY_TYPE["tenant"] = ParamSpec("tenant", "STRING", header="X-Tenant", default="public")
 
 
-@PROPERTY
-@given(body=json_values | st.fixed_dictionaries({}, optional={name: any_value for name in EVERY_TYPE}),
-       headers=st.dictionaries(st.sampled_from(["X-Tenant", "x-tenant", "Other"]), st.text(max_size=5)))
-def test_map_parameters_binds_everything_or_raises_unprocessable(body, headers):
-    try:
-        bound = map_parameters(EVERY_TYPE, body, headers)
-    except Unprocessable as exc:
-        assert exc.errors
-        assert all(e.path.startswith(("/p", "header:X-Tenant")) for e in exc.errors)
-        return
-    assert list(bound) == list(EVERY_TYPE)
-    for name, sent in bound.items():
-        assert_wire_form(EVERY_TYPE[name].type, sent)
+# Every parameter present with a value of its type: the body map_parameters must bind.
+VALID_BODY = st.fixed_dictionaries({name: VALID[spec.type] for name, spec in EVERY_TYPE.items() if spec.pointer})
+
+
+def test_map_parameters_binds_everything_or_raises_unprocessable():
+    outcomes = Outcomes()
+
+    @PROPERTY
+    @given(body=json_values | st.fixed_dictionaries({}, optional={name: any_value for name in EVERY_TYPE}) | VALID_BODY,
+           headers=st.dictionaries(st.sampled_from(["X-Tenant", "x-tenant", "Other"]), st.text(max_size=5)))
+    def map_any(body, headers):
+        try:
+            bound = map_parameters(EVERY_TYPE, body, headers)
+        except Unprocessable as exc:
+            outcomes["refused"] += 1
+            assert exc.errors
+            assert all(e.path.startswith(("/p", "header:X-Tenant")) for e in exc.errors)
+            return
+        outcomes["accepted"] += 1
+        assert list(bound) == list(EVERY_TYPE)
+        for name, sent in bound.items():
+            assert_wire_form(EVERY_TYPE[name].type, sent)
+
+    map_any()
+    outcomes.assert_both()  # a mapper that refused every body would fail here
