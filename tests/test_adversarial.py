@@ -325,6 +325,18 @@ def _dechunk(data: bytes) -> bytes:
         body, data = body + data[:size], data[size + 2:]
 
 
+def _read_head(sock: socket.socket) -> bytes:
+    """One interim or final status line and its headers, up to the blank line."""
+    data = b""
+    sock.settimeout(15)
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(1)  # byte by byte: whatever follows the head belongs to the next read
+        if not chunk:
+            raise AssertionError(f"connection closed after {data!r}")
+        data += chunk
+    return data
+
+
 def _request_head(server: Server, path: str, headers: dict[str, str]) -> bytes:
     lines = [f"POST {path} HTTP/1.1", f"Host: 127.0.0.1:{server.port}", *(f"{k}: {v}" for k, v in headers.items())]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
@@ -464,26 +476,30 @@ def test_no_signature_at_all_is_a_401_before_the_body_is_parsed(server):
 def test_a_trickling_body_does_not_wedge_other_requests(server):
     body = json.dumps(VALID).encode()
     head = _request_head(server, "/hooks/store-clusters/validate",
-                         {**signed_headers(SECRET, body), "Content-Length": str(len(body))})
+                         {**signed_headers(SECRET, body), "Content-Length": str(len(body)), "Expect": "100-continue"})
+    reading = [threading.Event() for _ in range(2)]  # the server has taken the request and waits for its body
+    finish = threading.Event()  # the slow bodies end only once the other requests were answered
     trickled: list[RawAnswer] = []
 
-    def trickle() -> None:
+    def trickle(reading: threading.Event) -> None:
         with socket.create_connection(("127.0.0.1", server.port)) as sock:
             sock.sendall(head)
-            for start in range(0, len(body), 4):  # 4 bytes every 0.1 s: about 2 s for this body
+            assert _read_head(sock).startswith(b"HTTP/1.1 100 ")  # sent by the thread now reading this body
+            sock.sendall(body[:4])
+            reading.set()
+            finish.wait(30)
+            for start in range(4, len(body), 4):
                 sock.sendall(body[start:start + 4])
-                time.sleep(0.1)
             trickled.append(_read_answer(sock, len(body)))
 
-    slow = [threading.Thread(target=trickle) for _ in range(2)]
+    slow = [threading.Thread(target=trickle, args=(event,)) for event in reading]
     for thread in slow:
         thread.start()
-    time.sleep(0.3)
+    assert all(event.wait(30) for event in reading), "the server never started reading the slow bodies"
     meanwhile = [validate(server, VALID) for _ in range(5)]
-    still_trickling = all(thread.is_alive() for thread in slow)
+    finish.set()
     for thread in slow:
         thread.join()
 
-    assert still_trickling, "the slow bodies ended before the other requests were made"
     assert [a.status_code for a in meanwhile] == [200] * 5
     assert [a.status for a in trickled] == [200, 200]

@@ -26,6 +26,7 @@ import requests
 
 from gateway.app import App
 from gateway.intake import delivery_marker
+from gateway.ledger import CLAIMED
 from gateway.local import emulators
 from gateway.local.devstack import LocalStack
 from gateway.local.sandbox import Fault as SandboxFault
@@ -241,27 +242,25 @@ def test_a_latency_spike_below_the_timeout_is_just_slower(rig):
 def test_a_sweep_while_the_job_post_waits_out_a_429_does_not_release_the_claim(rig):
     production = App.build(Settings.from_env(rig.stack.function_env()))  # the sweeper as deployed
     rig.sandbox.faults.rate_limit("submit", retry_after=2)  # the POST is retried 2 s later, in the request
+    retried = rig.sandbox.faults.hold("submit")  # and that retry waits at CARTO until the sweep is over
     delivery = new_delivery()
     answers: list[requests.Response] = []
     sender = threading.Thread(target=lambda: answers.append(rig.post(delivery)))
 
     sender.start()
-    _wait_for_claim(rig.app, f"{WORKFLOW}:{delivery}", older_than_s=1.2)
+    assert retried.arrived.wait(30), "the job POST was never retried"
+    claim, jobs_meanwhile = rig.app.ledger.get(f"{WORKFLOW}:{delivery}"), rig.jobs_of(delivery)
     report = production.sweeper.sweep()
+    after = rig.app.ledger.get(f"{WORKFLOW}:{delivery}")
+    retried.release()
     sender.join()
 
+    # The sweep met a claim past its grace with no job in CARTO yet (the retry is held) and left it alone.
+    assert claim.state == CLAIMED and time.time() - claim.updated_at > production.sweeper.grace_s
+    assert jobs_meanwhile == [] and after is not None and after.claim_token == claim.claim_token
     assert report.released == 0 and report.adopted == 0
     assert answers[0].status_code == 202, answers[0].text
     assert_exactly_once(rig, delivery, answers[0])
-
-
-def _wait_for_claim(app: App, key: str, older_than_s: float) -> None:
-    for _ in range(200):
-        record = app.ledger.get(key)
-        if record is not None and time.time() - record.created_at > older_than_s:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"no claim for {key}")
 
 
 # --- the status checks of `poll` fail -------------------------------------------------------------
@@ -296,29 +295,45 @@ def test_a_job_carto_fails_yields_one_failed_outcome_despite_faults(rig):
 # --- the ledger file is locked by another process -------------------------------------------------
 
 LOCKER = """
-import sqlite3, sys, time
+import sqlite3, sys
 db = sqlite3.connect(sys.argv[1], isolation_level=None)
-db.execute("BEGIN EXCLUSIVE")
-print("locked", flush=True)
-sys.stdin.readline()
-db.execute("ROLLBACK")
+print("ready", flush=True)
+if sys.stdin.readline().strip() == "lock":
+    db.execute("BEGIN EXCLUSIVE")
+    print("locked", flush=True)
+    sys.stdin.readline()
+    db.execute("ROLLBACK")
 """
 
 
 class LedgerLock:
-    """Another process holding `BEGIN EXCLUSIVE` on the ledger file until released."""
+    """Another process holding `BEGIN EXCLUSIVE` on the ledger file until released. Started ahead
+    (`now=False`), it takes the lock on `take()` in one statement, without a process start in between."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, *, now: bool = True):
         self.process = subprocess.Popen([sys.executable, "-c", LOCKER, path], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, text=True)
-        assert self.process.stdout is not None and self.process.stdout.readline().strip() == "locked"
+        assert self._line() == "ready"
+        if now:
+            self.take()
+
+    def take(self) -> None:
+        self._say("lock")
+        assert self._line() == "locked"
 
     def release(self) -> None:
         if self.process.poll() is None:
-            assert self.process.stdin is not None
-            self.process.stdin.write("\n")
-            self.process.stdin.flush()
+            self._say("")
             self.process.wait(timeout=10)
+
+    def _say(self, line: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+
+    def _line(self) -> str:
+        assert self.process.stdout is not None
+        return self.process.stdout.readline().strip()
 
 
 def _ledger_path(rig: Rig) -> str:
@@ -341,20 +356,23 @@ def test_a_locked_ledger_is_a_503_and_no_job_then_the_retry_makes_one(rig):
 
 
 def test_a_ledger_locked_while_carto_creates_the_job_is_a_503_then_the_job_is_adopted(rig):
-    rig.sandbox.faults.delay("submit", 0.8)
+    at_carto = rig.sandbox.faults.hold("submit")  # the job POST waits at CARTO until the ledger is locked
+    lock = LedgerLock(_ledger_path(rig), now=False)
     delivery = new_delivery()
     answers: list[requests.Response] = []
     sender = threading.Thread(target=lambda: answers.append(rig.post(delivery)))
-    sender.start()
-    _wait_for_claim(rig.app, f"{WORKFLOW}:{delivery}", older_than_s=0.2)
-    lock = LedgerLock(_ledger_path(rig))
     try:
+        sender.start()
+        assert at_carto.arrived.wait(30), "the job POST never reached CARTO"
+        lock.take()
+        at_carto.release()  # CARTO creates the job and answers; recording it meets the lock
         sender.join()
     finally:
         lock.release()
     accepted = retry_until_accepted(rig, delivery)
 
     assert_honest_refusal(answers[0])
+    assert answers[0].json()["code"] == "ledger-unavailable"  # not a CARTO timeout: the lock refused it
     assert accepted.json()["duplicate"] is True
     assert_exactly_once(rig, delivery, accepted)
 

@@ -6,20 +6,10 @@ delivery id, in that order. Through the real webhook function, the local CARTO j
 from __future__ import annotations
 
 import threading
-import time
 
-from tests.rigs import BODY, Rig, msg
+from tests.rigs import BODY, msg
 
 ORDER = {"total": 12.5}
-
-
-def wait_for_claim(rig: Rig, key: str) -> None:
-    """Block until the ledger holds `key` (the first delivery is then inside CARTO)."""
-    for _ in range(1000):
-        if rig.app.ledger.get(key) is not None:
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"the first delivery never claimed {key}")
 
 
 # --- replay, conflict, in flight ----------------------------------------------------------------
@@ -62,14 +52,15 @@ def test_the_same_key_with_another_body_is_a_422_and_submits_nothing(rig):
 
 def test_the_same_key_while_the_first_is_in_flight_is_a_409_with_retry_after(rig):
     delivery = msg()
-    rig.sandbox.faults.delay("submit", 2)  # the first delivery waits inside CARTO
+    inside_carto = rig.sandbox.faults.hold("submit")  # the first delivery waits inside CARTO until released
     first: dict[str, object] = {}
     sender = threading.Thread(target=lambda: first.update(
         answer=rig.post("store-clusters", BODY, msg_id=delivery, client=rig.fresh_client())))
     sender.start()
-    wait_for_claim(rig, f"store-clusters:{delivery}")
+    assert inside_carto.arrived.wait(30), "the first delivery never reached CARTO"
 
     twin = rig.post("store-clusters", BODY, msg_id=delivery)
+    inside_carto.release()
     sender.join()
 
     assert twin.status_code == 409 and int(twin.headers["Retry-After"]) > 0

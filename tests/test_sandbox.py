@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -456,6 +457,33 @@ def test_never_finish_fault_keeps_the_job_running(sandbox, clock):
     clock.advance(10**9)
 
     assert status_of(sandbox, external_id) == {"state": "RUNNING"}
+
+
+def test_a_held_request_takes_effect_only_once_released(sandbox):
+    hold = sandbox.faults.hold("submit")
+    answers: list[requests.Response] = []
+    client = threading.Thread(target=lambda: answers.append(submit(sandbox)))
+    client.start()
+
+    assert hold.arrived.wait(5)
+    held_jobs = sandbox.jobs()
+    hold.release()
+    client.join()
+
+    assert held_jobs == [] and answers[0].status_code == 200 and len(sandbox.jobs()) == 1
+
+
+def test_clearing_the_faults_lets_queued_holds_go(sandbox):
+    hold = sandbox.faults.hold("submit")
+    sandbox.faults.clear()
+
+    assert submit(sandbox).status_code == 200 and not hold.arrived.is_set()
+
+
+def test_a_hold_cannot_be_scripted_over_http(sandbox):
+    response = requests.post(f"{sandbox.url}/_sandbox/faults", json={"route": "submit", "kind": "hold"}, timeout=5)
+
+    assert response.status_code == 400 and submit(sandbox).status_code == 200
 
 
 def test_faults_on_one_route_leave_the_others_alone(sandbox):

@@ -6,12 +6,16 @@ Routes: `submit` (create a job), `status` (get a job), `cancel`, `list`. Kinds:
     rate_limit    answer 429 with `Retry-After: retry_after`
     delay         wait `delay_s`, then answer normally
     drop          close the socket without any answer
+    hold          (in-process only, `Faults.hold`) wait until the test releases it, then answer normally
     fail_job      (submit) the job is created and later ends DONE with an errorResult `message`
     never_finish  (submit) the job is created and stays RUNNING forever
 
 `after: true` applies error / rate_limit / delay / drop AFTER the request took effect (the job was
 created, the cancel applied): the case "CARTO accepted it but the client never heard".
 Each request consumes at most one fault of its route, in the order they were queued.
+
+A hold makes a race deterministic without sleeping: the test learns that the request has arrived
+(`Hold.arrived`), does what must happen meanwhile, then lets the request go on (`Hold.release`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 ROUTES = ("submit", "status", "cancel", "list")
-TRANSPORT_KINDS = ("error", "rate_limit", "delay", "drop")
+TRANSPORT_KINDS = ("error", "rate_limit", "delay", "drop", "hold")
 JOB_KINDS = ("fail_job", "never_finish")
 
 
@@ -51,12 +55,30 @@ class Fault:
             raise ValueError("delay_s and retry_after must not be negative")
 
 
+class Hold:
+    """One request kept waiting by a `hold` fault, until `release()` (or `timeout_s`, so no thread hangs)."""
+
+    def __init__(self, timeout_s: float = 60.0) -> None:
+        self.arrived = threading.Event()  # set when the request starts waiting
+        self._released = threading.Event()
+        self.timeout_s = timeout_s
+
+    def release(self) -> None:
+        self._released.set()
+
+    def wait(self) -> None:
+        """Called by the server's request thread: say it is here, then wait for the release."""
+        self.arrived.set()
+        self._released.wait(self.timeout_s)
+
+
 class Faults:
     """The queue of pending faults, safe to use from tests while the server's threads consume it."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._queue: list[list[Any]] = []  # [Fault, remaining count]
+        self._holds: dict[str, list[Hold]] = {}  # per route, in the order their faults were queued
 
     def add(self, fault: Fault, count: int = 1) -> None:
         """Queue `fault` for the next `count` requests of its route."""
@@ -80,6 +102,21 @@ class Faults:
     def drop(self, route: str, count: int = 1, after: bool = False) -> None:
         """The next `count` requests of `route` get their connection closed without an answer."""
         self.add(Fault(route, "drop", after=after), count)
+
+    def hold(self, route: str, timeout_s: float = 60.0) -> Hold:
+        """The next request of `route` waits, before it takes effect, until the returned Hold is released."""
+        hold = Hold(timeout_s)
+        with self._lock:
+            self._holds.setdefault(route, []).append(hold)
+        self.add(Fault(route, "hold"))
+        return hold
+
+    def wait_held(self, route: str) -> None:
+        """Wait on the oldest Hold of `route` (its `hold` fault was just taken)."""
+        with self._lock:
+            hold = self._holds[route].pop(0) if self._holds.get(route) else None
+        if hold is not None:
+            hold.wait()
 
     def fail_jobs(self, message: str = Fault.message, count: int = 1) -> None:
         """The next `count` submitted jobs end DONE with an errorResult carrying `message`."""
@@ -106,9 +143,13 @@ class Faults:
             return [{**asdict(fault), "count": count} for fault, count in self._queue]
 
     def clear(self) -> None:
-        """Drop every pending fault."""
+        """Drop every pending fault (and release every pending hold)."""
         with self._lock:
             self._queue.clear()
+            holds = [hold for queued in self._holds.values() for hold in queued]
+            self._holds.clear()
+        for hold in holds:
+            hold.release()
 
 
 def fault_from_json(raw: Mapping[str, Any]) -> tuple[Fault, int]:
@@ -116,6 +157,8 @@ def fault_from_json(raw: Mapping[str, Any]) -> tuple[Fault, int]:
     if not isinstance(raw, Mapping):
         raise TypeError("expected a JSON object")
     options = dict(raw)
+    if options.get("kind") == "hold":
+        raise ValueError("hold is for tests in the sandbox's own process (Faults.hold)")
     count = options.pop("count", 1)
     allowed = set(Fault.__dataclass_fields__)
     if set(options) - allowed or not isinstance(count, int) or isinstance(count, bool):

@@ -15,7 +15,7 @@ from typing import Any, Self
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from gateway.local.sandbox.api import Response, SandboxApi, error, fault_response
-from gateway.local.sandbox.faults import Fault, Faults
+from gateway.local.sandbox.faults import TRANSPORT_KINDS, Fault, Faults
 from gateway.local.sandbox.jobs import SandboxJob
 from gateway.local.sandbox.procedures import as_procedures
 from gateway.local.sandbox.store import JobStore
@@ -83,7 +83,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(error(404, "Not found") if route is None else error(405, "Method not allowed"))
         api.count(route)
         fault = api.faults.take(route)
-        transport = fault if fault and fault.kind in ("error", "rate_limit", "delay", "drop") else None
+        transport = fault if fault and fault.kind in TRANSPORT_KINDS else None
         if transport and not transport.after and self._suffer(transport, None):
             return
         response = self._dispatch(route, args, query, body, fault)
@@ -95,6 +95,9 @@ class _Handler(BaseHTTPRequestHandler):
         """Apply a transport fault; True when it already ended the exchange."""
         if fault.kind == "delay":
             time.sleep(fault.delay_s)
+            return False
+        if fault.kind == "hold":
+            self.server.api.faults.wait_held(fault.route)
             return False
         if fault.kind == "drop":
             self._drop()
