@@ -6,10 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: dev test lint bench soak deploy deploy-check teardown clean
 
-$(STAMP): requirements.txt requirements-dev.txt client/pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt requirements-emulators.txt client/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-emulators.txt
 	touch $(STAMP)
 
 dev: $(STAMP)

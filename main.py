@@ -27,7 +27,8 @@ def webhook(request):
 
 @functions_framework.cloud_event
 def poll(cloud_event):
-    """Tracking topic → follow the job → one completion event. Raises to have Pub/Sub redeliver later."""
+    """Tracking topic (first check) and check tasks (each later one) → one completion event. Raises only
+    when a dependency is down, so the subscription or the queue retries."""
     entrypoints.poll(_app(verify_senders=False), cloud_event)
 
 

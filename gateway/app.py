@@ -18,10 +18,11 @@ from gateway.events import Publisher, event_source
 from gateway.intake import Intake
 from gateway.ledger import Ledger, open_ledger
 from gateway.outbound import Http
-from gateway.poller import Clock, Poller, Schedule
+from gateway.poller import Clock, Poller, Schedule, Scheduler
 from gateway.pubsub import PubSubPublisher
 from gateway.settings import Secret, Settings
 from gateway.sweeper import Sweeper
+from gateway.tasks import CloudTasksScheduler
 from gateway.workflows import Registry, load_registry
 
 
@@ -38,11 +39,12 @@ class App:
     poller: Poller
     sweeper: Sweeper
     clock: Clock
+    scheduler: Scheduler
 
     @classmethod
     def build(cls, settings: Settings, *, registry: Registry | None = None, http: Http | None = None,
               ledger: Ledger | None = None, publisher: Publisher | None = None, clock: Clock | None = None,
-              id_token_verifier: Any = None) -> App:
+              scheduler: Scheduler | None = None, id_token_verifier: Any = None) -> App:
         """Wire an instance; every client may be injected."""
         clock = clock or Clock(time.time, time.sleep)
         registry = registry or load_registry(settings.schemas_dir, settings.env, id_token_verifier=id_token_verifier)
@@ -55,11 +57,15 @@ class App:
         intake = Intake(carto=carto, ledger=ledger, publisher=publisher, jobs_topic=settings.jobs_topic,
                         default_base_url=settings.carto_api_base_url, retention_s=settings.retention_s,
                         clock=clock.now)
+        source = event_source(settings.project)
+        scheduler = scheduler or CloudTasksScheduler(
+            queue=settings.tasks_queue, poll_url=settings.poll_url, service_account=settings.tasks_service_account,
+            source=source, emulator_host=settings.cloud_tasks_emulator_host)
         poller = Poller(carto=carto, ledger=ledger, publisher=publisher, events_topic=settings.events_topic,
-                        source=event_source(settings.project), clock=clock,
-                        schedule=Schedule(settings.poll_first_s, settings.poll_factor), inline_s=settings.poll_inline_s)
+                        source=source, clock=clock, schedule=Schedule(settings.poll_first_s, settings.poll_factor),
+                        inline_s=settings.poll_inline_s, scheduler=scheduler, quiet_s=settings.sweep_grace_s)
         sweeper = Sweeper(ledger=ledger, intake=intake, poller=poller, clock=clock.now, grace_s=settings.sweep_grace_s)
-        return cls(settings, registry, carto, ledger, publisher, intake, poller, sweeper, clock)
+        return cls(settings, registry, carto, ledger, publisher, intake, poller, sweeper, clock, scheduler)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, verify_senders: bool = True) -> App:

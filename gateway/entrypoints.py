@@ -18,7 +18,7 @@ import flask
 from gateway import http, logs
 from gateway.app import App
 from gateway.errors import DeliveryInFlight, GatewayError, Unavailable
-from gateway.events import PoisonMessage, attributes_of, parse_tracking
+from gateway.events import CHECK_TYPE, Check, PoisonMessage, Tracking, attributes_of, parse_check, parse_tracking
 from gateway.intake import Inbound, idempotency_key
 
 log = logging.getLogger("gateway.entrypoints")
@@ -44,22 +44,42 @@ def pubsub_message(cloud_event: Any) -> tuple[bytes, dict[str, str], str | None]
 
 
 def poll(app: App, cloud_event: Any) -> None:
-    """Follow one job; raising makes Pub/Sub redeliver (job still running, or a dependency down)."""
+    """Check one job (the tracking message's push, or a check task from Cloud Tasks). Returning is a
+    2xx, also while the job runs (its next check is scheduled); raising (a dependency down) makes the
+    subscription or the queue retry."""
     with logs.invocation():
         _poll(app, cloud_event)
 
 
+def poll_trigger(cloud_event: Any) -> tuple[Tracking, Check | None]:
+    """The tracking and, for a check task (`ce-type` com.carto.workflows.job.check), the check; PoisonMessage if neither."""
+    if _event_type(cloud_event) == CHECK_TYPE:
+        data = cloud_event.data if hasattr(cloud_event, "data") else None
+        if not isinstance(data, Mapping | bytes | str):
+            raise PoisonMessage("the check task carries no JSON body")
+        check = parse_check(data.encode() if isinstance(data, str) else data)
+        return check.tracking, check
+    data, _, _ = pubsub_message(cloud_event)
+    return parse_tracking(data), None
+
+
+def _event_type(cloud_event: Any) -> str | None:
+    try:
+        return cloud_event["type"]
+    except (KeyError, TypeError):
+        return None
+
+
 def _poll(app: App, cloud_event: Any) -> None:
     try:
-        data, _, _ = pubsub_message(cloud_event)
-        tracking = parse_tracking(data)
+        tracking, check = poll_trigger(cloud_event)
     except PoisonMessage as exc:
         log.error("poison tracking message acked: %s", exc.detail)
         return
     token = logs.bind(workflow=tracking.workflow, job_id=tracking.job_id, delivery_id=tracking.delivery_id,
                       trace=tracking.trace)
     try:
-        record = app.poller.handle(tracking)
+        record = app.poller.handle(tracking, check)
         if record is not None:
             log.info("job finished", extra={"outcome": record.outcome})
     finally:

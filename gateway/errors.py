@@ -196,6 +196,10 @@ class PublishUnavailable(Unavailable):
     what_to_do = "Retry after `Retry-After` seconds with the same idempotency key; it will not run twice."
 
 
+class TasksUnavailable(Unavailable):
+    code, title = "tasks-unavailable", "Cloud Tasks is unavailable, retry later"
+
+
 class LedgerUnavailable(Unavailable):
     code, title = "ledger-unavailable", "The delivery ledger is unavailable, retry later"
     what_happened = ("The delivery ledger (the record that keeps deliveries from running twice) could not be read or written; "

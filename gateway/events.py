@@ -1,4 +1,5 @@
-"""Messages the gateway publishes: tracking messages for `poll`, completion CloudEvents (README, "Completion events").
+"""Messages the gateway publishes: tracking messages and status-check tasks for `poll`, completion
+CloudEvents (README, "Completion events").
 
 Completion events use the CloudEvents Pub/Sub protocol binding in binary mode: context attributes
 travel as `ce-` message attributes, the data is the JSON body
@@ -94,6 +95,47 @@ def parse_tracking(data: bytes) -> Tracking:
                                                    tracking.connection, tracking.api_base_url)):
         raise PoisonMessage("not a tracking message: missing fields")
     return tracking
+
+
+CHECK_TYPE = "com.carto.workflows.job.check"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One scheduled status check of a job: the task body `poll` receives from Cloud Tasks.
+
+    `checks` and `last_check_at` are the progress so far, so a retried task reads them from its own
+    body; `index` is the check's place on the geometric schedule, which names the task."""
+
+    tracking: Tracking
+    checks: int
+    last_check_at: float | None
+    due_at: float
+    index: int
+
+
+def check_body(check: Check) -> bytes:
+    """The task body: the tracking fields plus the progress and the due time."""
+    body = {**check.tracking.__dict__, "checks": check.checks, "last_check_at": check.last_check_at,
+            "due_at": check.due_at, "index": check.index}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def parse_check(data: bytes | Mapping[str, Any]) -> Check:
+    """Read a check task's body (bytes, or the JSON functions-framework already parsed); PoisonMessage if not one."""
+    try:
+        body = dict(data) if isinstance(data, Mapping) else json.loads(data)
+        tracking = parse_tracking(json.dumps(body).encode())
+        checks, index, due_at = int(body["checks"]), int(body["index"]), float(body["due_at"])
+        last = body.get("last_check_at")
+        last_check_at = None if last is None else float(last)
+    except PoisonMessage:
+        raise
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError, AttributeError) as exc:
+        raise PoisonMessage(f"not a check task: {type(exc).__name__}") from None
+    if checks < 0 or index < 0:
+        raise PoisonMessage("not a check task: negative counts")
+    return Check(tracking, checks, last_check_at, due_at, index)
 
 
 def completion_event(delivery: Delivery, *, source: str) -> Message:

@@ -2,15 +2,19 @@
 
 The schedule is geometric: the k-th status check is due `first_s * factor**k` seconds after
 submission (1 s, 1.25 s, 1.56 s, … with the defaults), so a job is seen finished within
-`factor - 1` (25 %) of its run time, in about log_factor(duration) checks. One invocation
-sleeps between checks while the next one is due within `inline_s` of its start; past that it
-sleeps out the rest of that budget and asks Pub/Sub to redeliver the tracking message later
-(`RetryLater`, which makes the function fail, so the subscription's retry policy backs off).
-A redelivery that arrives before the next check is due sleeps until then (if within `inline_s`)
-or asks again, making no CARTO call.
+`factor - 1` (25 %) of its run time, in about log_factor(duration) checks.
+
+Each invocation makes one status check and, while the job runs, hands the next one to a
+`Scheduler` (a Cloud Task due at the next point of the schedule, gateway/tasks.py), then answers:
+"still running" is a success, never a failed push. Only the first trigger (the tracking message)
+may check a few times in a row while the next check is due within `inline_s` of its start: the
+first seconds of a short job, where checks are a fraction of a second apart. A task's body carries
+the check count and the last check time, so a retried task resumes where it was; the ledger's
+`updated_at` moves to the next check's due time whenever that is later than the sweeper's grace
+would allow, so the sweeper finds a job whose next check is overdue (its task lost) and schedules it again.
 
 Final transitions are first-writer-wins in the ledger, and the event is published before the
-message is acked, with a deterministic id, so redeliveries never yield a second, different outcome.
+invocation answers, with a deterministic id, so retries never yield a second, different outcome.
 """
 
 from __future__ import annotations
@@ -19,17 +23,22 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from gateway.carto import CANCELLED, FAILED, SUCCEEDED, TIMED_OUT, CartoClient, JobStatus
 from gateway.errors import GatewayError, NotFound, Unavailable
-from gateway.events import Publisher, Tracking, completion_event
+from gateway.events import Check, Publisher, Tracking, completion_event
 from gateway.ledger import Delivery, Ledger
 
 log = logging.getLogger("gateway.poller")
 
 
-class RetryLater(Exception):
-    """The job is still running and the next check is far: have Pub/Sub redeliver the message."""
+class Scheduler(Protocol):
+    """Schedules one status check as a task due at `check.due_at`, named after (delivery key, check index),
+    so scheduling the same check twice is one task (ALREADY_EXISTS counts as done). Raises
+    TasksUnavailable (an Unavailable) when the queue cannot take it."""
+
+    def schedule(self, check: Check) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -42,14 +51,18 @@ class Schedule:
     def due(self, k: int) -> float:
         return self.first_s * self.factor ** k
 
-    def next_after(self, elapsed: float) -> float:
-        """The first check time strictly after `elapsed` seconds since submission."""
+    def index_after(self, elapsed: float) -> int:
+        """The index of the first check time strictly after `elapsed` seconds since submission."""
         if elapsed < self.first_s:
-            return self.first_s
+            return 0
         k = math.floor(math.log(elapsed / self.first_s, self.factor)) + 1
         while self.due(k) <= elapsed:
             k += 1
-        return self.due(k)
+        return k
+
+    def next_after(self, elapsed: float) -> float:
+        """The first check time strictly after `elapsed` seconds since submission."""
+        return self.due(self.index_after(elapsed))
 
 
 @dataclass(frozen=True)
@@ -61,56 +74,91 @@ class Clock:
 
 
 class Poller:
-    """Checks one job on its schedule and publishes its completion event once it is over."""
+    """Checks one job once per invocation (a few times, inline, at the start) and publishes its
+    completion event once it is over; schedules the next check while it runs."""
 
     def __init__(self, *, carto: CartoClient, ledger: Ledger, publisher: Publisher, events_topic: str,
-                 source: str, clock: Clock, schedule: Schedule, inline_s: float):
+                 source: str, clock: Clock, schedule: Schedule, inline_s: float, scheduler: Scheduler,
+                 quiet_s: float):
         self.carto, self.ledger, self.publisher = carto, ledger, publisher
         self.events_topic, self.source, self.clock = events_topic, source, clock
-        self.schedule, self.inline_s = schedule, inline_s
+        self.schedule, self.inline_s, self.scheduler = schedule, inline_s, scheduler
+        self.quiet_s = quiet_s  # the sweeper's grace: how long past `updated_at` it leaves a tracked job alone
 
-    def handle(self, tracking: Tracking) -> Delivery | None:
-        """Follow the job until it ends (publish, return the record) or raise RetryLater."""
+    def handle(self, tracking: Tracking, check: Check | None = None) -> Delivery | None:
+        """One invocation: the first trigger (`check` None) or a scheduled check. Returns the finished
+        record once the job is over (its event published), None while it runs (the next check scheduled)."""
         record = self.ledger.get(tracking.key)
         if record is None:
             log.error("tracking message for an unknown delivery; dropped", extra={"job_id": tracking.job_id})
             return None
         if record.outcome is not None:
             return self.publish(record)
-        return self._follow(tracking, record)
+        if check is None:
+            return self._follow(tracking, record, record.checks, record.last_check_at, inline=True)
+        return self._follow(tracking, record, check.checks, check.last_check_at, inline=False)
 
-    def _follow(self, tracking: Tracking, record: Delivery) -> Delivery:
+    def _follow(self, tracking: Tracking, record: Delivery, checks: int, last_check: float | None,
+                *, inline: bool) -> Delivery | None:
         started = self.clock.now()
-        checks, last_check = record.checks, record.last_check_at
+        task_check = not inline  # a task is this check: it is made even if the task came early
         while True:
             now = self.clock.now()
             if now >= tracking.deadline_at:
-                return self._finish(record, self._check(tracking), checks + 1, now, timed_out=True)
-            due_at = self._due(tracking, last_check)
+                return self._finish(record, self._check(tracking, lenient=True), checks + 1, now, timed_out=True)
+            index, due_at = self._next(tracking, last_check)
             if due_at > now:
-                if due_at - started > self.inline_s:
-                    self.ledger.note_checks(record.key, checks, last_check or tracking.submitted_at)
-                    # Spend the rest of the budget first: a redelivery that comes back at once (the
-                    # emulator's, or a short backoff) then cannot spin.
-                    self.clock.sleep(max(0.0, started + self.inline_s - now))
-                    raise RetryLater(f"job {tracking.job_id} still running; next check in {due_at - now:.0f} s")
-                self.clock.sleep(due_at - now)
+                if task_check:
+                    self.clock.sleep(min(due_at - now, self.inline_s))
+                elif not inline or due_at - started > self.inline_s:
+                    self._schedule(record, Check(tracking, checks, last_check, due_at, index))
+                    return None
+                else:
+                    self.clock.sleep(due_at - now)
+            task_check = False
             status = self._check(tracking)
             checks, last_check = checks + 1, self.clock.now()
             if status is not None and status.outcome is not None:
                 return self._finish(record, status, checks, last_check)
 
-    def _due(self, tracking: Tracking, last_check: float | None) -> float:
-        elapsed = -1.0 if last_check is None else last_check - tracking.submitted_at
-        return min(tracking.submitted_at + self.schedule.next_after(elapsed), tracking.deadline_at)
+    def _next(self, tracking: Tracking, last_check: float | None) -> tuple[int, float]:
+        """The next check after `last_check`: its index on the schedule and its due time (never past the deadline)."""
+        if last_check is None:
+            return 0, min(tracking.submitted_at + self.schedule.due(0), tracking.deadline_at)
+        index = self.schedule.index_after(last_check - tracking.submitted_at)
+        while tracking.submitted_at + self.schedule.due(index) <= last_check:  # rounding of large timestamps
+            index += 1
+        return index, min(tracking.submitted_at + self.schedule.due(index), tracking.deadline_at)
 
-    def _check(self, tracking: Tracking) -> JobStatus | None:
+    def _schedule(self, record: Delivery, check: Check) -> None:
+        self.scheduler.schedule(check)
+        # The ledger is written only when the next check falls past what the sweeper tolerates
+        # (updated_at + its grace): short gaps early in a job cost no write.
+        if check.due_at > record.updated_at + self.quiet_s:
+            self.ledger.note_checks(record.key, check.checks, check.last_check_at or check.tracking.submitted_at,
+                                    next_check_at=check.due_at)
+        log.info("next status check scheduled", extra={"job_id": check.tracking.job_id, "checks": check.checks,
+                                                      "due_in_s": round(check.due_at - self.clock.now(), 3)})
+
+    def resume(self, record: Delivery, now: float) -> None:
+        """Schedule the next check of a tracked job whose chain of tasks broke (the sweeper's re-drive)."""
+        tracking = _tracking_of(record, now)
+        index, due_at = self._next(tracking, now)
+        self.scheduler.schedule(Check(tracking, record.checks, record.last_check_at, due_at, index))
+        self.ledger.note_checks(record.key, record.checks, record.last_check_at or tracking.submitted_at,
+                                next_check_at=due_at)
+
+    def _check(self, tracking: Tracking, *, lenient: bool = False) -> JobStatus | None:
+        """CARTO's answer, or None when it has none for this job; CartoUnavailable propagates (the
+        invocation fails, so the queue or the subscription retries it) unless `lenient` (the deadline's check)."""
         try:
             return self.carto.status(tracking.api_base_url, tracking.connection, tracking.job_id,
                                      workflow=tracking.workflow)
         except NotFound:
             log.warning("CARTO does not know the job (yet?)", extra={"job_id": tracking.job_id})
         except Unavailable as exc:
+            if not lenient:
+                raise
             log.warning("status check failed: %s", exc.detail, extra={"job_id": tracking.job_id})
         except GatewayError as exc:
             log.warning("status check refused: %s", exc.detail, extra={"job_id": tracking.job_id})
@@ -130,11 +178,8 @@ class Poller:
 
     def expire(self, record: Delivery, now: float) -> Delivery:
         """Finish a job whose tracking went silent past its deadline: its real outcome, or TIMED_OUT."""
-        assert record.job_id is not None
-        tracking = Tracking(record.key, record.job_id, record.workflow, record.connection, record.api_base_url,
-                            record.submitted_at or record.created_at, record.deadline_at or now,
-                            record.delivery_id, record.trace)
-        return self._finish(record, self._check(tracking), record.checks + 1, now, timed_out=True)
+        return self._finish(record, self._check(_tracking_of(record, now), lenient=True), record.checks + 1, now,
+                            timed_out=True)
 
     def cancelled(self, record: Delivery, now: float, answer: JobStatus | None = None) -> Delivery:
         """Record a cancellation made through DELETE /jobs/{id} and publish its event; a job CARTO's
@@ -154,3 +199,8 @@ class Poller:
         return record
 
 
+def _tracking_of(record: Delivery, now: float) -> Tracking:
+    assert record.job_id is not None
+    return Tracking(record.key, record.job_id, record.workflow, record.connection, record.api_base_url,
+                    record.submitted_at or record.created_at, record.deadline_at or now,
+                    record.delivery_id, record.trace)

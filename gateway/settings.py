@@ -7,6 +7,7 @@ Secrets are wrapped in `Secret`, whose repr never shows the value.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 from gateway.errors import ConfigError
 
 DEFAULT_LEDGER = "sqlite:///.state/ledger.sqlite3"
+_QUEUE = re.compile(r"projects/[^/\s]+/locations/[^/\s]+/queues/[A-Za-z0-9-]{1,100}")
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,10 @@ class Settings:
     poll_first_s: float
     poll_factor: float
     sweep_grace_s: float
+    tasks_queue: str | None
+    poll_url: str | None
+    tasks_service_account: str | None
+    cloud_tasks_emulator_host: str | None
     retention_s: int
     carto_timeout_s: float
     env: Mapping[str, str] = field(repr=False, compare=False)
@@ -78,14 +84,21 @@ class Settings:
             requests_topic=env.get("GATEWAY_REQUESTS_TOPIC") or "workflow-requests",
             ledger=reader.ledger("GATEWAY_LEDGER", DEFAULT_LEDGER),
             max_body_bytes=reader.integer("GATEWAY_MAX_BODY_BYTES", 1024 * 1024, minimum=1),
-            poll_inline_s=reader.number("GATEWAY_POLL_INLINE_S", 300.0, minimum=0),
+            poll_inline_s=reader.number("GATEWAY_POLL_INLINE_S", 5.0, minimum=0),
             poll_first_s=reader.number("GATEWAY_POLL_FIRST_S", 1.0, minimum=0.05),
             poll_factor=reader.number("GATEWAY_POLL_FACTOR", 1.25, minimum=1.01),
             sweep_grace_s=reader.number("GATEWAY_SWEEP_GRACE_S", 120.0, minimum=1),
+            tasks_queue=reader.queue("GATEWAY_TASKS_QUEUE"),
+            poll_url=env.get("GATEWAY_POLL_URL") or None,
+            tasks_service_account=env.get("GATEWAY_TASKS_SERVICE_ACCOUNT") or None,
+            cloud_tasks_emulator_host=env.get("CLOUD_TASKS_EMULATOR_HOST") or None,
             retention_s=reader.integer("GATEWAY_RETENTION_S", 7 * 24 * 3600, minimum=72 * 3600),
             carto_timeout_s=reader.number("CARTO_TIMEOUT_S", 30.0, minimum=0.1),
             env=env,
         )
+        if settings.tasks_queue and not (settings.tasks_service_account or settings.cloud_tasks_emulator_host):
+            reader.problems.append("GATEWAY_TASKS_SERVICE_ACCOUNT must be set with GATEWAY_TASKS_QUEUE: the tasks "
+                                   "call poll with an OIDC token of that account (outside the emulator)")
         if reader.problems:
             raise ConfigError("invalid settings:\n- " + "\n- ".join(reader.problems))
         return settings
@@ -123,6 +136,12 @@ class _Reader:
         if not value >= minimum:
             self.problems.append(f"{name} must be at least {minimum}, got {raw}")
         return value
+
+    def queue(self, name: str) -> str | None:
+        raw = self.env.get(name) or None
+        if raw is not None and not _QUEUE.fullmatch(raw):
+            self.problems.append(f"{name} must be a full queue path projects/P/locations/L/queues/Q, got {raw!r}")
+        return raw
 
     def ledger(self, name: str, default: str) -> str:
         raw = self.env.get(name) or default

@@ -3,8 +3,9 @@
     claimed, silent past the grace   → find the job in CARTO's list by its marker: adopt it, or
                                        release the claim so the sender's retry can submit it
     submitted (tracking unpublished) → publish the tracking message
-    tracked, silent for long         → publish the tracking message again (it may be lost); past the
-                                       deadline, check once and finish (TIMED_OUT if still running)
+    tracked, next check overdue      → schedule the next check again (its task was lost, or creating it
+                                       failed); past the deadline, check once and finish (TIMED_OUT if
+                                       still running)
     finished, event unpublished      → publish the completion event
 """
 
@@ -20,7 +21,6 @@ from gateway.ledger import CLAIMED, FINISHED, SUBMITTED, TRACKED, Delivery, Ledg
 from gateway.poller import Poller
 
 log = logging.getLogger("gateway.sweeper")
-TRACKED_SILENCE_S = 1800.0  # longer than the subscription's maximum backoff plus one inline wait
 
 
 @dataclass
@@ -30,7 +30,7 @@ class SweepReport:
     adopted: int = 0
     released: int = 0
     tracked: int = 0
-    retracked: int = 0
+    rescheduled: int = 0
     timed_out: int = 0
     published: int = 0
     purged: int = 0
@@ -44,9 +44,9 @@ class Sweeper:
     """Finds stuck deliveries and moves each one step on."""
 
     def __init__(self, *, ledger: Ledger, intake: Intake, poller: Poller, clock: Callable[[], float],
-                 grace_s: float, tracked_silence_s: float = TRACKED_SILENCE_S, claim_stale_s: float | None = None):
+                 grace_s: float, claim_stale_s: float | None = None):
         self.ledger, self.intake, self.poller, self.clock = ledger, intake, poller, clock
-        self.grace_s, self.tracked_silence_s = grace_s, tracked_silence_s
+        self.grace_s = grace_s
         self.claim_stale_s = intake.claim_stale_s if claim_stale_s is None else claim_stale_s
 
     def sweep(self, limit: int = 200) -> SweepReport:
@@ -85,9 +85,11 @@ class Sweeper:
         report.adopted += 1
 
     def _tracked(self, delivery: Delivery, now: float, report: SweepReport) -> None:
+        # A tracked record's updated_at is its next check's due time (or when it was tracked), so being
+        # in `stale` means that check is overdue by more than the grace: its task is lost.
         if delivery.deadline_at is not None and now >= delivery.deadline_at + self.grace_s:
             self.poller.expire(delivery, now)
             report.timed_out += 1
-        elif now - delivery.updated_at >= self.tracked_silence_s:
-            self.intake.track(delivery)
-            report.retracked += 1
+        else:
+            self.poller.resume(delivery, now)
+            report.rescheduled += 1

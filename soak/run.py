@@ -29,9 +29,8 @@ PROJECT = "soak-project"
 FAULT_EVERY_S = 6.0
 SWEEP_EVERY_S = 5.0
 PUBSUB_DOWN_S = 15.0  # longer than a publish's own retries (10 s), so none lands in the gap
-# The emulator loses its messages when it stops (real Pub/Sub keeps them): a tracking message lost that
-# way waits for the sweeper's silence window, 30 min when deployed; the soak's sweeper waits 60 s.
-TRACKED_SILENCE_S = 60.0
+# The emulator loses its messages when it stops (real Pub/Sub keeps them): a job whose tracking message
+# was lost that way has no check pending, so the sweeper schedules one once its grace (10 s here) is past.
 DRAIN_LIMIT_S = 480.0
 FAILING_WORKFLOW = {
     "description": "Soak only: declares FLOAT64 where the procedure takes INT64, so CARTO fails the job.",
@@ -154,7 +153,6 @@ def run(options: Options) -> int:
 
 def _soak(options: Options, stack: LocalStack, proxy: FaultProxy, pubsubs: list[emulators.Emulator]) -> int:
     app = App.build(Settings.from_env(stack.function_env()))
-    app.sweeper.tracked_silence_s = TRACKED_SILENCE_S
     events = Events(stack.topics["events"])
     sweeping = Sweeping(app)
     injector = Injector(stack.sandbox, proxy)

@@ -13,10 +13,11 @@ from typing import Any
 import functions_framework
 
 from gateway.app import App
-from gateway.errors import PublishUnavailable
-from gateway.events import Message
+from gateway.errors import PublishUnavailable, TasksUnavailable
+from gateway.events import Check, Message
 from gateway.poller import Clock
 from gateway.settings import Settings
+from gateway.tasks import task_request
 from tests.conftest import CARTO_TOKEN, ROOT, SECRET
 
 
@@ -41,6 +42,59 @@ class RecordingPublisher:
 
     def events(self) -> list[dict[str, Any]]:
         return [{"attributes": m.attributes, "data": json.loads(m.data)} for m in self.on("workflow-job-events")]
+
+
+QUEUE = "projects/test-project/locations/europe-west1/queues/poll-checks"
+POLL_URL = "https://europe-west1-test-project.cloudfunctions.net/gateway-poll"
+TASKS_ACCOUNT = "gateway-poll@test-project.iam.gserviceaccount.com"
+
+
+@dataclass
+class RecordingScheduler:
+    """The poller's Scheduler seam with Cloud Tasks' naming rule: a name is created once, a second
+    create of it is ALREADY_EXISTS (done). Keeps every CreateTaskRequest the real client would send
+    (gateway.tasks.task_request). `fail_next` raises TasksUnavailable N times; `lose_next` accepts N
+    tasks and drops them (a lost task)."""
+
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    pending: dict[str, dict[str, Any]] = field(default_factory=dict)
+    names: set[str] = field(default_factory=set)
+    fail_next: int = 0
+    lose_next: int = 0
+    already_existed: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def schedule(self, check: Check) -> None:
+        request = task_request(check, queue=QUEUE, poll_url=POLL_URL, service_account=TASKS_ACCOUNT,
+                               source="//carto-workflows-gateway/projects/test-project")
+        with self.lock:
+            if self.fail_next > 0:
+                self.fail_next -= 1
+                raise TasksUnavailable("Cloud Tasks is down (injected)")
+            name = request["task"]["name"]
+            self.requests.append(request)
+            if name in self.names:
+                self.already_existed += 1
+                return
+            self.names.add(name)
+            if self.lose_next > 0:
+                self.lose_next -= 1
+                return
+            self.pending[name] = request
+
+    def take_next(self) -> dict[str, Any] | None:
+        """The pending task due first, removed from the queue."""
+        with self.lock:
+            if not self.pending:
+                return None
+            name = min(self.pending, key=lambda n: self.pending[n]["task"]["schedule_time"])
+            return self.pending.pop(name)
+
+
+def task_delivery(request: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+    """(body, headers) of the HTTP request Cloud Tasks makes for a task."""
+    http = request["task"]["http_request"]
+    return http["body"], {**http["headers"], "X-CloudTasks-TaskName": request["task"]["name"].rsplit("/", 1)[-1]}
 
 
 class FakeClock:
@@ -71,8 +125,10 @@ def settings_env(schemas_dir: Path, sandbox_url: str, state_dir: Path, **extra: 
             "GATEWAY_POLL_FIRST_S": "0.05", **extra}
 
 
-def build_app(env: dict[str, str], *, publisher: Any = None, clock: Clock | None = None) -> App:
-    return App.build(Settings.from_env(env), publisher=publisher or RecordingPublisher(), clock=clock)
+def build_app(env: dict[str, str], *, publisher: Any = None, clock: Clock | None = None,
+              scheduler: Any = None) -> App:
+    return App.build(Settings.from_env(env), publisher=publisher or RecordingPublisher(), clock=clock,
+                     scheduler=scheduler or RecordingScheduler())
 
 
 def function_client(app: App, target: str = "webhook") -> Any:

@@ -1,5 +1,5 @@
-"""Shared fixtures: the real Pub/Sub and Firestore emulators (started here, skipped with a reason
-where the machine has none), a schemas directory with the test-only workflows, signing helpers."""
+"""Shared fixtures: the real Pub/Sub, Firestore and Cloud Tasks emulators (started here, skipped with a
+reason where the machine has none), a schemas directory with the test-only workflows, signing helpers."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ DATA = Path(__file__).resolve().parent / "data"
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 CARTO_TOKEN = "carto-token-SENTINEL-7f3a9c"  # searched for in every answer, log and message
 PROJECT = "test-project"
+TASKS_QUEUE = f"projects/{PROJECT}/locations/local/queues/poll-checks"  # LocalStack's queue for PROJECT
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +48,17 @@ def firestore_emulator(tmp_path_factory):
     yield emulator
     emulator.stop()
     os.environ.pop("FIRESTORE_EMULATOR_HOST", None)
+
+
+@pytest.fixture(scope="session")
+def tasks_emulator(tmp_path_factory):
+    """The Cloud Tasks emulator (gcloud-tasks-emulator) on a free port, with LocalStack's queue for PROJECT."""
+    try:
+        emulator = emulators.Emulator.start("tasks", log_dir=tmp_path_factory.mktemp("tasks"), queues=(TASKS_QUEUE,))
+    except (emulators.EmulatorMissing, RuntimeError, TimeoutError) as exc:
+        pytest.skip(f"Cloud Tasks emulator unavailable: {exc}")
+    yield emulator
+    emulator.stop()
 
 
 @pytest.fixture(scope="session")

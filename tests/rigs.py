@@ -24,7 +24,7 @@ from gateway.events import Message
 from gateway.ledger.sqlite import SqliteLedger
 from gateway.local.sandbox import SandboxServer, serve
 from gateway.settings import Settings
-from tests.apptools import FakeClock, RecordingPublisher, function_client, settings_env
+from tests.apptools import FakeClock, RecordingPublisher, RecordingScheduler, function_client, settings_env, task_delivery
 from tests.conftest import CARTO_TOKEN, ROOT, load_json
 
 BODY = {"clusters": 2, "radius_m": 500, "store": {"type": "Supermarket"}}
@@ -56,14 +56,17 @@ class Rig:
     sandbox: SandboxServer
     app: App
     publisher: RecordingPublisher
+    tasks: RecordingScheduler
     clients: dict[str, Any] = field(default_factory=dict)
+    failed_tasks: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def build(cls, env: dict[str, str], clock: FakeClock, sandbox: SandboxServer, *,
               ledger: SqliteLedger | None = None) -> Rig:
-        publisher = RecordingPublisher()
-        app = App.build(Settings.from_env(env), publisher=publisher, ledger=ledger, clock=clock.as_clock())
-        return cls(clock, sandbox, app, publisher)
+        publisher, tasks = RecordingPublisher(), RecordingScheduler()
+        app = App.build(Settings.from_env(env), publisher=publisher, ledger=ledger, clock=clock.as_clock(),
+                        scheduler=tasks)
+        return cls(clock, sandbox, app, publisher, tasks)
 
     def client(self, target: str) -> Any:
         """The functions-framework test client of `target` in main.py, serving this rig's App."""
@@ -97,8 +100,33 @@ class Rig:
         return self.client(target).post("/", json=push_body(message, message_id)).status_code
 
     def poll_all(self) -> list[int]:
-        """Deliver every tracking message published so far to `poll`."""
-        return [self.deliver(message, str(n)) for n, message in enumerate(self.tracking())]
+        """Deliver every tracking message published so far to `poll`, then run the check tasks they
+        scheduled until none is left; the statuses are those of the tracking messages' pushes."""
+        statuses = [self.deliver(message, str(n)) for n, message in enumerate(self.tracking())]
+        self.run_tasks()
+        return statuses
+
+    def run_task(self, request: dict[str, Any]) -> int:
+        """Cloud Tasks' call of one task on `poll`, at its due time on the fake clock; the HTTP status."""
+        due = request["task"]["schedule_time"].timestamp()
+        if due > self.clock.now():
+            self.clock.advance(due - self.clock.now())
+        body, headers = task_delivery(request)
+        return self.client("poll").post("/", data=body, headers=headers).status_code
+
+    def run_tasks(self, limit: int = 500, *, retry: bool = True) -> list[int]:
+        """Run pending tasks, earliest first, until none is left; a failed one is retried, as a queue
+        does (or, without `retry`, kept in `failed_tasks`). The statuses in order."""
+        statuses: list[int] = []
+        while len(statuses) < limit and (request := self.tasks.take_next()) is not None:
+            statuses.append(self.run_task(request))
+            if statuses[-1] >= 300:
+                if not retry:
+                    self.failed_tasks.append(request)
+                    continue
+                with self.tasks.lock:
+                    self.tasks.pending[request["task"]["name"]] = request
+        return statuses
 
 
 def push_body(message: Message, message_id: str = "1") -> dict[str, Any]:

@@ -189,6 +189,7 @@ def test_a_tracking_message_delivered_three_times_publishes_one_event(rig):
     [message] = rig.tracking()
 
     statuses = [rig.deliver(message, "1") for _ in range(3)]
+    rig.run_tasks()
 
     assert statuses == [ACK] * 3
     assert [e["attributes"]["ce-id"] for e in rig.publisher.events()] == [f"{job_id}:SUCCEEDED"]
@@ -201,9 +202,23 @@ def test_a_tracking_message_delivered_three_times_at_once_yields_one_event_id(ri
     clients = [rig.fresh_client("poll") for _ in range(3)]
 
     statuses = race(3, lambda n: clients[n].post("/", json=push_body(message, "1")).status_code)
+    rig.run_tasks()
 
     assert statuses == [ACK] * 3
     assert_one_job_with_one_outcome(rig.sandbox, rig.publisher)
+
+
+def test_a_check_task_delivered_twice_yields_one_event_and_schedules_each_next_check_once(rig):
+    job_id = rig.post("store-clusters", BODY).get_json()["job_id"]
+    first = rig.deliver(rig.tracking()[0])
+    statuses, tasks = [], 0
+    while (request := rig.tasks.take_next()) is not None:
+        statuses += [rig.run_task(request), rig.run_task(request)]  # at-least-once: each task arrives twice
+        tasks += 1
+
+    assert first == ACK and statuses == [ACK] * 2 * tasks and tasks >= 2
+    assert rig.tasks.already_existed == tasks - 1  # each twin scheduled the same next check: one task
+    assert [e["attributes"]["ce-id"] for e in rig.publisher.events()] == [f"{job_id}:SUCCEEDED"]
 
 
 def test_a_failed_event_publish_is_a_nack_and_the_redelivery_publishes_the_same_outcome(rig):
@@ -211,11 +226,12 @@ def test_a_failed_event_publish_is_a_nack_and_the_redelivery_publishes_the_same_
     [message] = rig.tracking()
     rig.publisher.fail_next = 1
 
-    nacked = rig.deliver(message)
+    first = rig.deliver(message)
+    nacked = rig.run_tasks(retry=False)[-1]  # the check that sees the end cannot publish
     rig.clock.advance(3600)  # whatever CARTO would say by now, the recorded outcome stands
-    redelivered = rig.deliver(message)
+    redelivered = rig.run_task(rig.failed_tasks[-1])
 
-    assert nacked == NACK and redelivered == ACK
+    assert first == ACK and nacked == NACK and redelivered == ACK
     assert [e["attributes"]["ce-id"] for e in rig.publisher.events()] == [f"{job_id}:SUCCEEDED"]
     assert_one_job_with_one_outcome(rig.sandbox, rig.publisher)
 

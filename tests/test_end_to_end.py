@@ -1,7 +1,8 @@
 """A signed webhook becomes a typed CARTO job, and its completion becomes one Pub/Sub event.
 
 Everything real: functions-framework serving `webhook` and `poll` from main.py in their own
-processes, the Pub/Sub emulator with a push subscription to `poll`, the local CARTO job API over
+processes, the Pub/Sub emulator with a push subscription to `poll`, the Cloud Tasks emulator for
+the later status checks, the local CARTO job API over
 HTTP, webhooks signed by the official standardwebhooks package.
 """
 
@@ -24,10 +25,10 @@ EVENT_SCHEMA = json.loads((ROOT / "schemas" / "job-event.schema.json").read_text
 
 
 @pytest.fixture(scope="module")
-def stack(pubsub_emulator, test_schemas, tmp_path_factory):
+def stack(pubsub_emulator, tasks_emulator, test_schemas, tmp_path_factory):
     stack = LocalStack(
         state_dir=tmp_path_factory.mktemp("stack"), project=PROJECT, schemas_dir=test_schemas,
-        pubsub_host=pubsub_emulator.host, sandbox_duration_s=1.0, submit_port=0,
+        pubsub_host=pubsub_emulator.host, tasks_host=tasks_emulator.host, sandbox_duration_s=1.0, submit_port=0,
         sandbox_procedures={"test-project.workflows_temp.slow_report": {"parameters": {"region": "STRING"},
                                                                          "duration_s": None}},
         env={"CARTO_API_TOKEN": CARTO_TOKEN, "STORE_CLUSTERS_SECRETS": SECRET, "GATEWAY_POLL_FIRST_S": "0.2"},

@@ -76,7 +76,7 @@ class Rig:
 
 
 @pytest.fixture(scope="module")
-def rig(test_schemas, tmp_path_factory) -> Iterator[Rig]:
+def rig(test_schemas, tasks_emulator, tmp_path_factory) -> Iterator[Rig]:
     state = tmp_path_factory.mktemp("faults")
     try:
         pubsub = emulators.Emulator.start("pubsub", project=PROJECT, log_dir=state)
@@ -87,7 +87,7 @@ def rig(test_schemas, tmp_path_factory) -> Iterator[Rig]:
     proxy = FaultProxy(("127.0.0.1", sandbox_port)).start()
     stack = LocalStack(
         state_dir=state, project=PROJECT, schemas_dir=test_schemas, pubsub_host=pubsub.host,
-        sandbox_port=sandbox_port, sandbox_duration_s=0.3,
+        tasks_host=tasks_emulator.host, sandbox_port=sandbox_port, sandbox_duration_s=0.3,
         env={"CARTO_API_BASE_URL": proxy.url, "CARTO_API_TOKEN": CARTO_TOKEN, "STORE_CLUSTERS_SECRETS": SECRET,
              "CARTO_TIMEOUT_S": "1", "GATEWAY_POLL_FIRST_S": "0.2", "GATEWAY_SWEEP_GRACE_S": "1"})
     built: Rig | None = None

@@ -54,6 +54,7 @@ def test_a_webhook_logs_json_lines_that_carry_trace_workflow_delivery_and_job(te
     try:
         answer = function_client(app).post("/hooks/store-clusters", data=BODY, headers=headers).get_json()
         tracking = parse_tracking(publisher.on("workflow-jobs")[0].data)
+        time.sleep(0.3)  # the job (0.1 s of real time) is over: the first check sees its end
         clock.advance(1)
         app.poller.handle(tracking)
     finally:

@@ -1,5 +1,6 @@
-"""The poller's schedule and its one-event guarantee, with a fixed clock and the real local CARTO
-job API (whose clock is the same fake clock)."""
+"""The poller's schedule, one check per invocation with the next one scheduled as a task, and its
+one-event guarantee, with a fixed clock, the real local CARTO job API (whose clock is the same fake
+clock) and the recording Scheduler seam (Cloud Tasks' naming rule: a name is created once)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import math
 import jsonschema
 import pytest
 
-from gateway.events import parse_tracking
+from gateway.errors import CartoUnavailable, PublishUnavailable, TasksUnavailable
+from gateway.events import parse_check, parse_tracking
+from gateway.ledger.sqlite import SqliteLedger
 from gateway.local.sandbox import serve
-from gateway.poller import RetryLater, Schedule
-from tests.apptools import FakeClock, RecordingPublisher, build_app, settings_env
+from gateway.poller import Schedule
+from tests.apptools import FakeClock, RecordingPublisher, RecordingScheduler, build_app, settings_env
 from tests.conftest import CARTO_TOKEN, ROOT, load_json
 from tests.rigs import BODY
 
@@ -50,10 +53,40 @@ def sandbox(clock):
     server.stop()
 
 
-def make_app(test_schemas, sandbox, tmp_path, clock, **extra):
-    publisher = RecordingPublisher()
+class CountingLedger(SqliteLedger):
+    """A SQLite ledger that counts its writes by method."""
+
+    WRITES = ("claim", "release", "take_over", "mark_submitted", "mark_tracked", "finish", "note_checks",
+              "mark_published")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.writes: dict[str, int] = {}
+
+    def __getattribute__(self, name):
+        attribute = super().__getattribute__(name)
+        if name in CountingLedger.WRITES:
+            writes = super().__getattribute__("writes")
+
+            def counted(*args, **kwargs):
+                writes[name] = writes.get(name, 0) + 1
+                return attribute(*args, **kwargs)
+            return counted
+        return attribute
+
+
+def make_app(test_schemas, sandbox, tmp_path, clock, *, ledger=None, **extra):
+    publisher, scheduler = RecordingPublisher(), RecordingScheduler()
     env = settings_env(test_schemas, sandbox.url, tmp_path, GATEWAY_POLL_FIRST_S="1", **extra)
-    return build_app(env, publisher=publisher, clock=clock.as_clock()), publisher
+    from gateway.app import App
+    from gateway.settings import Settings
+
+    if ledger is not None:
+        app = App.build(Settings.from_env(env), publisher=publisher, clock=clock.as_clock(), scheduler=scheduler,
+                        ledger=ledger)
+    else:
+        app = build_app(env, publisher=publisher, clock=clock.as_clock(), scheduler=scheduler)
+    return app, publisher, scheduler
 
 
 def submit(app, workflow="store-clusters", body=BODY, key="k1"):
@@ -67,54 +100,141 @@ def submit(app, workflow="store-clusters", body=BODY, key="k1"):
     return accepted, parse_tracking(tracking.data)
 
 
+def run_next(app, scheduler, clock):
+    """Cloud Tasks' part: the first pending task, at its due time; what `poll` returned."""
+    request = scheduler.take_next()
+    assert request is not None, "no check is scheduled"
+    due = request["task"]["schedule_time"].timestamp()
+    clock.advance(max(0.0, due - clock.now()))
+    check = parse_check(request["task"]["http_request"]["body"])
+    return app.poller.handle(check.tracking, check), request
+
+
+def follow(app, tracking, scheduler, clock, limit=200):
+    """The first trigger, then every task until the job is over; the final record and the invocations."""
+    record, invocations = app.poller.handle(tracking), 1
+    while record is None and invocations < limit:
+        record, _ = run_next(app, scheduler, clock)
+        invocations += 1
+    return record, invocations
+
+
 def test_a_job_is_followed_to_its_end_and_one_valid_event_is_published(test_schemas, sandbox, tmp_path, clock):
-    app, publisher = make_app(test_schemas, sandbox, tmp_path, clock)
+    app, publisher, scheduler = make_app(test_schemas, sandbox, tmp_path, clock)
     accepted, tracking = submit(app)
 
-    record = app.poller.handle(tracking)
+    record, invocations = follow(app, tracking, scheduler, clock)
 
     events = publisher.events()
     assert len(events) == 1 and record.outcome == "SUCCEEDED"
     jsonschema.validate(events[0]["data"], EVENT_SCHEMA)
     assert events[0]["attributes"]["ce-id"] == f"{accepted.job_id}:SUCCEEDED"
     assert 10.0 <= clock.now() - tracking.submitted_at <= 12.5  # seen within 25 % of the 10 s run
-    assert record.checks <= math.ceil(math.log(10, 1.25)) + 3
+    assert record.checks <= math.ceil(math.log(10, 1.25)) + 3 and events[0]["data"]["checks"] == record.checks
+    assert invocations > 1 and not scheduler.pending  # tasks did the later checks; none is left
 
 
-def test_a_far_next_check_asks_pubsub_to_redeliver_and_keeps_the_count(test_schemas, sandbox, tmp_path, clock):
-    app, publisher = make_app(test_schemas, sandbox, tmp_path, clock, GATEWAY_POLL_INLINE_S="3")
+def test_the_first_trigger_checks_inline_only_within_its_budget_then_schedules_one_task(
+        test_schemas, sandbox, tmp_path, clock):
+    app, _, scheduler = make_app(test_schemas, sandbox, tmp_path, clock, GATEWAY_POLL_INLINE_S="3")
     _, tracking = submit(app)
 
-    with pytest.raises(RetryLater):
-        app.poller.handle(tracking)
-    checks = app.ledger.get(tracking.key).checks
-    clock.advance(20)
-    record = app.poller.handle(tracking)
+    assert app.poller.handle(tracking) is None
 
-    assert checks >= 2 and record.checks > checks and record.outcome == "SUCCEEDED"
-    assert len(publisher.events()) == 1
+    assert clock.now() - tracking.submitted_at <= 3.0  # no sleep past the inline budget
+    [request] = scheduler.requests
+    check = parse_check(request["task"]["http_request"]["body"])
+    assert check.checks == len([s for s in clock.slept if s > 0]) and check.last_check_at == clock.now()
+    assert request["task"]["schedule_time"].timestamp() == pytest.approx(
+        tracking.submitted_at + Schedule().next_after(clock.now() - tracking.submitted_at))
+
+
+@pytest.mark.parametrize("duration", [30, 300, 3600, 21600])
+def test_detection_and_checks_stay_within_bounds_for_long_jobs(test_schemas, tmp_path, clock, duration):
+    sandbox = serve(token=CARTO_TOKEN, default_duration_s=float(duration), clock=clock.now)
+    try:
+        app, publisher, scheduler = make_app(test_schemas, sandbox, tmp_path, clock)
+        _, tracking = submit(app)
+        record, invocations = follow(app, tracking, scheduler, clock, limit=500)
+    finally:
+        sandbox.stop()
+
+    ended = tracking.submitted_at + duration
+    assert record.outcome == "SUCCEEDED" and len(publisher.events()) == 1
+    assert 0 <= clock.now() - ended <= max(2.0, 0.25 * duration)
+    assert record.checks <= math.ceil(math.log(duration, 1.25)) + 3
+    assert invocations == len(scheduler.requests) + 1  # one task per later check, each scheduled once
+
+
+def test_a_running_jobs_check_schedules_the_next_one_and_a_retry_of_it_schedules_nothing_new(
+        test_schemas, sandbox, tmp_path, clock):
+    app, _, scheduler = make_app(test_schemas, sandbox, tmp_path, clock, GATEWAY_POLL_INLINE_S="1")
+    _, tracking = submit(app)
+    app.poller.handle(tracking)
+    request = scheduler.take_next()
+    check = parse_check(request["task"]["http_request"]["body"])
+    clock.advance(check.due_at - clock.now())
+
+    first = app.poller.handle(check.tracking, check)  # still running: the next check is scheduled
+    retried = app.poller.handle(check.tracking, check)  # the queue delivers the same task again
+
+    assert first is None and retried is None
+    names = [r["task"]["name"] for r in scheduler.requests[1:]]
+    assert len(names) == 2 and names[0] == names[1] and len(scheduler.pending) == 1
+    assert scheduler.already_existed == 1
+    following = parse_check(scheduler.requests[-1]["task"]["http_request"]["body"])
+    assert following.checks == check.checks + 1 and following.index > check.index
+
+
+def test_a_retried_task_reads_the_check_count_and_last_check_from_its_body(test_schemas, sandbox, tmp_path, clock):
+    app, publisher, scheduler = make_app(test_schemas, sandbox, tmp_path, clock, GATEWAY_POLL_INLINE_S="1")
+    _, tracking = submit(app)
+    app.poller.handle(tracking)
+    sandbox.faults.error("status", status=503, count=app.carto._attempts)  # every attempt of the next check
+
+    request = scheduler.take_next()
+    check = parse_check(request["task"]["http_request"]["body"])
+    clock.advance(check.due_at - clock.now())
+    with pytest.raises(CartoUnavailable):  # a 5xx: the queue retries this task
+        app.poller.handle(check.tracking, check)
+    clock.advance(30)
+    record = app.poller.handle(check.tracking, check)
+
+    assert record is not None and record.outcome == "SUCCEEDED"
+    assert record.checks == check.checks + 1
+
+
+def test_cloud_tasks_down_while_scheduling_fails_the_trigger_and_its_retry_follows_the_job(
+        test_schemas, sandbox, tmp_path, clock):
+    app, publisher, scheduler = make_app(test_schemas, sandbox, tmp_path, clock, GATEWAY_POLL_INLINE_S="1")
+    _, tracking = submit(app)
+    scheduler.fail_next = 1
+
+    with pytest.raises(TasksUnavailable):  # a 5xx: Pub/Sub redelivers the tracking message
+        app.poller.handle(tracking)
+    record, _ = follow(app, tracking, scheduler, clock)
+
+    assert record.outcome == "SUCCEEDED" and len(publisher.events()) == 1
 
 
 def test_a_redelivered_message_after_the_end_publishes_the_same_event_id_only(test_schemas, sandbox, tmp_path, clock):
-    app, publisher = make_app(test_schemas, sandbox, tmp_path, clock)
+    app, publisher, scheduler = make_app(test_schemas, sandbox, tmp_path, clock)
     _, tracking = submit(app)
-    app.poller.handle(tracking)
+    follow(app, tracking, scheduler, clock)
 
     for _ in range(3):
         app.poller.handle(tracking)
 
-    assert len(publisher.events()) == 1
+    assert len(publisher.events()) == 1 and not scheduler.pending
 
 
 def test_a_publish_failure_after_the_end_is_retried_with_the_same_outcome(test_schemas, sandbox, tmp_path, clock):
-    from gateway.errors import PublishUnavailable
-
-    app, publisher = make_app(test_schemas, sandbox, tmp_path, clock)
+    app, publisher, scheduler = make_app(test_schemas, sandbox, tmp_path, clock)
     accepted, tracking = submit(app)
     publisher.fail_next = 1
 
     with pytest.raises(PublishUnavailable):
-        app.poller.handle(tracking)
+        follow(app, tracking, scheduler, clock)
     clock.advance(3600)  # whatever CARTO would say now, the recorded outcome stands
     app.poller.handle(tracking)
 
@@ -122,22 +242,47 @@ def test_a_publish_failure_after_the_end_is_retried_with_the_same_outcome(test_s
 
 
 def test_a_job_past_its_deadline_yields_one_timed_out_event(test_schemas, sandbox, tmp_path, clock):
-    app, publisher = make_app(test_schemas, sandbox, tmp_path, clock)
+    app, publisher, scheduler = make_app(test_schemas, sandbox, tmp_path, clock)
     sandbox.faults.never_finish()
     _, tracking = submit(app, "slow-report", {"region": "emea"})
 
-    record = app.poller.handle(tracking)
+    record, _ = follow(app, tracking, scheduler, clock)
 
     assert record.outcome == "TIMED_OUT"
     assert clock.now() == pytest.approx(tracking.deadline_at)
     assert [e["attributes"]["outcome"] for e in publisher.events()] == ["TIMED_OUT"]
 
 
-def test_carto_down_during_polling_does_not_end_the_job(test_schemas, sandbox, tmp_path, clock):
-    app, publisher = make_app(test_schemas, sandbox, tmp_path, clock)
+def test_carto_down_during_polling_is_retried_and_does_not_end_the_job(test_schemas, sandbox, tmp_path, clock):
+    app, publisher, scheduler = make_app(test_schemas, sandbox, tmp_path, clock)
     _, tracking = submit(app)
     sandbox.faults.error("status", status=503, count=12)
 
-    record = app.poller.handle(tracking)
+    failures = 0
+    while True:
+        try:
+            record, _ = follow(app, tracking, scheduler, clock)
+            break
+        except CartoUnavailable:
+            failures += 1
+            clock.advance(1)
 
-    assert record.outcome == "SUCCEEDED" and len(publisher.events()) == 1
+    assert failures >= 1 and record.outcome == "SUCCEEDED" and len(publisher.events()) == 1
+
+
+@pytest.mark.parametrize("duration, most_notes", [(10, 0), (3600, 16)])
+def test_following_a_job_writes_the_ledger_only_when_its_next_check_is_past_the_sweepers_grace(
+        test_schemas, tmp_path, clock, duration, most_notes):
+    sandbox = serve(token=CARTO_TOKEN, default_duration_s=float(duration), clock=clock.now)
+    ledger = CountingLedger(tmp_path / "counted.sqlite3")
+    try:
+        app, _, scheduler = make_app(test_schemas, sandbox, tmp_path, clock, ledger=ledger)
+        _, tracking = submit(app)
+        record, invocations = follow(app, tracking, scheduler, clock, limit=500)
+    finally:
+        sandbox.stop()
+
+    assert record.outcome == "SUCCEEDED"
+    notes = ledger.writes.pop("note_checks", 0)
+    assert ledger.writes == {"claim": 1, "mark_submitted": 1, "mark_tracked": 1, "finish": 1, "mark_published": 1}
+    assert notes <= most_notes and notes < invocations

@@ -3,7 +3,7 @@ through the real `sweep` function app, the local CARTO job API (same clock) and 
 
     claimed, silent past the grace   → adopt the job CARTO has for it, or release the claim
     submitted (tracking unpublished) → publish the tracking message
-    tracked, silent for long         → publish it again; past the deadline, check once and finish
+    tracked, next check overdue      → schedule it again; past the deadline, check once and finish
     finished, event unpublished      → publish the completion event
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.ledger import CLAIMED, FINISHED, SUBMITTED, TRACKED
-from gateway.sweeper import TRACKED_SILENCE_S
 from tests.rigs import (
     ACK,
     BODY,
@@ -23,7 +22,7 @@ from tests.rigs import (
     msg,
 )
 
-NOTHING = {"adopted": 0, "released": 0, "tracked": 0, "retracked": 0, "timed_out": 0, "published": 0, "purged": 0,
+NOTHING = {"adopted": 0, "released": 0, "tracked": 0, "rescheduled": 0, "timed_out": 0, "published": 0, "purged": 0,
            "failed": []}
 
 
@@ -131,23 +130,44 @@ def test_a_tracking_publish_that_fails_again_is_retried_by_the_next_sweep(rig):
 
 # --- tracked ------------------------------------------------------------------------------------
 
-def test_a_tracked_delivery_silent_for_long_gets_its_tracking_message_again(rig):
+def test_a_tracked_job_whose_check_task_was_lost_gets_its_next_check_scheduled_again(rig):
+    rig.tasks.lose_next = 1  # Cloud Tasks took the task, then lost it
     rig.post("store-clusters", BODY)
-    rig.clock.advance(TRACKED_SILENCE_S + 1)
+    statuses = rig.poll_all()
+    nothing_pending, no_event = not rig.tasks.pending, not rig.publisher.events()
+    rig.clock.advance(GRACE_S + 1)
 
     report = sweep(rig)
-    statuses = rig.poll_all()
+    again = sweep(rig)  # the first re-drive moved the record on: not twice
+    rig.run_tasks()
 
-    assert report == did(retracked=1) and len(rig.tracking()) == 2 and statuses == [ACK, ACK]
-    assert len(rig.publisher.events()) == 1
+    assert statuses == [ACK] and nothing_pending and no_event
+    assert report == did(rescheduled=1) and again == NOTHING
+    assert len(rig.tracking()) == 1 and len(rig.publisher.events()) == 1
     assert_one_job_with_one_outcome(rig.sandbox, rig.publisher)
 
 
-def test_a_tracked_delivery_quiet_for_less_than_the_silence_is_left_alone(rig):
+def test_a_tracked_job_whose_chain_is_alive_is_left_alone(rig):
     rig.post("store-clusters", BODY)
-    rig.clock.advance(GRACE_S + 1)
+    rig.deliver(rig.tracking()[0])  # the first trigger: its next check is a pending task
+    rig.clock.advance(GRACE_S / 2)
 
-    assert sweep(rig) == NOTHING and len(rig.tracking()) == 1
+    assert sweep(rig) == NOTHING and len(rig.tasks.pending) == 1
+
+
+def test_a_deadline_passing_while_no_task_is_pending_yields_one_timed_out_event(rig):
+    rig.sandbox.faults.never_finish()
+    rig.tasks.lose_next = 10**6  # every check task is lost, and so is every re-drive of one
+    job_id = rig.post("store-clusters", BODY).get_json()["job_id"]
+    rig.poll_all()
+    rig.clock.advance(21600 + GRACE_S)  # the workflow's deadline_s, plus the grace
+
+    report = sweep(rig)
+    second = sweep(rig)
+
+    assert report == did(timed_out=1) and second == NOTHING
+    assert [e["attributes"]["ce-id"] for e in rig.publisher.events()] == [f"{job_id}:TIMED_OUT"]
+    assert_one_job_with_one_outcome(rig.sandbox, rig.publisher)
 
 
 def test_a_tracked_job_past_its_deadline_is_finished_with_the_outcome_carto_reports(rig):
@@ -179,13 +199,14 @@ def test_a_job_still_running_past_its_deadline_yields_one_timed_out_event(rig):
 def test_a_finished_job_whose_event_was_not_published_gets_it(rig):
     job_id = rig.post("store-clusters", BODY).get_json()["job_id"]
     rig.publisher.fail_next = 1
-    nacked = rig.poll_all()
+    first = rig.deliver(rig.tracking()[0])
+    checks = rig.run_tasks(retry=False)  # the check that sees the end cannot publish: a 5xx
     rig.clock.advance(GRACE_S + 1)
 
     report = sweep(rig)
-    redelivered = rig.poll_all()  # Pub/Sub's redelivery of the nacked tracking message arrives after
+    retried = rig.run_task(rig.failed_tasks[-1])  # the queue's retry of that task arrives after
 
-    assert nacked == [NACK] and report == did(published=1) and redelivered == [ACK]
+    assert first == ACK and checks[-1] == NACK and report == did(published=1) and retried == ACK
     assert [e["attributes"]["ce-id"] for e in rig.publisher.events()] == [f"{job_id}:SUCCEEDED"]
 
 

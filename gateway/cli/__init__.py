@@ -74,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--submit-port", type=int, default=8082, help="the `submit` function, pushed the requests topic")
     dev.add_argument("--sandbox-port", type=int, default=8090)
     dev.add_argument("--pubsub-port", type=int, default=8085)
+    dev.add_argument("--tasks-port", type=int, default=8123, help="the Cloud Tasks emulator (check tasks for `poll`)")
     dev.set_defaults(run=_dev)
 
     verbs.add_parser("sandbox", help="run the local CARTO job API alone (--port N)")

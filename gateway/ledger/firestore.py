@@ -173,9 +173,9 @@ class FirestoreLedger:
             raise LedgerUnavailable(f"ledger record {key} vanished")
         return record
 
-    def note_checks(self, key: str, checks: int, last_check_at: float) -> None:
+    def note_checks(self, key: str, checks: int, last_check_at: float, next_check_at: float | None = None) -> None:
         self._update(key, lambda d: d.outcome is None, checks=checks, last_check_at=last_check_at,
-                     updated_at=last_check_at)
+                     updated_at=last_check_at if next_check_at is None else next_check_at)
 
     def mark_published(self, key: str, now: float) -> None:
         self._update(key, lambda d: True, published=True, updated_at=now)

@@ -103,8 +103,9 @@ class SqliteLedger:
             raise LedgerUnavailable(f"ledger record {key} vanished")
         return record
 
-    def note_checks(self, key: str, checks: int, last_check_at: float) -> None:
-        self._update("checks = ?, last_check_at = ?, updated_at = ?", (checks, last_check_at, last_check_at),
+    def note_checks(self, key: str, checks: int, last_check_at: float, next_check_at: float | None = None) -> None:
+        updated_at = last_check_at if next_check_at is None else next_check_at
+        self._update("checks = ?, last_check_at = ?, updated_at = ?", (checks, last_check_at, updated_at),
                      "key = ? AND outcome IS NULL", (key,))
 
     def mark_published(self, key: str, now: float) -> None:

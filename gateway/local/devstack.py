@@ -1,5 +1,5 @@
-"""The whole stack on one machine: Pub/Sub emulator, local CARTO job API, `webhook` and
-`poll` under functions-framework, topics and a push subscription wired up.
+"""The whole stack on one machine: Pub/Sub and Cloud Tasks emulators, local CARTO job API, `webhook`
+and `poll` under functions-framework, topics, a push subscription and the check queue wired up.
 
 `LocalStack` is also what the integration tests, benchmarks and the soak run start. Dev-only:
 kept out of the deployed source by .gcloudignore.
@@ -36,6 +36,8 @@ class LocalStack:
     sandbox_port: int = 0
     pubsub_port: int = 0
     pubsub_host: str | None = None
+    tasks_port: int = 0
+    tasks_host: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     sandbox_duration_s: float = 1.0
     sandbox_procedures: Mapping[str, Any] | None = None
@@ -43,12 +45,16 @@ class LocalStack:
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     sandbox: Any = None
     pubsub: emulators.Emulator | None = None
+    tasks: emulators.Emulator | None = None
 
     def start(self) -> LocalStack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir = self.log_dir or self.state_dir
+        self.webhook_port = self.webhook_port or emulators.free_port()
+        self.poll_port = self.poll_port or emulators.free_port()
         try:
             self._start_pubsub()
+            self._start_tasks()
             self._start_sandbox()
             self._start_functions()
             self._wire_topics()
@@ -62,6 +68,10 @@ class LocalStack:
         env = self.function_env()
         return {"jobs": env["GATEWAY_JOBS_TOPIC"], "events": env["GATEWAY_EVENTS_TOPIC"],
                 "requests": env["GATEWAY_REQUESTS_TOPIC"]}
+
+    @property
+    def tasks_queue(self) -> str:
+        return self.function_env()["GATEWAY_TASKS_QUEUE"]
 
     def url(self, name: str) -> str:
         port = {"webhook": self.webhook_port, "poll": self.poll_port, "submit": self.submit_port}[name]
@@ -79,10 +89,14 @@ class LocalStack:
             "GATEWAY_EVENTS_TOPIC": "workflow-job-events",
             "GATEWAY_REQUESTS_TOPIC": "workflow-requests",
             "STORE_CLUSTERS_SECRETS": DEV_SECRET,
+            "GATEWAY_TASKS_QUEUE": f"projects/{self.project}/locations/local/queues/poll-checks",
+            "GATEWAY_POLL_URL": f"{self.url('poll')}/",
         }
         merged = {**base, **{k: v for k, v in self.env.items()}}
         if self.pubsub_host:
             merged["PUBSUB_EMULATOR_HOST"] = self.pubsub_host
+        if self.tasks_host:
+            merged["CLOUD_TASKS_EMULATOR_HOST"] = self.tasks_host
         return merged
 
     def _start_pubsub(self) -> None:
@@ -91,6 +105,20 @@ class LocalStack:
                                                    log_dir=self.log_dir)
             self.pubsub_host = self.pubsub.host
         os.environ["PUBSUB_EMULATOR_HOST"] = self.pubsub_host
+
+    def _start_tasks(self) -> None:
+        if self.tasks_host is None:
+            self.tasks = emulators.Emulator.start("tasks", self.tasks_port or None, log_dir=self.log_dir,
+                                                  queues=(self.tasks_queue,))
+            self.tasks_port, self.tasks_host = self.tasks.port, self.tasks.host
+
+    def restart_tasks(self) -> None:
+        """Stop the Cloud Tasks emulator (every pending task is lost: it keeps them in memory) and start
+        it again on the same port, with the queue."""
+        assert self.tasks is not None, "the stack did not start the Cloud Tasks emulator"
+        self.tasks.stop()
+        self.tasks = emulators.Emulator.start("tasks", self.tasks_port, log_dir=self.log_dir,
+                                              queues=(self.tasks_queue,))
 
     def _start_sandbox(self) -> None:
         from gateway.local.sandbox import load_procedures, serve
@@ -108,8 +136,6 @@ class LocalStack:
         self.sandbox_port = self.sandbox.port
 
     def _start_functions(self) -> None:
-        self.webhook_port = self.webhook_port or emulators.free_port()
-        self.poll_port = self.poll_port or emulators.free_port()
         targets = {"webhook": (self.webhook_port, "http"), "poll": (self.poll_port, "cloudevent")}
         if self.submit_port is not None:
             self.submit_port = self.submit_port or emulators.free_port()
@@ -144,12 +170,16 @@ class LocalStack:
         if self.pubsub is not None:
             self.pubsub.stop()
             self.pubsub = None
+        if self.tasks is not None:
+            self.tasks.stop()
+            self.tasks = None
 
 
 def run(args: Any) -> int:
     """`python -m gateway dev`: start everything, print how to send a webhook, sweep until Ctrl-C."""
     try:
         emulators.find("pubsub")
+        emulators.find("tasks")
     except emulators.EmulatorMissing as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -158,7 +188,7 @@ def run(args: Any) -> int:
                        schemas_dir=Path(os.environ.get("GATEWAY_SCHEMAS_DIR", ROOT / "schemas")),
                        webhook_port=args.webhook_port, poll_port=args.poll_port, submit_port=args.submit_port,
                        sandbox_port=args.sandbox_port,
-                       pubsub_port=args.pubsub_port, env=env)
+                       pubsub_port=args.pubsub_port, tasks_port=args.tasks_port, env=env)
     import signal
 
     def _interrupt(*_: object) -> None:
@@ -185,6 +215,7 @@ Local stack is up (logs in {stack.log_dir}):
   submit    {stack.url('submit')}      (push subscription submit-push on {env['GATEWAY_REQUESTS_TOPIC']})
   CARTO     {stack.sandbox.url}      (local CARTO job API)
   Pub/Sub   {stack.pubsub_host}       (emulator, project {stack.project})
+  Tasks     {stack.tasks_host}        (Cloud Tasks emulator, queue {stack.tasks_queue})
 
 In another terminal, send a signed webhook and watch its completion event:
   export PUBSUB_EMULATOR_HOST={stack.pubsub_host} GOOGLE_CLOUD_PROJECT={stack.project} \\

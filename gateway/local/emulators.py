@@ -1,7 +1,10 @@
-"""Finding and starting the real Google Cloud emulators (Pub/Sub, Firestore) for dev and tests.
+"""Finding and starting the real Google Cloud emulators (Pub/Sub, Firestore, Cloud Tasks) for dev and tests.
 
-They ship with the gcloud SDK (`platform/pubsub-emulator`, `platform/cloud-firestore-emulator`)
-and need Java. Nothing here is deployed (.gcloudignore).
+Pub/Sub and Firestore ship with the gcloud SDK (`platform/pubsub-emulator`,
+`platform/cloud-firestore-emulator`) and need Java. Cloud Tasks has no Google emulator: the
+`gcloud-tasks-emulator` package (requirements-emulators.txt, installed next to the venv's Python)
+serves the Cloud Tasks gRPC API on `[::]:PORT` and calls each task's HTTP target when it is due.
+Nothing here is deployed (.gcloudignore).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +28,10 @@ _PROGRAMS = {
     "pubsub": ("cloud-pubsub-emulator", "platform/pubsub-emulator/bin/cloud-pubsub-emulator"),
     "firestore": ("cloud_firestore_emulator", "platform/cloud-firestore-emulator/cloud_firestore_emulator"),
 }
+
+
+TASKS_INSTALL_HINT = ("install the Cloud Tasks emulator into the venv: "
+                      "`.venv/bin/pip install --no-deps -r requirements-emulators.txt` (make does it)")
 
 
 class EmulatorMissing(RuntimeError):
@@ -41,6 +49,12 @@ def _sdk_roots() -> list[Path]:
 
 def find(kind: str) -> Path:
     """The emulator's launcher, from PATH or the gcloud SDK; EmulatorMissing naming the install command."""
+    if kind == "tasks":
+        beside = Path(sys.executable).parent / "gcloud-tasks-emulator"
+        found = beside if beside.is_file() else shutil.which("gcloud-tasks-emulator")
+        if not found:
+            raise EmulatorMissing(f"no gcloud-tasks-emulator next to {sys.executable} nor on PATH; {TASKS_INSTALL_HINT}")
+        return Path(found)
     program, relative = _PROGRAMS[kind]
     on_path = shutil.which(program)
     if on_path:
@@ -84,16 +98,21 @@ class Emulator:
 
     @property
     def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        # The Cloud Tasks emulator listens on [::] only: "localhost" reaches it over either family.
+        return f"localhost:{self.port}" if self.kind == "tasks" else f"127.0.0.1:{self.port}"
 
     @classmethod
     def start(cls, kind: str, port: int | None = None, *, project: str = "local-project",
-              log_dir: Path | None = None, timeout_s: float = 60.0) -> Emulator:
+              log_dir: Path | None = None, timeout_s: float = 60.0, queues: tuple[str, ...] = ()) -> Emulator:
+        """Start `kind` on `port` (a free one if None) and wait until it listens. `queues` (full paths)
+        are created at start by the Cloud Tasks emulator, which keeps everything in memory."""
         launcher = find(kind)
         port = port or free_port()
         args = [str(launcher), "--host=127.0.0.1", f"--port={port}"]
         if kind == "pubsub":
             args.append(f"--project={project}")
+        elif kind == "tasks":
+            args = [str(launcher), "start", "--port", str(port), *(f"-d={queue}" for queue in queues)]
         else:
             args = [str(launcher), "start", "--host=127.0.0.1", f"--port={port}"]
         log_dir = log_dir or Path(os.environ.get("TMPDIR", "/tmp"))

@@ -1,0 +1,173 @@
+"""Scheduling checks as Cloud Tasks (gateway/tasks.py): the request the client builds, its answer to
+ALREADY_EXISTS and to an unreachable queue (a small Cloud Tasks gRPC server on loopback, since the
+emulator neither de-duplicates names nor checks OIDC), and the real emulator calling the real
+functions-framework `poll` with the task's CloudEvent headers."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent import futures
+from typing import Any
+
+import grpc
+import pytest
+
+from gateway.errors import TasksUnavailable
+from gateway.events import CHECK_TYPE, Check, Tracking, parse_check
+from gateway.local import emulators
+from gateway.local.sandbox import serve
+from gateway.tasks import CloudTasksScheduler, task_id, task_request
+from tests.apptools import POLL_URL, QUEUE, TASKS_ACCOUNT, RecordingPublisher, build_app, function_client, settings_env
+from tests.conftest import CARTO_TOKEN, TASKS_QUEUE
+from tests.rigs import BODY, push_body, served
+
+TRACKING = Tracking("store-clusters:msg_1", "job_1", "store-clusters", "carto_dw", "https://carto.example",
+                    1_800_000_000.0, 1_800_021_600.0, "msg_1", None)
+CHECK = Check(TRACKING, 9, 1_800_000_007.45, 1_800_000_009.31, 10)
+
+
+def test_the_task_is_an_oidc_http_call_of_poll_carrying_a_binary_cloudevent_at_the_due_time():
+    request = task_request(CHECK, queue=QUEUE, poll_url=POLL_URL, service_account=TASKS_ACCOUNT, source="//src")
+
+    task = request["task"]
+    http = task["http_request"]
+    assert request["parent"] == QUEUE
+    assert task["name"] == f"{QUEUE}/tasks/{task_id(TRACKING.key, 10)}"
+    assert task["schedule_time"].timestamp() == pytest.approx(CHECK.due_at, abs=1e-6)
+    assert http["url"] == POLL_URL and http["http_method"] == "POST"
+    assert http["oidc_token"] == {"service_account_email": TASKS_ACCOUNT, "audience": POLL_URL}
+    assert {k: v for k, v in http["headers"].items() if k != "ce-id"} == {
+        "ce-specversion": "1.0", "ce-type": CHECK_TYPE, "ce-source": "//src", "ce-subject": "job_1",
+        "content-type": "application/json"}
+    assert parse_check(http["body"]) == CHECK
+
+
+def test_task_names_are_one_per_delivery_and_check_and_spread_by_a_hash_prefix():
+    names = {task_id(key, index) for key in ("w:a", "w:b") for index in (1, 2)}
+
+    assert len(names) == 4 and task_id("w:a", 1) == task_id("w:a", 1)
+    assert len({name[:8] for name in names}) == 2  # the two deliveries differ from the first character on
+    assert all(len(name) <= 500 and name.replace("-", "").isalnum() for name in names)
+
+
+class FakeCloudTasks:
+    """A Cloud Tasks gRPC server on loopback that keeps each CreateTask and, like the service (and
+    unlike the emulator), answers ALREADY_EXISTS to a second create of the same task name."""
+
+    def __init__(self):
+        from gcloud_tasks_emulator.cloudtasks_pb2_grpc import CloudTasksServicer, add_CloudTasksServicer_to_server
+
+        fake = self
+
+        class Servicer(CloudTasksServicer):
+            def CreateTask(self, request, context):
+                fake.requests.append(request)
+                if request.task.name in fake.names:
+                    context.abort(grpc.StatusCode.ALREADY_EXISTS, "task exists")
+                fake.names.add(request.task.name)
+                return request.task
+
+        self.requests: list[Any] = []
+        self.names: set[str] = set()
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        add_CloudTasksServicer_to_server(Servicer(), self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def stop(self):
+        self.server.stop(grace=0)
+
+
+@pytest.fixture
+def fake_tasks():
+    pytest.importorskip("gcloud_tasks_emulator", reason="the Cloud Tasks gRPC stubs come with gcloud-tasks-emulator")
+    server = FakeCloudTasks()
+    yield server
+    server.stop()
+
+
+def scheduler_for(host: str) -> CloudTasksScheduler:
+    return CloudTasksScheduler(queue=QUEUE, poll_url=POLL_URL, service_account=TASKS_ACCOUNT, source="//src",
+                               emulator_host=host, timeout_s=5)
+
+
+def test_scheduling_the_same_check_twice_is_one_task_and_already_exists_counts_as_done(fake_tasks):
+    scheduler = scheduler_for(f"127.0.0.1:{fake_tasks.port}")
+
+    scheduler.schedule(CHECK)
+    scheduler.schedule(CHECK)  # a retried invocation: ALREADY_EXISTS, no error
+
+    first, second = fake_tasks.requests
+    assert first.task.name == second.task.name and len(fake_tasks.names) == 1
+    token = first.task.http_request.oidc_token
+    assert (token.service_account_email, token.audience) == (TASKS_ACCOUNT, POLL_URL)
+    assert dict(first.task.http_request.headers)["ce-type"] == CHECK_TYPE
+
+
+def test_an_unreachable_queue_is_tasks_unavailable():
+    scheduler = scheduler_for(f"127.0.0.1:{emulators.free_port()}")
+
+    with pytest.raises(TasksUnavailable):
+        scheduler.schedule(CHECK)
+
+
+def test_without_a_queue_the_scheduler_says_which_settings_are_missing():
+    with pytest.raises(TasksUnavailable, match="GATEWAY_TASKS_QUEUE and GATEWAY_POLL_URL"):
+        CloudTasksScheduler(queue=None, poll_url=None, service_account=None, source="//src").schedule(CHECK)
+
+
+class CallLog:
+    """WSGI middleware that records (task name, status) of every call Cloud Tasks makes."""
+
+    def __init__(self, app: Any):
+        self.app, self.calls, self.lock = app, [], threading.Lock()
+
+    def __call__(self, environ, start_response):
+        name = environ.get("HTTP_X_CLOUDTASKS_TASKNAME", "")
+
+        def recording(status, headers, exc_info=None):
+            with self.lock:
+                self.calls.append((name, int(status.split()[0]), environ.get("HTTP_CE_TYPE")))
+            return start_response(status, headers, exc_info)
+        return self.app(environ, recording)
+
+
+def test_the_emulator_calls_poll_with_the_cloudevent_and_each_check_of_a_running_job_answers_2xx_once(
+        test_schemas, tmp_path, tasks_emulator):
+    sandbox = serve(token=CARTO_TOKEN, default_duration_s=2.5)  # real time, like the emulator
+    publisher = RecordingPublisher()
+    try:
+        env = settings_env(test_schemas, sandbox.url, tmp_path, GATEWAY_POLL_FIRST_S="0.5", GATEWAY_POLL_INLINE_S="0")
+        app = build_app(env, publisher=publisher, scheduler=_Deferred())
+        client = function_client(app, "poll")
+        poll_app = CallLog(client.application)
+        with served(poll_app) as url:
+            app.poller.scheduler = CloudTasksScheduler(queue=TASKS_QUEUE, poll_url=f"{url}/", service_account=None,
+                                                       source="//src", emulator_host=tasks_emulator.host)
+            raw = json.dumps(BODY).encode()
+            from gateway.intake import Inbound
+
+            app.intake.accept(Inbound(app.registry.get("store-clusters"), raw, BODY, {}, "k1", "k1"))
+            tracking = publisher.on("workflow-jobs")[-1]
+            first = client.post("/", json=push_body(tracking)).status_code
+            deadline = time.monotonic() + 30
+            while not publisher.events() and time.monotonic() < deadline:
+                time.sleep(0.1)
+    finally:
+        sandbox.stop()
+
+    events = publisher.events()
+    assert first == 200 and len(events) == 1 and events[0]["attributes"]["outcome"] == "SUCCEEDED"
+    calls = poll_app.calls
+    assert calls and all(status == 200 and ce_type == CHECK_TYPE for _, status, ce_type in calls)
+    assert len({name for name, _, _ in calls}) == len(calls)  # no task was called twice: none was retried
+    assert events[0]["data"]["checks"] >= len(calls)
+
+
+class _Deferred:
+    """A scheduler placeholder until the served URL is known."""
+
+    def schedule(self, check: Check) -> None:
+        raise AssertionError("replaced before use")
