@@ -10,6 +10,7 @@ import base64
 import binascii
 import json
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -78,10 +79,19 @@ def _poll(app: App, cloud_event: Any) -> None:
         return
     token = logs.bind(workflow=tracking.workflow, job_id=tracking.job_id, delivery_id=tracking.delivery_id,
                       trace=tracking.trace)
+    started = time.monotonic()
     try:
         record = app.poller.handle(tracking, check)
+    except Unavailable as exc:
+        log.warning("check failed, to be retried: %s", exc.detail,
+                    extra={"invocation_s": round(time.monotonic() - started, 3)})
+        raise
+    else:
+        elapsed = round(time.monotonic() - started, 3)
         if record is not None:
-            log.info("job finished", extra={"outcome": record.outcome})
+            log.info("job finished", extra={"outcome": record.outcome, "invocation_s": elapsed})
+        else:
+            log.info("job still running; next check scheduled", extra={"invocation_s": elapsed})
     finally:
         logs.reset(token)
 

@@ -47,7 +47,7 @@ def reset(token: contextvars.Token) -> None:
     _context.reset(token)
 
 
-_RECORD_FIELDS = CONTEXT_FIELDS + ("trace",)
+_RECORD_FIELDS = CONTEXT_FIELDS + ("trace", "invocation_s")  # invocation_s: how long one `poll` took
 
 
 def _rfc3339(created: float) -> str:

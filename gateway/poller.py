@@ -137,8 +137,6 @@ class Poller:
         if check.due_at > record.updated_at + self.quiet_s:
             self.ledger.note_checks(record.key, check.checks, check.last_check_at or check.tracking.submitted_at,
                                     next_check_at=check.due_at)
-        log.info("next status check scheduled", extra={"job_id": check.tracking.job_id, "checks": check.checks,
-                                                      "due_in_s": round(check.due_at - self.clock.now(), 3)})
 
     def resume(self, record: Delivery, now: float) -> None:
         """Schedule the next check of a tracked job whose chain of tasks broke (the sweeper's re-drive)."""
