@@ -24,6 +24,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+	$(PY) -m bench.follow
 
 soak: $(STAMP)
 	$(PY) -m soak --minutes 10

@@ -209,7 +209,7 @@ def _traffic(options: Options, sender: Sender, injector: Injector, restart: Any,
                     in_flight.release()
                 end += settle(deliveries)
                 restarter.start()
-                injector.note("Pub/Sub emulator stopped for 15 s and restarted")
+                injector.note("Pub/Sub emulator stopped for 15 s and restarted; Cloud Tasks emulator restarted")
             in_flight.acquire()
             delivery = make_delivery(rng.choices(kinds, weights)[0], rng, rng.choice(accepted) if accepted else None)
             deliveries.append(delivery)
@@ -233,10 +233,13 @@ def _settle(deliveries: list[Delivery], events: Events, limit_s: float = 120.0) 
 
 
 def _restart(stack: LocalStack, pubsubs: list[emulators.Emulator], events: Events, sweeping: Sweeping) -> None:
-    """Stop the emulator, wait, start it on the same port and wire topics again (events subscription first)."""
-    _say("Pub/Sub emulator going down")
+    """Stop the emulator, wait, start it on the same port and wire topics again (events subscription first).
+    The Cloud Tasks emulator restarts meanwhile: every pending check task is lost, for the sweeper to
+    schedule again."""
+    _say("Pub/Sub emulator going down; Cloud Tasks emulator restarting (its pending checks are lost)")
     sweeping.paused.set()
     pubsubs[-1].stop()
+    stack.restart_tasks()
     time.sleep(PUBSUB_DOWN_S)
     pubsubs.append(emulators.Emulator.start("pubsub", pubsubs[-1].port, project=PROJECT, log_dir=stack.state_dir))
     events.subscribe()

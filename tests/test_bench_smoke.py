@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from bench import coldstart, completion, load, procs, report, stacks, validation
+from bench import coldstart, completion, follow, load, procs, report, stacks, validation
 from gateway.local import emulators
 
 
@@ -89,3 +89,20 @@ def test_the_generated_tables_replace_only_their_own_region(tmp_path):
     text = path.read_text()
     assert "prose stays" in text and "more prose" in text and "stale table" not in text
     assert text.count(report.BEGIN) == 1 and "| x | ≤ 1 | 0.5 | yes |" in text
+
+
+def test_the_follow_cost_harness_follows_a_fake_clock_job_and_writes_its_table(tmp_path):
+    row = follow.fake_clock_row(tmp_path, 60.0).as_dict()
+    result = {"design": "Cloud Tasks", "rows": [row], "head_of_line": {
+        "long_jobs": 3, "long_s": 600.0, "long_jobs_past_first_check": 3, "short_latency_s": 0.4, "timeout_s": 60,
+        "bound_s": 2.0, "met": True}}
+    target = tmp_path / "BENCHMARKS.md"
+    target.write_text("# Benchmarks\n")
+
+    follow.write_section(target, follow.markdown(None, result))
+    follow.write_section(target, follow.markdown(None, result))  # the region is replaced, not appended
+
+    assert row["jobs"] == "1/1" and row["invocations"] >= 2 and row["checks"] >= row["invocations"]
+    assert row["latency_s"] <= max(2.0, 0.25 * 60)
+    text = target.read_text()
+    assert text.count("<!-- follow-cost:begin -->") == 1 and "| 60 s | fake | Cloud Tasks |" in text
