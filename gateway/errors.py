@@ -198,6 +198,10 @@ class PublishUnavailable(Unavailable):
 
 class TasksUnavailable(Unavailable):
     code, title = "tasks-unavailable", "Cloud Tasks is unavailable, retry later"
+    what_happened = ("Cloud Tasks could not take the next status check of a job, so `poll` failed and its trigger "
+                     "(the subscription or the queue) retries that check.")
+    what_to_do = ("Nothing, as a sender: the job is checked again once Cloud Tasks answers, and the sweeper schedules "
+                  "any check that was lost.")
 
 
 class LedgerUnavailable(Unavailable):
