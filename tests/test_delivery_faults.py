@@ -221,6 +221,19 @@ def test_a_check_task_delivered_twice_yields_one_event_and_schedules_each_next_c
     assert [e["attributes"]["ce-id"] for e in rig.publisher.events()] == [f"{job_id}:SUCCEEDED"]
 
 
+def test_cloud_tasks_down_while_scheduling_nacks_the_trigger_and_its_redelivery_follows_the_job(rig):
+    job_id = rig.post("store-clusters", BODY).get_json()["job_id"]
+    [message] = rig.tracking()
+    rig.tasks.fail_next = 1  # the next check cannot be scheduled
+
+    nacked = rig.deliver(message)
+    redelivered = rig.deliver(message)  # Pub/Sub's retry of the tracking message
+    rig.run_tasks()
+
+    assert nacked == NACK and redelivered == ACK
+    assert [e["attributes"]["ce-id"] for e in rig.publisher.events()] == [f"{job_id}:SUCCEEDED"]
+
+
 def test_a_failed_event_publish_is_a_nack_and_the_redelivery_publishes_the_same_outcome(rig):
     job_id = rig.post("store-clusters", BODY).get_json()["job_id"]
     [message] = rig.tracking()

@@ -171,3 +171,19 @@ class _Deferred:
 
     def schedule(self, check: Check) -> None:
         raise AssertionError("replaced before use")
+
+
+def test_the_tasks_settings_are_checked_when_they_are_read(tmp_path):
+    from gateway.errors import ConfigError
+    from gateway.settings import Settings
+
+    base = settings_env(tmp_path, "http://127.0.0.1:1", tmp_path)
+    good = Settings.from_env({**base, "GATEWAY_TASKS_QUEUE": QUEUE, "GATEWAY_POLL_URL": POLL_URL,
+                              "GATEWAY_TASKS_SERVICE_ACCOUNT": TASKS_ACCOUNT})
+
+    assert (good.tasks_queue, good.poll_url, good.tasks_service_account) == (QUEUE, POLL_URL, TASKS_ACCOUNT)
+    assert Settings.from_env(base).poll_inline_s == 5.0
+    with pytest.raises(ConfigError, match="full queue path"):
+        Settings.from_env({**base, "GATEWAY_TASKS_QUEUE": "poll-checks", "CLOUD_TASKS_EMULATOR_HOST": "localhost:1"})
+    with pytest.raises(ConfigError, match="GATEWAY_TASKS_SERVICE_ACCOUNT"):
+        Settings.from_env({**base, "GATEWAY_TASKS_QUEUE": QUEUE})
