@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway import logs
+from gateway.auth.config import default_id_token_verifier
+from gateway.auth.operators import Operators
 from gateway.carto import CartoClient, ClientCredentials, StaticToken, TokenSource
 from gateway.errors import ConfigError
 from gateway.events import Publisher, event_source
@@ -40,6 +42,7 @@ class App:
     sweeper: Sweeper
     clock: Clock
     scheduler: Scheduler
+    operators: Operators
 
     @classmethod
     def build(cls, settings: Settings, *, registry: Registry | None = None, http: Http | None = None,
@@ -65,7 +68,9 @@ class App:
                         source=source, clock=clock, schedule=Schedule(settings.poll_first_s, settings.poll_factor),
                         inline_s=settings.poll_inline_s, scheduler=scheduler, quiet_s=settings.sweep_grace_s)
         sweeper = Sweeper(ledger=ledger, intake=intake, poller=poller, clock=clock.now, grace_s=settings.sweep_grace_s)
-        return cls(settings, registry, carto, ledger, publisher, intake, poller, sweeper, clock, scheduler)
+        operators = Operators.from_settings(tuple(token.reveal() for token in settings.operator_tokens),
+                                            settings.operators, _verifier(id_token_verifier))
+        return cls(settings, registry, carto, ledger, publisher, intake, poller, sweeper, clock, scheduler, operators)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, verify_senders: bool = True) -> App:
@@ -75,6 +80,11 @@ class App:
         logs.configure(settings.project)
         registry = load_registry(settings.schemas_dir, settings.env, require_secrets=verify_senders)
         return cls.build(settings, registry=registry)
+
+
+def _verifier(injected: Any) -> Callable[[], Any]:
+    """The ID-token verifier operators are checked with: the injected one, else Google's (built on first use)."""
+    return (lambda: injected) if injected is not None else default_id_token_verifier
 
 
 def _tokens(settings: Settings, http: Http, now: Callable[[], float]) -> TokenSource:

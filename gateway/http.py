@@ -10,12 +10,14 @@ import json
 import logging
 import re
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import flask
 
 from gateway import logs
 from gateway.app import App
+from gateway.auth.operators import NotAnOperator, Operator
 from gateway.auth.signatures import verify_request
 from gateway.errors import (
     AuthenticationFailed,
@@ -67,10 +69,10 @@ def _unbuffered(request: flask.Request, response: Response) -> Response:
 
 def _route(app: App, request: flask.Request) -> Response:
     path = request.path
-    if path in ("/healthz", "/"):
-        return _only(request, "GET", lambda: _json({"status": "ok", "workflows": sorted(app.registry.workflows)}))
-    if path == "/openapi.json":
-        return _only(request, "GET", lambda: _json(_openapi(app)))
+    if path in ("/healthz", "/"):  # that the instance is up, and nothing about what it serves
+        return _only(request, "GET", lambda: _json({"status": "ok"}))
+    if path == "/openapi.json":  # every workflow's schema and CALL: an operator's document
+        return _only(request, "GET", lambda: _openapi_document(app, request))
     hook = _HOOK.match(path)
     if hook:
         workflow = _workflow(app, hook.group(1))
@@ -82,6 +84,8 @@ def _route(app: App, request: flask.Request) -> Response:
         return _only(request, "GET", lambda: _problem_page(problem.group(1)))
     job = _JOB.match(path)
     if job:
+        if request.method in ("GET", "DELETE"):
+            _operator(app, request)  # before the lookup: a stranger learns not even whether the job exists
         if request.method == "GET":
             return _job_status(app, job.group(1), request)
         if request.method == "DELETE":
@@ -157,7 +161,8 @@ def parse_json(body: bytes, content_type: str | None) -> Any:
         raise MalformedRequest("body starts with a byte order mark; send plain UTF-8 JSON")
     try:
         text = body.decode("utf-8")
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants,
+                          parse_float=_number)
     except UnicodeDecodeError as exc:
         raise MalformedRequest(f"body is not valid UTF-8 (byte {exc.start})") from None
     except RecursionError:
@@ -173,6 +178,23 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
         raise ValueError(f"duplicate key {duplicate!r}")
     return result
+
+
+# From 2^53 on, not every integer is a float: 9007199254740993.0 would read as ...992.0. An integer
+# written with a fraction or an exponent in that range is read exactly instead (it is an integer
+# either way, for JSON Schema and for the binder); from 2^64 on no INT64 can hold it, a float is fine.
+_EXACT_FLOATS_BELOW = 2.0**53
+_NO_INT64_FROM = 2.0**64
+
+
+def _number(text: str) -> float | int:
+    """A JSON number with a fraction or an exponent: a float, or the exact integer (see above)."""
+    value = float(text)
+    if _EXACT_FLOATS_BELOW <= abs(value) < _NO_INT64_FROM and value.is_integer():
+        exact = Decimal(text)
+        if exact == exact.to_integral_value():
+            return int(exact)
+    return value
 
 
 def _no_constants(name: str) -> Any:
@@ -234,12 +256,29 @@ def _validate(app: App, workflow: Workflow, request: flask.Request) -> Response:
     return _json({"query": rendered.query, "queryParameters": rendered.parameters})
 
 
+def _operator(app: App, request: flask.Request) -> Operator:
+    """The operator sending `request` (gateway.auth.operators); a webhook signature is no credential here."""
+    try:
+        operator = app.operators.verify(request.headers, _own_url(request), app.clock.now())
+    except NotAnOperator as exc:
+        log.info("operator authentication refused: %s", exc.reason)
+        raise
+    logs.bind(operator=operator.subject)
+    return operator
+
+
+def _own_url(request: flask.Request) -> str:
+    """This function's URL as its callers name it, the audience of their ID tokens: Cloud Run ends TLS
+    in front of the instance and says so in X-Forwarded-Proto."""
+    forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    scheme = forwarded if forwarded in ("http", "https") else request.scheme
+    return f"{scheme}://{request.host}"
+
+
 def _job_record(app: App, job_id: str, request: flask.Request):
     record = app.ledger.find_job(job_id)
     if record is None:
         raise NotFound(f"no job {job_id}")
-    workflow = _workflow(app, record.workflow)
-    _authenticated(app, workflow, request, read_body(request, app.settings.max_body_bytes))
     logs.bind(workflow=record.workflow, job_id=job_id, delivery_id=record.delivery_id)
     return record
 
@@ -278,7 +317,8 @@ def _record_view(record: Any, live: dict[str, Any] | None) -> dict[str, Any]:
     return view
 
 
-def _openapi(app: App) -> dict[str, Any]:
+def _openapi_document(app: App, request: flask.Request) -> Response:
     from gateway.openapi import cached_document
 
-    return cached_document(app.registry)
+    _operator(app, request)
+    return _json(cached_document(app.registry))

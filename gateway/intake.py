@@ -77,24 +77,39 @@ class Accepted:
 
 
 def render(workflow: Workflow, payload: Any, headers: Mapping[str, str]) -> Rendered:
-    """Validate the payload against the workflow's schema and map it; Unprocessable lists every problem."""
-    errors = _schema_errors(workflow.validator, payload)
+    """Validate the payload against the workflow's schema and map it; Unprocessable lists every problem.
+
+    A value both checks refuse is reported once, by the mapper, whose message names the parameter
+    and its SQL type: the schema's verdict on the same path (or, for a missing property, on its
+    parent) is left out."""
+    violations = _schema_errors(workflow.validator, payload)
     try:
         parameters = map_parameters(workflow.parameters, payload, headers)
+        mapped: list[FieldError] = []
     except Unprocessable as exc:
-        errors.extend(e for e in exc.errors if e not in errors)
-        parameters = {}
+        mapped, parameters = list(exc.errors), {}
+    errors = [error for error, subject in violations if not _reported(subject, mapped)]
+    errors.extend(error for error in mapped if error not in errors)
     if errors:
         raise Unprocessable(f"{len(errors)} problem(s) in the payload for workflow {workflow.name}", errors=errors)
     return Rendered(workflow.query, parameters)
 
 
-def _schema_errors(validator: Any, payload: Any) -> list[FieldError]:
+def _reported(subject: str, mapped: list[FieldError]) -> bool:
+    """Whether the mapper already reported a problem at `subject` or inside it."""
+    return any(error.path == subject or error.path.startswith(subject.rstrip("/") + "/") for error in mapped)
+
+
+Violation = tuple[FieldError, str]  # the error, and the pointer of the value it is about
+
+
+def _schema_errors(validator: Any, payload: Any) -> list[Violation]:
     """At most MAX_SCHEMA_ERRORS violations (see _violations)."""
     try:
         return _violations(validator, payload)
     except UnicodeEncodeError:  # jsonschema-rs cannot read a lone surrogate, which JSON allows ("\ud800")
-        return [FieldError(_surrogate_at(payload), "the text contains an unpaired surrogate, which is not valid Unicode")]
+        at = _surrogate_at(payload)
+        return [(FieldError(at, "the text contains an unpaired surrogate, which is not valid Unicode"), at)]
 
 
 def _surrogate_at(payload: Any) -> str:
@@ -120,7 +135,7 @@ def _is_unicode(text: str) -> bool:
     return True
 
 
-def _violations(validator: Any, payload: Any) -> list[FieldError]:
+def _violations(validator: Any, payload: Any) -> list[Violation]:
     """jsonschema-rs builds every error before `iter_errors` yields one (8 s for a 1 MiB array of wrong
     items), so a large payload gets its first violation only."""
     if validator.is_valid(payload):
@@ -129,12 +144,19 @@ def _violations(validator: Any, payload: Any) -> list[FieldError]:
         try:
             validator.validate(payload)
         except jsonschema_rs.ValidationError as first:
-            return [FieldError(_pointer(first.instance_path), _clip(first.message)),
-                    FieldError("/", f"the payload has over {MANY_VALUES} values: only its first violation is listed")]
-    found = [FieldError(_pointer(e.instance_path), _clip(e.message)) for e in validator.iter_errors(payload)]
+            return [_violation(first),
+                    (FieldError("/", f"the payload has over {MANY_VALUES} values: only its first violation is listed"), "")]
+    found = [_violation(e) for e in validator.iter_errors(payload)]
     if len(found) > MAX_SCHEMA_ERRORS:
-        found[MAX_SCHEMA_ERRORS:] = [FieldError("/", "more schema violations not listed")]
+        found[MAX_SCHEMA_ERRORS:] = [(FieldError("/", "more schema violations not listed"), "")]
     return found
+
+
+def _violation(error: Any) -> Violation:
+    path = list(error.instance_path)
+    missing = getattr(error.kind, "property", None) if type(error.kind).__name__ == "Required" else None
+    subject = _pointer(path + [missing]) if isinstance(missing, str) else _pointer(path)
+    return FieldError(_pointer(path), _clip(error.message)), subject
 
 
 def _more_values_than(payload: Any, limit: int) -> bool:

@@ -26,7 +26,7 @@ _SCHEMAS = "#/components/schemas/"
 # status -> (component name, description); the problem+json answers of README, "HTTP surface".
 PROBLEMS: dict[int, tuple[str, str]] = {
     400: ("BadRequest", "The body is not valid JSON (UTF-8, no BOM, no NaN, no duplicate keys)."),
-    401: ("Unauthorized", "No configured authentication scheme accepted the request."),
+    401: ("Unauthorized", "No configured authentication scheme accepted the request (on /jobs: no operator credential)."),
     404: ("NotFound", "Unknown workflow or job."),
     409: ("Conflict", "The same idempotency key is still being processed; retry after Retry-After."),
     413: ("PayloadTooLarge", "The body is over the size limit (GATEWAY_MAX_BODY_BYTES)."),
@@ -40,6 +40,14 @@ PROBLEMS: dict[int, tuple[str, str]] = {
 _HOOK_ERRORS = (400, 401, 404, 409, 413, 415, 422, 502, 503)
 _VALIDATE_ERRORS = (400, 401, 404, 413, 415, 422)
 _JOB_ERRORS = {"get": (401, 404, 503), "delete": (401, 404, 502, 503)}
+# The operators' door (gateway.auth.operators): /jobs and this document, never a sender's signature.
+OPERATOR_SCHEME = "bearerAuth"
+_OPERATOR_SECURITY_SCHEME = {
+    "type": "http", "scheme": "bearer",
+    "description": "An operator token (GATEWAY_OPERATOR_TOKENS) or a Google ID token for this function's URL "
+                   "whose email is in GATEWAY_OPERATORS. A webhook signature is refused here."}
+_OPERATOR_SECURITY = [{OPERATOR_SCHEME: []}]
+_OPERATORS_ONLY = "Operators only: `Authorization: Bearer` with an operator token or a Google ID token."
 _RETRY_AFTER = {"description": "Seconds to wait before retrying.", "schema": {"type": "integer", "minimum": 0}}
 
 # JSON form of each SQL type in `queryParameters` (gateway.sqltypes: one wire form per type).
@@ -57,19 +65,17 @@ def document(registry: Registry) -> dict[str, Any]:
     workflows = [registry.workflows[name] for name in sorted(registry.workflows)]
     paths: dict[str, Any] = {}
     schemas: dict[str, Any] = dict(_common_schemas())
-    security_schemes: dict[str, Any] = {}
-    job_security: list[dict[str, list[str]]] = []
+    security_schemes: dict[str, Any] = {OPERATOR_SCHEME: _OPERATOR_SECURITY_SCHEME}
     for workflow in workflows:
         auth = workflow_auth(workflow.auth)
         security_schemes.update(auth.schemes)
-        job_security.extend(r for r in auth.security or [{}] if r not in job_security)
         schemas[payload_key(workflow.name)] = embed_schema(workflow.payload_schema, _SCHEMAS + payload_key(workflow.name))
         schemas[f"rendered.{workflow.name}"] = _rendered_schema(workflow)
         paths[f"/hooks/{workflow.name}"] = {"post": _hook_operation(workflow, auth)}
         paths[f"/hooks/{workflow.name}/validate"] = {"post": _validate_operation(workflow, auth)}
-    paths["/jobs/{job_id}"] = _job_operations(sorted(job_security, key=lambda r: sorted(r)))
-    paths["/healthz"] = {"get": _simple_get("health", "Liveness and the list of workflows", "Health")}
-    paths["/openapi.json"] = {"get": _simple_get("openapi", "This document", "OpenApiDocument")}
+    paths["/jobs/{job_id}"] = _job_operations()
+    paths["/healthz"] = {"get": _simple_get("health", "That the instance is up", "Health")}
+    paths["/openapi.json"] = {"get": _operator_get("openapi", "This document", "OpenApiDocument")}
     paths.update(_problem_pages())
     return {
         "openapi": OPENAPI_VERSION,
@@ -199,10 +205,10 @@ def _request_body(workflow: Workflow) -> dict[str, Any]:
             "content": {"application/json": {"schema": {"$ref": _SCHEMAS + payload_key(workflow.name)}}}}
 
 
-def _job_operations(security: list[dict[str, list[str]]]) -> dict[str, Any]:
+def _job_operations() -> dict[str, Any]:
     parameter = {"name": "job_id", "in": "path", "required": True, "description": "The CARTO job id (`externalId`).",
                  "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:\\-]{1,200}$"}}
-    auth_note = "Authenticated with a scheme of the job's workflow, signing an empty body."
+    auth_note, security = _OPERATORS_ONLY, _OPERATOR_SECURITY
     return {
         "parameters": [parameter],
         "get": {"operationId": "get_job", "tags": ["jobs"], "summary": "The job's record and live status",
@@ -213,6 +219,12 @@ def _job_operations(security: list[dict[str, list[str]]]) -> dict[str, Any]:
                    "responses": {"200": _json_response("The job after cancelling.", "Job"),
                                  **_errors(_JOB_ERRORS["delete"])}},
     }
+
+
+def _operator_get(operation_id: str, summary: str, schema: str) -> dict[str, Any]:
+    operation = _simple_get(operation_id, summary, schema)
+    operation["responses"].update(_errors((401,)))
+    return {**operation, "description": _OPERATORS_ONLY, "security": _OPERATOR_SECURITY}
 
 
 def _simple_get(operation_id: str, summary: str, schema: str) -> dict[str, Any]:
@@ -321,8 +333,7 @@ def _common_schemas() -> dict[str, Any]:
                 "live": {"type": "object", "description": "CARTO's answer now, while the job runs.",
                          "properties": {"state": {"type": ["string", "null"]}, "outcome": outcome,
                                         "error": _nullable(error), "unavailable": {"type": "string"}}}}},
-        "Health": {"type": "object", "required": ["status", "workflows"],
-                   "properties": {"status": {"const": "ok"}, "workflows": {"type": "array", "items": {"type": "string"}}}},
+        "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
         "OpenApiDocument": {"type": "object", "description": "An OpenAPI 3.1 document."},
     }
 

@@ -16,6 +16,8 @@ from gateway.errors import ConfigError
 
 DEFAULT_LEDGER = "sqlite:///.state/ledger.sqlite3"
 _QUEUE = re.compile(r"projects/[^/\s]+/locations/[^/\s]+/queues/[A-Za-z0-9-]{1,100}")
+_VISIBLE = re.compile(r"[\x21-\x7e]+")
+_EMAIL = re.compile(r"[^@\s,]+@[^@\s,]+")
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,8 @@ class Settings:
     cloud_tasks_emulator_host: str | None
     retention_s: int
     carto_timeout_s: float
+    operator_tokens: tuple[Secret, ...]
+    operators: frozenset[str]
     env: Mapping[str, str] = field(repr=False, compare=False)
 
     @classmethod
@@ -94,6 +98,8 @@ class Settings:
             cloud_tasks_emulator_host=env.get("CLOUD_TASKS_EMULATOR_HOST") or None,
             retention_s=reader.integer("GATEWAY_RETENTION_S", 7 * 24 * 3600, minimum=72 * 3600),
             carto_timeout_s=reader.number("CARTO_TIMEOUT_S", 30.0, minimum=0.1),
+            operator_tokens=reader.tokens("GATEWAY_OPERATOR_TOKENS"),
+            operators=reader.emails("GATEWAY_OPERATORS"),
             env=env,
         )
         if settings.tasks_queue and not (settings.tasks_service_account or settings.cloud_tasks_emulator_host):
@@ -142,6 +148,22 @@ class _Reader:
         if raw is not None and not _QUEUE.fullmatch(raw):
             self.problems.append(f"{name} must be a full queue path projects/P/locations/L/queues/Q, got {raw!r}")
         return raw
+
+    def tokens(self, name: str) -> tuple[Secret, ...]:
+        """Comma-separated bearer tokens (spaces and a trailing newline around each are dropped)."""
+        tokens = tuple(token.strip() for token in (self.env.get(name) or "").split(","))
+        tokens = tuple(token for token in tokens if token)
+        if not all(_VISIBLE.fullmatch(token) for token in tokens):  # never echo a token
+            self.problems.append(f"{name}: each token must be visible ASCII without spaces (it is sent in a header)")
+        return tuple(Secret(token) for token in tokens)
+
+    def emails(self, name: str) -> frozenset[str]:
+        emails = [email.strip() for email in (self.env.get(name) or "").split(",")]
+        emails = [email for email in emails if email]
+        bad = [email for email in emails if not _EMAIL.fullmatch(email)]
+        if bad:
+            self.problems.append(f"{name} must list email addresses, got {', '.join(map(repr, bad))}")
+        return frozenset(emails)
 
     def ledger(self, name: str, default: str) -> str:
         raw = self.env.get(name) or default

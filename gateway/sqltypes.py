@@ -5,7 +5,7 @@ procedure's argument type, so each type has exactly one wire form:
 
     type        sent as                                  accepted                     with coerce, also
     STRING      JSON string                              string                       numbers, booleans (as JSON text)
-    INT64       JSON integer in [-2^63, 2^63-1]          integer                      "42"; 2.0 (sent as 2)
+    INT64       JSON integer in [-2^63, 2^63-1]          integer-valued number (2.0)  "42"
     FLOAT64     JSON number, always a float              finite number                "2.5", "1e3"
     NUMERIC     decimal string without exponent          number or decimal string     -
     BOOL        true / false                             boolean                      "true"/"false" (any case), "1"/"0"
@@ -117,10 +117,15 @@ _INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")
 
 
 def _bind_int64(value: Any, coerce: bool) -> int:
+    # JSON has one number type (RFC 8259) and JSON Schema's "integer" accepts 2.0: a number whose value
+    # is an integer (2.0, 2e0, 20E-1) is one, and it is sent as 2 because BigQuery binds a float only
+    # to FLOAT64. 1e400 reads as infinity, which is no integer.
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
-    elif coerce and isinstance(value, float) and value.is_integer():
-        number = int(value)  # always sent as an int: a 2.0 would not bind to INT64
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, float) and math.isinf(value):
+        raise BindError("the number is outside the INT64 range [-2^63, 2^63-1]")
     elif coerce and isinstance(value, str) and _INTEGER_TEXT.fullmatch(value.strip()):
         digits = value.strip().lstrip("+-").lstrip("0")
         number = int(value.strip()) if len(digits) <= 20 else INT64_MAX + 1  # int() refuses > 4300 digits

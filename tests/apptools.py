@@ -18,7 +18,7 @@ from gateway.events import Check, Message
 from gateway.poller import Clock
 from gateway.settings import Settings
 from gateway.tasks import task_request
-from tests.conftest import CARTO_TOKEN, ROOT, SECRET
+from tests.conftest import CARTO_TOKEN, OPERATOR_TOKEN, ROOT, SECRET
 
 
 @dataclass
@@ -122,7 +122,12 @@ def settings_env(schemas_dir: Path, sandbox_url: str, state_dir: Path, **extra: 
     return {"GATEWAY_SCHEMAS_DIR": str(schemas_dir), "CARTO_API_BASE_URL": sandbox_url,
             "CARTO_API_TOKEN": CARTO_TOKEN, "GOOGLE_CLOUD_PROJECT": "test-project",
             "GATEWAY_LEDGER": f"sqlite:///{state_dir / 'ledger.sqlite3'}", "STORE_CLUSTERS_SECRETS": SECRET,
-            "GATEWAY_POLL_FIRST_S": "0.05", **extra}
+            "GATEWAY_POLL_FIRST_S": "0.05", "GATEWAY_OPERATOR_TOKENS": OPERATOR_TOKEN, **extra}
+
+
+def operator_headers(token: str = OPERATOR_TOKEN) -> dict[str, str]:
+    """What an operator sends to /jobs and /openapi.json."""
+    return {"Authorization": f"Bearer {token}"}
 
 
 def build_app(env: dict[str, str], *, publisher: Any = None, clock: Clock | None = None,

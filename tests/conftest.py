@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 CARTO_TOKEN = "carto-token-SENTINEL-7f3a9c"  # searched for in every answer, log and message
+OPERATOR_TOKEN = "operator-token-SENTINEL-2b8e41"  # GATEWAY_OPERATOR_TOKENS of test instances; searched for too
 PROJECT = "test-project"
 TASKS_QUEUE = f"projects/{PROJECT}/locations/local/queues/poll-checks"  # LocalStack's queue for PROJECT
 

@@ -24,7 +24,15 @@ from gateway.events import Message
 from gateway.ledger.sqlite import SqliteLedger
 from gateway.local.sandbox import SandboxServer, serve
 from gateway.settings import Settings
-from tests.apptools import FakeClock, RecordingPublisher, RecordingScheduler, function_client, settings_env, task_delivery
+from tests.apptools import (
+    FakeClock,
+    RecordingPublisher,
+    RecordingScheduler,
+    function_client,
+    operator_headers,
+    settings_env,
+    task_delivery,
+)
 from tests.conftest import CARTO_TOKEN, ROOT, load_json
 
 BODY = {"clusters": 2, "radius_m": 500, "store": {"type": "Supermarket"}}
@@ -89,8 +97,9 @@ class Rig:
         return (client or self.client("webhook")).post(
             f"/hooks/{workflow}", data=body, headers={**self.headers(workflow, body, msg_id), **(headers or {})})
 
-    def job_request(self, method: str, job_id: str, workflow: str = "store-clusters") -> Any:
-        return self.client("webhook").open(f"/jobs/{job_id}", method=method, headers=self.headers(workflow, b""))
+    def job_request(self, method: str, job_id: str) -> Any:
+        """GET or DELETE /jobs/{job_id} as an operator (the test instances' GATEWAY_OPERATOR_TOKENS)."""
+        return self.client("webhook").open(f"/jobs/{job_id}", method=method, headers=operator_headers())
 
     def tracking(self) -> list[Message]:
         return self.publisher.on(JOBS_TOPIC)

@@ -43,20 +43,25 @@ def test_the_uploaded_source_serves_a_webhook_on_its_own(uploaded, tmp_path):
     script = textwrap.dedent("""
         import json, sys, functions_framework
         app = functions_framework.create_app(target="webhook", source="main.py")
-        answer = app.test_client().get("/healthz")
+        health = app.test_client().get("/healthz")
+        answer = app.test_client().get("/openapi.json", headers={"Authorization": "Bearer op-token-1"})
         import gateway
-        print(json.dumps({"status": answer.status_code, "body": answer.get_json(), "package": gateway.__file__,
+        print(json.dumps({"health": health.status_code, "status": answer.status_code,
+                          "hooks": sorted(p for p in answer.get_json()["paths"] if p.startswith("/hooks/")),
+                          "package": gateway.__file__,
                           "local_stack": sorted(m for m in sys.modules
                                                 if m.startswith(("gateway.local", "gateway.cli", "workflow_gateway_client")))}))
     """)
     env = {"PATH": "/usr/bin:/bin", "GATEWAY_SCHEMAS_DIR": "schemas", "CARTO_API_BASE_URL": "http://127.0.0.1:9",
            "CARTO_API_TOKEN": "t", "STORE_CLUSTERS_SECRETS": SECRET, "GOOGLE_CLOUD_PROJECT": "p",
-           "GATEWAY_LEDGER": f"sqlite:///{tmp_path / 'ledger.sqlite3'}", "PUBSUB_EMULATOR_HOST": "127.0.0.1:9"}
+           "GATEWAY_LEDGER": f"sqlite:///{tmp_path / 'ledger.sqlite3'}", "PUBSUB_EMULATOR_HOST": "127.0.0.1:9",
+           "GATEWAY_OPERATOR_TOKENS": "op-token-1"}
     done = subprocess.run([sys.executable, "-I", "-c", script], cwd=source, env=env, capture_output=True, text=True,
                           timeout=120, check=False)
 
     assert done.returncode == 0, done.stderr[-2000:]
     result = __import__("json").loads(done.stdout.strip().splitlines()[-1])
-    assert result["status"] == 200 and result["body"]["workflows"] == ["store-clusters"]
+    assert result["health"] == 200 and result["status"] == 200
+    assert result["hooks"] == ["/hooks/store-clusters", "/hooks/store-clusters/validate"]
     assert result["local_stack"] == []
     assert result["package"].startswith(str(source))  # imported from the upload, not the repository

@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from gateway.local.sandbox import serve
-from tests.apptools import RecordingPublisher, build_app, function_client, settings_env
+from tests.apptools import RecordingPublisher, build_app, function_client, operator_headers, settings_env
 from tests.conftest import CARTO_TOKEN, SECRET
 from tests.stackutil import signed_headers
 
@@ -87,7 +87,7 @@ def test_every_schema_violation_is_reported_with_its_path(client):
     problem = assert_problem(post(client, "/hooks/store-clusters", {"clusters": 0, "radius_m": -1, "store": {}}), 422)
 
     paths = {e["path"] for e in problem["errors"]}
-    assert {"/clusters", "/radius_m", "/store"} <= paths
+    assert {"/clusters", "/radius_m", "/store/type"} <= paths
 
 
 def test_a_bad_signature_is_a_401_and_reaches_nothing(client, sandbox, publisher):
@@ -147,8 +147,25 @@ def test_a_wrong_method_is_a_405(client):
     assert problem["code"] == "method-not-allowed"
 
 
-def test_healthz_answers_200(client):
-    assert client.get("/healthz").status_code == 200
+def test_healthz_answers_that_the_instance_is_up_and_names_no_workflow(client):
+    response = client.get("/healthz")
+
+    assert response.status_code == 200 and response.get_json() == {"status": "ok"}
+    assert "store-clusters" not in response.get_data(as_text=True)
+
+
+def test_the_openapi_document_is_for_operators_only(client):
+    stranger, operator = client.get("/openapi.json"), client.get("/openapi.json", headers=operator_headers())
+
+    assert_problem(stranger, 401)
+    assert "store-clusters" not in stranger.get_data(as_text=True)
+    assert operator.status_code == 200 and "/hooks/store-clusters" in operator.get_json()["paths"]
+
+
+def test_without_operator_settings_the_openapi_document_is_a_401_for_everyone(test_schemas, sandbox, tmp_path):
+    closed = function_client(build_app(settings_env(test_schemas, sandbox.url, tmp_path, GATEWAY_OPERATOR_TOKENS="")))
+
+    assert_problem(closed.get("/openapi.json", headers=operator_headers()), 401)
 
 
 def test_a_replay_answers_the_original_job_as_a_duplicate(client, sandbox):
@@ -206,11 +223,11 @@ def test_a_paused_workflow_answers_503_so_senders_keep_retrying(test_schemas, sa
     assert sandbox.jobs() == []
 
 
-def test_job_status_needs_authentication_and_shows_the_record(client):
+def test_job_status_needs_an_operator_and_shows_the_record(client):
     job_id = post(client, "/hooks/store-clusters", BODY).get_json()["job_id"]
 
     unauthenticated = client.get(f"/jobs/{job_id}")
-    authenticated = client.get(f"/jobs/{job_id}", headers=signed_headers(SECRET, b""))
+    authenticated = client.get(f"/jobs/{job_id}", headers=operator_headers())
 
     assert_problem(unauthenticated, 401)
     view = authenticated.get_json()
@@ -219,16 +236,90 @@ def test_job_status_needs_authentication_and_shows_the_record(client):
 
 
 def test_an_unknown_job_is_a_404(client):
-    assert_problem(client.get("/jobs/job_nope", headers=signed_headers(SECRET, b"")), 404)
+    assert_problem(client.get("/jobs/job_nope", headers=operator_headers()), 404)
 
 
 def test_cancelling_a_job_cancels_it_in_carto_and_publishes_one_cancelled_event(client, sandbox, publisher):
     job_id = post(client, "/hooks/store-clusters", BODY).get_json()["job_id"]
 
-    response = client.delete(f"/jobs/{job_id}", headers=signed_headers(SECRET, b""))
-    again = client.delete(f"/jobs/{job_id}", headers=signed_headers(SECRET, b""))
+    response = client.delete(f"/jobs/{job_id}", headers=operator_headers())
+    again = client.delete(f"/jobs/{job_id}", headers=operator_headers())
 
     assert response.status_code == 200 and response.get_json()["outcome"] == "CANCELLED"
     assert again.status_code == 200
     assert [e["attributes"]["ce-id"] for e in publisher.events()] == [f"{job_id}:CANCELLED"]
     assert sandbox.jobs()[0].cancelled
+
+
+# --- INT64: a JSON number whose value is an integer is one -------------------------------------------
+
+IDS_WORKFLOW = {
+    "description": "Integers from a payload, checked at the local CARTO job API as BigQuery binds them.",
+    "connection": "carto_dw",
+    "query": "CALL `proj.ds.cluster_ids`(@number_of_clusters,@ids)",
+    "parameters": {"number_of_clusters": {"type": "INT64", "from": "/clusters"},
+                   "ids": {"type": "ARRAY<INT64>", "from": "/ids", "default": [1]}},
+    "payload": {"type": "object", "required": ["clusters"],
+                "properties": {"clusters": {"type": "integer", "minimum": 1, "maximum": 100},
+                               "ids": {"type": "array", "items": {"type": "integer"}}}},
+    "auth": [{"scheme": "standard-webhooks", "secrets": "env:STORE_CLUSTERS_SECRETS"}],
+}
+
+
+@pytest.fixture
+def typed(test_schemas, tmp_path):
+    """A gateway whose CARTO is a sandbox that checks every argument's type against the procedure's signature."""
+    import shutil
+
+    from gateway.local.sandbox import load_procedures
+
+    schemas = tmp_path / "typed-schemas"
+    shutil.copytree(test_schemas, schemas)
+    (schemas / "workflows" / "cluster-ids.json").write_text(json.dumps(IDS_WORKFLOW))
+    procedures = load_procedures(schemas)
+    assert procedures["proj.ds.cluster_ids"].parameters == {"number_of_clusters": "INT64", "ids": "ARRAY<INT64>"}
+    server = serve(token=CARTO_TOKEN, procedures=procedures, default_duration_s=60)
+    yield function_client(build_app(settings_env(schemas, server.url, tmp_path))), server
+    server.stop()
+
+
+@pytest.mark.parametrize("text, clusters, ids", [
+    ('{"clusters": 2.0}', 2, [1]), ('{"clusters": 2e0}', 2, [1]), ('{"clusters": 20E-1}', 2, [1]),
+    ('{"clusters": 2, "ids": [1.0, 2]}', 2, [1, 2]), ('{"clusters": 3, "ids": [9.007199254740993e15, -4e0]}', 3,
+                                                       [9007199254740993, -4]),
+    ('{"clusters": 3, "ids": [9223372036854775807.0]}', 3, [2**63 - 1]),
+])
+def test_an_integer_valued_number_binds_as_int64_and_goes_out_as_an_integer(typed, text, clusters, ids):
+    client, sandbox = typed
+
+    response = post(client, "/hooks/cluster-ids", body=text.encode())
+
+    assert response.status_code == 202, response.get_data(as_text=True)
+    (job,) = sandbox.jobs()
+    assert job.query_parameters == {"number_of_clusters": clusters, "ids": ids}
+    assert all(type(value) is int for value in [job.query_parameters["number_of_clusters"], *job.query_parameters["ids"]])
+    assert job.error_result is None  # the sandbox binds as BigQuery does: a float would not bind to INT64
+
+
+@pytest.mark.parametrize("text, path", [
+    ('{"clusters": 2.5}', "/clusters"), ('{"clusters": 1e400}', "/clusters"),
+    ('{"clusters": 2, "ids": [1.0, 2.5]}', "/ids/1"), ('{"clusters": 2, "ids": [9223372036854775808.0]}', "/ids/0"),
+    ('{"clusters": 2, "ids": [-9.3e18]}', "/ids/0"),
+])
+def test_a_number_that_is_no_int64_is_one_422_naming_the_parameter_and_the_path(typed, text, path):
+    client, sandbox = typed
+
+    problem = assert_problem(post(client, "/hooks/cluster-ids", body=text.encode()), 422)
+
+    (error,) = problem["errors"]  # one problem, reported once (not by the schema and again by the mapper)
+    name = "number_of_clusters (INT64)" if path == "/clusters" else "ids (ARRAY<INT64>)"
+    assert error["path"] == path and error["message"].startswith(name)
+    assert sandbox.jobs() == []
+
+
+def test_the_seed_workflow_refuses_2_5_clusters_once(client):
+    body = b'{"clusters": 2.5, "radius_m": 5, "store": {"type": "a"}}'
+
+    problem = assert_problem(post(client, "/hooks/store-clusters", body=body), 422)
+
+    assert problem["errors"] == [{"path": "/clusters", "message": "number_of_clusters (INT64): expected an integer, got 2.5"}]

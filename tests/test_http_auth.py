@@ -36,13 +36,14 @@ from werkzeug.serving import make_server
 from gateway.app import App
 from gateway.auth.signatures import REJECTED
 from gateway.cli.lint import lint
+from gateway.errors import ConfigError
 from gateway.local.sandbox import serve
 from gateway.logs import JsonFormatter
 from gateway.settings import Settings
 from gateway.workflows import load_registry
 from tests import signature_cases as cases
-from tests.apptools import FakeClock, RecordingPublisher, function_client, settings_env
-from tests.conftest import CARTO_TOKEN, DATA, ROOT
+from tests.apptools import FakeClock, RecordingPublisher, function_client, operator_headers, settings_env
+from tests.conftest import CARTO_TOKEN, DATA, OPERATOR_TOKEN, ROOT
 from tests.signature_cases import BODY, MALFORMED_CASES, NOW, SCHEMES
 
 AUTH_WORKFLOWS = DATA / "workflows" / "auth"
@@ -354,7 +355,30 @@ def test_the_validate_route_refuses_a_bad_signature_too(gateway, scheme):
     gateway.assert_reached_nothing()
 
 
-# --- rotation ------------------------------------------------------------------------------------
+# --- rotation: several references, one secret each ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def rotation_schemas(auth_schemas, tmp_path_factory) -> Path:
+    """The auth workflows with `"secrets": ["env:X", "env:X_NEXT"]`: the current and the next secret."""
+    target = tmp_path_factory.mktemp("rotation-schemas") / "schemas"
+    shutil.copytree(auth_schemas, target)
+    for scheme in SECRET_SCHEMES:
+        path = target / "workflows" / f"{workflow(scheme)}.json"
+        definition = json.loads(path.read_text())
+        (entry,) = definition["auth"]
+        key = "tokens" if "tokens" in entry else "secrets"
+        entry[key] = [entry[key], entry[key] + "_NEXT"]
+        path.write_text(json.dumps(definition))
+    return target
+
+
+# Every rotation workflow loads at once: the others' second variables hold their table secrets.
+NEXT_ENV = {SECRET_ENV[scheme] + "_NEXT": TABLE_ENV[SECRET_ENV[scheme]] for scheme in SECRET_SCHEMES}
+
+
+def rotating(scheme: str, current: str, following: str) -> dict[str, str]:
+    return {**NEXT_ENV, SECRET_ENV[scheme]: current, SECRET_ENV[scheme] + "_NEXT": following}
+
 
 def two_signatures(scheme: str, stranger: str, current: str) -> dict[str, str]:
     """One header carrying a signature by `stranger` first and by `current` second."""
@@ -366,9 +390,10 @@ def two_signatures(scheme: str, stranger: str, current: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("scheme", ["standard-webhooks", "stripe"])
-def test_a_header_whose_second_signature_matches_a_configured_secret_is_accepted(make_gateway, scheme):
+def test_a_header_whose_second_signature_matches_a_configured_secret_is_accepted(make_gateway, rotation_schemas,
+                                                                                 scheme):
     old, new, stranger = (rotation_secret(scheme, label) for label in ("old", "new", "stranger"))
-    gateway = make_gateway({SECRET_ENV[scheme]: f"{old} {new}"})
+    gateway = make_gateway(rotating(scheme, old, new), schemas=rotation_schemas)
 
     response = gateway.post(scheme, two_signatures(scheme, stranger, new))
 
@@ -376,9 +401,9 @@ def test_a_header_whose_second_signature_matches_a_configured_secret_is_accepted
 
 
 @pytest.mark.parametrize("scheme", SECRET_SCHEMES)
-def test_while_rotating_both_secrets_are_accepted(make_gateway, scheme):
+def test_while_rotating_both_secrets_are_accepted(make_gateway, rotation_schemas, scheme):
     old, new = rotation_secret(scheme, "old"), rotation_secret(scheme, "new")
-    gateway = make_gateway({SECRET_ENV[scheme]: f"{old} {new}"})
+    gateway = make_gateway(rotating(scheme, old, new), schemas=rotation_schemas)
 
     statuses = [gateway.post(scheme, sign(scheme, secret, delivery=f"d-{i}")).status_code
                 for i, secret in enumerate((old, new))]
@@ -403,6 +428,63 @@ def test_after_the_old_secret_is_removed_a_header_signed_by_old_and_stranger_is_
 
     assert_refused(gateway.post(scheme, two_signatures(scheme, stranger, old)))
     gateway.assert_reached_nothing()
+
+
+@pytest.mark.parametrize("scheme", SECRET_SCHEMES)
+def test_a_rotation_whose_second_variable_is_unset_does_not_load_and_names_it(make_gateway, rotation_schemas,
+                                                                              scheme):
+    current = rotation_secret(scheme, "current")
+    env = {**TABLE_ENV, **NEXT_ENV, SECRET_ENV[scheme]: current}
+    del env[SECRET_ENV[scheme] + "_NEXT"]
+
+    with pytest.raises(ConfigError) as refused:
+        load_registry(rotation_schemas, env)
+
+    assert f"{workflow(scheme)}.json" in str(refused.value) and f"{SECRET_ENV[scheme]}_NEXT" in str(refused.value)
+    assert current not in str(refused.value)
+
+
+# --- one variable, one secret: spaces are part of it ---------------------------------------------------
+
+GITHUB_VECTOR = json.loads((DATA / "signatures" / "github.json").read_text())
+
+
+def test_githubs_documented_example_secret_verifies_githubs_published_vector_over_http(make_gateway):
+    """docs.github.com, "Validating webhook deliveries", testing the webhook payload validation."""
+    assert GITHUB_VECTOR["secret"] == "It's a Secret to Everybody"
+    body = GITHUB_VECTOR["body"].encode()
+    gateway = make_gateway({SECRET_ENV["github"]: GITHUB_VECTOR["secret"]})
+
+    # "Hello, World!" is no JSON: a 400 *after* the signature verified, where a wrong secret is a 401.
+    accepted = gateway.post("github", GITHUB_VECTOR["headers"], body, route="/validate")
+    refused = make_gateway({SECRET_ENV["github"]: "It's"}).post("github", GITHUB_VECTOR["headers"], body)
+
+    assert_problem(accepted, 400)
+    assert_refused(refused)
+
+
+def test_a_secret_with_spaces_verifies_a_signed_delivery_over_http(make_gateway):
+    secret = "It's a Secret to Everybody"
+    gateway = make_gateway({SECRET_ENV["github"]: secret})
+
+    response = gateway.post("github", sign("github", secret))
+
+    assert response.status_code == 202, response.get_data(as_text=True)
+    assert_refused(gateway.post("github", sign("github", "It's")))  # a word of it is no secret of its own
+
+
+@pytest.mark.parametrize("scheme", SECRET_SCHEMES)
+def test_a_secret_read_from_a_variable_ending_in_a_newline_verifies(make_gateway, scheme):
+    secret = rotation_secret(scheme, "from-a-file")
+    gateway = make_gateway({SECRET_ENV[scheme]: secret + "\n"})
+
+    assert gateway.post(scheme, sign(scheme, secret)).status_code == 202
+
+
+@pytest.mark.parametrize("value", ["", "\n"])
+def test_an_empty_secret_variable_does_not_load_and_names_it(make_gateway, value):
+    with pytest.raises(ConfigError, match=f"auth-github.json.*{SECRET_ENV['github']} is missing or empty"):
+        make_gateway({SECRET_ENV["github"]: value})
 
 
 # --- the raw body is what is signed ------------------------------------------------------------
@@ -461,6 +543,16 @@ def sentinel_traffic(gateway: Gateway, scheme: str) -> Iterator[Any]:
         yield gateway.post(scheme, case.request.headers, case.request.body)
 
 
+def operator_traffic(gateway: Gateway, job_id: str) -> Iterator[Any]:
+    """The operator token reading and cancelling a job and the document; near misses of it refused."""
+    yield gateway.client.get(f"/jobs/{job_id}", headers=operator_headers())
+    yield gateway.client.get("/openapi.json", headers=operator_headers())
+    for near_miss in (OPERATOR_TOKEN[:-1], OPERATOR_TOKEN + "0", OPERATOR_TOKEN.upper()):
+        yield gateway.client.get(f"/jobs/{job_id}", headers=operator_headers(near_miss))
+    yield gateway.client.get(f"/jobs/{job_id}", headers={"Authorization": f"Basic {OPERATOR_TOKEN}"})
+    yield gateway.client.delete(f"/jobs/{job_id}", headers=operator_headers())
+
+
 def google_traffic(gateway: Gateway, token: str) -> Iterator[Any]:
     yield gateway.post("google-id-token", cases.google_headers(token))
     for case in cases.malformed_cases(("google-id-token",)):
@@ -472,6 +564,7 @@ def test_no_secret_appears_in_any_response_log_line_message_or_record(make_gatew
     token = cases.id_token(sub="sentinel-subject")  # a bearer credential for an hour: no less secret
     responses = [response for scheme in SECRET_SCHEMES for response in sentinel_traffic(gateway, scheme)]
     responses += google_traffic(gateway, token)
+    responses += operator_traffic(gateway, responses[0].get_json()["job_id"])
 
     outputs = [text for r in responses for text in (r.get_data(as_text=True), repr(dict(r.headers)))]
     outputs += captured_logs.lines
@@ -482,7 +575,7 @@ def test_no_secret_appears_in_any_response_log_line_message_or_record(make_gatew
     assert {200, 202, 400, 401, 422} <= {r.status_code for r in responses} and captured_logs.lines
     webhook_secrets = {text for secret in SENTINELS.values() for text in forbidden_texts(secret)}
     webhook_secrets |= {token, token.rsplit(".", 1)[1]}
-    for text in webhook_secrets | {CARTO_TOKEN}:
+    for text in webhook_secrets | {CARTO_TOKEN, OPERATOR_TOKEN}:
         assert text not in "\n".join(outputs), f"a secret leaked: {text[:12]}…"
     for text in webhook_secrets:
         assert text not in "\n".join(sent_to_carto), f"a secret reached CARTO: {text[:12]}…"
@@ -659,3 +752,140 @@ def test_the_documented_github_push_workflow_runs_a_signed_push(doc_gateway):
 def test_the_documented_github_push_workflow_answers_githubs_ping_with_a_422(doc_gateway):
     assert_problem(post_to_github_push(doc_gateway, PING), 422)
     doc_gateway.assert_reached_nothing()
+
+
+# --- /jobs and /openapi.json are for operators, never for a sender's signature ------------------------
+
+OPERATOR_EMAIL = "oncall@example.com"
+OWN_URL = "http://localhost"  # the test client's host: the audience an operator's ID token names
+
+
+@pytest.fixture
+def job_of(make_gateway):
+    """(gateway, job id) for one accepted delivery per scheme, on a gateway with both operator settings."""
+    gateway = make_gateway({"GATEWAY_OPERATORS": OPERATOR_EMAIL})
+
+    def submit(scheme: str) -> str:
+        body, headers, _ = signed_delivery(scheme)
+        response = gateway.post(scheme, headers, body)
+        assert response.status_code == 202, response.get_data(as_text=True)
+        return response.get_json()["job_id"]
+
+    return gateway, submit
+
+
+def signed_over_an_empty_body(scheme: str) -> dict[str, str]:
+    """A sender's valid credential for its workflow, over the empty body of a GET or DELETE."""
+    if scheme == "google-id-token":
+        return cases.google_headers()
+    return sign(scheme, cases.SECRETS[{v: k for k, v in ENV_NAMES.items()}[SECRET_ENV[scheme]]], body=b"")
+
+
+def assert_not_an_operator(response) -> None:
+    problem = assert_problem(response, 401)
+    assert problem["code"] == "not-an-operator" and response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_a_senders_valid_signature_over_an_empty_body_is_a_401_on_jobs(job_of, scheme, method):
+    gateway, submit = job_of
+    job_id = submit(scheme)
+    headers = signed_over_an_empty_body(scheme)
+    assert gateway.client.post(f"/hooks/{workflow(scheme)}/validate", data=b"",
+                               headers={**headers, "Content-Type": "application/json"}).status_code == 400  # it verifies
+
+    assert_not_an_operator(gateway.client.open(f"/jobs/{job_id}", method=method, headers=headers))
+    assert not any(job.cancelled for job in gateway.jobs())
+
+
+def test_an_operator_token_reads_and_cancels_a_job(job_of):
+    gateway, submit = job_of
+    job_id = submit("github")
+
+    shown = gateway.client.get(f"/jobs/{job_id}", headers=operator_headers())
+    cancelled = gateway.client.delete(f"/jobs/{job_id}", headers=operator_headers())
+
+    assert shown.status_code == 200 and shown.get_json()["job_id"] == job_id
+    assert cancelled.status_code == 200 and cancelled.get_json()["outcome"] == "CANCELLED"
+    assert [job.cancelled for job in gateway.jobs()] == [True]
+
+
+@pytest.mark.parametrize("headers", [
+    {}, operator_headers("not-the-operator-token"), operator_headers(OPERATOR_TOKEN + "x"),
+    {"Authorization": OPERATOR_TOKEN}, {"Authorization": f"Basic {OPERATOR_TOKEN}"}, {"X-Operator-Token": OPERATOR_TOKEN},
+], ids=["none", "wrong", "longer", "no-scheme", "basic", "other-header"])
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+def test_no_or_a_wrong_operator_credential_is_a_401(job_of, headers, method):
+    gateway, submit = job_of
+    job_id = submit("github")
+
+    assert_not_an_operator(gateway.client.open(f"/jobs/{job_id}", method=method, headers=headers))
+    assert_not_an_operator(gateway.client.get("/jobs/no-such-job", headers=headers))  # not even a 404
+    assert not any(job.cancelled for job in gateway.jobs())
+
+
+def test_without_operator_settings_jobs_is_a_401_for_everyone(make_gateway):
+    gateway = make_gateway({"GATEWAY_OPERATOR_TOKENS": "", "GATEWAY_OPERATORS": ""})
+    body, headers, _ = signed_delivery("github")
+    job_id = gateway.post("github", headers, body).get_json()["job_id"]
+    anyones = cases.id_token(aud=OWN_URL, email=OPERATOR_EMAIL)
+
+    for credential in (operator_headers(), cases.google_headers(anyones), {}):
+        assert_not_an_operator(gateway.client.get(f"/jobs/{job_id}", headers=credential))
+        assert_not_an_operator(gateway.client.delete(f"/jobs/{job_id}", headers=credential))
+        assert_not_an_operator(gateway.client.get("/openapi.json", headers=credential))
+
+
+def test_a_google_id_token_of_an_operator_email_reads_a_job_and_another_email_is_a_401(job_of):
+    gateway, submit = job_of
+    job_id = submit("github")
+    operator = cases.id_token(aud=OWN_URL, email=OPERATOR_EMAIL)
+
+    shown = gateway.client.get(f"/jobs/{job_id}", headers=cases.google_headers(operator))
+
+    assert shown.status_code == 200 and shown.get_json()["job_id"] == job_id
+    for refused in (cases.id_token(aud=OWN_URL, email="someone@example.com"),  # not an operator
+                    cases.id_token(aud=OWN_URL, email=OPERATOR_EMAIL, email_verified=False),
+                    cases.id_token(aud=cases.AUDIENCE, email=OPERATOR_EMAIL),  # minted for another URL
+                    cases.id_token(aud=OWN_URL, email=OPERATOR_EMAIL, exp=cases.NOW - 3600, iat=cases.NOW - 7200),
+                    cases.id_token(cases.signing_key("untrusted"), aud=OWN_URL, email=OPERATOR_EMAIL)):
+        assert_not_an_operator(gateway.client.get(f"/jobs/{job_id}", headers=cases.google_headers(refused)))
+    assert not any(job.cancelled for job in gateway.jobs())
+
+
+def test_an_operator_id_token_names_the_functions_https_url_behind_cloud_runs_front_end(job_of):
+    gateway, submit = job_of
+    job_id = submit("github")
+    token = cases.id_token(aud="https://localhost", email=OPERATOR_EMAIL)
+
+    shown = gateway.client.get(f"/jobs/{job_id}", headers={**cases.google_headers(token), "X-Forwarded-Proto": "https"})
+
+    assert shown.status_code == 200
+    assert_not_an_operator(gateway.client.get(f"/jobs/{job_id}", headers=cases.google_headers(token)))
+
+
+def test_the_openapi_document_is_served_to_an_operator_only(job_of):
+    gateway, _ = job_of
+    sender = signed_over_an_empty_body("github")
+
+    assert_not_an_operator(gateway.client.get("/openapi.json"))
+    assert_not_an_operator(gateway.client.get("/openapi.json", headers=sender))
+    document = gateway.client.get("/openapi.json", headers=operator_headers())
+    assert document.status_code == 200 and "/hooks/auth-github" in document.get_json()["paths"]
+    health = gateway.client.get("/healthz")
+    assert health.get_json() == {"status": "ok"} and "auth-" not in health.get_data(as_text=True)
+
+
+def test_an_operators_request_is_logged_with_who_and_a_refusal_with_why(job_of, captured_logs):
+    gateway, submit = job_of
+    job_id = submit("github")
+    gateway.client.get(f"/jobs/{job_id}", headers=operator_headers())
+    gateway.client.get(f"/jobs/{job_id}", headers=cases.google_headers(cases.id_token(aud=OWN_URL, email=OPERATOR_EMAIL)))
+    gateway.client.get(f"/jobs/{job_id}", headers=operator_headers("wrong-token"))
+
+    lines = [json.loads(line) for line in captured_logs.json_lines]
+    answered = [(line.get("operator"), line["status"]) for line in lines if line["message"].startswith("answered GET /jobs")]
+    assert answered == [("token", 200), (OPERATOR_EMAIL, 200), (None, 401)]
+    assert any(line["message"] == "operator authentication refused: the bearer credential is no operator token"
+               for line in lines)

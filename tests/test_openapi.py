@@ -27,7 +27,8 @@ from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 
 from gateway.openapi import cached_document, document, embed_schema
 from gateway.workflows import load_registry
-from tests.conftest import CARTO_TOKEN, PROJECT, ROOT, SECRET
+from tests.apptools import operator_headers
+from tests.conftest import CARTO_TOKEN, OPERATOR_TOKEN, PROJECT, ROOT, SECRET
 
 CALL = "CALL `proj.ds.proc`({})"
 SECRETS = {"STORE_CLUSTERS_SECRETS": SECRET, "GITHUB_SECRET": "gh-secret-SENTINEL", "HMAC_SECRET": "hm-secret-SENTINEL",
@@ -193,11 +194,18 @@ def test_a_workflow_without_auth_has_no_security_requirement(every_scheme):
     assert every_scheme["paths"]["/hooks/open-demo"]["post"]["security"] == []
 
 
-def test_the_job_routes_accept_the_scheme_of_any_workflow(every_scheme):
-    security = every_scheme["paths"]["/jobs/{job_id}"]["get"]["security"]
+@pytest.mark.parametrize("path, method", [("/jobs/{job_id}", "get"), ("/jobs/{job_id}", "delete"), ("/openapi.json", "get")])
+def test_the_operator_routes_take_the_bearer_scheme_of_operators_and_no_webhook_scheme(every_scheme, path, method):
+    operation = every_scheme["paths"][path][method]
 
-    assert {"github": []} in security and {"googleIdToken": []} in security
-    assert {} in security  # open-demo's jobs need no authentication either
+    assert operation["security"] == [{"bearerAuth": []}]  # not even open-demo's jobs are open
+    bearer = every_scheme["components"]["securitySchemes"]["bearerAuth"]
+    assert bearer["type"] == "http" and bearer["scheme"] == "bearer" and "GATEWAY_OPERATORS" in bearer["description"]
+    assert "401" in operation["responses"]
+
+
+def test_healthz_needs_no_credential(every_scheme):
+    assert every_scheme["paths"]["/healthz"]["get"]["security"] == []
 
 
 def test_every_error_answer_is_problem_json_with_the_shared_schema(every_scheme):
@@ -293,7 +301,7 @@ def live(pubsub_emulator, tmp_path_factory):
     topic = f"openapi-jobs-{uuid.uuid4().hex[:8]}"
     env = {**SECRETS, "GATEWAY_SCHEMAS_DIR": str(schemas), "CARTO_API_BASE_URL": sandbox.url,
            "CARTO_API_TOKEN": CARTO_TOKEN, "GATEWAY_LEDGER": f"sqlite:///{state / 'ledger.sqlite3'}",
-           "GOOGLE_CLOUD_PROJECT": PROJECT, "GATEWAY_JOBS_TOPIC": topic}
+           "GOOGLE_CLOUD_PROJECT": PROJECT, "GATEWAY_JOBS_TOPIC": topic, "GATEWAY_OPERATOR_TOKENS": OPERATOR_TOKEN}
     with pytest.MonkeyPatch.context() as patch:
         for name, value in env.items():
             patch.setenv(name, value)
@@ -306,10 +314,11 @@ def live(pubsub_emulator, tmp_path_factory):
     sandbox.stop()
 
 
-def test_the_app_serves_the_document_it_generates(live):
+def test_the_app_serves_the_document_it_generates_to_operators_only(live):
     client, app = live
+    assert client.get("/openapi.json").status_code == 401
 
-    answer = client.get("/openapi.json")
+    answer = client.get("/openapi.json", headers=operator_headers())
 
     assert answer.status_code == 200
     assert answer.get_json() == document(app.registry)

@@ -58,6 +58,12 @@ def scheme_named(name: str):
     return only(AUTH[name])
 
 
+def rotating(auth: dict) -> dict:
+    """`auth` with its one secret reference turned into two: env:X (the current) and env:X_NEXT."""
+    key = "tokens" if "tokens" in auth else "secrets"
+    return {**auth, key: [auth[key], auth[key] + "_NEXT"]}
+
+
 # --- published vectors, frozen clock -------------------------------------------------------------
 
 def test_github_docs_vector_verifies():
@@ -252,13 +258,13 @@ def sw_headers(signature: str) -> dict[str, str]:
 
 
 def test_standard_webhooks_header_with_two_signatures_passes_when_the_second_matches():
-    scheme = only(AUTH["standard-webhooks"], {"SW_SECRETS": f"{OLD_WHSEC} {NEW_WHSEC}"})
+    scheme = only(rotating(AUTH["standard-webhooks"]), {"SW_SECRETS": OLD_WHSEC, "SW_SECRETS_NEXT": NEW_WHSEC})
     header = f"{sw_signature(b'x' * 32)} {sw_signature(NEW_KEY)}"
     assert scheme.verify(sw_headers(header), BODY, NOW).scheme == "standard-webhooks"
 
 
 def test_standard_webhooks_old_signature_passes_while_both_secrets_are_configured():
-    scheme = only(AUTH["standard-webhooks"], {"SW_SECRETS": f"{OLD_WHSEC} {NEW_WHSEC}"})
+    scheme = only(rotating(AUTH["standard-webhooks"]), {"SW_SECRETS": OLD_WHSEC, "SW_SECRETS_NEXT": NEW_WHSEC})
     assert scheme.verify(sw_headers(sw_signature(OLD_KEY)), BODY, NOW).scheme == "standard-webhooks"
 
 
@@ -273,7 +279,7 @@ def stripe_v1(secret: str) -> str:
 
 
 def test_stripe_header_with_two_v1_signatures_passes_when_the_second_matches():
-    scheme = only(AUTH["stripe"], {"STRIPE_SECRETS": "whsec_old whsec_new"})
+    scheme = only(rotating(AUTH["stripe"]), {"STRIPE_SECRETS": "whsec_old", "STRIPE_SECRETS_NEXT": "whsec_new"})
     header = f"t={NOW},v1={stripe_v1('whsec_unknown')},v0={stripe_v1('x')},v1={stripe_v1('whsec_new')}"
     assert scheme.verify({"Stripe-Signature": header}, BODY, NOW).scheme == "stripe"
 
@@ -292,7 +298,7 @@ ENV_VAR = {name: AUTH[name].get("secrets", AUTH[name].get("tokens", "")).removep
 @pytest.mark.parametrize("name", SINGLE_SIGNATURE)
 def test_signature_by_the_second_of_two_secrets_passes(name):
     signed_with_new = only(AUTH[name], {ENV_VAR[name]: "new-secret"}).sign(BODY, NOW)
-    both = only(AUTH[name], {ENV_VAR[name]: "old-secret new-secret"})
+    both = only(rotating(AUTH[name]), {ENV_VAR[name]: "old-secret", ENV_VAR[name] + "_NEXT": "new-secret"})
     assert both.verify(signed_with_new, BODY, NOW).scheme == name
 
 
@@ -359,8 +365,8 @@ def test_bearer_in_a_custom_header_is_the_bare_token():
     assert scheme.verify({"x-gitlab-token": SECRETS["BEARER_TOKENS"]}, BODY, NOW).scheme == "bearer"
 
 
-def test_bearer_signs_with_the_first_token():
-    scheme = only(AUTH["bearer"], {"BEARER_TOKENS": "first second"})
+def test_bearer_signs_with_the_token_of_the_first_reference():
+    scheme = only(rotating(AUTH["bearer"]), {"BEARER_TOKENS": "first", "BEARER_TOKENS_NEXT": "second"})
     assert scheme.sign(BODY, NOW) == {"Authorization": "Bearer first"}
 
 
@@ -422,9 +428,35 @@ def test_plain_dict_headers_are_read_case_insensitively():
 
 # --- configuration ----------------------------------------------------------------------------------
 
-def test_secrets_read_from_env_split_on_whitespace_are_all_active():
-    scheme = only(AUTH["github"], {"GITHUB_SECRETS": " a\nb\tc \n"})
-    assert scheme == GitHub((b"a", b"b", b"c"))
+@pytest.mark.parametrize(("value", "secret"), [
+    ("It's a Secret to Everybody", b"It's a Secret to Everybody"),  # GitHub's documented example: spaces are kept
+    ("s3cr3t\n", b"s3cr3t"),  # what a file, `echo` or a Secret Manager version leaves: one newline dropped
+    ("s3cr3t\r\n", b"s3cr3t"),
+    ("s3cr3t\n\n", b"s3cr3t\n"),  # only one
+    (" padded\t", b" padded\t"),  # nothing else is trimmed
+])
+def test_one_variable_holds_one_secret_verbatim_but_for_one_trailing_newline(value, secret):
+    assert only(AUTH["github"], {"GITHUB_SECRETS": value}) == GitHub((secret,))
+
+
+def test_every_reference_of_a_list_is_one_active_secret_in_order():
+    auth = {**AUTH["github"], "secrets": ["env:A", "env:B", "env:C"]}
+    assert only(auth, {"A": "first secret", "B": "second\n", "C": "third"}) == GitHub(
+        (b"first secret", b"second", b"third"))
+
+
+@pytest.mark.parametrize("refs", [[], ["env:A", "env:A"], ["env:A", "A"], ["env:A", 7], {"env": "A"}])
+def test_a_list_of_references_must_be_non_empty_distinct_env_references(refs):
+    with pytest.raises(ConfigError, match=r"auth\[0\] \(github\): secrets ") as refused:
+        build_schemes([{**AUTH["github"], "secrets": refs}], {"A": "value-of-a"})
+    assert "value-of-a" not in str(refused.value)
+
+
+def test_an_unset_variable_of_a_rotation_list_is_a_config_error_naming_it():
+    auth = {**AUTH["github"], "secrets": ["env:A", "env:A_NEXT"]}
+    with pytest.raises(ConfigError, match="A_NEXT is missing or empty") as refused:
+        build_schemes([auth], {"A": "secret-of-a"})
+    assert "secret-of-a" not in str(refused.value)
 
 
 @pytest.mark.parametrize("env", [{}, {"GITHUB_SECRETS": ""}, {"GITHUB_SECRETS": " \n"}])

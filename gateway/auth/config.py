@@ -1,8 +1,10 @@
 """Building a workflow's authentication schemes from its `auth` configuration (docs/authentication.md).
 
-`env:NAME` references are read from the environment mapping passed in: several space-separated
-values are all active (rotation). Every problem is a ConfigError naming the entry and the
-variable, never a value.
+`env:NAME` references are read from the environment mapping passed in. One variable holds one
+secret, verbatim (a secret may contain spaces), except that one trailing newline is dropped, as
+files, `echo` and Secret Manager versions often carry one. Rotation is several references
+(`"secrets": ["env:A", "env:A_NEXT"]`): every one is active. Every problem is a ConfigError
+naming the entry and the variable, never a value.
 """
 
 from __future__ import annotations
@@ -34,6 +36,17 @@ from gateway.errors import ConfigError
 
 _ENV_REF = re.compile(r"env:([A-Za-z_][A-Za-z0-9_]*)")
 
+
+def read_secret(env: Mapping[str, str], name: str) -> str | None:
+    """The secret in variable `name`: its value verbatim but for one trailing newline (or CRLF); None if the
+    variable is unset, empty or blank (whitespace alone is a mistake, never a secret)."""
+    value = env.get(name)
+    if value is None:
+        return None
+    value = value.removesuffix("\n").removesuffix("\r") if value.endswith("\n") else value
+    return value if value.strip() else None
+
+
 def build_schemes(auth: str | Sequence[Mapping[str, Any]], env: Mapping[str, str], *,
                   id_token_verifier: IdTokenVerifier | None = None) -> tuple[Scheme, ...]:
     """The schemes a workflow's `auth` configures; ConfigError naming what is wrong (never a value)."""
@@ -64,14 +77,27 @@ class _Spec:
         return ConfigError(f"{self.where}: {message}")
 
     def secrets(self, key: str = "secrets") -> tuple[str, ...]:
-        ref = self.entry.get(key)
-        match = _ENV_REF.fullmatch(ref) if isinstance(ref, str) else None
-        if not match:  # never echo `ref`: it may be a secret pasted inline by mistake
-            raise self.fail(f"{key} must be 'env:NAME' naming an environment variable")
-        values = tuple(self.env.get(match[1], "").split())
-        if not values:
-            raise self.fail(f"environment variable {match[1]} is missing or empty")
-        return values
+        """One secret per referenced variable, in the order of the references (the first one signs)."""
+        values = []
+        for name in self.variables(key):
+            value = read_secret(self.env, name)
+            if value is None:
+                raise self.fail(f"environment variable {name} is missing or empty")
+            values.append(value)
+        return tuple(values)
+
+    def variables(self, key: str) -> tuple[str, ...]:
+        """The variable names of `key`: one `env:NAME` or a non-empty list of them, each once."""
+        refs = self.entry.get(key)
+        refs = [refs] if isinstance(refs, str) else refs
+        matches = [_ENV_REF.fullmatch(ref) if isinstance(ref, str) else None
+                   for ref in (refs if isinstance(refs, list) else [None])]
+        if not matches or not all(matches):  # never echo a reference: it may be a secret pasted inline by mistake
+            raise self.fail(f"{key} must be 'env:NAME' or a non-empty list of them, each naming an environment variable")
+        names = tuple(match[1] for match in matches if match)
+        if len(set(names)) != len(names):
+            raise self.fail(f"{key} names the same environment variable twice")
+        return names
 
     def utf8_secrets(self) -> tuple[bytes, ...]:
         return tuple(secret.encode() for secret in self.secrets())

@@ -3,7 +3,7 @@
 A workflow's `auth` is "none" or a list of schemes; a request passes if any of them accepts
 it (`verify_request`). Each scheme verifies the raw body bytes (never re-serialised JSON),
 compares MACs with `hmac.compare_digest` on bytes, accepts every secret configured for it
-(space-separated values of one environment variable = rotation), refuses timestamps outside
+(one per configured variable: rotation lists several), refuses timestamps outside
 ±tolerance in both directions, and turns every missing or malformed header into the same
 `SignatureError` (401). Each scheme also has the matching `sign()` for tests and the CLI.
 

@@ -1,0 +1,92 @@
+"""Who may administer the gateway: `/jobs/{job_id}` and `/openapi.json` are for operators only.
+
+A sender's webhook secret lets it deliver, never administer: a signature over an empty body names no
+job and, for schemes without a timestamp, never expires. Operators present
+`Authorization: Bearer <token>` with either
+
+- a token from `GATEWAY_OPERATOR_TOKENS` (comma-separated), compared in constant time, or
+- a Google-signed ID token (gateway.auth.idtoken: signature, issuer, lifetime, and the audience is
+  this function's URL) whose verified email is in `GATEWAY_OPERATORS` (comma-separated).
+
+With neither setting every request is refused: the door is closed, not open. Every refusal is the
+same 401; the reason is for the log and never holds a value.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from gateway.auth.idtoken import IdTokenVerifier
+from gateway.errors import AuthenticationFailed, GatewayError
+
+_BEARER = re.compile(r"bearer ([\x21-\x7e]+)", re.ASCII | re.IGNORECASE)
+_JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+REFUSED = "This route is for operators: send Authorization: Bearer with an operator token or a Google ID token"
+
+
+class NotAnOperator(AuthenticationFailed):
+    """No operator credential, or a wrong one. `reason` is for the log (never a value)."""
+
+    code, title = "not-an-operator", "Operator credentials required"
+
+    def __init__(self, reason: str):
+        super().__init__(REFUSED, headers={"WWW-Authenticate": 'Bearer realm="operators"'})
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Operator:
+    """Who was let in: `token` (an operator token; which one is not said) or the ID token's email."""
+
+    subject: str
+
+
+@dataclass(frozen=True)
+class Operators:
+    """The operator credentials of one instance."""
+
+    tokens: tuple[bytes, ...] = field(repr=False)
+    emails: frozenset[str]
+    id_token_verifier: Callable[[], IdTokenVerifier] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_settings(cls, tokens: tuple[str, ...], emails: frozenset[str],
+                      id_token_verifier: Callable[[], IdTokenVerifier]) -> Operators:
+        return cls(tuple(token.encode() for token in tokens), emails, id_token_verifier)
+
+    def verify(self, headers: Mapping[str, str], audience: str, now: float) -> Operator:
+        """The operator behind the request's bearer credential; NotAnOperator otherwise."""
+        if not self.tokens and not self.emails:
+            raise NotAnOperator("neither GATEWAY_OPERATOR_TOKENS nor GATEWAY_OPERATORS is set")
+        value = headers.get("Authorization")
+        if not value:
+            raise NotAnOperator("no Authorization header")
+        match = _BEARER.fullmatch(value) if isinstance(value, str) else None
+        if not match:
+            raise NotAnOperator("the Authorization header is not Bearer <token>")
+        credential = match[1].encode()
+        matched = False
+        for token in self.tokens:  # every token compared, so the time says nothing about which one
+            matched |= hmac.compare_digest(credential, token)
+        if matched:
+            return Operator("token")
+        if self.emails and _JWT.fullmatch(match[1]):
+            return Operator(self._email(match[1], audience, now))
+        raise NotAnOperator("the bearer credential is no operator token")
+
+    def _email(self, token: str, audience: str, now: float) -> str:
+        try:
+            claims = self.id_token_verifier().verify(token, audience=audience, now=now)
+        except AuthenticationFailed as exc:
+            raise NotAnOperator(f"ID token refused: {exc}") from None
+        except GatewayError:  # Google's certificates unavailable: an honest 503, not a 401
+            raise
+        email = claims.get("email")
+        if not isinstance(email, str) or email not in self.emails:
+            raise NotAnOperator("the ID token's email is not in GATEWAY_OPERATORS")
+        if claims.get("email_verified") is not True:
+            raise NotAnOperator("the ID token's email is not verified")
+        return email
