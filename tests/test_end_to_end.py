@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from gateway.local.devstack import LocalStack
-from tests.conftest import CARTO_TOKEN, PROJECT, ROOT, SECRET
+from tests.conftest import CARTO_TOKEN, OPERATOR_TOKEN, PROJECT, ROOT, SECRET
 from tests.stackutil import EventInbox, post_hook
 
 BODY = {"clusters": 2, "radius_m": 500, "store": {"type": "Supermarket"}}
@@ -31,7 +31,8 @@ def stack(pubsub_emulator, tasks_emulator, test_schemas, tmp_path_factory):
         pubsub_host=pubsub_emulator.host, tasks_host=tasks_emulator.host, sandbox_duration_s=1.0, submit_port=0,
         sandbox_procedures={"test-project.workflows_temp.slow_report": {"parameters": {"region": "STRING"},
                                                                          "duration_s": None}},
-        env={"CARTO_API_TOKEN": CARTO_TOKEN, "STORE_CLUSTERS_SECRETS": SECRET, "GATEWAY_POLL_FIRST_S": "0.2"},
+        env={"CARTO_API_TOKEN": CARTO_TOKEN, "STORE_CLUSTERS_SECRETS": SECRET, "GATEWAY_POLL_FIRST_S": "0.2",
+             "GATEWAY_OPERATOR_TOKENS": OPERATOR_TOKEN},
     ).start()
     yield stack
     stack.stop()
@@ -156,6 +157,14 @@ def test_no_token_or_secret_in_any_answer_log_or_message(stack, inbox):
                           headers={"Authorization": f"Bearer {CARTO_TOKEN}"}, timeout=10)
     assert CARTO_TOKEN in echoed.text
 
+    job_url = f"{stack.url('webhook')}/jobs/{answers[0].json()['job_id']}"
+    operator = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+    answers.append(requests.get(job_url, headers=operator, timeout=10))
+    answers.append(requests.get(job_url, headers={"Authorization": f"Bearer {OPERATOR_TOKEN}x"}, timeout=10))
+    answers.append(requests.get(f"{stack.url('webhook')}/openapi.json", headers=operator, timeout=10))
+    answers.append(requests.delete(job_url, headers=operator, timeout=10))
+    assert [a.status_code for a in answers[-4:]] == [200, 401, 200, 200]
+
     texts = [a.text + json.dumps(dict(a.headers)) for a in answers]
     texts += [e.raw.decode() + json.dumps(e.attributes) for e in inbox.events]
     texts += [(stack.log_dir / f"{name}.log").read_text() for name in ("webhook", "poll")]
@@ -165,3 +174,4 @@ def test_no_token_or_secret_in_any_answer_log_or_message(stack, inbox):
     for text in texts:
         assert CARTO_TOKEN not in text
         assert secret_material not in text
+        assert OPERATOR_TOKEN not in text

@@ -11,7 +11,7 @@ import pytest
 
 from gateway.local.sandbox import serve
 from tests.apptools import RecordingPublisher, build_app, function_client, operator_headers, settings_env
-from tests.conftest import CARTO_TOKEN, SECRET
+from tests.conftest import CARTO_TOKEN, OPERATOR_TOKEN, SECRET
 from tests.stackutil import signed_headers
 
 BODY = {"clusters": 2, "radius_m": 500, "store": {"type": "Supermarket"}}
@@ -323,3 +323,54 @@ def test_the_seed_workflow_refuses_2_5_clusters_once(client):
     problem = assert_problem(post(client, "/hooks/store-clusters", body=body), 422)
 
     assert problem["errors"] == [{"path": "/clusters", "message": "number_of_clusters (INT64): expected an integer, got 2.5"}]
+
+
+# --- python -m gateway status / cancel --------------------------------------------------------------
+
+def gateway_cli(*args: str, **env: str):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_OPERATOR")}
+    return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=ROOT, env={**clean, **env},
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.fixture
+def slow(test_schemas, tmp_path):
+    """A gateway whose jobs run for a minute: long enough to cancel one."""
+    server = serve(token=CARTO_TOKEN, default_duration_s=60)
+    yield function_client(build_app(settings_env(test_schemas, server.url, tmp_path))), server
+    server.stop()
+
+
+def test_status_and_cancel_print_the_record_with_the_operator_token_from_the_environment(slow):
+    from tests.rigs import served
+
+    client, sandbox = slow
+    job_id = post(client, "/hooks/store-clusters", BODY).get_json()["job_id"]
+    with served(client.application) as url:
+        status = gateway_cli("status", job_id, "--url", url, GATEWAY_OPERATOR_TOKENS=f"{OPERATOR_TOKEN},another")
+        cancel = gateway_cli("cancel", job_id, "--url", url, GATEWAY_OPERATOR_TOKEN=OPERATOR_TOKEN)
+
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["job_id"] == job_id and json.loads(status.stdout)["outcome"] is None
+    assert cancel.returncode == 0, cancel.stderr
+    assert json.loads(cancel.stdout)["outcome"] == "CANCELLED" and sandbox.jobs()[0].cancelled
+    assert OPERATOR_TOKEN not in status.stdout + status.stderr + cancel.stdout + cancel.stderr
+
+
+def test_status_without_an_operator_token_or_with_a_wrong_one_fails_and_says_why(client):
+    from tests.rigs import served
+
+    job_id = post(client, "/hooks/store-clusters", BODY).get_json()["job_id"]
+    with served(client.application) as url:
+        missing = gateway_cli("status", job_id, "--url", url)
+        wrong = gateway_cli("status", job_id, "--url", url, GATEWAY_OPERATOR_TOKENS="not-the-token")
+
+    assert missing.returncode == 1 and "GATEWAY_OPERATOR_TOKENS" in missing.stderr and missing.stdout == ""
+    assert wrong.returncode == 1 and "HTTP 401" in wrong.stderr and "not-an-operator" in wrong.stderr
+    assert "not-the-token" not in wrong.stderr

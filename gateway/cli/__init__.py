@@ -1,4 +1,4 @@
-"""The command line: check, render, sign, send, openapi, events, sandbox, dev."""
+"""The command line: check, render, sign, send, status, cancel, openapi, events, sandbox, dev."""
 
 from __future__ import annotations
 
@@ -7,13 +7,16 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from gateway.errors import ConfigError, GatewayError
 
 DEFAULT_WEBHOOK_URL = "http://127.0.0.1:8080"
+OPERATOR_TOKEN_HELP = ("the bearer credential is GATEWAY_OPERATOR_TOKEN if set (an operator token, or "
+                       "$(gcloud auth print-identity-token --audiences=URL)), else the first of GATEWAY_OPERATOR_TOKENS")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -56,6 +59,15 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--url", default=os.environ.get("GATEWAY_URL", DEFAULT_WEBHOOK_URL))
     send.add_argument("--delivery-id", help="idempotency / delivery id (default: a new one)")
     send.set_defaults(run=_send)
+
+    for verb, method, summary in (("status", "GET", "print a job's record and live status"),
+                                  ("cancel", "DELETE", "cancel a job and print its record")):
+        job = verbs.add_parser(verb, help=f"{summary} (operators)",
+                               description=f"{summary[0].upper()}{summary[1:]}. Operators only: {OPERATOR_TOKEN_HELP}.")
+        job.add_argument("job_id")
+        job.add_argument("--url", default=os.environ.get("GATEWAY_URL", DEFAULT_WEBHOOK_URL),
+                         help="the webhook function's URL (GATEWAY_URL, default: %(default)s)")
+        job.set_defaults(run=_job, method=method)
 
     openapi = verbs.add_parser("openapi", help="print the OpenAPI 3.1 document")
     openapi.set_defaults(run=_openapi)
@@ -153,6 +165,36 @@ def _send(args: argparse.Namespace) -> int:
     print(f"HTTP {answer.status_code}")
     print(answer.text)
     return 0 if answer.status_code < 400 else 1
+
+
+def operator_credential(env: Mapping[str, str]) -> str:
+    """The bearer credential `status` and `cancel` send (see OPERATOR_TOKEN_HELP); ConfigError if there is none."""
+    token = (env.get("GATEWAY_OPERATOR_TOKEN") or "").strip()
+    tokens = [t.strip() for t in (env.get("GATEWAY_OPERATOR_TOKENS") or "").split(",") if t.strip()]
+    if not (token or tokens):
+        raise ConfigError("no operator credential: set GATEWAY_OPERATOR_TOKEN or GATEWAY_OPERATOR_TOKENS")
+    return token or tokens[0]
+
+
+def _job(args: argparse.Namespace) -> int:
+    import requests
+
+    headers = {"Authorization": f"Bearer {operator_credential(os.environ)}"}
+    url = f"{args.url.rstrip('/')}/jobs/{quote(args.job_id, safe='')}"
+    try:
+        answer = requests.request(args.method, url, headers=headers, timeout=60)
+    except requests.RequestException as exc:
+        raise ConfigError(f"cannot reach {args.url}: {type(exc).__name__}") from None
+    try:
+        shown = json.dumps(answer.json(), indent=2)
+    except ValueError:
+        shown = answer.text
+    if answer.status_code == 200:
+        print(shown)
+        return 0
+    print(f"HTTP {answer.status_code}", file=sys.stderr)
+    print(shown, file=sys.stderr)
+    return 1
 
 
 def _openapi(args: argparse.Namespace) -> int:

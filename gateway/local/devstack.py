@@ -21,6 +21,7 @@ from gateway.local import emulators
 ROOT = Path(__file__).resolve().parents[2]
 DEV_SECRET = "whsec_ZGV2LXNlY3JldC1ub3QtZm9yLXByb2R1Y3Rpb24tdXNl"  # base64("dev-secret-not-for-production-use")
 DEV_TOKEN = "dev-carto-token"
+DEV_OPERATOR_TOKEN = "dev-operator-token-not-for-production-use"  # GATEWAY_OPERATOR_TOKENS of the local stack
 
 
 @dataclass
@@ -91,6 +92,7 @@ class LocalStack:
             "STORE_CLUSTERS_SECRETS": DEV_SECRET,
             "GATEWAY_TASKS_QUEUE": f"projects/{self.project}/locations/local/queues/poll-checks",
             "GATEWAY_POLL_URL": f"{self.url('poll')}/",
+            "GATEWAY_OPERATOR_TOKENS": DEV_OPERATOR_TOKEN,
         }
         merged = {**base, **{k: v for k, v in self.env.items()}}
         if self.pubsub_host:
@@ -222,6 +224,9 @@ In another terminal, send a signed webhook and watch its completion event:
     STORE_CLUSTERS_SECRETS={env['STORE_CLUSTERS_SECRETS']}
   .venv/bin/python -m gateway events &
   .venv/bin/python -m gateway send store-clusters examples/store-clusters.json --url {stack.url('webhook')}
+Follow or cancel a job as an operator (the token of GATEWAY_OPERATOR_TOKENS):
+  GATEWAY_OPERATOR_TOKENS={env['GATEWAY_OPERATOR_TOKENS'].split(',')[0]} \
+    .venv/bin/python -m gateway status JOB_ID --url {stack.url('webhook')}
 Ctrl-C stops everything.""", flush=True)
 
 
