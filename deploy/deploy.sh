@@ -14,7 +14,7 @@ usage: deploy/deploy.sh [--env FILE] [--dry-run]
   --dry-run    print every gcloud command instead of running it (no credentials needed)
 
 A secret with no value yet takes it from the environment variable of the same name, e.g.
-  CARTO_API_TOKEN=... STORE_CLUSTERS_SECRETS=whsec_... deploy/deploy.sh
+  CARTO_API_TOKEN=... STORE_CLUSTERS_SECRETS=whsec_... GATEWAY_OPERATOR_TOKENS=... deploy/deploy.sh
 EOF
 }
 
@@ -33,7 +33,7 @@ main() {
   load_settings
   ((DRY_RUN)) || command -v gcloud >/dev/null || die "gcloud not found: install the Google Cloud SDK"
   collect_secrets
-  FUNCTION_ENV_VARS=$(function_env_vars)
+  function_env_vars webhook >/dev/null  # every setting checked before anything is created
   say "gateway deploy to project $PROJECT, region $REGION"
   gc services enable "${REQUIRED_APIS[@]}"
   PUBSUB_AGENT=$(pubsub_service_agent)
@@ -86,9 +86,9 @@ create_service_accounts() {
 }
 
 create_secrets() {
-  say "Secret Manager secrets, one per secret env var (CARTO and the workflows' auth)"
+  say "Secret Manager secrets: CARTO's, the workflows' auth, the operator tokens (SECRET_VERSIONS may map two variables to one)"
   local name missing=()
-  for name in "${ALL_SECRET_ENVS[@]}"; do
+  for name in "${ALL_SECRET_NAMES[@]}"; do
     gc_exists secrets describe "$name" || gc secrets create "$name" --replication-policy=automatic
     if has_secret_value "$name"; then continue; fi
     if ((DRY_RUN)) || [[ -n ${!name:-} ]]; then
@@ -140,7 +140,7 @@ grant_runtime_roles() {
   grant_publishers "$GATEWAY_JOBS_TOPIC" webhook submit poll sweep
   grant_publishers "$GATEWAY_EVENTS_TOPIC" poll sweep
   for fn in "${FUNCTIONS[@]}"; do
-    mapfile -t secrets < <(function_secret_envs "$fn")
+    mapfile -t secrets < <(secret_names $(function_secret_envs "$fn"))
     for name in "${secrets[@]}"; do
       gc_retry secrets add-iam-policy-binding "$name" --member="$(sa_member "$fn")" \
         --role=roles/secretmanager.secretAccessor --format=none
@@ -201,20 +201,25 @@ deploy_functions() {
 }
 
 deploy_function() {
-  local fn=$1
+  local fn=$1 env_vars secrets
   shift
+  env_vars=$(function_env_vars "$fn")
+  secrets=$(function_secrets "$fn")
   local args=(functions deploy "$(function_name "$fn")" --gen2 --region="$REGION"
     --runtime="$RUNTIME" --source="$SOURCE_DIR" --entry-point="$fn"
     --service-account="$(sa_email "$fn")"
-    --set-env-vars="$FUNCTION_ENV_VARS" --set-secrets="$(function_secrets "$fn")" "$@")
+    --set-env-vars="$env_vars" --set-secrets="$secrets" "$@")
   if [[ -n $BUILD_SERVICE_ACCOUNT ]]; then
     args+=(--build-service-account="projects/$PROJECT/serviceAccounts/$BUILD_SERVICE_ACCOUNT")
   fi
   gc "${args[@]}"
 }
 
-# The settings of README "Settings", the same for every function.
+# The settings of README "Settings": the same for every function, plus the operators' emails for
+# `webhook`. A list of emails has commas, so then the pairs are joined by ";" (gcloud's alternate
+# delimiter, `gcloud topic escaping`).
 function_env_vars() {
+  local fn=$1
   local pairs=(
     "GOOGLE_CLOUD_PROJECT=$PROJECT"
     "GATEWAY_SCHEMAS_DIR=$GATEWAY_SCHEMAS_DIR"
@@ -231,16 +236,26 @@ function_env_vars() {
   for pair in "${pairs[@]}"; do
     [[ $pair != *,* ]] || die "a setting may not contain a comma: ${pair%%=*}"
   done
+  if [[ $fn == webhook && -n $GATEWAY_OPERATORS ]]; then
+    pairs+=("GATEWAY_OPERATORS=$GATEWAY_OPERATORS")
+  fi
+  if [[ $GATEWAY_OPERATORS == *,* && $fn == webhook ]]; then
+    [[ -z $EXTRA_ENV_VARS ]] || pairs+=("${EXTRA_ENV_VARS//,/;}")
+    local IFS=';'
+    printf '^;^%s\n' "${pairs[*]}"
+    return
+  fi
   [[ -z $EXTRA_ENV_VARS ]] || pairs+=("$EXTRA_ENV_VARS")
   local IFS=,
   printf '%s\n' "${pairs[*]}"
 }
 
-# NAME=NAME:latest for each secret the function reads: a new instance reads the newest version.
+# VAR=SECRET:VERSION for each secret variable the function reads: NAME:latest unless SECRET_VERSIONS
+# pins it (rotation); a new instance reads the newest version when it starts.
 function_secrets() {
   local refs=() name
   while read -r name; do
-    refs+=("$name=$name:latest")
+    refs+=("$name=$(secret_source "$name")")
   done < <(function_secret_envs "$1")
   local IFS=,
   printf '%s\n' "${refs[*]}"

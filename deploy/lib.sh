@@ -125,6 +125,8 @@ load_settings() {
   : "${CARTO_CLIENT_ID:=}"
   : "${EXTRA_ENV_VARS:=}"
   : "${BUILD_SERVICE_ACCOUNT:=}"
+  : "${GATEWAY_OPERATORS:=}"
+  : "${SECRET_VERSIONS:=}"
   local missing=() name
   for name in PROJECT REGION CARTO_API_BASE_URL; do
     [[ -n ${!name:-} ]] || missing+=("$name")
@@ -136,6 +138,9 @@ load_settings() {
   LEDGER_DATABASE=${BASH_REMATCH[3]:-(default)}
   [[ $NAME_PREFIX =~ ^[a-z][a-z0-9-]{1,20}$ ]] \
     || die "NAME_PREFIX must be 2-21 lower-case letters, digits or dashes (it prefixes service account ids)"
+  [[ -z $GATEWAY_OPERATORS || $GATEWAY_OPERATORS =~ ^[^@,\;[:space:]]+@[^@,\;[:space:]]+(,[^@,\;[:space:]]+@[^@,\;[:space:]]+)*$ ]] \
+    || die "GATEWAY_OPERATORS must be comma-separated email addresses, got $GATEWAY_OPERATORS"
+  parse_secret_versions
   set_names
 }
 
@@ -153,6 +158,30 @@ set_names() {
 function_name() { printf '%s-%s\n' "$NAME_PREFIX" "$1"; }
 sa_email() { printf '%s-%s@%s.iam.gserviceaccount.com\n' "$NAME_PREFIX" "$1" "$PROJECT"; }
 sa_member() { printf 'serviceAccount:%s\n' "$(sa_email "$1")"; }
+
+# SECRET_VERSIONS=VAR=SECRET:VERSION,... : which Secret Manager secret and version a variable reads
+# (rotation: two variables, two versions of one secret). Every other variable reads VAR:latest.
+declare -A SECRET_SOURCE=()
+parse_secret_versions() {
+  local item
+  local -a items
+  IFS=, read -r -a items <<<"$SECRET_VERSIONS"
+  for item in "${items[@]}"; do
+    [[ $item =~ ^([A-Za-z_][A-Za-z0-9_]*)=([A-Za-z0-9_-]+):(latest|[1-9][0-9]*)$ ]] \
+      || die "SECRET_VERSIONS must be VARIABLE=SECRET:VERSION,... (VERSION a number or latest), got $item"
+    SECRET_SOURCE[${BASH_REMATCH[1]}]="${BASH_REMATCH[2]}:${BASH_REMATCH[3]}"
+  done
+}
+secret_source() { printf '%s\n' "${SECRET_SOURCE[$1]:-$1:latest}"; }
+secret_name() { local source; source=$(secret_source "$1"); printf '%s\n' "${source%%:*}"; }
+# The Secret Manager secrets behind some variables, each once.
+secret_names() {
+  local name
+  for name in "$@"; do secret_name "$name"; done | sort -u
+}
+
+# The Secret Manager secret holding the operator tokens of /jobs and /openapi.json (webhook only).
+OPERATOR_SECRET_ENV=GATEWAY_OPERATOR_TOKENS
 
 # Env var names of the CARTO credentials the deployment itself uses (README, "Settings").
 carto_secret_envs() {
@@ -212,15 +241,21 @@ collect_secrets() {
     [[ -n $kind ]] || continue
     if [[ $kind == auth ]]; then AUTH_SECRET_ENVS+=("$name"); else CARTO_SECRET_ENVS+=("$name"); fi
   done <<<"$listing"
-  mapfile -t ALL_SECRET_ENVS < <(unique_lines "${CARTO_SECRET_ENVS[@]}" "${AUTH_SECRET_ENVS[@]}")
+  mapfile -t ALL_SECRET_ENVS < <(unique_lines "${CARTO_SECRET_ENVS[@]}" "${AUTH_SECRET_ENVS[@]}" "$OPERATOR_SECRET_ENV")
+  local pinned
+  for pinned in "${!SECRET_SOURCE[@]}"; do
+    printf '%s\n' "${ALL_SECRET_ENVS[@]}" | grep -qx "$pinned" \
+      || die "SECRET_VERSIONS names $pinned, which no workflow file references"
+  done
+  mapfile -t ALL_SECRET_NAMES < <(secret_names "${ALL_SECRET_ENVS[@]}")
 }
 
-# Which secret env vars a function reads. Only `webhook` verifies senders, so only it gets the
-# webhook secrets; poll, submit and sweep load the registry without them (main.py:
-# App.from_env(verify_senders=False)) and read the CARTO credentials alone.
+# Which secret env vars a function reads. Only `webhook` verifies senders and serves operators, so
+# only it gets the webhook secrets and the operator tokens; poll, submit and sweep load the registry
+# without them (main.py: App.from_env(verify_senders=False)) and read the CARTO credentials alone.
 function_secret_envs() {
   if [[ ${1:-} == webhook ]]; then
-    unique_lines "${CARTO_SECRET_ENVS[@]}" "${AUTH_SECRET_ENVS[@]}"
+    unique_lines "${CARTO_SECRET_ENVS[@]}" "${AUTH_SECRET_ENVS[@]}" "$OPERATOR_SECRET_ENV"
   else
     unique_lines "${CARTO_SECRET_ENVS[@]}"
   fi

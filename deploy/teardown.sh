@@ -80,7 +80,7 @@ revoke_runtime_roles() {
     gc_try projects remove-iam-policy-binding "$PROJECT" --member="$(sa_member "$fn")" \
       --role=roles/datastore.user --all --format=none
     if ((DELETE_SECRETS)); then continue; fi
-    mapfile -t secrets < <(function_secret_envs "$fn")
+    mapfile -t secrets < <(secret_names $(function_secret_envs "$fn"))
     for name in "${secrets[@]}"; do
       gc_try secrets remove-iam-policy-binding "$name" --member="$(sa_member "$fn")" \
         --role=roles/secretmanager.secretAccessor --format=none
@@ -99,7 +99,7 @@ delete_service_accounts() {
 delete_secrets() {
   say "secrets (--delete-secrets): their values cannot be recovered"
   local name
-  for name in "${ALL_SECRET_ENVS[@]}"; do
+  for name in "${ALL_SECRET_NAMES[@]}"; do
     gc_try secrets delete "$name" --quiet
   done
 }

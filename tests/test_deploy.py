@@ -43,7 +43,8 @@ WORKFLOWS = {
         "carto": {"token": "env:PARTNER_CARTO_TOKEN"},
     },
 }
-AUTH_SECRETS = {"STORE_CLUSTERS_SECRETS", "PARTNER_TOKENS"}
+# Only webhook reads these: the senders' secrets and the operator tokens of /jobs and /openapi.json.
+AUTH_SECRETS = {"STORE_CLUSTERS_SECRETS", "PARTNER_TOKENS", "GATEWAY_OPERATOR_TOKENS"}
 ALL_SECRETS = AUTH_SECRETS | {"PARTNER_CARTO_TOKEN", "CARTO_API_TOKEN"}
 
 FAKE_GCLOUD = r"""#!/usr/bin/env bash
@@ -547,6 +548,78 @@ def test_a_setting_with_a_comma_is_refused(tmp_path, source):
     assert "CARTO_API_BASE_URL" in refused_dry_run(tmp_path, source, settings)
 
 
+# --- rotation: two variables, two versions of one secret; the operators ---------------------------
+
+ROTATING = {"store-clusters": {"auth": [{"scheme": "standard-webhooks",
+                                        "secrets": ["env:STORE_CLUSTERS_SECRETS", "env:STORE_CLUSTERS_SECRETS_PREVIOUS"]}]}}
+ROTATION_SETTINGS = ("SECRET_VERSIONS=STORE_CLUSTERS_SECRETS_PREVIOUS=STORE_CLUSTERS_SECRETS:3\n"
+                     "GATEWAY_OPERATORS=oncall@example.com,ci@my-gcp-project.iam.gserviceaccount.com\n")
+
+
+@pytest.fixture(scope="module")
+def rotating(tmp_path_factory) -> tuple[list[tuple], list[tuple]]:
+    """(deploy, teardown --delete-secrets) dry runs of a workflow rotating its secret, with two operator emails."""
+    folder = tmp_path_factory.mktemp("rotating")
+    source = write_source_tree(folder / "source", ROTATING)
+    env_file = folder / "env"
+    env_file.write_text(ENV_EXAMPLE.read_text() + ROTATION_SETTINGS)
+    return (dry_run("deploy.sh", source, env_file=env_file),
+            dry_run("teardown.sh", source, "--delete-secrets", env_file=env_file))
+
+
+def test_a_rotation_maps_two_variables_to_two_versions_of_one_secret(rotating):
+    deploy, _ = rotating
+
+    assert mapped_secrets(deploy, "webhook") == {
+        "STORE_CLUSTERS_SECRETS": "STORE_CLUSTERS_SECRETS:latest",
+        "STORE_CLUSTERS_SECRETS_PREVIOUS": "STORE_CLUSTERS_SECRETS:3",
+        "GATEWAY_OPERATOR_TOKENS": "GATEWAY_OPERATOR_TOKENS:latest", "CARTO_API_TOKEN": "CARTO_API_TOKEN:latest"}
+    assert {argv[3] for argv in with_prefix(deploy, "secrets", "create")} == {
+        "STORE_CLUSTERS_SECRETS", "GATEWAY_OPERATOR_TOKENS", "CARTO_API_TOKEN"}  # no secret of the second name
+    assert {(member, resource) for member, resource, role in granted(deploy)
+            if role == "roles/secretmanager.secretAccessor" and member == sa("webhook")} == {
+        (sa("webhook"), f"secret:{name}") for name in ("STORE_CLUSTERS_SECRETS", "GATEWAY_OPERATOR_TOKENS", "CARTO_API_TOKEN")}
+
+
+def test_teardown_deletes_the_one_secret_behind_both_rotation_variables(rotating):
+    _, teardown = rotating
+
+    assert {argv[3] for argv in with_prefix(teardown, "secrets", "delete")} == {
+        "STORE_CLUSTERS_SECRETS", "GATEWAY_OPERATOR_TOKENS", "CARTO_API_TOKEN"}
+
+
+def env_vars(argv: tuple) -> dict[str, str]:
+    """--set-env-vars as a dict, with gcloud's alternate delimiter (`^;^a=1;b=2`) understood."""
+    value = flags(argv)["set-env-vars"]
+    delimiter = ","
+    if value.startswith("^"):
+        delimiter, value = value[1:].split("^", 1)
+    return dict(pair.split("=", 1) for pair in value.split(delimiter))
+
+
+def test_the_operators_emails_are_set_on_the_webhook_only(rotating):
+    deploy, _ = rotating
+
+    webhook = env_vars(deploy_of(deploy, "webhook"))
+    assert webhook["GATEWAY_OPERATORS"] == "oncall@example.com,ci@my-gcp-project.iam.gserviceaccount.com"
+    assert webhook["GATEWAY_LEDGER"] == "firestore://deliveries"  # the other settings still there
+    assert all("GATEWAY_OPERATORS" not in env_vars(deploy_of(deploy, fn)) for fn in ("poll", "submit", "sweep"))
+
+
+def test_the_operator_tokens_are_a_secret_of_the_webhook_only(deploy_commands):
+    assert mapped_secrets(deploy_commands, "webhook")["GATEWAY_OPERATOR_TOKENS"] == "GATEWAY_OPERATOR_TOKENS:latest"
+    assert all("GATEWAY_OPERATOR_TOKENS" not in mapped_secrets(deploy_commands, fn) for fn in ("poll", "submit", "sweep"))
+
+
+@pytest.mark.parametrize("settings, message", [
+    ("SECRET_VERSIONS=NOT_REFERENCED=STORE_CLUSTERS_SECRETS:2\n", "NOT_REFERENCED, which no workflow"),
+    ("SECRET_VERSIONS=STORE_CLUSTERS_SECRETS=STORE_CLUSTERS_SECRETS:v2\n", "VARIABLE=SECRET:VERSION"),
+    ("GATEWAY_OPERATORS=oncall\n", "GATEWAY_OPERATORS must be comma-separated email addresses"),
+])
+def test_a_bad_rotation_or_operator_setting_is_refused(tmp_path, source, settings, message):
+    assert message in refused_dry_run(tmp_path, source, ENV_EXAMPLE.read_text() + settings)
+
+
 # --- teardown --dry-run ---------------------------------------------------------------------
 
 
@@ -775,13 +848,15 @@ BAD_VALUE = tuple(
 
 
 @pytest.fixture(scope="module")
-def verdicts(sdk, source, deploy_commands, teardown_commands) -> dict[tuple, object]:
+def verdicts(sdk, source, deploy_commands, teardown_commands, rotating) -> dict[tuple, object]:
     replay = dry_run("replay-dead-letters.sh", source) + dry_run(
         "replay-dead-letters.sh", source, "--requests"
     )
+    rotation_deploy, rotation_teardown = rotating
     commands = list(
         dict.fromkeys(
-            [*deploy_commands, *teardown_commands, *replay, MISSPELT, BAD_VALUE]
+            [*deploy_commands, *teardown_commands, *replay, *rotation_deploy, *rotation_teardown,
+             MISSPELT, BAD_VALUE]
         )
     )
     return {verdict.argv: verdict for verdict in argcheck.check(commands, sdk)}
@@ -797,6 +872,11 @@ def failures(verdicts: dict, commands: list[tuple]) -> list[str]:
 
 def test_every_deploy_command_parses_with_the_real_gcloud(verdicts, deploy_commands):
     assert failures(verdicts, deploy_commands) == []
+
+
+def test_every_rotation_and_operator_command_parses_with_the_real_gcloud(verdicts, rotating):
+    deploy, teardown = rotating
+    assert failures(verdicts, deploy) == [] and failures(verdicts, teardown) == []
 
 
 def test_every_teardown_command_parses_with_the_real_gcloud(

@@ -716,8 +716,9 @@ def doc_schemas(tmp_path) -> Path:
 
 def doc_env() -> dict[str, str]:
     """A value for every variable the doc's examples name."""
-    names = {entry[key][4:] for definition in documented_workflows().values() for entry in definition["auth"]
-             for key in ("secrets", "tokens") if key in entry}
+    refs = [entry[key] for definition in documented_workflows().values() for entry in definition["auth"]
+            for key in ("secrets", "tokens") if key in entry]
+    names = {ref[4:] for ref_or_list in refs for ref in ([ref_or_list] if isinstance(ref_or_list, str) else ref_or_list)}
     return {name: whsec(name) for name in names}
 
 
