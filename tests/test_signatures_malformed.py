@@ -161,7 +161,7 @@ def test_arbitrary_header_names_bodies_and_clocks_only_raise_signature_error(sch
 SENTINEL = "SENTINEL7f3a"
 SENTINEL_KEY = (SENTINEL * 3).encode()  # 36 bytes, so its base64 form is a plausible whsec
 SENTINEL_ENV = {
-    **{name: f"{SENTINEL}-old {SENTINEL}-new" for name in SECRETS},
+    **{name: f"{SENTINEL}-secret" for name in SECRETS},  # one variable, one secret
     "SW_SECRETS": "whsec_" + base64.b64encode(SENTINEL_KEY).decode(),
 }
 FORBIDDEN = (SENTINEL, base64.b64encode(SENTINEL_KEY).decode())
