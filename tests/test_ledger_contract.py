@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from gateway.errors import ConfigError, LedgerUnavailable
-from gateway.ledger import CLAIMED, FINISHED, SUBMITTED, TRACKED, Delivery, open_ledger
+from gateway.ledger import CLAIMED, FINISHED, SUBMITTED, TRACKED, Delivery, DeliveryQuery, open_ledger
 from gateway.ledger.firestore import FirestoreLedger, document_id
 from tests.conftest import PROJECT
 
@@ -71,7 +71,9 @@ def test_every_field_round_trips(ledger):
                     "big": 123456789012345678901234567890},
         job_id="job_42", submitted_at=T0 + 1.25, deadline_at=T0 + 21600.5, outcome="FAILED", carto_state="DONE",
         error={"reason": "invalidQuery", "location": "query", "message": "Cannot coerce @a to INT64 at [1:158]"},
-        checks=7, last_check_at=T0 + 30.75, finished_at=T0 + 31.5, published=True)
+        checks=7, last_check_at=T0 + 30.75, finished_at=T0 + 31.5, published=True,
+        tracked_at=T0 + 1.5, published_at=T0 + 31.75, rerun_of="store-clusters:evt-0",
+        actions=[{"action": "rerun", "by": "ops@example.com", "at": T0 + 40, "new_key": "store-clusters:x"}])
     ledger.claim(record)
     assert ledger.get(record.key) == record
 
@@ -304,6 +306,133 @@ def test_stale_excludes_records_updated_since(ledger):
 def test_stale_returns_whole_records(ledger):
     record = submitted(ledger)
     assert ledger.stale(T0 + 50) == [record]
+
+
+# tracked_at and published_at: when each step first happened (the console's timeline)
+
+def test_mark_tracked_records_when_it_was_first_tracked(ledger):
+    record = submitted(ledger)
+    ledger.mark_tracked(record.key, T0 + 10)
+    ledger.mark_tracked(record.key, T0 + 70)  # a re-drive refreshes the record, not the time it was tracked
+    stored = ledger.get(record.key)
+    assert (stored.tracked_at, stored.updated_at) == (T0 + 10, T0 + 70)
+
+
+def test_mark_published_records_when_it_was_first_published(ledger):
+    record = submitted(ledger)
+    ledger.finish(record.key, "SUCCEEDED", "DONE", None, 3, T0 + 20)
+    ledger.mark_published(record.key, T0 + 21)
+    ledger.mark_published(record.key, T0 + 99)
+    assert ledger.get(record.key).published_at == T0 + 21
+
+
+# recent, find_delivery, note_action: what the console reads and writes
+
+def several(ledger) -> list[Delivery]:
+    """Six deliveries of two workflows, one a second apart (w:0 oldest), in several states and outcomes."""
+    made = []
+    for n in range(6):
+        workflow = "alpha" if n % 2 == 0 else "beta"
+        key = f"{workflow}:evt-{n}"
+        record = delivery(key, at=T0 + n, delivery_id=f"msg_{n}")
+        ledger.claim(record)
+        if n >= 2:
+            ledger.mark_submitted(key, record.claim_token, f"job-{n}", T0 + n + 0.5, T0 + 3600, T0 + n + 0.5)
+        if n >= 4:
+            ledger.finish(key, "SUCCEEDED" if n == 4 else "FAILED", "DONE", None, 2, T0 + n + 0.75)
+        made.append(ledger.get(key))
+    return made
+
+
+def test_recent_lists_newest_first(ledger):
+    made = several(ledger)
+    assert ledger.recent(DeliveryQuery()) == made[::-1]
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    (DeliveryQuery(workflow="alpha"), ["alpha:evt-4", "alpha:evt-2", "alpha:evt-0"]),
+    (DeliveryQuery(outcome="FAILED"), ["beta:evt-5"]),
+    (DeliveryQuery(state=SUBMITTED), ["beta:evt-3", "alpha:evt-2"]),
+    (DeliveryQuery(state=CLAIMED, workflow="beta"), ["beta:evt-1"]),
+    (DeliveryQuery(workflow="alpha", outcome="SUCCEEDED", state=FINISHED), ["alpha:evt-4"]),
+    (DeliveryQuery(since=T0 + 2, until=T0 + 4), ["beta:evt-3", "alpha:evt-2"]),
+    (DeliveryQuery(workflow="beta", since=T0 + 3), ["beta:evt-5", "beta:evt-3"]),
+    (DeliveryQuery(workflow="gamma"), []),
+], ids=["workflow", "outcome", "state", "state+workflow", "all three", "time range", "workflow+since", "none"])
+def test_recent_filters(ledger, query, expected):
+    several(ledger)
+    assert [d.key for d in ledger.recent(query)] == expected
+
+
+def test_recent_pages_through_every_record_once_with_its_cursor(ledger):
+    several(ledger)
+    for n in range(3):  # records that share a creation time are still each listed once
+        ledger.claim(delivery(f"alpha:same-{n}", at=T0 + 2))
+    seen, after = [], None
+    while True:
+        page = ledger.recent(DeliveryQuery(limit=4, after=after))
+        if not page:
+            break
+        seen.extend(page)
+        after = (page[-1].created_at, page[-1].key)
+    assert len(seen) == 9 and len({d.key for d in seen}) == 9
+    assert [d.created_at for d in seen] == sorted((d.created_at for d in seen), reverse=True)
+
+
+def test_recent_honours_the_limit(ledger):
+    made = several(ledger)
+    assert ledger.recent(DeliveryQuery(limit=2)) == made[:-3:-1]
+
+
+def test_find_delivery_finds_every_record_with_that_delivery_id(ledger):
+    several(ledger)
+    ledger.claim(delivery("beta:evt-again", at=T0 + 9, delivery_id="msg_1"))
+    assert [d.key for d in ledger.find_delivery("msg_1")] == ["beta:evt-again", "beta:evt-1"]
+    assert ledger.find_delivery("msg_nope") == []
+
+
+def test_note_action_appends_to_the_record(ledger):
+    record = submitted(ledger)
+    first = {"action": "cancel", "by": "ops@example.com", "at": T0 + 5}
+    second = {"action": "rerun", "by": "local operator", "at": T0 + 6, "new_key": "store-clusters:evt-1:rerun-1"}
+    assert ledger.note_action(record.key, first)
+    assert ledger.note_action(record.key, second)
+    stored = ledger.get(record.key)
+    assert stored.actions == [first, second]
+    assert (stored.state, stored.job_id) == (SUBMITTED, "job-1")
+
+
+def test_note_action_of_an_unknown_key_is_false(ledger):
+    assert not ledger.note_action("w:nope", {"action": "cancel"})
+    assert ledger.get("w:nope") is None
+
+
+def test_a_ledger_file_from_before_the_console_gains_its_columns(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(OLD_SQLITE_SCHEMA)
+    db.execute("INSERT INTO deliveries (key, workflow, idempotency_key, fingerprint, claim_token, created_at, "
+               "expires_at, state, updated_at) VALUES ('w:old', 'w', 'old', 'f', 't', 1, 2, 'claimed', 1)")
+    db.commit()
+    db.close()
+    ledger = open_ledger(f"sqlite:///{path}")
+    old = ledger.get("w:old")
+    assert (old.actions, old.tracked_at, old.rerun_of) == ([], None, None)
+    assert ledger.note_action("w:old", {"action": "cancel"})
+    assert ledger.get("w:old").actions == [{"action": "cancel"}]
+
+
+OLD_SQLITE_SCHEMA = """
+CREATE TABLE deliveries (
+    key TEXT PRIMARY KEY, workflow TEXT NOT NULL, idempotency_key TEXT NOT NULL, fingerprint TEXT NOT NULL,
+    claim_token TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL NOT NULL, state TEXT NOT NULL,
+    updated_at REAL NOT NULL, delivery_id TEXT, trace TEXT, connection TEXT, api_base_url TEXT, query TEXT,
+    parameters TEXT, job_id TEXT, submitted_at REAL, deadline_at REAL, outcome TEXT, carto_state TEXT,
+    error TEXT, checks INTEGER NOT NULL DEFAULT 0, last_check_at REAL, finished_at REAL, published INTEGER NOT NULL DEFAULT 0
+);
+"""
 
 
 # What only the Firestore ledger has: its URL, its document layout and its TTL field.

@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from gateway.errors import ConfigError
-from gateway.ledger.records import CLAIMED, FINISHED, STATES, SUBMITTED, TRACKED, Claim, Delivery, Ledger
+from gateway.ledger.records import CLAIMED, FINISHED, STATES, SUBMITTED, TRACKED, Claim, Delivery, DeliveryQuery, Ledger
 
-__all__ = ["CLAIMED", "FINISHED", "STATES", "SUBMITTED", "TRACKED", "Claim", "Delivery", "Ledger", "open_ledger"]
+__all__ = ["CLAIMED", "FINISHED", "STATES", "SUBMITTED", "TRACKED", "Claim", "Delivery", "DeliveryQuery", "Ledger", "open_ledger"]
 
 
 def open_ledger(url: str, *, project: str | None = None) -> Ledger:

@@ -17,8 +17,12 @@ nor exceed 1500 bytes); the key itself is the field `key`.
   is finished and published. A query on a field only sees documents that have it, so `stale`
   is one single-field range query: no composite index, and finished records cost no reads.
 
-Indexes for production (firestore.indexes.json; the emulator needs none): the automatic
-single-field indexes on `job_id` (find_job) and `sweep_at` (stale) are all the queries use.
+Indexes for production (the emulator needs none): the automatic single-field indexes serve
+`job_id` (find_job), `sweep_at` (stale), `delivery_id` (find_delivery) and `created_at` (the
+console's unfiltered list). The console's filtered list (`recent`: equality on some of
+`workflow`, `outcome`, `state`, newest first by `created_at`, then document id) needs one composite
+index per combination of those equality fields, each followed by `created_at` descending:
+`CONSOLE_INDEXES` below; deploy/deploy.sh creates them.
 Exempt the rest from indexing — `expires_at` because monotonic timestamps hotspot
 (the TTL docs say so), `parameters`, `query` and `error` because they are large:
 
@@ -51,12 +55,18 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from gateway.errors import ConfigError, LedgerUnavailable
-from gateway.ledger.records import CLAIMED, FINISHED, SUBMITTED, TRACKED, Claim, Delivery
+from gateway.ledger.records import CLAIMED, FINISHED, SUBMITTED, TRACKED, Claim, Delivery, DeliveryQuery
 
 T = TypeVar("T")
 _COLLECTION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _DATABASE = re.compile(r"\(default\)|[a-z][a-z0-9-]{3,62}")
-_JSON_FIELDS = {"parameters", "error"}
+_JSON_FIELDS = {"parameters", "error", "actions"}
+_FILTERS = ("workflow", "outcome", "state")
+# The composite indexes `recent` needs: each non-empty combination of equality filters (in this
+# order), then created_at descending. deploy/deploy.sh keeps its list equal to this one
+# (tests/test_deploy.py checks).
+CONSOLE_INDEXES = tuple(
+    tuple(f for n, f in enumerate(_FILTERS) if mask >> n & 1) + ("created_at",) for mask in range(1, 2 ** len(_FILTERS)))
 _SWEEP_AT = "sweep_at"
 _CLAIM_ATTEMPTS = 3
 _STRIPES = 64
@@ -161,7 +171,8 @@ class FirestoreLedger:
 
     def mark_tracked(self, key: str, now: float) -> None:
         # Also refreshes a tracked record, so a re-drive by the sweeper is not repeated every sweep.
-        self._update(key, lambda d: d.state in (SUBMITTED, TRACKED), state=TRACKED, updated_at=now)
+        self._update_with(key, lambda d: d.state in (SUBMITTED, TRACKED),
+                          lambda d: {"state": TRACKED, "updated_at": now, "tracked_at": d.tracked_at or now})
 
     def finish(self, key: str, outcome: str, carto_state: str | None, error: dict[str, Any] | None,
                checks: int, finished_at: float) -> Delivery:
@@ -178,7 +189,33 @@ class FirestoreLedger:
                      updated_at=last_check_at if next_check_at is None else next_check_at)
 
     def mark_published(self, key: str, now: float) -> None:
-        self._update(key, lambda d: True, published=True, updated_at=now)
+        self._update_with(key, lambda d: True,
+                          lambda d: {"published": True, "updated_at": now, "published_at": d.published_at or now})
+
+    def recent(self, query: DeliveryQuery) -> list[Delivery]:
+        found = self.client.collection(self.collection)
+        for name in _FILTERS:
+            if getattr(query, name) is not None:
+                found = found.where(filter=FieldFilter(name, "==", getattr(query, name)))
+        if query.since is not None:
+            found = found.where(filter=FieldFilter("created_at", ">=", query.since))
+        if query.until is not None:
+            found = found.where(filter=FieldFilter("created_at", "<", query.until))
+        found = (found.order_by("created_at", direction=firestore.Query.DESCENDING)
+                 .order_by("__name__", direction=firestore.Query.DESCENDING))
+        if query.after is not None:
+            found = found.start_after({"created_at": query.after[0], "__name__": document_id(query.after[1])})
+        with _unavailable():
+            return [_from_doc(s.to_dict()) for s in found.limit(query.limit).stream(**self._call)]
+
+    def find_delivery(self, delivery_id: str, limit: int = 20) -> list[Delivery]:
+        query = self.client.collection(self.collection).where(filter=FieldFilter("delivery_id", "==", delivery_id))
+        with _unavailable():
+            found = [_from_doc(s.to_dict()) for s in query.limit(limit).stream(**self._call)]
+        return sorted(found, key=lambda d: (d.created_at, d.key), reverse=True)
+
+    def note_action(self, key: str, action: dict[str, Any]) -> bool:
+        return self._update_with(key, lambda d: True, lambda d: {"actions": [*d.actions, action]})[1]
 
     def stale(self, updated_before: float, limit: int = 100) -> list[Delivery]:
         query = (self.client.collection(self.collection)
@@ -193,10 +230,16 @@ class FirestoreLedger:
 
     def _update(self, key: str, when: Callable[[Delivery], bool], **changes: Any) -> tuple[Delivery | None, bool]:
         """Apply `changes` if the record exists and `when` holds, atomically: (record as it stands, applied)."""
+        return self._update_with(key, when, lambda _: changes)
+
+    def _update_with(self, key: str, when: Callable[[Delivery], bool],
+                     changes_of: Callable[[Delivery], dict[str, Any]]) -> tuple[Delivery | None, bool]:
+        """`_update` with changes computed from the current record, inside the same transaction."""
         def step(transaction: firestore.Transaction, ref: firestore.DocumentReference,
                  current: Delivery | None) -> tuple[Delivery | None, bool]:
             if current is None or not when(current):
                 return current, False
+            changes = changes_of(current)
             updated = replace(current, **changes)
             transaction.update(ref, _patch(updated, changes))
             return updated, True
@@ -255,10 +298,14 @@ def _patch(updated: Delivery, changes: dict[str, Any]) -> dict[str, Any]:
 def _from_doc(doc: dict[str, Any]) -> Delivery:
     data = dict(doc)
     for name in _JSON_FIELDS:
-        data[name] = json.loads(data[name]) if data.get(name) else ({} if name == "parameters" else None)
+        data[name] = json.loads(data[name]) if data.get(name) else _empty(name)
     if isinstance(data.get("expires_at"), datetime):
         data["expires_at"] = data["expires_at"].timestamp()
     return Delivery.from_dict(data)
+
+
+def _empty(name: str) -> Any:
+    return {} if name == "parameters" else [] if name == "actions" else None
 
 
 @contextmanager

@@ -45,6 +45,10 @@ class Delivery:
     last_check_at: float | None = None
     finished_at: float | None = None
     published: bool = False
+    tracked_at: float | None = None
+    published_at: float | None = None
+    rerun_of: str | None = None  # the key of the delivery this one re-runs (the console's re-run)
+    actions: list[dict[str, Any]] = field(default_factory=list)  # operators' actions on it, oldest first
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,6 +57,21 @@ class Delivery:
     def from_dict(cls, data: dict[str, Any]) -> Delivery:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
+
+
+@dataclass(frozen=True)
+class DeliveryQuery:
+    """Which deliveries to list, newest first (by `created_at`, then key): the console's list.
+
+    `after` is the cursor of the previous page: the (created_at, key) of its last record."""
+
+    workflow: str | None = None
+    outcome: str | None = None
+    state: str | None = None
+    since: float | None = None  # created_at >= since
+    until: float | None = None  # created_at < until
+    after: tuple[float, str] | None = None
+    limit: int = 50
 
 
 @dataclass(frozen=True)
@@ -83,4 +102,7 @@ class Ledger(Protocol):
     def mark_published(self, key: str, now: float) -> None: ...
     def stale(self, updated_before: float, limit: int = 100) -> list[Delivery]: ...
     def purge_expired(self, now: float) -> int: ...
+    def recent(self, query: DeliveryQuery) -> list[Delivery]: ...
+    def find_delivery(self, delivery_id: str, limit: int = 20) -> list[Delivery]: ...
+    def note_action(self, key: str, action: dict[str, Any]) -> bool: ...
     def close(self) -> None: ...

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import LedgerUnavailable
-from gateway.ledger.records import CLAIMED, FINISHED, SUBMITTED, TRACKED, Claim, Delivery
+from gateway.ledger.records import CLAIMED, FINISHED, SUBMITTED, TRACKED, Claim, Delivery, DeliveryQuery
 
 _COLUMNS = tuple(Delivery.__dataclass_fields__)
-_JSON_COLUMNS = {"parameters", "error"}
+_JSON_COLUMNS = {"parameters", "error", "actions"}
+# Columns added after the first release: a ledger file made before them gains them on open.
+_ADDED_COLUMNS = {"tracked_at": "REAL", "published_at": "REAL", "rerun_of": "TEXT", "actions": "TEXT"}
 
 
 class SqliteLedger:
@@ -29,6 +31,14 @@ class SqliteLedger:
         self._lock = threading.Lock()
         with self._guard():
             self._db.executescript(_SCHEMA)
+            self._add_missing_columns()
+            self._db.executescript(_INDEXES)
+
+    def _add_missing_columns(self) -> None:
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(deliveries)")}
+        for column, kind in _ADDED_COLUMNS.items():
+            if column not in present:
+                self._db.execute(f"ALTER TABLE deliveries ADD COLUMN {column} {kind}")
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -91,7 +101,8 @@ class SqliteLedger:
 
     def mark_tracked(self, key: str, now: float) -> None:
         # Also refreshes a tracked record, so a re-drive by the sweeper is not repeated every sweep.
-        self._update("state = ?, updated_at = ?", (TRACKED, now), "key = ? AND state IN (?, ?)", (key, SUBMITTED, TRACKED))
+        self._update("state = ?, updated_at = ?, tracked_at = COALESCE(tracked_at, ?)", (TRACKED, now, now),
+                     "key = ? AND state IN (?, ?)", (key, SUBMITTED, TRACKED))
 
     def finish(self, key: str, outcome: str, carto_state: str | None, error: dict[str, Any] | None,
                checks: int, finished_at: float) -> Delivery:
@@ -109,7 +120,40 @@ class SqliteLedger:
                      "key = ? AND outcome IS NULL", (key,))
 
     def mark_published(self, key: str, now: float) -> None:
-        self._update("published = 1, updated_at = ?", (now,), "key = ?", (key,))
+        self._update("published = 1, updated_at = ?, published_at = COALESCE(published_at, ?)", (now, now),
+                     "key = ?", (key,))
+
+    def recent(self, query: DeliveryQuery) -> list[Delivery]:
+        where, args = [], []
+        for column in ("workflow", "outcome", "state"):
+            if getattr(query, column) is not None:
+                where.append(f"{column} = ?")
+                args.append(getattr(query, column))
+        if query.since is not None:
+            where.append("created_at >= ?")
+            args.append(query.since)
+        if query.until is not None:
+            where.append("created_at < ?")
+            args.append(query.until)
+        if query.after is not None:
+            where.append("(created_at < ? OR (created_at = ? AND key < ?))")
+            args.extend((query.after[0], query.after[0], query.after[1]))
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        with self._guard():
+            rows = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM deliveries {clause}"
+                                    "ORDER BY created_at DESC, key DESC LIMIT ?", (*args, query.limit)).fetchall()
+        return [_from_row(r) for r in rows]
+
+    def find_delivery(self, delivery_id: str, limit: int = 20) -> list[Delivery]:
+        with self._guard():
+            rows = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM deliveries WHERE delivery_id = ? "
+                                    "ORDER BY created_at DESC, key DESC LIMIT ?", (delivery_id, limit)).fetchall()
+        return [_from_row(r) for r in rows]
+
+    def note_action(self, key: str, action: dict[str, Any]) -> bool:
+        # json_insert appends in the one UPDATE statement: two operators' actions cannot overwrite each other.
+        return self._update("actions = json_insert(COALESCE(actions, '[]'), '$[#]', json(?))", (json.dumps(action),),
+                            "key = ?", (key,))
 
     def stale(self, updated_before: float, limit: int = 100) -> list[Delivery]:
         with self._guard():
@@ -163,9 +207,13 @@ def _to_row(delivery: Delivery) -> dict[str, Any]:
 def _from_row(row: tuple[Any, ...]) -> Delivery:
     data = dict(zip(_COLUMNS, row, strict=True))
     for column in _JSON_COLUMNS:
-        data[column] = json.loads(data[column]) if data[column] else ({} if column == "parameters" else None)
+        data[column] = json.loads(data[column]) if data[column] else _empty(column)
     data["published"] = bool(data["published"])
     return Delivery.from_dict(data)
+
+
+def _empty(column: str) -> Any:
+    return {} if column == "parameters" else [] if column == "actions" else None
 
 
 _SCHEMA = """
@@ -176,6 +224,10 @@ CREATE TABLE IF NOT EXISTS deliveries (
     parameters TEXT, job_id TEXT, submitted_at REAL, deadline_at REAL, outcome TEXT, carto_state TEXT,
     error TEXT, checks INTEGER NOT NULL DEFAULT 0, last_check_at REAL, finished_at REAL, published INTEGER NOT NULL DEFAULT 0
 );
+"""
+_INDEXES = """
 CREATE INDEX IF NOT EXISTS deliveries_job ON deliveries (job_id);
 CREATE INDEX IF NOT EXISTS deliveries_updated ON deliveries (updated_at);
+CREATE INDEX IF NOT EXISTS deliveries_created ON deliveries (created_at DESC, key DESC);
+CREATE INDEX IF NOT EXISTS deliveries_delivery_id ON deliveries (delivery_id);
 """
