@@ -1,7 +1,7 @@
-"""Cloud Functions entry points: webhook, poll, submit, sweep. Thin: the logic lives in `gateway/`.
+"""Cloud Functions entry points: webhook, poll, submit, sweep, console. Thin: the logic lives in `gateway/`.
 
 Each instance builds its clients once, on first use (`_app`), and reuses them for every request.
-Only `webhook` loads the webhook secrets: the Pub/Sub-triggered functions and `sweep` never verify one.
+Only `webhook` loads the webhook secrets: the Pub/Sub-triggered functions, `sweep` and `console` never verify one.
 """
 
 from __future__ import annotations
@@ -42,3 +42,9 @@ def submit(cloud_event):
 def sweep(request):
     """Cloud Scheduler → re-drive deliveries stuck between states."""
     return entrypoints.sweep(_app(verify_senders=False), request)
+
+
+@functions_framework.http
+def console(request):
+    """The operators' console: recent deliveries, one delivery's story, cancel and re-run (README, "Console")."""
+    return entrypoints.console(_app(verify_senders=False), request)

@@ -18,6 +18,7 @@ import flask
 
 from gateway import http, logs
 from gateway.app import App
+from gateway.console import app as console_app
 from gateway.errors import DeliveryInFlight, GatewayError, Unavailable
 from gateway.events import CHECK_TYPE, Check, PoisonMessage, Tracking, attributes_of, parse_check, parse_tracking
 from gateway.intake import Inbound, idempotency_key
@@ -28,6 +29,12 @@ log = logging.getLogger("gateway.entrypoints")
 def webhook(app: App, request: flask.Request) -> http.Response:
     with logs.invocation():
         return http.handle(app, request)
+
+
+def console(app: App, request: flask.Request) -> http.Response:
+    """The operators' console (README, "Console"): its pages and its two actions."""
+    with logs.invocation():
+        return console_app.handle(app, request)
 
 
 def pubsub_message(cloud_event: Any) -> tuple[bytes, dict[str, str], str | None]:

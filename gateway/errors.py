@@ -4,9 +4,11 @@
     ├── MalformedRequest        400   body is not parseable JSON
     ├── AuthenticationFailed    401   no configured scheme accepted the request
     │   └── SignatureError      401   a signature header is missing, malformed or wrong
+    ├── Forbidden               403   the console: no valid CSRF token, or a caller it does not serve
     ├── NotFound                404   unknown workflow, job or route
     ├── MethodNotAllowed        405
     ├── DeliveryInFlight        409   the same idempotency key is still being processed
+    ├── ActionRefused           409   the console: the action does not apply to the delivery as it stands
     ├── PayloadTooLarge         413   body over GATEWAY_MAX_BODY_BYTES
     ├── UnsupportedMediaType    415   not application/json
     ├── Unprocessable           422   schema or type violation (carries `errors`)
@@ -119,6 +121,10 @@ class SignatureError(AuthenticationFailed):
                   "sender's clock; after a rotation both secrets work until the old one is removed.")
 
 
+class Forbidden(GatewayError):
+    status, code, title = 403, "forbidden", "Forbidden"
+
+
 class NotFound(GatewayError):
     status, code, title = 404, "not-found", "Not found"
     what_happened = "No such workflow, job or route: the name in the URL is unknown to this instance."
@@ -136,6 +142,10 @@ class DeliveryInFlight(GatewayError):
     status, code, title = 409, "delivery-in-flight", "Same idempotency key still in flight"
     what_happened = "A request with the same idempotency key is still being processed, here or on another instance."
     what_to_do = "Retry after `Retry-After` seconds: the answer will then be the job the first request made."
+
+
+class ActionRefused(GatewayError):
+    status, code, title = 409, "action-refused", "The action does not apply"
 
 
 class PayloadTooLarge(GatewayError):

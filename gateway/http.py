@@ -298,8 +298,7 @@ def _job_status(app: App, job_id: str, request: flask.Request) -> Response:
 def _job_cancel(app: App, job_id: str, request: flask.Request) -> Response:
     record = _job_record(app, job_id, request)
     if record.outcome is None:
-        answer = app.carto.cancel(record.api_base_url, record.connection, job_id, workflow=record.workflow)
-        record = app.poller.cancelled(record, app.clock.now(), answer)
+        record = app.poller.cancel(record)
     return _json(_record_view(record, None))
 
 

@@ -225,10 +225,28 @@ class Intake:
         if workflow.paused:
             raise Unavailable(f"workflow {workflow.name} is paused", retry_after=300)
         rendered = render(workflow, inbound.payload, inbound.headers)
-        claim = self.ledger.claim(self._new_delivery(inbound, rendered))
+        return self._claim(self._new_delivery(inbound, rendered))
+
+    def rerun(self, original: Delivery, workflow: Workflow, attempt: int, *, trace: str | None = None) -> Accepted:
+        """Run a delivery again as a new one, `{key}:rerun-{attempt}`, with the CALL and parameters that
+        went to CARTO the first time. It takes the path of any delivery (claim, submit, track), so the
+        same attempt asked twice is one job: the second answers the first's, `duplicate`."""
+        if workflow.paused:
+            raise Unavailable(f"workflow {workflow.name} is paused", retry_after=300)
+        now = self.clock()
+        key_part = f"{original.idempotency_key}:rerun-{attempt}"
+        return self._claim(Delivery(
+            key=f"{original.workflow}:{key_part}", workflow=original.workflow, idempotency_key=key_part,
+            fingerprint=original.fingerprint, claim_token=secrets.token_hex(16), created_at=now, updated_at=now,
+            expires_at=now + self.retention_s, delivery_id=f"{original.delivery_id or original.idempotency_key}:rerun-{attempt}",
+            trace=trace, connection=original.connection, api_base_url=original.api_base_url, query=original.query,
+            parameters=original.parameters, deadline_at=now + workflow.deadline_s, rerun_of=original.key))
+
+    def _claim(self, delivery: Delivery) -> Accepted:
+        claim = self.ledger.claim(delivery)
         if claim.created:
             return self._submit(claim.delivery)
-        return self._replay(claim.delivery, _fingerprint(inbound.body))
+        return self._replay(claim.delivery, delivery.fingerprint)
 
     def _new_delivery(self, inbound: Inbound, rendered: Rendered) -> Delivery:
         now = self.clock()

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
-CONTEXT_FIELDS = ("workflow", "delivery_id", "job_id", "key", "outcome", "route", "status", "operator")
+CONTEXT_FIELDS = ("workflow", "delivery_id", "job_id", "key", "outcome", "route", "status", "operator", "action")
 _context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
     "gateway_log_context", default=MappingProxyType({}))
 _TRACE_CONTEXT = re.compile(r"^([0-9a-fA-F]{32})(?:/\d+)?(?:;o=\d)?$")

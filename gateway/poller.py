@@ -179,6 +179,12 @@ class Poller:
         return self._finish(record, self._check(_tracking_of(record, now), lenient=True), record.checks + 1, now,
                             timed_out=True)
 
+    def cancel(self, record: Delivery) -> Delivery:
+        """Cancel a running job at CARTO and record it (DELETE /jobs/{id} and the console's cancel)."""
+        assert record.job_id is not None
+        answer = self.carto.cancel(record.api_base_url, record.connection, record.job_id, workflow=record.workflow)
+        return self.cancelled(record, self.clock.now(), answer)
+
     def cancelled(self, record: Delivery, now: float, answer: JobStatus | None = None) -> Delivery:
         """Record a cancellation made through DELETE /jobs/{id} and publish its event; a job CARTO's
         answer shows had already succeeded or failed keeps that outcome (a cancel cannot undo it)."""

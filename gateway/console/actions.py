@@ -1,0 +1,92 @@
+"""What an operator can do from the console: cancel a running job, re-run a finished delivery.
+
+Both take the gateway's own paths (the poller's cancel, as `DELETE /jobs/{id}` does; the intake's claim,
+submit and track for a re-run), are recorded on the delivery in the ledger (`note_action`) and are logged
+with who did it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from gateway import logs
+from gateway.app import App
+from gateway.errors import ActionRefused, NotFound
+from gateway.ledger import FINISHED, Delivery
+
+log = logging.getLogger("gateway.console")
+CANCEL, RERUN = "cancel", "rerun"
+
+
+@dataclass(frozen=True)
+class Done:
+    """What an action did: the delivery to show next and which notice it gets (console.app.NOTICES)."""
+
+    key: str
+    notice: str
+
+
+def delivery(app: App, key: str) -> Delivery:
+    record = app.ledger.get(key)
+    if record is None:
+        raise NotFound(f"no delivery {key}")
+    return record
+
+
+def can_cancel(record: Delivery) -> bool:
+    return record.outcome is None and record.job_id is not None
+
+
+def can_rerun(record: Delivery) -> bool:
+    return record.state == FINISHED
+
+
+def next_attempt(record: Delivery) -> int:
+    """The number of the next re-run of `record`: each confirmation page names one, so posting the same
+    form twice is the same re-run (one job), and a new re-run needs a new confirmation."""
+    return 1 + sum(1 for action in record.actions if action.get("action") == RERUN)
+
+
+def cancel(app: App, key: str, operator: str) -> Done:
+    """Cancel the job at CARTO and publish its one CANCELLED event (or the outcome it had already reached)."""
+    record = delivery(app, key)
+    if record.outcome is not None:
+        raise ActionRefused(f"the job has already finished ({record.outcome}); there is nothing to cancel")
+    if record.job_id is None:
+        raise ActionRefused("the delivery has no CARTO job yet; there is nothing to cancel")
+    token = logs.bind(workflow=record.workflow, delivery_id=record.delivery_id, job_id=record.job_id,
+                      key=record.key, operator=operator, action=CANCEL)
+    try:
+        final = app.poller.cancel(record)
+        _note(app, key, CANCEL, operator, outcome=final.outcome)
+        log.info("job cancelled from the console", extra={"outcome": final.outcome})
+    finally:
+        logs.reset(token)
+    return Done(key, "cancelled")
+
+
+def rerun(app: App, key: str, attempt: int, operator: str) -> Done:
+    """Run the delivery again as a new delivery linked to it (same CALL and parameters, its own job and event)."""
+    original = delivery(app, key)
+    if not can_rerun(original):
+        raise ActionRefused(f"only a finished delivery can be re-run; this one is {original.state}")
+    workflow = app.registry.get(original.workflow)
+    if workflow is None:
+        raise ActionRefused(f"the workflow {original.workflow} is no longer defined")
+    token = logs.bind(workflow=original.workflow, delivery_id=original.delivery_id, key=original.key,
+                      operator=operator, action=RERUN)
+    try:
+        accepted = app.intake.rerun(original, workflow, attempt)
+        if not accepted.duplicate:
+            _note(app, original.key, RERUN, operator, new_key=accepted.key, job_id=accepted.job_id)
+            _note(app, accepted.key, "created as a re-run", operator, rerun_of=original.key)
+        log.info("delivery re-run from the console", extra={"job_id": accepted.job_id})
+    finally:
+        logs.reset(token)
+    return Done(accepted.key, "rerun-again" if accepted.duplicate else "rerun")
+
+
+def _note(app: App, key: str, action: str, operator: str, **detail: Any) -> None:
+    app.ledger.note_action(key, {"action": action, "by": operator, "at": app.clock.now(), **detail})

@@ -1,0 +1,208 @@
+"""The console's routes on the functions-framework request: pages rendered on the server, POST forms.
+
+    GET  /                       recent deliveries, filtered, searched and paged by the URL
+    GET  /deliveries/{key}       one delivery: timeline, CALL and parameters, CARTO's error, its event
+    GET  /workflows              each workflow's last 24 hours, as inline SVG
+    GET  /actions/{cancel|rerun}?key=K     the confirmation page (a POST form with its CSRF token)
+    POST /actions/{cancel|rerun}           the action, then 303 to the delivery's page
+    GET  /assets/console.css
+
+Jinja2 with autoescape on renders every page, so every value from a sender or CARTO is text, never
+markup. No page holds a token or secret: the ledger holds none, and settings are never rendered.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import flask
+import jinja2
+
+from gateway import logs
+from gateway.app import App
+from gateway.console import actions, charts, csrf, queries
+from gateway.errors import Forbidden, GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
+from gateway.events import completion_event, event_source, isoformat
+
+log = logging.getLogger("gateway.console")
+HERE = Path(__file__).resolve().parent
+Response = tuple[Any, int, dict[str, str]]
+MAX_FORM_BYTES = 16 * 1024
+# What the page after an action says (fixed texts: a link cannot make the console say anything else).
+NOTICES = {"cancelled": "The job was cancelled; its completion event is below.",
+           "rerun": "This is the re-run you asked for: a new delivery with its own job and event.",
+           "rerun-again": "This re-run had already been made: here it is (no second job)."}
+_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+# Nothing but this origin's stylesheet; no script at all; forms post only back here.
+_HEADERS = {
+    "Content-Type": "text/html; charset=utf-8",
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+                               "frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+_ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
+                          undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+
+def _when(timestamp: float | None) -> str:
+    return isoformat(timestamp).replace("T", " ") if timestamp is not None else ""
+
+
+def _seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f} s" if value < 600 else f"{value / 60:.1f} min"
+
+
+_ENV.filters.update(when=_when, seconds=_seconds, pretty=lambda v: json.dumps(v, indent=2, ensure_ascii=False),
+                    delivery_url=lambda key: "/deliveries/" + quote(key, safe=""))
+
+
+def handle(app: App, request: flask.Request) -> Response:
+    """Answer one console request; errors become an HTML page with their status, never a 500 for bad input."""
+    token = logs.bind(route=request.path)
+    try:
+        operator = caller(app, request)
+        response = _route(app, request, operator)
+    except GatewayError as exc:
+        response = _page("error.html", exc.status, error=exc, operator=None)
+        response[2].update(exc.response_headers() | {"Content-Type": _HEADERS["Content-Type"]})
+    except Exception:  # a bug: an honest 500, logged by type only
+        log.exception("unhandled console error")
+        response = _page("error.html", 500, error=GatewayError("internal error"), operator=None)
+    logs.reset(token)
+    return response
+
+
+def caller(app: App, request: flask.Request) -> str:
+    """Who is asking: the verified IAM caller in the cloud, a loopback caller locally.
+
+    Deployed, the function is private (--no-allow-unauthenticated): Cloud Run verifies the caller's
+    Google ID token and its invoker role before the request reaches this code, so the token's payload is
+    only read here, not verified again, to name who acts. Cloud Run sets K_SERVICE; without it (make dev,
+    tests) there is no IAM in front, so only callers on this machine's loopback are served."""
+    if app.settings.env.get("K_SERVICE"):
+        email = _token_email(request.headers.get("Authorization", ""))
+        if email is None:
+            raise Forbidden("the request carries no verified caller identity")
+        return email
+    if request.remote_addr not in _LOOPBACK:
+        raise Forbidden("the local console serves only loopback callers")
+    return f"local operator ({request.remote_addr})"
+
+
+def _token_email(header: str) -> str | None:
+    scheme, _, token = header.partition(" ")
+    parts = token.split(".")
+    if scheme.lower() != "bearer" or len(parts) < 2:
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (binascii.Error, ValueError):
+        return None
+    email = payload.get("email") if isinstance(payload, dict) else None
+    return email if isinstance(email, str) and email else None
+
+
+def _route(app: App, request: flask.Request, operator: str) -> Response:
+    path = request.path
+    if path == "/":
+        return _get(request, lambda: _list(app, request, operator))
+    if path.startswith("/deliveries/") and len(path) > len("/deliveries/"):
+        done = NOTICES.get(request.args.get("done", ""))
+        return _get(request, lambda: _delivery(app, path[len("/deliveries/"):], operator, done))
+    if path == "/workflows":
+        return _get(request, lambda: _workflows(app, operator))
+    if path in ("/actions/cancel", "/actions/rerun"):
+        action = path.rsplit("/", 1)[1]
+        if request.method == "GET":
+            return _confirm(app, action, request.args.get("key", ""), operator)
+        if request.method == "POST":
+            return _act(app, action, request, operator)
+        raise MethodNotAllowed(f"{request.method} is not allowed on {path}", headers={"Allow": "GET, POST"})
+    if path == "/assets/console.css":
+        return _get(request, lambda: ((HERE / "static" / "console.css").read_text(), 200,
+                                      {"Content-Type": "text/css; charset=utf-8", "Cache-Control": "max-age=300"}))
+    raise NotFound(f"no page {path}")
+
+
+def _get(request: flask.Request, answer: Any) -> Response:
+    if request.method not in ("GET", "HEAD"):
+        raise MethodNotAllowed(f"{request.method} is not allowed on {request.path}", headers={"Allow": "GET"})
+    return answer()
+
+
+def _page(template: str, status: int = 200, **context: Any) -> Response:
+    return _ENV.get_template(template).render(**context), status, dict(_HEADERS)
+
+
+def _list(app: App, request: flask.Request, operator: str) -> Response:
+    filters = queries.parse_filters(request.args)
+    page = queries.list_page(app.ledger, filters)
+    return _page("list.html", filters=filters, page=page, operator=operator, duration=queries.duration_s,
+                 workflows=sorted(app.registry.workflows), outcomes=queries.OUTCOMES, states=queries.STATES)
+
+
+def _delivery(app: App, key: str, operator: str, done: str | None = None) -> Response:
+    record = actions.delivery(app, key)
+    event = None
+    if record.outcome is not None and record.job_id and record.finished_at is not None:
+        # Rebuilt by the function that published it, from the same record: the event as it went out.
+        message = completion_event(record, source=event_source(app.settings.project))
+        event = {"attributes": message.attributes, "data": json.loads(message.data)}
+    return _page("delivery.html", record=record, steps=queries.timeline(record), event=event, operator=operator, done=done,
+                 duration=queries.duration_s(record), logs_url=_logs_url(app, record),
+                 can_cancel=actions.can_cancel(record), can_rerun=actions.can_rerun(record))
+
+
+def _logs_url(app: App, record: Any) -> str | None:
+    """Cloud Logging's Logs Explorer filtered to this delivery's lines (deployed only)."""
+    if not app.settings.env.get("K_SERVICE") or not record.delivery_id:
+        return None
+    query = f'jsonPayload.delivery_id="{record.delivery_id}"'
+    return (f"https://console.cloud.google.com/logs/query;query={quote(query, safe='')}"
+            f"?project={quote(app.settings.project, safe='')}")
+
+
+def _workflows(app: App, operator: str) -> Response:
+    now = app.clock.now()
+    cards = []
+    for name in sorted(app.registry.workflows):
+        summary = queries.workflow_summary(app.ledger, name, now)
+        cards.append({"summary": summary, "outcomes": charts.outcome_bars(summary.by_outcome),
+                      "durations": charts.duration_histogram(summary.durations, summary.p50, summary.p95)})
+    return _page("workflows.html", cards=cards, operator=operator, since=now - queries.DAY_S)
+
+
+def _purpose(action: str, key: str, attempt: int) -> str:
+    return "\n".join((action, key, str(attempt)))
+
+
+def _confirm(app: App, action: str, key: str, operator: str) -> Response:
+    record = actions.delivery(app, key)
+    allowed = actions.can_cancel(record) if action == actions.CANCEL else actions.can_rerun(record)
+    attempt = actions.next_attempt(record) if action == actions.RERUN else 0
+    token = csrf.issue(operator, _purpose(action, key, attempt), app.clock.now())
+    return _page("confirm.html", action=action, record=record, allowed=allowed, attempt=attempt, token=token,
+                 operator=operator)
+
+
+def _act(app: App, action: str, request: flask.Request, operator: str) -> Response:
+    if (request.content_length or 0) > MAX_FORM_BYTES:
+        raise PayloadTooLarge(f"a console form is at most {MAX_FORM_BYTES} bytes")
+    form = request.form
+    key, attempt_text = form.get("key", ""), form.get("attempt", "0")
+    attempt = int(attempt_text) if attempt_text.isdigit() and len(attempt_text) < 6 else -1
+    if not csrf.valid(form.get("csrf"), operator, _purpose(action, key, attempt), app.clock.now()):
+        log.warning("console action refused: no valid CSRF token", extra={"action": action, "operator": operator})
+        raise Forbidden("this form has expired or did not come from this console: open the confirmation page again")
+    done = actions.cancel(app, key, operator) if action == actions.CANCEL else actions.rerun(app, key, attempt, operator)
+    # Post/redirect/get: reloading the page that follows does not post the form again.
+    location = "/deliveries/" + quote(done.key, safe="") + "?" + urlencode({"done": done.notice})
+    return "", 303, {"Location": location, "Cache-Control": "no-store"}

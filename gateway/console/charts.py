@@ -1,0 +1,69 @@
+"""The console's pictures as inline SVG, drawn on the server: no script, no CDN. Pure functions of their data.
+
+Every text in a picture goes through `markupsafe.escape`, like every other value the console shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from markupsafe import Markup, escape
+
+WIDTH = 420
+BAR_H, GAP = 18, 6
+LABEL_W = 110
+COLOURS = {"SUCCEEDED": "#2e7d32", "FAILED": "#c62828", "TIMED_OUT": "#ef6c00", "CANCELLED": "#6d6d6d",
+           "RUNNING": "#1565c0"}
+
+
+def _svg(height: int, body: list[str], title: str) -> Markup:
+    return Markup(f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="{WIDTH}" height="{height}" '
+                  f'viewBox="0 0 {WIDTH} {height}"><title>{escape(title)}</title>{"".join(body)}</svg>')
+
+
+def outcome_bars(counts: Mapping[str, int], title: str = "deliveries by outcome") -> Markup:
+    """One horizontal bar per outcome, its length the share of the largest, the count at its end."""
+    top = max(counts.values(), default=0) or 1
+    body = []
+    for row, (outcome, count) in enumerate(counts.items()):
+        y = row * (BAR_H + GAP)
+        length = round((WIDTH - LABEL_W - 50) * count / top)
+        colour = COLOURS.get(outcome, "#455a64")
+        body.append(f'<text x="0" y="{y + 13}" font-size="12">{escape(outcome)}</text>'
+                    f'<rect x="{LABEL_W}" y="{y}" width="{length}" height="{BAR_H}" fill="{colour}"/>'
+                    f'<text x="{LABEL_W + length + 6}" y="{y + 13}" font-size="12">{count}</text>')
+    return _svg(max(1, len(counts)) * (BAR_H + GAP), body, title)
+
+
+def duration_histogram(durations: Sequence[float], p50: float | None, p95: float | None, bins: int = 12,
+                       title: str = "duration distribution") -> Markup:
+    """Jobs per duration bin (equal widths from 0 to the longest), with p50 and p95 marked."""
+    height, axis = 150, 120
+    if not durations:
+        return _svg(40, ['<text x="0" y="20" font-size="12">no finished jobs</text>'], title)
+    longest = max(durations) or 1.0
+    width = longest / bins
+    counts = [0] * bins
+    for value in durations:
+        counts[min(bins - 1, int(value / width))] += 1
+    tallest = max(counts)
+    plot_w = WIDTH - 20
+    step = plot_w / bins
+    body = [f'<line x1="0" y1="{axis}" x2="{plot_w}" y2="{axis}" stroke="#999"/>']
+    for n, count in enumerate(counts):
+        bar = round((axis - 20) * count / tallest)
+        body.append(f'<rect x="{n * step + 1:.1f}" y="{axis - bar}" width="{step - 2:.1f}" height="{bar}" fill="#1565c0">'
+                    f'<title>{_seconds(n * width)}–{_seconds((n + 1) * width)}: {count}</title></rect>')
+    for name, value, colour in (("p50", p50, "#2e7d32"), ("p95", p95, "#c62828")):
+        if value is not None:
+            x = plot_w * value / longest
+            body.append(f'<line x1="{x:.1f}" y1="10" x2="{x:.1f}" y2="{axis}" stroke="{colour}" stroke-dasharray="4 2"/>'
+                        f'<text x="{min(x + 3, plot_w - 70):.1f}" y="{20 if name == "p50" else 34}" font-size="11" '
+                        f'fill="{colour}">{name} {_seconds(value)}</text>')
+    body.append(f'<text x="0" y="{axis + 16}" font-size="11">0 s</text>'
+                f'<text x="{plot_w - 50}" y="{axis + 16}" font-size="11">{_seconds(longest)}</text>')
+    return _svg(height, body, title)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.1f} s" if value < 100 else f"{value:.0f} s"

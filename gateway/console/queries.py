@@ -1,0 +1,219 @@
+"""What the console's pages read from the ledger: the filtered list, the search, one delivery's timeline,
+and each workflow's last 24 hours. The parsing of the list's URL is pure; the rest takes the ledger."""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from gateway.carto import CANCELLED, FAILED, SUCCEEDED, TIMED_OUT
+from gateway.errors import FieldError, MalformedRequest
+from gateway.ledger import STATES, Delivery, DeliveryQuery, Ledger
+
+OUTCOMES = (SUCCEEDED, FAILED, TIMED_OUT, CANCELLED)
+RUNNING = "RUNNING"  # how the pictures name deliveries that have no outcome yet
+PAGE_SIZE, MAX_PAGE_SIZE = 50, 200
+DAY_S = 86400.0
+SUMMARY_LIMIT = 1000
+_WORKFLOW = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_MAX_SEARCH = 500
+
+
+@dataclass(frozen=True)
+class Filters:
+    """The list's state, as it stands in the URL (so a link can be shared)."""
+
+    workflow: str | None = None
+    outcome: str | None = None
+    state: str | None = None
+    since: str | None = None  # as typed: YYYY-MM-DDTHH:MM[:SS], UTC
+    until: str | None = None
+    q: str | None = None
+    per_page: int = PAGE_SIZE
+    after: tuple[float, str] | None = None
+
+    def query(self) -> DeliveryQuery:
+        return DeliveryQuery(workflow=self.workflow, outcome=self.outcome, state=self.state,
+                             since=_moment(self.since) if self.since else None,
+                             until=_moment(self.until) if self.until else None,
+                             after=self.after, limit=self.per_page)
+
+    def url(self, **changes: Any) -> str:
+        """The list's URL with these filters (and `changes`), empty ones left out."""
+        state = replace(self, **changes)
+        params = {name: getattr(state, name) for name in ("workflow", "outcome", "state", "since", "until", "q")}
+        pairs = [(k, v) for k, v in params.items() if v]
+        if state.per_page != PAGE_SIZE:
+            pairs.append(("per_page", str(state.per_page)))
+        if state.after is not None:
+            pairs += [("after_t", repr(state.after[0])), ("after_k", state.after[1])]
+        return "/?" + urlencode(pairs) if pairs else "/"
+
+
+def parse_filters(args: Mapping[str, str]) -> Filters:
+    """The filters of a list URL; MalformedRequest (400) naming every bad parameter."""
+    errors: list[FieldError] = []
+
+    def one_of(name: str, allowed: tuple[str, ...]) -> str | None:
+        value = args.get(name) or None
+        if value is not None and value not in allowed:
+            errors.append(FieldError(name, f"must be one of {', '.join(allowed)}"))
+            return None
+        return value
+
+    workflow = args.get("workflow") or None
+    if workflow is not None and not _WORKFLOW.fullmatch(workflow):
+        errors.append(FieldError("workflow", "is not a workflow name"))
+        workflow = None
+    times = {}
+    for name in ("since", "until"):
+        times[name] = args.get(name) or None
+        if times[name] is not None and _moment(times[name]) is None:
+            errors.append(FieldError(name, "must be a time YYYY-MM-DDTHH:MM (UTC)"))
+            times[name] = None
+    per_page = _per_page(args.get("per_page"), errors)
+    after = _cursor(args.get("after_t"), args.get("after_k"), errors)
+    q = (args.get("q") or "").strip() or None
+    if q is not None and len(q) > _MAX_SEARCH:
+        errors.append(FieldError("q", f"is longer than {_MAX_SEARCH} characters"))
+    filters = Filters(workflow, one_of("outcome", OUTCOMES), one_of("state", STATES), times["since"],
+                      times["until"], q, per_page, after)
+    if errors:
+        raise MalformedRequest("the list's filters are not valid", errors=errors)
+    return filters
+
+
+def _per_page(text: str | None, errors: list[FieldError]) -> int:
+    if not text:
+        return PAGE_SIZE
+    if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE_SIZE:
+        errors.append(FieldError("per_page", f"must be a whole number from 1 to {MAX_PAGE_SIZE}"))
+        return PAGE_SIZE
+    return int(text)
+
+
+def _cursor(at: str | None, key: str | None, errors: list[FieldError]) -> tuple[float, str] | None:
+    if not at and not key:
+        return None
+    try:
+        moment = float(at or "")
+    except ValueError:
+        moment = float("nan")
+    if not key or moment != moment or moment in (float("inf"), float("-inf")):
+        errors.append(FieldError("after_t", "is not a page cursor (use the list's own links)"))
+        return None
+    return moment, key
+
+
+def _moment(text: str) -> float | None:
+    """A UTC time typed in the list's form (an <input type=datetime-local>), as a Unix time."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of the list and the cursor of the next (None on the last)."""
+
+    rows: list[Delivery]
+    next_after: tuple[float, str] | None
+    searched: bool = False
+
+
+def list_page(ledger: Ledger, filters: Filters) -> Page:
+    """The deliveries the filters select, newest first; with a search, whatever the text names."""
+    if filters.q:
+        return Page(search(ledger, filters.q), None, searched=True)
+    query = filters.query()
+    rows = ledger.recent(replace(query, limit=query.limit + 1))  # one more tells whether a next page exists
+    if len(rows) > query.limit:
+        rows = rows[:query.limit]
+        return Page(rows, (rows[-1].created_at, rows[-1].key))
+    return Page(rows, None)
+
+
+def search(ledger: Ledger, text: str) -> list[Delivery]:
+    """Every delivery whose key, job id or delivery id is `text`, newest first, each once."""
+    found: dict[str, Delivery] = {}
+    candidates = [ledger.get(text), ledger.find_job(text), *ledger.find_delivery(text)]
+    for record in candidates:
+        if record is not None:
+            found.setdefault(record.key, record)
+    return sorted(found.values(), key=lambda d: (d.created_at, d.key), reverse=True)
+
+
+def duration_s(record: Delivery) -> float | None:
+    """How long the job ran, from submission to the end CARTO reported (None while it runs)."""
+    if record.finished_at is None or record.submitted_at is None:
+        return None
+    return max(0.0, record.finished_at - record.submitted_at)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One line of a delivery's timeline."""
+
+    name: str
+    at: float | None
+    done: bool
+    detail: str = ""
+
+
+def timeline(record: Delivery) -> list[Step]:
+    """Claimed, submitted, tracked, the checks, finished, event published: when each happened."""
+    reached = {state: n for n, state in enumerate(STATES)}[record.state]
+    checks = f"{record.checks} status check{'' if record.checks == 1 else 's'}"
+    steps = [
+        Step("claimed", record.created_at, True, f"idempotency key {record.idempotency_key}"),
+        Step("submitted", record.submitted_at, reached >= 1, f"CARTO job {record.job_id}" if record.job_id else ""),
+        Step("tracked", record.tracked_at, reached >= 2, "tracking message published"),
+        Step("checks", record.last_check_at, record.checks > 0, checks + (", the last at" if record.last_check_at else "")),
+        Step("finished", record.finished_at, reached >= 3,
+             f"{record.outcome} (CARTO state {record.carto_state})" if record.outcome else ""),
+        Step("event published", record.published_at, record.published, "completion event on the events topic"),
+    ]
+    return steps
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One workflow's last 24 hours."""
+
+    workflow: str
+    total: int
+    by_outcome: dict[str, int]
+    durations: list[float]
+    p50: float | None
+    p95: float | None
+    truncated: bool
+
+
+def percentiles(values: list[float]) -> tuple[float | None, float | None]:
+    """p50 and p95 (linear interpolation between closest ranks, as numpy's default does)."""
+    if not values:
+        return None, None
+    if len(values) == 1:
+        return values[0], values[0]
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return cuts[49], cuts[94]
+
+
+def workflow_summary(ledger: Ledger, workflow: str, now: float) -> Summary:
+    """Deliveries of the last 24 h by outcome (RUNNING for those without one) and their job durations."""
+    rows = ledger.recent(DeliveryQuery(workflow=workflow, since=now - DAY_S, limit=SUMMARY_LIMIT))
+    counts = Counter(record.outcome or RUNNING for record in rows)
+    by_outcome = {name: counts[name] for name in (*OUTCOMES, RUNNING) if counts[name]}
+    durations = sorted(d for d in (duration_s(r) for r in rows) if d is not None)
+    p50, p95 = percentiles(durations)
+    return Summary(workflow, len(rows), by_outcome, durations, p50, p95, len(rows) >= SUMMARY_LIMIT)

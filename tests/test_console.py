@@ -1,0 +1,358 @@
+"""The operators' console through the real functions-framework app (target `console` of main.py), over a rig:
+real deliveries through `webhook` and `poll` into a SQLite ledger, against the local CARTO job API."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+from urllib.parse import quote
+
+import pytest
+
+from gateway.console import csrf
+from tests.conftest import CARTO_TOKEN, SECRET
+from tests.rigs import BODY
+
+XSS = "<script>alert(1)</script>"
+
+
+def deliver(rig, msg_id: str, body: dict | None = None, *, finish: bool = True) -> str:
+    """One signed webhook through `webhook` (and, with `finish`, its job followed to the end): its job id."""
+    before = len(rig.tracking())
+    answer = rig.post("store-clusters", body or BODY, msg_id=msg_id)
+    assert answer.status_code == 202, answer.get_json()
+    if finish:
+        rig.deliver(rig.tracking()[before], msg_id)
+    return answer.get_json()["job_id"]
+
+
+def page(client, url: str, status: int = 200) -> str:
+    answer = client.get(url)
+    assert answer.status_code == status, answer.get_data(as_text=True)
+    assert answer.content_type.startswith("text/html")
+    return answer.get_data(as_text=True)
+
+
+def rows(text: str) -> list[str]:
+    """The delivery ids in the list's table, top to bottom."""
+    body = text.split('<tbody>', 1)[1].split('</tbody>', 1)[0]
+    return [html.unescape(m) for m in re.findall(r'<td class="id"><a href="/deliveries/[^"]*">([^<]*)</a>', body)]
+
+
+def key_url(key: str) -> str:
+    return "/deliveries/" + quote(key, safe="")
+
+
+def form(text: str) -> dict[str, str]:
+    """The hidden fields of the confirmation page's form."""
+    return {html.unescape(name): html.unescape(value)
+            for name, value in re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', text)}
+
+
+@pytest.fixture
+def console(rig):
+    return rig.client("console")
+
+
+# --- the list ------------------------------------------------------------------------------------
+
+def test_the_list_shows_recent_deliveries_newest_first_with_their_columns(rig, console):
+    first = deliver(rig, "msg_first")
+    rig.clock.advance(5)
+    deliver(rig, "msg_second", finish=False)
+    text = page(console, "/")
+    assert listed(text) == ["msg_second", "msg_first"]
+    assert first in text and "SUCCEEDED" in text and "finished" in text and "tracked" in text
+    for header in ("Received", "Workflow", "Delivery id", "State", "Outcome", "Job id", "Duration", "Checks"):
+        assert f"<th>{header}" in text
+
+
+def listed(text: str) -> list[str]:
+    return rows(text)
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ("outcome=FAILED", ["msg_failed"]),
+    ("outcome=SUCCEEDED", ["msg_ok"]),
+    ("state=tracked", ["msg_running"]),
+    ("state=finished", ["msg_failed", "msg_ok"]),
+    ("workflow=store-clusters&outcome=SUCCEEDED&state=finished", ["msg_ok"]),
+    ("workflow=slow-report", []),
+])
+def test_the_list_filters_by_workflow_outcome_and_state(rig, console, query, expected):
+    deliver(rig, "msg_ok")
+    rig.clock.advance(1)
+    rig.sandbox.faults.fail_jobs("Query error: boom")
+    deliver(rig, "msg_failed")
+    rig.clock.advance(1)
+    deliver(rig, "msg_running", finish=False)
+    assert listed(page(console, "/?" + query)) == expected
+
+
+def test_the_list_filters_by_time_range(rig, console):
+    deliver(rig, "msg_early", finish=False)  # the rig's clock starts at 2027-01-15 08:00:00 UTC
+    rig.clock.advance(3600)
+    deliver(rig, "msg_late", finish=False)
+    assert listed(page(console, "/?since=2027-01-15T08:30")) == ["msg_late"]
+    assert listed(page(console, "/?until=2027-01-15T08:30")) == ["msg_early"]
+    text = page(console, "/?since=2027-01-15T07:00&until=2027-01-15T10:00")
+    assert listed(text) == ["msg_late", "msg_early"]
+    assert 'value="2027-01-15T07:00"' in text  # the filter state is in the page and its URL
+
+
+def test_bad_filters_are_a_400_page_naming_each(console):
+    text = page(console, "/?outcome=MAYBE&since=yesterday&per_page=0", status=400)
+    for name in ("outcome", "since", "per_page"):
+        assert f"<code>{name}</code>" in text
+
+
+@pytest.mark.parametrize("field", ["delivery_id", "job_id", "key"])
+def test_the_search_finds_a_delivery_by_each_of_its_ids(rig, console, field):
+    job_id = deliver(rig, "msg_wanted")
+    deliver(rig, "msg_other")
+    record = rig.app.ledger.find_job(job_id)
+    text = page(console, "/?" + f"q={quote(getattr(record, field), safe='')}")
+    assert listed(text) == ["msg_wanted"]
+
+
+def test_a_search_that_finds_nothing_says_so(rig, console):
+    deliver(rig, "msg_one")
+    text = page(console, "/?q=nothing-by-that-name")
+    assert listed(text) == [] and "No deliveries match." in text
+
+
+def test_the_list_pages_through_every_delivery_with_links_that_keep_the_filters(rig, console):
+    for n in range(5):
+        deliver(rig, f"msg_{n}", finish=False)
+        rig.clock.advance(1)
+    seen, url = [], "/?workflow=store-clusters&per_page=2"
+    while url:
+        text = page(console, html.unescape(url))
+        seen += listed(text)
+        older = re.search(r'<a rel="next" href="([^"]+)"', text)
+        url = older.group(1) if older else None
+        if url:
+            assert "workflow=store-clusters" in url and "per_page=2" in url
+    assert seen == [f"msg_{n}" for n in range(4, -1, -1)]
+
+
+# --- one delivery --------------------------------------------------------------------------------
+
+def test_a_delivery_page_shows_its_timeline_call_parameters_and_event(rig, console):
+    job_id = deliver(rig, "msg_story")
+    record = rig.app.ledger.find_job(job_id)
+    text = page(console, key_url(record.key))
+    for step in ("claimed", "submitted", "tracked", "checks", "finished", "event published"):
+        assert f'<span class="step">{step}</span>' in text
+    assert html.escape(record.query, quote=False) in text
+    for name in record.parameters:
+        assert f"<code>@{name}</code>" in text
+    published = rig.publisher.events()[-1]
+    assert f"<code>{published['attributes']['ce-id']}</code>" in text
+    shown = json.loads(html.unescape(text.split('<pre class="event">', 1)[1].split("</pre>", 1)[0]))
+    assert shown == published["data"]  # the event as it went out, rebuilt from the record
+
+
+def test_a_failed_delivery_shows_cartos_error(rig, console):
+    rig.sandbox.faults.fail_jobs("Query error: the table was dropped")
+    record = rig.app.ledger.find_job(deliver(rig, "msg_fails"))
+    text = page(console, key_url(record.key))
+    assert "<h2>CARTO's error</h2>" in text and "Query error: the table was dropped" in text
+
+
+def test_a_running_delivery_has_no_event_yet_and_offers_cancel_not_rerun(rig, console):
+    record = rig.app.ledger.find_job(deliver(rig, "msg_running", finish=False))
+    text = page(console, key_url(record.key))
+    assert "None yet: the job has not finished." in text
+    assert "/actions/cancel?key=" in text and "/actions/rerun?key=" not in text
+
+
+def test_an_unknown_delivery_is_a_404_page(console):
+    assert "no delivery store-clusters:nope" in page(console, "/deliveries/store-clusters:nope", status=404)
+
+
+def test_locally_the_page_links_no_cloud_logging(rig, console):
+    record = rig.app.ledger.find_job(deliver(rig, "msg_local"))
+    assert "console.cloud.google.com/logs" not in page(console, key_url(record.key))
+
+
+# --- actions -------------------------------------------------------------------------------------
+
+def confirm(console, action: str, key: str) -> dict[str, str]:
+    text = page(console, f"/actions/{action}?key={quote(key, safe='')}")
+    fields = form(text)
+    assert fields["key"] == key and fields["csrf"]
+    return fields
+
+
+def test_cancel_after_confirmation_cancels_the_job_with_one_cancelled_event(rig, console):
+    record = rig.app.ledger.find_job(deliver(rig, "msg_cancel", finish=False))
+    fields = confirm(console, "cancel", record.key)
+    answer = console.post("/actions/cancel", data=fields)
+    assert answer.status_code == 303 and answer.headers["Location"].startswith(key_url(record.key))
+    after = rig.app.ledger.get(record.key)
+    assert after.outcome == "CANCELLED"
+    assert after.actions[-1]["action"] == "cancel" and after.actions[-1]["by"] == "local operator (127.0.0.1)"
+    assert [e["attributes"]["outcome"] for e in rig.publisher.events()] == ["CANCELLED"]
+    assert rig.sandbox.jobs()[0].cancelled
+    text = page(console, answer.headers["Location"])
+    assert "The job was cancelled" in text and "by local operator (127.0.0.1)" in text
+    assert console.post("/actions/cancel", data=fields).status_code == 409  # a second time: nothing to cancel
+    assert len(rig.publisher.events()) == 1
+
+
+def test_cancel_without_its_csrf_token_is_refused_and_cancels_nothing(rig, console):
+    record = rig.app.ledger.find_job(deliver(rig, "msg_keep", finish=False))
+    fields = confirm(console, "cancel", record.key)
+    for forged in ({**fields, "csrf": ""}, {k: v for k, v in fields.items() if k != "csrf"},
+                   {**fields, "csrf": csrf.issue("someone else", f"cancel\n{record.key}\n0", rig.clock.now())}):
+        assert console.post("/actions/cancel", data=forged).status_code == 403
+    assert rig.app.ledger.get(record.key).outcome is None and rig.publisher.events() == []
+
+
+def test_a_token_for_one_delivery_does_not_cancel_another(rig, console):
+    one = rig.app.ledger.find_job(deliver(rig, "msg_one", finish=False))
+    other = rig.app.ledger.find_job(deliver(rig, "msg_other", finish=False))
+    fields = confirm(console, "cancel", one.key)
+    assert console.post("/actions/cancel", data={**fields, "key": other.key}).status_code == 403
+    assert rig.app.ledger.get(other.key).outcome is None
+
+
+def test_a_stale_form_is_refused(rig, console):
+    record = rig.app.ledger.find_job(deliver(rig, "msg_stale", finish=False))
+    fields = confirm(console, "cancel", record.key)
+    rig.clock.advance(csrf.MAX_AGE_S + 1)
+    assert console.post("/actions/cancel", data=fields).status_code == 403
+
+
+def test_rerun_makes_a_new_linked_delivery_with_the_same_parameters_its_own_job_and_event(rig, console):
+    original = rig.app.ledger.find_job(deliver(rig, "msg_again"))
+    fields = confirm(console, "rerun", original.key)
+    answer = console.post("/actions/rerun", data=fields)
+    assert answer.status_code == 303
+    new_key = f"{original.key}:rerun-1"
+    assert answer.headers["Location"].startswith(key_url(new_key))
+    rerun = rig.app.ledger.get(new_key)
+    assert (rerun.rerun_of, rerun.parameters, rerun.query) == (original.key, original.parameters, original.query)
+    assert rerun.job_id not in (None, original.job_id) and len(rig.sandbox.jobs()) == 2
+    rig.deliver(rig.tracking()[-1], "rerun")
+    events = rig.publisher.events()
+    assert [e["data"]["job_id"] for e in events] == [original.job_id, rerun.job_id]
+    (noted,) = rig.app.ledger.get(original.key).actions
+    assert noted == {"action": "rerun", "by": "local operator (127.0.0.1)", "at": rerun.created_at,
+                     "new_key": new_key, "job_id": rerun.job_id}
+    assert rerun.actions[0]["rerun_of"] == original.key
+    text = page(console, answer.headers["Location"])
+    assert "This is the re-run you asked for" in text and f"{html.escape(original.key)}</code>" in text
+
+
+def test_posting_the_same_rerun_form_twice_makes_one_job(rig, console):
+    original = rig.app.ledger.find_job(deliver(rig, "msg_twice"))
+    fields = confirm(console, "rerun", original.key)
+    first = console.post("/actions/rerun", data=fields)
+    second = console.post("/actions/rerun", data=fields)
+    assert first.headers["Location"].split("?")[0] == second.headers["Location"].split("?")[0]
+    assert "done=rerun-again" in second.headers["Location"]
+    assert len(rig.sandbox.jobs()) == 2
+    assert confirm(console, "rerun", original.key)["attempt"] == "2"  # a new confirmation is a new re-run
+
+
+def test_rerun_without_its_csrf_token_is_refused_and_runs_nothing(rig, console):
+    original = rig.app.ledger.find_job(deliver(rig, "msg_norerun"))
+    fields = confirm(console, "rerun", original.key)
+    assert console.post("/actions/rerun", data={**fields, "csrf": "1." + "A" * 43}).status_code == 403
+    assert console.post("/actions/rerun", data={k: v for k, v in fields.items() if k != "csrf"}).status_code == 403
+    assert console.post("/actions/rerun", data={**fields, "attempt": "7"}).status_code == 403
+    assert len(rig.sandbox.jobs()) == 1 and rig.app.ledger.get(f"{original.key}:rerun-1") is None
+
+
+def test_a_running_delivery_cannot_be_rerun(rig, console):
+    record = rig.app.ledger.find_job(deliver(rig, "msg_busy", finish=False))
+    assert "Only a finished delivery can be re-run" in page(console, f"/actions/rerun?key={quote(record.key)}")
+    fields = {"key": record.key, "attempt": "1",
+              "csrf": csrf.issue("local operator (127.0.0.1)", f"rerun\n{record.key}\n1", rig.clock.now())}
+    assert console.post("/actions/rerun", data=fields).status_code == 409
+    assert len(rig.sandbox.jobs()) == 1
+
+
+# --- who may look ----------------------------------------------------------------------------------
+
+def id_token(email: str) -> str:
+    """A token shaped like the one Cloud Run has already verified (its payload is all the console reads)."""
+    part = base64.urlsafe_b64encode(json.dumps({"email": email}).encode()).decode().rstrip("=")
+    return f"eyJhbGciOiJSUzI1NiJ9.{part}.c2lnbmF0dXJl"
+
+
+def test_deployed_the_operator_is_the_iam_caller_and_each_page_links_its_logs(rig, console, monkeypatch):
+    record = rig.app.ledger.find_job(deliver(rig, "msg_cloud", finish=False))
+    monkeypatch.setitem(rig.app.settings.env, "K_SERVICE", "gateway-console")  # as Cloud Run sets it
+    headers = {"Authorization": f"Bearer {id_token('ops@example.com')}"}
+    text = console.get(key_url(record.key), headers=headers).get_data(as_text=True)
+    assert "ops@example.com" in text
+    assert "console.cloud.google.com/logs/query;query=jsonPayload.delivery_id%3D%22msg_cloud%22" in text
+    fields = form(console.get(f"/actions/cancel?key={quote(record.key)}", headers=headers).get_data(as_text=True))
+    assert console.post("/actions/cancel", data=fields, headers=headers).status_code == 303
+    assert rig.app.ledger.get(record.key).actions[-1]["by"] == "ops@example.com"
+    assert console.get("/").status_code == 403  # no identity: refused
+
+
+def test_locally_a_caller_from_another_host_is_refused(console):
+    assert console.get("/", environ_base={"REMOTE_ADDR": "10.1.2.3"}).status_code == 403
+
+
+# --- what no page may do -----------------------------------------------------------------------------
+
+def all_pages(rig, console) -> dict[str, str]:
+    """Every page of the console over deliveries whose sender text is a script tag."""
+    hostile = {**BODY, "store": {"type": XSS}}
+    rig.sandbox.faults.fail_jobs(f"Query error: {XSS}")
+    failed = rig.app.ledger.find_job(deliver(rig, XSS, hostile))
+    running = rig.app.ledger.find_job(deliver(rig, f"{XSS}-2", hostile, finish=False))
+    urls = ["/", "/workflows", f"/?q={quote(XSS)}", f"/?q={quote(failed.job_id)}", key_url(failed.key),
+            key_url(running.key), f"/actions/rerun?key={quote(failed.key)}", f"/actions/cancel?key={quote(running.key)}",
+            f"/deliveries/{quote(XSS)}", f"/?workflow={quote(XSS)}"]
+    return {url: console.get(url).get_data(as_text=True) for url in urls}
+
+
+def test_a_payload_script_tag_is_shown_as_text_everywhere(rig, console):
+    pages = all_pages(rig, console)
+    for url, text in pages.items():
+        assert XSS not in text, url
+        assert "<script" not in text.lower(), url
+    escaped = html.escape(XSS)
+    for url in ("/", "/deliveries/", "/actions/"):
+        assert any(escaped in text for u, text in pages.items() if u.startswith(url)), url
+
+
+def test_no_page_holds_the_carto_token_or_a_webhook_secret(rig, console):
+    for url, text in all_pages(rig, console).items():
+        assert CARTO_TOKEN not in text and SECRET not in text, url
+        assert SECRET.removeprefix("whsec_") not in text, url
+
+
+def test_pages_forbid_scripts_and_framing(console):
+    answer = console.get("/")
+    policy = answer.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in policy and "script-src" not in policy and "frame-ancestors 'none'" in policy
+
+
+def test_the_stylesheet_is_served(console):
+    answer = console.get("/assets/console.css")
+    assert answer.status_code == 200 and answer.content_type.startswith("text/css") and b"table" in answer.data
+
+
+# --- the workflows' pictures ----------------------------------------------------------------------------
+
+def test_each_workflow_gets_its_outcomes_and_duration_percentiles_of_the_last_day(rig, console):
+    deliver(rig, "msg_a")
+    rig.sandbox.faults.fail_jobs("Query error: boom")
+    deliver(rig, "msg_b")
+    deliver(rig, "msg_c", finish=False)
+    text = page(console, "/workflows")
+    card = text.split('href="/?workflow=store-clusters"', 1)[1].split("</section>", 1)[0]
+    assert "3 deliveries" in card and "p50" in card and "p95" in card
+    bars = card.split("<h3>By outcome</h3>", 1)[1].split("</svg>", 1)[0]
+    assert re.findall(r'font-size="12">([A-Z_]+)</text>', bars) == ["SUCCEEDED", "FAILED", "RUNNING"]
+    assert card.count("<svg") == 2
