@@ -84,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--webhook-port", type=int, default=8080)
     dev.add_argument("--poll-port", type=int, default=8081)
     dev.add_argument("--submit-port", type=int, default=8082, help="the `submit` function, pushed the requests topic")
+    dev.add_argument("--console-port", type=int, default=8083, help="the operators' console (a web page)")
     dev.add_argument("--sandbox-port", type=int, default=8090)
     dev.add_argument("--pubsub-port", type=int, default=8085)
     dev.add_argument("--tasks-port", type=int, default=8123, help="the Cloud Tasks emulator (check tasks for `poll`)")

@@ -37,32 +37,33 @@ def outcome_bars(counts: Mapping[str, int], title: str = "deliveries by outcome"
 
 def duration_histogram(durations: Sequence[float], p50: float | None, p95: float | None, bins: int = 12,
                        title: str = "duration distribution") -> Markup:
-    """Jobs per duration bin (equal widths from 0 to the longest), with p50 and p95 marked."""
-    height, axis = 150, 120
+    """Jobs per duration bin (equal widths from the shortest to the longest), with p50 and p95 marked."""
+    axis, plot_w = 130, WIDTH - 20
     if not durations:
         return _svg(40, ['<text x="0" y="20" font-size="12">no finished jobs</text>'], title)
-    longest = max(durations) or 1.0
-    width = longest / bins
+    low, high = min(durations), max(durations)
+    if high - low < 1e-9:
+        low, high = max(0.0, low - 0.5), high + 0.5
+    width = (high - low) / bins
     counts = [0] * bins
     for value in durations:
-        counts[min(bins - 1, int(value / width))] += 1
-    tallest = max(counts)
-    plot_w = WIDTH - 20
-    step = plot_w / bins
+        counts[min(bins - 1, int((value - low) / width))] += 1
+    tallest, step = max(counts), plot_w / bins
     body = [f'<line x1="0" y1="{axis}" x2="{plot_w}" y2="{axis}" stroke="#999"/>']
     for n, count in enumerate(counts):
-        bar = round((axis - 20) * count / tallest)
+        bar = round((axis - 40) * count / tallest)
         body.append(f'<rect x="{n * step + 1:.1f}" y="{axis - bar}" width="{step - 2:.1f}" height="{bar}" fill="#1565c0">'
-                    f'<title>{_seconds(n * width)}–{_seconds((n + 1) * width)}: {count}</title></rect>')
-    for name, value, colour in (("p50", p50, "#2e7d32"), ("p95", p95, "#c62828")):
+                    f'<title>{_seconds(low + n * width)}–{_seconds(low + (n + 1) * width)}: {count}</title></rect>')
+    for row, (name, value, colour) in enumerate((("p50", p50, "#2e7d32"), ("p95", p95, "#c62828"))):
         if value is not None:
-            x = plot_w * value / longest
-            body.append(f'<line x1="{x:.1f}" y1="10" x2="{x:.1f}" y2="{axis}" stroke="{colour}" stroke-dasharray="4 2"/>'
-                        f'<text x="{min(x + 3, plot_w - 70):.1f}" y="{20 if name == "p50" else 34}" font-size="11" '
-                        f'fill="{colour}">{name} {_seconds(value)}</text>')
-    body.append(f'<text x="0" y="{axis + 16}" font-size="11">0 s</text>'
-                f'<text x="{plot_w - 50}" y="{axis + 16}" font-size="11">{_seconds(longest)}</text>')
-    return _svg(height, body, title)
+            x = plot_w * (value - low) / (high - low)
+            body.append(f'<line x1="{x:.1f}" y1="30" x2="{x:.1f}" y2="{axis}" stroke="{colour}" stroke-width="2" '
+                        f'stroke-dasharray="5 3"/><line x1="{row * 110}" y1="10" x2="{row * 110 + 18}" y2="10" '
+                        f'stroke="{colour}" stroke-width="2" stroke-dasharray="5 3"/><text x="{row * 110 + 22}" y="14" '
+                        f'font-size="11" fill="{colour}">{name} {_seconds(value)}</text>')
+    body.append(f'<text x="0" y="{axis + 16}" font-size="11">{_seconds(low)}</text>'
+                f'<text x="{plot_w}" y="{axis + 16}" font-size="11" text-anchor="end">{_seconds(high)}</text>')
+    return _svg(axis + 22, body, title)
 
 
 def _seconds(value: float) -> str:

@@ -1,5 +1,6 @@
 """The whole stack on one machine: Pub/Sub and Cloud Tasks emulators, local CARTO job API, `webhook`
-and `poll` under functions-framework, topics, a push subscription and the check queue wired up.
+and `poll` (and, when asked, `submit` and `console`) under functions-framework, topics, a push
+subscription and the check queue wired up.
 
 `LocalStack` is also what the integration tests, benchmarks and the soak run start. Dev-only:
 kept out of the deployed source by .gcloudignore.
@@ -34,6 +35,7 @@ class LocalStack:
     webhook_port: int = 0
     poll_port: int = 0
     submit_port: int | None = None
+    console_port: int | None = None
     sandbox_port: int = 0
     pubsub_port: int = 0
     pubsub_host: str | None = None
@@ -75,7 +77,8 @@ class LocalStack:
         return self.function_env()["GATEWAY_TASKS_QUEUE"]
 
     def url(self, name: str) -> str:
-        port = {"webhook": self.webhook_port, "poll": self.poll_port, "submit": self.submit_port}[name]
+        port = {"webhook": self.webhook_port, "poll": self.poll_port, "submit": self.submit_port,
+                "console": self.console_port}[name]
         return f"http://127.0.0.1:{port}"
 
     def function_env(self) -> dict[str, str]:
@@ -142,6 +145,9 @@ class LocalStack:
         if self.submit_port is not None:
             self.submit_port = self.submit_port or emulators.free_port()
             targets["submit"] = (self.submit_port, "cloudevent")
+        if self.console_port is not None:
+            self.console_port = self.console_port or emulators.free_port()
+            targets["console"] = (self.console_port, "http")
         for target, (port, signature) in targets.items():
             self.processes[target] = self._function(target, port, signature)
         for target, (port, _) in targets.items():
@@ -189,7 +195,7 @@ def run(args: Any) -> int:
     stack = LocalStack(state_dir=ROOT / ".state", project=os.environ.get("GOOGLE_CLOUD_PROJECT", "local-project"),
                        schemas_dir=Path(os.environ.get("GATEWAY_SCHEMAS_DIR", ROOT / "schemas")),
                        webhook_port=args.webhook_port, poll_port=args.poll_port, submit_port=args.submit_port,
-                       sandbox_port=args.sandbox_port,
+                       console_port=args.console_port, sandbox_port=args.sandbox_port,
                        pubsub_port=args.pubsub_port, tasks_port=args.tasks_port, env=env)
     import signal
 
@@ -215,6 +221,7 @@ Local stack is up (logs in {stack.log_dir}):
   webhook   {stack.url('webhook')}      (functions-framework, target webhook)
   poll      {stack.url('poll')}      (push subscription poll-push on {env['GATEWAY_JOBS_TOPIC']})
   submit    {stack.url('submit')}      (push subscription submit-push on {env['GATEWAY_REQUESTS_TOPIC']})
+  console   {stack.url('console')}/     (operators' console: deliveries, cancel, re-run; open it in a browser)
   CARTO     {stack.sandbox.url}      (local CARTO job API)
   Pub/Sub   {stack.pubsub_host}       (emulator, project {stack.project})
   Tasks     {stack.tasks_host}        (Cloud Tasks emulator, queue {stack.tasks_queue})
