@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint bench soak deploy deploy-check teardown clean
+.PHONY: dev test lint bench soak screenshots deploy deploy-check teardown clean
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-emulators.txt client/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ bench: $(STAMP)
 
 soak: $(STAMP)
 	$(PY) -m soak --minutes 10
+
+# README's console screenshots, made by the real-browser test (needs Chromium).
+screenshots: $(STAMP)
+	CONSOLE_SCREENSHOTS_DIR=docs $(PY) -m pytest tests/test_console_browser.py -q
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache .hypothesis

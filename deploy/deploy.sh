@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create or update the gateway on Google Cloud. Idempotent: run it again after any change.
-# Order: APIs, topics and dead letters, service accounts, secrets, IAM, Firestore ledger,
-# the four functions, invokers, the tracking/requests retry policies, the sweep schedule.
+# Order: APIs, topics and dead letters, service accounts, secrets, IAM, Firestore ledger and the
+# console's indexes, the five functions, invokers, the tracking/requests retry policies, the sweep schedule.
 set -euo pipefail
 # shellcheck source=deploy/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -42,6 +42,7 @@ main() {
   create_secrets
   grant_runtime_roles
   create_firestore_ledger
+  create_console_indexes
   deploy_functions
   grant_invokers
   apply_retry_policy poll "$JOBS_DEAD_LETTER_TOPIC" "$JOBS_MAX_DELIVERY_ATTEMPTS"
@@ -137,8 +138,9 @@ grant_runtime_roles() {
     gc_retry projects add-iam-policy-binding "$PROJECT" --member="$(sa_member "$fn")" \
       --role=roles/datastore.user --condition=None --format=none
   done
-  grant_publishers "$GATEWAY_JOBS_TOPIC" webhook submit poll sweep
-  grant_publishers "$GATEWAY_EVENTS_TOPIC" poll sweep
+  # console: a re-run publishes its tracking message, a cancel its completion event.
+  grant_publishers "$GATEWAY_JOBS_TOPIC" webhook submit poll sweep console
+  grant_publishers "$GATEWAY_EVENTS_TOPIC" poll sweep console
   for fn in "${FUNCTIONS[@]}"; do
     mapfile -t secrets < <(secret_names $(function_secret_envs "$fn"))
     for name in "${secrets[@]}"; do
@@ -184,6 +186,37 @@ create_firestore_ledger() {
   fi
 }
 
+# The console's list (gateway/ledger/firestore.py, `recent`): equality on some of workflow, outcome and
+# state, newest first. Firestore needs one composite index per combination, each ending in created_at
+# descending (https://cloud.google.com/firestore/docs/query-data/index-overview#composite_indexes);
+# find_job, find_delivery and the unfiltered list use the automatic single-field indexes.
+# Keep this list equal to CONSOLE_INDEXES there (tests/test_deploy.py checks).
+CONSOLE_INDEXES=("workflow" "outcome" "workflow outcome" "state" "workflow state" "outcome state"
+  "workflow outcome state")
+
+# An index has a generated id, so its existence is probed by listing the database's composite indexes
+# (one line per index: collection group, then field:ORDER pairs). --async: deploy does not wait for
+# the build; until an index is ready, that one filter of the console answers an error page.
+create_console_indexes() {
+  say "Firestore composite indexes of the console's filtered list, created if absent"
+  local database=--database=$LEDGER_DATABASE fields field pairs want existing configs
+  for fields in "${CONSOLE_INDEXES[@]}"; do
+    pairs=""
+    configs=()
+    for field in $fields; do
+      pairs+="$field:ASCENDING:"
+      configs+=("--field-config=field-path=$field,order=ascending")
+    done
+    want="$LEDGER_COLLECTION"$'\t'"${pairs}created_at:DESCENDING"
+    existing=$(gc_value "" firestore indexes composite list "$database" \
+      "--format=value(name.segment(-3),fields.map().extract(fieldPath,order).flatten(separator=':'))")
+    if ! grep -qxF -e "$want" -e "$want:__name__:DESCENDING" <<<"$existing"; then
+      gc firestore indexes composite create "--collection-group=$LEDGER_COLLECTION" "$database" \
+        --query-scope=COLLECTION "${configs[@]}" --field-config=field-path=created_at,order=descending --async
+    fi
+  done
+}
+
 # Sizes: poll sleeps between status checks inside an invocation (GATEWAY_POLL_INLINE_S), so
 # it gets a long timeout and serves many messages per instance (concurrency needs cpu >= 1).
 deploy_functions() {
@@ -198,6 +231,9 @@ deploy_functions() {
     --memory=512Mi --cpu=1 --concurrency=20 --timeout=120s --max-instances=10
   deploy_function sweep --trigger-http --no-allow-unauthenticated \
     --memory=512Mi --cpu=1 --concurrency=1 --timeout=300s --max-instances=1
+  # One instance at most: its CSRF key lives in the instance (gateway/console/csrf.py).
+  deploy_function console --trigger-http --no-allow-unauthenticated \
+    --memory=512Mi --cpu=1 --concurrency=20 --timeout=60s --max-instances=1
 }
 
 deploy_function() {
@@ -270,6 +306,13 @@ grant_invokers() {
     --member="$(sa_member trigger)"
   gc_retry functions add-invoker-policy-binding "$(function_name sweep)" --region="$REGION" \
     --member="$(sa_member scheduler)"
+  # The operators who may open the console (CONSOLE_INVOKERS in deploy/env: user:, group: or
+  # serviceAccount: members, comma-separated).
+  local member
+  for member in ${CONSOLE_INVOKERS//,/ }; do
+    gc_retry functions add-invoker-policy-binding "$(function_name console)" --region="$REGION" \
+      --member="$member"
+  done
   # Pub/Sub mints the OIDC token of the trigger identity for each push.
   gc_retry iam service-accounts add-iam-policy-binding "$(sa_email trigger)" \
     --member="$PUBSUB_AGENT" --role=roles/iam.serviceAccountTokenCreator --format=none
@@ -319,6 +362,7 @@ report() {
   local url
   url=$(function_url webhook)
   say "done. Webhooks go to $url/hooks/{workflow}"
+  say "console: gcloud run services proxy $(function_name console) --region=$REGION --project=$PROJECT --port=8083, then open http://localhost:8083/"
 }
 
 main "$@"

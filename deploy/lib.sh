@@ -127,6 +127,7 @@ load_settings() {
   : "${BUILD_SERVICE_ACCOUNT:=}"
   : "${GATEWAY_OPERATORS:=}"
   : "${SECRET_VERSIONS:=}"
+  : "${CONSOLE_INVOKERS:=}"
   local missing=() name
   for name in PROJECT REGION CARTO_API_BASE_URL; do
     [[ -n ${!name:-} ]] || missing+=("$name")
@@ -146,14 +147,14 @@ load_settings() {
 
 # Names derived from the settings, used by deploy and teardown alike.
 set_names() {
-  FUNCTIONS=(webhook poll submit sweep)
+  FUNCTIONS=(webhook poll submit sweep console)
   SCHEDULER_JOB="$NAME_PREFIX-sweep"
   JOBS_DEAD_LETTER_SUB="$JOBS_DEAD_LETTER_TOPIC$DEAD_LETTER_SUBSCRIPTION_SUFFIX"
   REQUESTS_DEAD_LETTER_SUB="$REQUESTS_DEAD_LETTER_TOPIC$DEAD_LETTER_SUBSCRIPTION_SUFFIX"
   TOPICS=("$GATEWAY_JOBS_TOPIC" "$GATEWAY_EVENTS_TOPIC" "$GATEWAY_REQUESTS_TOPIC"
     "$JOBS_DEAD_LETTER_TOPIC" "$REQUESTS_DEAD_LETTER_TOPIC")
   # Runtime identities (one per function), the scheduler's and the Eventarc triggers'.
-  SERVICE_ACCOUNT_ROLES=(webhook poll submit sweep scheduler trigger)
+  SERVICE_ACCOUNT_ROLES=(webhook poll submit sweep console scheduler trigger)
 }
 function_name() { printf '%s-%s\n' "$NAME_PREFIX" "$1"; }
 sa_email() { printf '%s-%s@%s.iam.gserviceaccount.com\n' "$NAME_PREFIX" "$1" "$PROJECT"; }
@@ -251,8 +252,8 @@ collect_secrets() {
 }
 
 # Which secret env vars a function reads. Only `webhook` verifies senders and serves operators, so
-# only it gets the webhook secrets and the operator tokens; poll, submit and sweep load the registry
-# without them (main.py: App.from_env(verify_senders=False)) and read the CARTO credentials alone.
+# only it gets the webhook secrets and the operator tokens; poll, submit, sweep and console load the
+# registry without them (main.py: App.from_env(verify_senders=False)) and read the CARTO credentials alone.
 function_secret_envs() {
   if [[ ${1:-} == webhook ]]; then
     unique_lines "${CARTO_SECRET_ENVS[@]}" "${AUTH_SECRET_ENVS[@]}" "$OPERATOR_SECRET_ENV"

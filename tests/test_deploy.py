@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 ENV_EXAMPLE = DEPLOY / "env.example"
 PROJECT = "my-gcp-project"  # as in env.example
-FUNCTIONS = ("webhook", "poll", "submit", "sweep")
+FUNCTIONS = ("webhook", "poll", "submit", "sweep", "console")
 
 
 
@@ -64,6 +64,13 @@ case "$1 $2 $3" in
   "eventarc triggers describe") echo "projects/p/subscriptions/${4##*/}-sub" ;;
   "firestore indexes fields")
     [[ $4 == list ]] && deployed && printf 'projects/p/databases/d/collectionGroups/c/fields/%s\n' expires_at parameters query error ;;
+  "firestore indexes composite")
+    if [[ $4 == list ]] && deployed; then
+      for fields in workflow outcome workflow:ASCENDING:outcome state workflow:ASCENDING:state outcome:ASCENDING:state \
+                    workflow:ASCENDING:outcome:ASCENDING:state; do
+        printf 'deliveries\t%s:ASCENDING:created_at:DESCENDING:__name__:DESCENDING\n' "$fields"
+      done
+    fi ;;
   "firestore fields ttls")
     [[ $4 == list ]] && deployed && echo "projects/p/databases/(default)/collectionGroups/c/fields/expires_at" ;;
   "firestore databases describe")
@@ -218,7 +225,9 @@ def test_each_resource_is_described_before_it_is_created(deploy_commands):
     lines = [shlex.join(argv) for argv in deploy_commands]
     for index, line in enumerate(lines):
         if " create " in line:
-            assert " describe " in lines[index - 1], line
+            # A composite index has a generated id: it is probed by listing the database's indexes.
+            probe = " indexes composite list " if " indexes composite create " in line else " describe "
+            assert probe in lines[index - 1], line
 
 
 def test_dead_letters_are_kept_by_a_subscription(deploy_commands):
@@ -235,6 +244,7 @@ def test_dead_letters_are_kept_by_a_subscription(deploy_commands):
         ("poll", "trigger-topic"),
         ("submit", "trigger-topic"),
         ("sweep", "trigger-http"),
+        ("console", "trigger-http"),
     ],
 )
 def test_each_function_is_second_gen_with_its_entry_point_and_trigger(
@@ -262,6 +272,7 @@ def test_only_the_webhook_is_public(deploy_commands):
     }
     assert public == {"webhook"}
     assert "no-allow-unauthenticated" in flags(deploy_of(deploy_commands, "sweep"))
+    assert "no-allow-unauthenticated" in flags(deploy_of(deploy_commands, "console"))
 
 
 @pytest.mark.parametrize(
@@ -401,7 +412,7 @@ def expected_grants() -> set[tuple[str, str, str]]:
     }
     grants |= {
         (sa(fn), "topic:workflow-job-events", "roles/pubsub.publisher")
-        for fn in ("poll", "sweep")
+        for fn in ("poll", "sweep", "console")
     }
     grants |= {
         (sa(fn), f"secret:{name}", "roles/secretmanager.secretAccessor")
@@ -482,6 +493,29 @@ def test_ledger_fields_never_queried_are_not_indexed(deploy_commands):
         "error",
     }
     assert all(flags(argv)["disable-indexes"] is True for argv in updates)
+
+
+def test_the_consoles_composite_indexes_are_those_its_queries_need(deploy_commands):
+    from gateway.ledger.firestore import CONSOLE_INDEXES
+
+    made = set()
+    for argv in with_prefix(deploy_commands, "firestore", "indexes", "composite", "create"):
+        assert flags(argv)["collection-group"] == "deliveries" and flags(argv)["database"] == "(default)"
+        configs = [word.split("=", 1)[1] for word in argv if word.startswith("--field-config=")]
+        made.add(tuple(dict(pair.split("=") for pair in config.split(","))["field-path"] for config in configs))
+        assert configs[-1] == "field-path=created_at,order=descending"
+    assert made == set(CONSOLE_INDEXES)
+
+
+def test_the_console_is_private_and_opened_by_the_operators_listed(tmp_path, source):
+    env_file = tmp_path / "env"
+    env_file.write_text(ENV_EXAMPLE.read_text() + "CONSOLE_INVOKERS=user:ops@example.com,group:oncall@example.com\n")
+    commands = dry_run("deploy.sh", source, env_file=env_file)
+    bindings = [argv for argv in with_prefix(commands, "functions", "add-invoker-policy-binding")
+                if argv[3] == "gateway-console"]
+    assert {flags(argv)["member"] for argv in bindings} == {"user:ops@example.com", "group:oncall@example.com"}
+    console = flags(deploy_of(commands, "console"))
+    assert console["max-instances"] == "1"  # its CSRF key lives in the one instance
 
 
 def test_a_named_ledger_database_is_used_everywhere(tmp_path, source):
@@ -729,7 +763,7 @@ def test_second_deploy_creates_nothing_and_updates_in_place(second_deploy):
     assert done.returncode == 0, done.stderr
     calls = fake.calls()
     assert [argv for argv in calls if "create" in argv or "add" in argv[:4]] == []
-    assert len(with_prefix(calls, "functions", "deploy")) == 4
+    assert len(with_prefix(calls, "functions", "deploy")) == 5
     assert len(with_prefix(calls, "scheduler", "jobs", "update", "http")) == 1
     assert [argv for argv in with_prefix(calls, "firestore") if "update" in argv] == []
 
@@ -848,7 +882,7 @@ BAD_VALUE = tuple(
 
 
 @pytest.fixture(scope="module")
-def verdicts(sdk, source, deploy_commands, teardown_commands, rotating) -> dict[tuple, object]:
+def verdicts(sdk, source, deploy_commands, teardown_commands, rotating, console_invokers) -> dict[tuple, object]:
     replay = dry_run("replay-dead-letters.sh", source) + dry_run(
         "replay-dead-letters.sh", source, "--requests"
     )
@@ -856,10 +890,19 @@ def verdicts(sdk, source, deploy_commands, teardown_commands, rotating) -> dict[
     commands = list(
         dict.fromkeys(
             [*deploy_commands, *teardown_commands, *replay, *rotation_deploy, *rotation_teardown,
-             MISSPELT, BAD_VALUE]
+             *console_invokers, MISSPELT, BAD_VALUE]
         )
     )
     return {verdict.argv: verdict for verdict in argcheck.check(commands, sdk)}
+
+
+@pytest.fixture(scope="module")
+def console_invokers(tmp_path_factory, source) -> list[tuple]:
+    """The console's invoker bindings of a deploy whose settings name operators."""
+    env_file = tmp_path_factory.mktemp("invokers") / "env"
+    env_file.write_text(ENV_EXAMPLE.read_text() + "CONSOLE_INVOKERS=user:ops@example.com\n")
+    commands = dry_run("deploy.sh", source, env_file=env_file)
+    return [argv for argv in with_prefix(commands, "functions", "add-invoker-policy-binding") if argv[3] == "gateway-console"]
 
 
 def failures(verdicts: dict, commands: list[tuple]) -> list[str]:
@@ -877,6 +920,11 @@ def test_every_deploy_command_parses_with_the_real_gcloud(verdicts, deploy_comma
 def test_every_rotation_and_operator_command_parses_with_the_real_gcloud(verdicts, rotating):
     deploy, teardown = rotating
     assert failures(verdicts, deploy) == [] and failures(verdicts, teardown) == []
+
+
+def test_the_consoles_invoker_bindings_parse_with_the_real_gcloud(verdicts, console_invokers):
+    assert len(console_invokers) == 1
+    assert failures(verdicts, console_invokers) == []
 
 
 def test_every_teardown_command_parses_with_the_real_gcloud(
