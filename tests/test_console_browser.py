@@ -22,7 +22,7 @@ import pytest
 from gateway.ledger import DeliveryQuery
 from gateway.ledger.sqlite import SqliteLedger
 from gateway.local.devstack import LocalStack
-from tests.conftest import CARTO_TOKEN, PROJECT, SECRET
+from tests.conftest import CARTO_TOKEN, SECRET
 from tests.stackutil import post_hook
 
 BODY = {"clusters": 2, "radius_m": 500, "store": {"type": "Supermarket"}}
@@ -50,7 +50,8 @@ def browse(browser: str, profile: Path, url: str, *args: str) -> str:
 @pytest.fixture(scope="module")
 def stack(pubsub_emulator, test_schemas, tmp_path_factory):
     stack = LocalStack(
-        state_dir=tmp_path_factory.mktemp("console-stack"), project=PROJECT, schemas_dir=test_schemas,
+        # Its own project: the push subscriptions of other suites' stacks on the same emulator stay theirs.
+        state_dir=tmp_path_factory.mktemp("console-stack"), project="console-browser", schemas_dir=test_schemas,
         pubsub_host=pubsub_emulator.host, sandbox_duration_s=0.5, console_port=0,
         sandbox_procedures={"test-project.workflows_temp.slow_report": {"parameters": {"region": "STRING"},
                                                                          "duration_s": None}},
