@@ -123,6 +123,11 @@ class SignatureError(AuthenticationFailed):
 
 class Forbidden(GatewayError):
     status, code, title = 403, "forbidden", "Forbidden"
+    what_happened = ("The operators' console refused the request: a form was posted without a valid CSRF token (missing, "
+                     "expired, made for another delivery or operator, or by an instance since restarted), or the caller is "
+                     "not one the console serves.")
+    what_to_do = ("Open the confirmation page again and post its form; locally, open the console from this machine; in the "
+                  "cloud, open it through `gcloud run services proxy` as a member of CONSOLE_INVOKERS.")
 
 
 class NotFound(GatewayError):
@@ -146,6 +151,9 @@ class DeliveryInFlight(GatewayError):
 
 class ActionRefused(GatewayError):
     status, code, title = 409, "action-refused", "The action does not apply"
+    what_happened = ("The console's action does not apply to the delivery as it stands: a cancel of a job that has already "
+                     "finished (or has no job yet), or a re-run of a delivery that has not finished.")
+    what_to_do = "Reload the delivery's page to see its current state; nothing was changed."
 
 
 class PayloadTooLarge(GatewayError):
