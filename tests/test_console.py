@@ -298,6 +298,18 @@ def test_deployed_the_operator_is_the_iam_caller_and_each_page_links_its_logs(ri
     assert console.get("/").status_code == 403  # no identity: refused
 
 
+def test_deployed_the_identity_may_come_in_the_serverless_authorization_header(rig, console, monkeypatch):
+    monkeypatch.setitem(rig.app.settings.env, "K_SERVICE", "gateway-console")
+    headers = {"X-Serverless-Authorization": f"Bearer {id_token('oncall@example.com')}", "Authorization": "Basic eA=="}
+    assert "oncall@example.com" in page_with(console, "/", headers)
+
+
+def page_with(console, url: str, headers: dict[str, str]) -> str:
+    answer = console.get(url, headers=headers)
+    assert answer.status_code == 200
+    return answer.get_data(as_text=True)
+
+
 def test_locally_a_caller_from_another_host_is_refused(console):
     assert console.get("/", environ_base={"REMOTE_ADDR": "10.1.2.3"}).status_code == 403
 
@@ -356,3 +368,10 @@ def test_each_workflow_gets_its_outcomes_and_duration_percentiles_of_the_last_da
     bars = card.split("<h3>By outcome</h3>", 1)[1].split("</svg>", 1)[0]
     assert re.findall(r'font-size="12">([A-Z_]+)</text>', bars) == ["SUCCEEDED", "FAILED", "RUNNING"]
     assert card.count("<svg") == 2
+
+
+def test_p50_and_p95_interpolate_between_closest_ranks():
+    from gateway.console.queries import percentiles
+
+    assert percentiles([float(n) for n in range(1, 101)]) == pytest.approx((50.5, 95.05))
+    assert percentiles([4.0]) == (4.0, 4.0) and percentiles([]) == (None, None)

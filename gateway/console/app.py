@@ -85,10 +85,13 @@ def caller(app: App, request: flask.Request) -> str:
 
     Deployed, the function is private (--no-allow-unauthenticated): Cloud Run verifies the caller's
     Google ID token and its invoker role before the request reaches this code, so the token's payload is
-    only read here, not verified again, to name who acts. Cloud Run sets K_SERVICE; without it (make dev,
-    tests) there is no IAM in front, so only callers on this machine's loopback are served."""
+    only read here, not verified again, to name who acts. The token is in `X-Serverless-Authorization`
+    when the caller's proxy sends it there (Cloud Run checks that header first), else in `Authorization`.
+    Cloud Run sets K_SERVICE; without it (make dev, tests) there is no IAM in front, so only callers on
+    this machine's loopback are served."""
     if app.settings.env.get("K_SERVICE"):
-        email = _token_email(request.headers.get("Authorization", ""))
+        email = (_token_email(request.headers.get("X-Serverless-Authorization", ""))
+                 or _token_email(request.headers.get("Authorization", "")))
         if email is None:
             raise Forbidden("the request carries no verified caller identity")
         return email
