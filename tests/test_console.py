@@ -25,6 +25,7 @@ def deliver(rig, msg_id: str, body: dict | None = None, *, finish: bool = True) 
     assert answer.status_code == 202, answer.get_json()
     if finish:
         rig.deliver(rig.tracking()[before], msg_id)
+        rig.run_tasks()  # the status checks `poll` scheduled, until the job has ended
     return answer.get_json()["job_id"]
 
 
@@ -238,6 +239,7 @@ def test_rerun_makes_a_new_linked_delivery_with_the_same_parameters_its_own_job_
     assert (rerun.rerun_of, rerun.parameters, rerun.query) == (original.key, original.parameters, original.query)
     assert rerun.job_id not in (None, original.job_id) and len(rig.sandbox.jobs()) == 2
     rig.deliver(rig.tracking()[-1], "rerun")
+    rig.run_tasks()
     events = rig.publisher.events()
     assert [e["data"]["job_id"] for e in events] == [original.job_id, rerun.job_id]
     (noted,) = rig.app.ledger.get(original.key).actions
