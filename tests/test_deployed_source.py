@@ -65,3 +65,23 @@ def test_the_uploaded_source_serves_a_webhook_on_its_own(uploaded, tmp_path):
     assert result["hooks"] == ["/hooks/store-clusters", "/hooks/store-clusters/validate"]
     assert result["local_stack"] == []
     assert result["package"].startswith(str(source))  # imported from the upload, not the repository
+
+
+def test_the_uploaded_source_serves_the_console_with_its_templates_and_stylesheet(uploaded, tmp_path):
+    source, files = uploaded
+    assert {"gateway/console/templates/list.html", "gateway/console/static/console.css"} <= files
+    script = textwrap.dedent("""
+        import json, functions_framework
+        client = functions_framework.create_app(target="console", source="main.py").test_client()
+        page, css = client.get("/"), client.get("/assets/console.css")
+        print(json.dumps({"page": page.status_code, "table": '<table id="deliveries">' in page.get_data(as_text=True),
+                          "css": css.status_code}))
+    """)
+    env = {"PATH": "/usr/bin:/bin", "GATEWAY_SCHEMAS_DIR": "schemas", "CARTO_API_BASE_URL": "http://127.0.0.1:9",
+           "CARTO_API_TOKEN": "t", "GOOGLE_CLOUD_PROJECT": "p", "PUBSUB_EMULATOR_HOST": "127.0.0.1:9",
+           "GATEWAY_LEDGER": f"sqlite:///{tmp_path / 'ledger.sqlite3'}"}
+    done = subprocess.run([sys.executable, "-I", "-c", script], cwd=source, env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert __import__("json").loads(done.stdout.strip().splitlines()[-1]) == {"page": 200, "table": True, "css": 200}
