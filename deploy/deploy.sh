@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Create or update the gateway on Google Cloud. Idempotent: run it again after any change.
 # Order: APIs, topics and dead letters, service accounts, secrets, IAM, Firestore ledger and the
-# console's indexes, the five functions, invokers, the tracking/requests retry policies, the sweep schedule.
+# console's indexes, the Cloud Tasks queue of the status checks, the five functions (poll's URL,
+# the checks' target, is known once poll exists), invokers, the tracking/requests retry policies,
+# the sweep schedule.
 set -euo pipefail
 # shellcheck source=deploy/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -22,7 +24,7 @@ REQUIRED_APIS=(
   cloudfunctions.googleapis.com run.googleapis.com cloudbuild.googleapis.com
   artifactregistry.googleapis.com eventarc.googleapis.com pubsub.googleapis.com
   secretmanager.googleapis.com firestore.googleapis.com cloudscheduler.googleapis.com
-  iam.googleapis.com logging.googleapis.com
+  iam.googleapis.com logging.googleapis.com cloudtasks.googleapis.com
 )
 
 main() {
@@ -43,6 +45,8 @@ main() {
   grant_runtime_roles
   create_firestore_ledger
   create_console_indexes
+  create_tasks_queue
+  grant_task_roles
   deploy_functions
   grant_invokers
   apply_retry_policy poll "$JOBS_DEAD_LETTER_TOPIC" "$JOBS_MAX_DELIVERY_ATTEMPTS"
@@ -160,9 +164,13 @@ grant_publishers() {
 }
 
 # The ledger (docs/architecture.md, "Invariants"): a native-mode database whose records expire by TTL. Fields that are
-# never queried are exempt from indexing: large ones, and expires_at, whose monotonic values
-# would hotspot the index (https://cloud.google.com/firestore/docs/ttl).
-UNINDEXED_LEDGER_FIELDS=(expires_at parameters query error)
+# never queried are exempt from indexing: large ones, and the timestamps: an indexed field whose
+# values only grow limits writes to the collection to about 500 per second
+# (https://cloud.google.com/firestore/docs/best-practices#high_read_write_and_delete_rates_to_a_narrow_document_range).
+# The queries use job_id (find_job), delivery_id (find_delivery), sweep_at (stale) and created_at
+# (the console's list, newest first): those keep their automatic indexes.
+UNINDEXED_LEDGER_FIELDS=(expires_at parameters query error
+  updated_at submitted_at deadline_at last_check_at finished_at)
 
 create_firestore_ledger() {
   say "Firestore database $LEDGER_DATABASE (native mode), ledger collection $LEDGER_COLLECTION"
@@ -217,15 +225,56 @@ create_console_indexes() {
   done
 }
 
-# Sizes: poll sleeps between status checks inside an invocation (GATEWAY_POLL_INLINE_S), so
-# it gets a long timeout and serves many messages per instance (concurrency needs cpu >= 1).
+# The status checks of running jobs: one task per check, due at its time, POSTed to poll with an
+# OIDC token of poll's identity. The retry config applies when poll answers 5xx (CARTO, Pub/Sub or
+# Cloud Tasks unavailable); "still running" is a 2xx and never retried. Retries go on at least as
+# long as the longest workflow deadline; the dispatch limits cap the status calls CARTO sees.
+create_tasks_queue() {
+  local verb=create longest
+  longest=$(longest_deadline_s) || die "cannot read the workflow definitions"
+  say "Cloud Tasks queue $TASKS_QUEUE (status checks), created or updated"
+  if gc_exists tasks queues describe "$TASKS_QUEUE" --location="$TASKS_LOCATION"; then verb=update; fi
+  gc tasks queues "$verb" "$TASKS_QUEUE" --location="$TASKS_LOCATION" \
+    --max-attempts="$TASKS_MAX_ATTEMPTS" --max-retry-duration="$((longest + 3600))s" \
+    --min-backoff="$TASKS_MIN_BACKOFF" --max-backoff="$TASKS_MAX_BACKOFF" --max-doublings="$TASKS_MAX_DOUBLINGS" \
+    --max-dispatches-per-second="$TASKS_MAX_DISPATCHES_PER_SECOND" \
+    --max-concurrent-dispatches="$TASKS_MAX_CONCURRENT_DISPATCHES"
+}
+
+# poll schedules the next check and sweep re-schedules a lost one: both enqueue (on this queue
+# only), and both name poll's identity as the tasks' OIDC account, which needs actAs on it.
+grant_task_roles() {
+  say "IAM for the status-check tasks: who may enqueue, and act as poll's identity for OIDC"
+  local fn
+  for fn in poll sweep; do
+    gc_retry tasks queues add-iam-policy-binding "$TASKS_QUEUE" --location="$TASKS_LOCATION" \
+      --member="$(sa_member "$fn")" --role=roles/cloudtasks.enqueuer --format=none
+    gc_retry iam service-accounts add-iam-policy-binding "$(sa_email poll)" \
+      --member="$(sa_member "$fn")" --role=roles/iam.serviceAccountUser --format=none
+  done
+}
+
+# Sizes: each poll invocation is one status check (and a short inline wait, GATEWAY_POLL_INLINE_S);
+# it serves many checks per instance (concurrency needs cpu >= 1). Its URL, the target of the
+# check tasks, exists once poll does: the first deploy sets it right after (poll_url_known).
 deploy_functions() {
   say "functions (2nd gen); deploy updates an existing one in place"
   deploy_function webhook --trigger-http --allow-unauthenticated \
     --memory=512Mi --cpu=1 --concurrency=40 --timeout=60s --max-instances=20
+  POLL_URL=""
+  if gc_exists functions describe "$(function_name poll)" --gen2 --region="$REGION"; then
+    POLL_URL=$(function_url poll)
+  fi
+  local known=$POLL_URL
   deploy_function poll --trigger-topic="$GATEWAY_JOBS_TOPIC" --retry \
     --trigger-service-account="$(sa_email trigger)" \
-    --memory=512Mi --cpu=1 --concurrency=40 --timeout=540s --max-instances=20
+    --memory=512Mi --cpu=1 --concurrency=40 --timeout=120s --max-instances=20
+  if [[ -z $known ]]; then
+    POLL_URL=$(function_url poll)
+    say "poll's URL is known now: the target of its check tasks (no rebuild)"
+    gc run services update "$(function_name poll)" --region="$REGION" \
+      --update-env-vars="GATEWAY_POLL_URL=$POLL_URL"
+  fi
   deploy_function submit --trigger-topic="$GATEWAY_REQUESTS_TOPIC" --retry \
     --trigger-service-account="$(sa_email trigger)" \
     --memory=512Mi --cpu=1 --concurrency=20 --timeout=120s --max-instances=10
@@ -251,8 +300,8 @@ deploy_function() {
   gc "${args[@]}"
 }
 
-# The settings of README "Settings": the same for every function, plus the operators' emails for
-# `webhook`. A list of emails has commas, so then the pairs are joined by ";" (gcloud's alternate
+# The settings of README "Settings": the same for every function, plus the Cloud Tasks settings for
+# poll and sweep (GATEWAY_POLL_URL once poll exists) and the operators' emails for `webhook`. A list of emails has commas, so then the pairs are joined by ";" (gcloud's alternate
 # delimiter, `gcloud topic escaping`).
 function_env_vars() {
   local fn=$1
@@ -268,6 +317,10 @@ function_env_vars() {
     "GATEWAY_POLL_INLINE_S=$GATEWAY_POLL_INLINE_S"
   )
   [[ -z $CARTO_CLIENT_ID ]] || pairs+=("CARTO_CLIENT_ID=$CARTO_CLIENT_ID")
+  if [[ $fn == poll || $fn == sweep ]]; then  # the functions that schedule status checks
+    pairs+=("GATEWAY_TASKS_QUEUE=$GATEWAY_TASKS_QUEUE" "GATEWAY_TASKS_SERVICE_ACCOUNT=$(sa_email poll)")
+    [[ -z ${POLL_URL:-} ]] || pairs+=("GATEWAY_POLL_URL=$POLL_URL")
+  fi
   local pair
   for pair in "${pairs[@]}"; do
     [[ $pair != *,* ]] || die "a setting may not contain a comma: ${pair%%=*}"
@@ -297,11 +350,14 @@ function_secrets() {
   printf '%s\n' "${refs[*]}"
 }
 
-# Who may call the private functions: the Eventarc triggers' identity and the scheduler's.
+# Who may call the private functions: the Eventarc triggers' identity, poll's own (the OIDC identity
+# of its check tasks) and the scheduler's.
 grant_invokers() {
   say "invokers of the private functions"
   gc_retry functions add-invoker-policy-binding "$(function_name poll)" --region="$REGION" \
     --member="$(sa_member trigger)"
+  gc_retry functions add-invoker-policy-binding "$(function_name poll)" --region="$REGION" \
+    --member="$(sa_member poll)"
   gc_retry functions add-invoker-policy-binding "$(function_name submit)" --region="$REGION" \
     --member="$(sa_member trigger)"
   gc_retry functions add-invoker-policy-binding "$(function_name sweep)" --region="$REGION" \

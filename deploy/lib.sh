@@ -115,7 +115,15 @@ load_settings() {
   : "${GATEWAY_REQUESTS_TOPIC:=workflow-requests}"
   : "${GATEWAY_LEDGER:=firestore://deliveries}"
   : "${GATEWAY_MAX_BODY_BYTES:=1048576}"
-  : "${GATEWAY_POLL_INLINE_S:=300}"
+  : "${GATEWAY_POLL_INLINE_S:=5}"
+  : "${TASKS_LOCATION:=$REGION}"
+  : "${TASKS_QUEUE:=${NAME_PREFIX:-gateway}-poll-checks}"
+  : "${TASKS_MIN_BACKOFF:=10s}"
+  : "${TASKS_MAX_BACKOFF:=600s}"
+  : "${TASKS_MAX_DOUBLINGS:=5}"
+  : "${TASKS_MAX_ATTEMPTS:=200}"
+  : "${TASKS_MAX_DISPATCHES_PER_SECOND:=50}"
+  : "${TASKS_MAX_CONCURRENT_DISPATCHES:=400}"
   : "${JOBS_DEAD_LETTER_TOPIC:=${GATEWAY_JOBS_TOPIC}-dead-letter}"
   : "${REQUESTS_DEAD_LETTER_TOPIC:=${GATEWAY_REQUESTS_TOPIC}-dead-letter}"
   : "${DEAD_LETTER_SUBSCRIPTION_SUFFIX:=-kept}"
@@ -137,6 +145,8 @@ load_settings() {
     || die "GATEWAY_LEDGER must be firestore://COLLECTION[?database=NAME] in the cloud, got $GATEWAY_LEDGER"
   LEDGER_COLLECTION=${BASH_REMATCH[1]}
   LEDGER_DATABASE=${BASH_REMATCH[3]:-(default)}
+  [[ $TASKS_QUEUE =~ ^[A-Za-z0-9-]{1,100}$ ]] || die "TASKS_QUEUE must be 1-100 letters, digits or dashes, got $TASKS_QUEUE"
+  GATEWAY_TASKS_QUEUE="projects/$PROJECT/locations/${TASKS_LOCATION:-$REGION}/queues/$TASKS_QUEUE"
   [[ $NAME_PREFIX =~ ^[a-z][a-z0-9-]{1,20}$ ]] \
     || die "NAME_PREFIX must be 2-21 lower-case letters, digits or dashes (it prefixes service account ids)"
   [[ -z $GATEWAY_OPERATORS || $GATEWAY_OPERATORS =~ ^[^@,\;[:space:]]+@[^@,\;[:space:]]+(,[^@,\;[:space:]]+@[^@,\;[:space:]]+)*$ ]] \
@@ -221,6 +231,25 @@ for path in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
             found.add((kind, name))
 for kind, name in sorted(found):
     print(kind, name)
+PY
+}
+
+# The longest tracking.deadline_s of the workflow files (their default: 6 h): a check task keeps being
+# retried at least that long while poll answers 5xx (CARTO or Cloud Tasks down).
+longest_deadline_s() {
+  python3 - "$SOURCE_DIR/$GATEWAY_SCHEMAS_DIR/workflows" <<'PY'
+import json, pathlib, sys
+
+deadlines = [21600]
+for path in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
+    try:
+        tracking = json.loads(path.read_text()).get("tracking") or {}
+    except (ValueError, AttributeError) as exc:
+        sys.exit(f"{path}: not a workflow file: {exc}")
+    deadline = tracking.get("deadline_s", 21600) if isinstance(tracking, dict) else 21600
+    if isinstance(deadline, int) and not isinstance(deadline, bool):
+        deadlines.append(deadline)
+print(max(deadlines))
 PY
 }
 

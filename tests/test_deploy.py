@@ -63,7 +63,8 @@ case "$1 $2 $3" in
     else echo "https://$3.a.run.app"; fi ;;
   "eventarc triggers describe") echo "projects/p/subscriptions/${4##*/}-sub" ;;
   "firestore indexes fields")
-    [[ $4 == list ]] && deployed && printf 'projects/p/databases/d/collectionGroups/c/fields/%s\n' expires_at parameters query error ;;
+    [[ $4 == list ]] && deployed && printf 'projects/p/databases/d/collectionGroups/c/fields/%s\n' expires_at parameters \
+      query error updated_at submitted_at deadline_at last_check_at finished_at ;;
   "firestore indexes composite")
     if [[ $4 == list ]] && deployed; then
       for fields in workflow outcome workflow:ASCENDING:outcome state workflow:ASCENDING:state outcome:ASCENDING:state \
@@ -289,11 +290,12 @@ def test_event_functions_retry_on_failure_under_the_trigger_identity(
     )
 
 
-def test_poll_may_wait_for_a_job_inside_one_invocation(deploy_commands):
+def test_poll_checks_once_per_invocation_and_serves_many_checks_per_instance(deploy_commands):
     poll = flags(deploy_of(deploy_commands, "poll"))
-    assert poll["timeout"] == "540s"
+    assert poll["timeout"] == "120s"  # one status check and a short inline wait, never a job's whole run
     assert int(poll["concurrency"]) > 1
     assert float(poll["cpu"]) >= 1
+    assert float(env_vars(deploy_of(deploy_commands, "poll"))["GATEWAY_POLL_INLINE_S"]) <= 10
 
 
 def test_tracking_subscription_gets_backoff_bounds_and_a_dead_letter_policy(
@@ -424,6 +426,11 @@ def expected_grants() -> set[tuple[str, str, str]]:
         for fn in ("poll", "submit")
     }
     grants |= {(sa("scheduler"), "function:gateway-sweep", "roles/run.invoker")}
+    # Status checks: poll and sweep enqueue on the queue, naming poll's identity as the tasks' OIDC
+    # account (actAs); poll's identity may invoke poll, nothing else changes about who may.
+    grants |= {(sa(fn), f"queue:{QUEUE}", "roles/cloudtasks.enqueuer") for fn in ("poll", "sweep")}
+    grants |= {(sa(fn), f"service-account:{POLL_SA}", "roles/iam.serviceAccountUser") for fn in ("poll", "sweep")}
+    grants |= {(sa("poll"), "function:gateway-poll", "roles/run.invoker")}
     return grants
 
 
@@ -433,6 +440,8 @@ def granted(commands: list[tuple]) -> set[tuple[str, str, str]]:
         "topics": "topic",
         "secrets": "secret",
         "functions": "function",
+        "queues": "queue",
+        "service-accounts": "service-account",
     }
     found = set()
     for argv in commands:
@@ -484,15 +493,32 @@ def test_firestore_ledger_is_native_with_a_ttl_on_expires_at(deploy_commands):
     assert flags(ttl)["enable-ttl"] is True
 
 
+# The ledger's queries (gateway/ledger/firestore.py): find_job (job_id ==), find_delivery
+# (delivery_id ==), stale (sweep_at <) and the console's list (created_at, newest first).
+QUERIED_LEDGER_FIELDS = {"job_id", "delivery_id", "sweep_at", "created_at"}
+LEDGER_TIMESTAMPS = {"updated_at", "submitted_at", "deadline_at", "last_check_at", "finished_at", "expires_at"}
+
+
 def test_ledger_fields_never_queried_are_not_indexed(deploy_commands):
     updates = with_prefix(deploy_commands, "firestore", "indexes", "fields", "update")
-    assert {argv[5] for argv in updates} == {
-        "expires_at",
-        "parameters",
-        "query",
-        "error",
-    }
+    # Large fields, and every timestamp no query uses: an indexed field whose values only grow caps
+    # the collection's writes at about 500 per second.
+    assert {argv[5] for argv in updates} == {"parameters", "query", "error"} | LEDGER_TIMESTAMPS
     assert all(flags(argv)["disable-indexes"] is True for argv in updates)
+    assert all(flags(argv)["collection-group"] == "deliveries" for argv in updates)
+
+
+def test_the_fields_the_ledger_queries_keep_their_indexes(deploy_commands):
+    import inspect
+
+    from gateway.ledger import firestore
+
+    source = inspect.getsource(firestore)
+    assert all(f'"{name}"' in source for name in QUERIED_LEDGER_FIELDS)  # the two queries still use them
+    updated = {argv[5] for argv in with_prefix(deploy_commands, "firestore", "indexes", "fields", "update")}
+    assert not updated & QUERIED_LEDGER_FIELDS
+    for name in LEDGER_TIMESTAMPS:  # no query filters or orders on a field exempted here
+        assert not re.search(rf'FieldFilter\("{name}"|order_by\("{name}"', source), name
 
 
 def test_the_consoles_composite_indexes_are_those_its_queries_need(deploy_commands):
@@ -580,6 +606,93 @@ def test_a_sqlite_ledger_is_refused_in_the_cloud(tmp_path, source):
 def test_a_setting_with_a_comma_is_refused(tmp_path, source):
     settings = ENV_EXAMPLE.read_text() + "CARTO_API_BASE_URL=https://a,b\n"
     assert "CARTO_API_BASE_URL" in refused_dry_run(tmp_path, source, settings)
+
+
+# --- status checks: the Cloud Tasks queue, who may enqueue, poll's URL -------------------------------
+
+QUEUE = "gateway-poll-checks"
+QUEUE_PATH = f"projects/{PROJECT}/locations/europe-west1/queues/{QUEUE}"
+POLL_SA = f"gateway-poll@{PROJECT}.iam.gserviceaccount.com"
+DRY_RUN_POLL_URL = "https://gateway-poll-dry-run.a.run.app"  # what a dry run's URL lookups print
+
+
+def duration_s(text: str) -> int:
+    assert re.fullmatch(r"[0-9]+s", text), text
+    return int(text[:-1])
+
+
+def test_the_queue_of_status_checks_is_created_with_retries_and_a_dispatch_limit(deploy_commands):
+    (probe,) = with_prefix(deploy_commands, "tasks", "queues", "describe")
+    (queue,) = with_prefix(deploy_commands, "tasks", "queues", "create")
+    options = flags(queue)
+
+    assert probe[4] == queue[4] == QUEUE and options["location"] == flags(probe)["location"] == "europe-west1"
+    assert deploy_commands.index(probe) < deploy_commands.index(queue)  # described first: idempotent
+    assert duration_s(options["min-backoff"]) >= 1 and duration_s(options["max-backoff"]) >= duration_s(options["min-backoff"])
+    assert int(options["max-attempts"]) > 1 and int(options["max-doublings"]) >= 1
+    assert duration_s(options["max-retry-duration"]) >= 21600  # the longest deadline of these workflows: the default
+    assert 0 < float(options["max-dispatches-per-second"]) <= 500
+    assert 0 < int(options["max-concurrent-dispatches"]) <= 20 * 40  # poll's instances x concurrency
+
+
+def test_the_queue_retries_at_least_as_long_as_the_longest_workflow_deadline(tmp_path):
+    workflows = {**WORKFLOWS, "day-long": {**WORKFLOWS["store-clusters"], "tracking": {"deadline_s": 86400}}}
+    commands = dry_run("deploy.sh", write_source_tree(tmp_path, workflows))
+
+    (queue,) = with_prefix(commands, "tasks", "queues", "create")
+    assert duration_s(flags(queue)["max-retry-duration"]) >= 86400
+
+
+def test_a_second_deploy_updates_the_queue_in_place(second_deploy):
+    fake, done = second_deploy
+    assert done.returncode == 0, done.stderr
+
+    assert with_prefix(fake.calls(), "tasks", "queues", "create") == []
+    (update,) = with_prefix(fake.calls(), "tasks", "queues", "update")
+    assert update[4] == QUEUE and "max-retry-duration" in flags(update)
+
+
+def test_the_queue_update_parses_with_the_real_gcloud(sdk, second_deploy):
+    fake, _ = second_deploy
+    updates = [argv for argv in fake.calls() if argv[1:4] in (("tasks", "queues", "update"), ("run", "services", "update"))]
+    assert updates and all(verdict.ok for verdict in argcheck.check(updates, sdk)), updates
+
+
+@pytest.mark.parametrize("fn", ["poll", "sweep"])
+def test_poll_and_sweep_schedule_checks_on_the_queue_as_polls_identity(deploy_commands, fn):
+    settings = env_vars(deploy_of(deploy_commands, fn))
+
+    assert settings["GATEWAY_TASKS_QUEUE"] == QUEUE_PATH
+    assert settings["GATEWAY_TASKS_SERVICE_ACCOUNT"] == POLL_SA
+
+
+def test_webhook_and_submit_schedule_no_checks(deploy_commands):
+    for fn in ("webhook", "submit"):
+        assert not {"GATEWAY_TASKS_QUEUE", "GATEWAY_POLL_URL"} & env_vars(deploy_of(deploy_commands, fn)).keys()
+
+
+def test_on_a_first_deploy_polls_url_is_set_once_poll_exists_without_a_rebuild(deploy_commands):
+    poll, sweep = deploy_of(deploy_commands, "poll"), deploy_of(deploy_commands, "sweep")
+    (update,) = with_prefix(deploy_commands, "run", "services", "update")
+
+    assert "GATEWAY_POLL_URL" not in env_vars(poll)  # unknown before poll exists
+    assert update[4] == "gateway-poll" and flags(update)["update-env-vars"] == f"GATEWAY_POLL_URL={DRY_RUN_POLL_URL}"
+    assert deploy_commands.index(poll) < deploy_commands.index(update) < deploy_commands.index(sweep)
+    assert env_vars(sweep)["GATEWAY_POLL_URL"] == DRY_RUN_POLL_URL
+
+
+def test_on_a_later_deploy_poll_gets_its_known_url_directly(second_deploy):
+    fake, _ = second_deploy
+    calls = fake.calls()
+    (poll,) = [argv for argv in with_prefix(calls, "functions", "deploy") if argv[3] == "gateway-poll"]
+
+    assert env_vars(poll)["GATEWAY_POLL_URL"] == "https://gateway-poll.a.run.app"
+    assert with_prefix(calls, "run", "services", "update") == []
+
+
+def test_the_cloud_tasks_api_is_enabled(deploy_commands):
+    (enable,) = with_prefix(deploy_commands, "services", "enable")
+    assert "cloudtasks.googleapis.com" in enable
 
 
 # --- rotation: two variables, two versions of one secret; the operators ---------------------------
@@ -678,6 +791,8 @@ def test_teardown_deletes_the_functions_schedule_topics_and_accounts(teardown_co
         sa(name).removeprefix("serviceAccount:")
         for name in (*FUNCTIONS, "scheduler", "trigger")
     }
+    (queue,) = with_prefix(teardown_commands, "tasks", "queues", "delete")
+    assert queue[4] == QUEUE and flags(queue)["location"] == "europe-west1"
 
 
 def test_teardown_revokes_every_role_deploy_granted_on_what_it_keeps(teardown_commands):

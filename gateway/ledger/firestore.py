@@ -23,8 +23,10 @@ console's unfiltered list). The console's filtered list (`recent`: equality on s
 `workflow`, `outcome`, `state`, newest first by `created_at`, then document id) needs one composite
 index per combination of those equality fields, each followed by `created_at` descending:
 `CONSOLE_INDEXES` below; deploy/deploy.sh creates them.
-Exempt the rest from indexing — `expires_at` because monotonic timestamps hotspot
-(the TTL docs say so), `parameters`, `query` and `error` because they are large:
+Exempt the rest from indexing — the other timestamps because an indexed field whose values only
+grow limits writes to the collection to about 500 per second (`expires_at` below; deploy/deploy.sh
+also exempts `updated_at`, `submitted_at`, `deadline_at`, `last_check_at`, `finished_at`), and
+`parameters`, `query` and `error` because they are large:
 
     {"indexes": [], "fieldOverrides": [
       {"collectionGroup": "deliveries", "fieldPath": "expires_at", "ttl": true, "indexes": []},
