@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Remove what deploy.sh created: the sweep schedule, the four functions (their Eventarc
+# Remove what deploy.sh created: the sweep schedule, the five functions (their Eventarc
 # triggers and subscriptions go with them), the Cloud Tasks queue of the status checks (its
 # IAM goes with it), topics and dead-letter subscriptions, IAM bindings, service accounts and,
 # with --delete-secrets, the secrets.
