@@ -227,6 +227,15 @@ def test_note_checks_records_progress(ledger):
     assert (stored.checks, stored.last_check_at, stored.updated_at) == (4, T0 + 40, T0 + 40)
 
 
+def test_note_checks_with_the_next_check_moves_updated_at_there_so_stale_waits_for_it(ledger):
+    record = submitted(ledger)
+    ledger.note_checks(record.key, 9, T0 + 40, next_check_at=T0 + 90)
+    stored = ledger.get(record.key)
+    assert (stored.checks, stored.last_check_at, stored.updated_at) == (9, T0 + 40, T0 + 90)
+    assert record.key not in [d.key for d in ledger.stale(T0 + 89)]
+    assert record.key in [d.key for d in ledger.stale(T0 + 91)]
+
+
 def test_note_checks_after_finish_changes_nothing(ledger):
     record = submitted(ledger)
     final = ledger.finish(record.key, "SUCCEEDED", "DONE", None, 3, T0 + 20)

@@ -187,3 +187,29 @@ def test_the_tasks_settings_are_checked_when_they_are_read(tmp_path):
         Settings.from_env({**base, "GATEWAY_TASKS_QUEUE": "poll-checks", "CLOUD_TASKS_EMULATOR_HOST": "localhost:1"})
     with pytest.raises(ConfigError, match="GATEWAY_TASKS_SERVICE_ACCOUNT"):
         Settings.from_env({**base, "GATEWAY_TASKS_QUEUE": QUEUE})
+
+
+def test_the_webhook_never_loads_the_cloud_tasks_client(tmp_path, test_schemas):
+    import subprocess
+    import sys
+    import textwrap
+
+    from tests.conftest import ROOT, SECRET
+
+    script = textwrap.dedent("""
+        import json, sys, functions_framework
+        app = functions_framework.create_app(target="webhook", source="main.py")
+        answer = app.test_client().get("/healthz")
+        print(json.dumps({"status": answer.status_code,
+                          "loaded": sorted(m for m in sys.modules if m.startswith("google.cloud.tasks"))}))
+    """)
+    env = {"PATH": "/usr/bin:/bin", "GATEWAY_SCHEMAS_DIR": str(test_schemas), "CARTO_API_BASE_URL": "http://127.0.0.1:9",
+           "CARTO_API_TOKEN": "t", "STORE_CLUSTERS_SECRETS": SECRET, "GOOGLE_CLOUD_PROJECT": "p",
+           "GATEWAY_LEDGER": f"sqlite:///{tmp_path / 'ledger.sqlite3'}", "GATEWAY_TASKS_QUEUE": QUEUE,
+           "GATEWAY_POLL_URL": POLL_URL, "GATEWAY_TASKS_SERVICE_ACCOUNT": TASKS_ACCOUNT}
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"status": 200, "loaded": []}
