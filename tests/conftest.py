@@ -9,8 +9,15 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from gateway.local import emulators
+
+# In CI the property tests draw the same examples every run, so a red CI is a real finding that a
+# re-run reproduces; on a developer's machine they keep exploring (and remember what failed).
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
