@@ -253,7 +253,7 @@ def _validate(app: App, workflow: Workflow, request: flask.Request) -> Response:
     _authenticated(app, workflow, request, body)
     payload = parse_json(body, request.content_type)
     rendered = render(workflow, payload, request.headers)
-    return _json({"query": rendered.query, "queryParameters": rendered.parameters})
+    return _json({"query": rendered.query, "queryParameters": rendered.wire})
 
 
 def _operator(app: App, request: flask.Request) -> Operator:

@@ -17,12 +17,14 @@ from typing import Any
 
 import jsonschema_rs
 
-from gateway.carto import CartoClient, SubmitOutcomeUnknown
+from gateway.carto import CartoClient, SubmitOutcomeUnknown, delivery_marker, delivery_metadata
+from gateway.carto.dialects import connection_of, find_by_marker, find_by_metadata, job_id_of
 from gateway.errors import (
     DeliveryInFlight,
     FieldError,
     GatewayError,
     IdempotencyKeyReused,
+    NotFound,
     PublishUnavailable,
     Unavailable,
     Unprocessable,
@@ -38,6 +40,7 @@ MAX_SCHEMA_ERRORS = 50
 MANY_VALUES = 2000
 MAX_MESSAGE_CHARS = 300
 CLAIM_MARGIN_S = 30.0  # beyond the longest CARTO submit (CartoClient.longest_submit_s) before a claim is stale
+RECONCILE_FETCHES = 20  # listed jobs without metadata fetched one by one, newest first, before the marker is tried
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,11 @@ class Rendered:
 
     query: str
     parameters: dict[str, Any]
+    query_parameters: dict[str, Any] | list[Any] | None = None  # as sent: an array for positional warehouses
+
+    @property
+    def wire(self) -> dict[str, Any] | list[Any]:
+        return self.parameters if self.query_parameters is None else self.query_parameters
 
 
 @dataclass(frozen=True)
@@ -92,7 +100,7 @@ def render(workflow: Workflow, payload: Any, headers: Mapping[str, str]) -> Rend
     errors.extend(error for error in mapped if error not in errors)
     if errors:
         raise Unprocessable(f"{len(errors)} problem(s) in the payload for workflow {workflow.name}", errors=errors)
-    return Rendered(workflow.query, parameters)
+    return Rendered(workflow.query, parameters, workflow.wire(parameters))
 
 
 def _reported(subject: str, mapped: list[FieldError]) -> bool:
@@ -203,11 +211,6 @@ def idempotency_key(workflow: Workflow, payload: Any, headers: Mapping[str, str]
     return delivery_id or headers.get("Idempotency-Key")
 
 
-def delivery_marker(key: str) -> str:
-    """A comment appended to the CALL so the job can be found in CARTO's job list after a crash."""
-    return f"/* carto-gateway:{hashlib.sha256(key.encode()).hexdigest()[:32]} */"
-
-
 class Intake:
     """Turns inbound deliveries into CARTO jobs exactly once."""
 
@@ -225,7 +228,7 @@ class Intake:
         if workflow.paused:
             raise Unavailable(f"workflow {workflow.name} is paused", retry_after=300)
         rendered = render(workflow, inbound.payload, inbound.headers)
-        return self._claim(self._new_delivery(inbound, rendered))
+        return self._claim(self._new_delivery(inbound, rendered), workflow)
 
     def rerun(self, original: Delivery, workflow: Workflow, attempt: int, *, trace: str | None = None) -> Accepted:
         """Run a delivery again as a new one, `{key}:rerun-{attempt}`, with the CALL and parameters that
@@ -235,18 +238,18 @@ class Intake:
             raise Unavailable(f"workflow {workflow.name} is paused", retry_after=300)
         now = self.clock()
         key_part = f"{original.idempotency_key}:rerun-{attempt}"
-        return self._claim(Delivery(
+        return self._claim(workflow=workflow, delivery=Delivery(
             key=f"{original.workflow}:{key_part}", workflow=original.workflow, idempotency_key=key_part,
             fingerprint=original.fingerprint, claim_token=secrets.token_hex(16), created_at=now, updated_at=now,
             expires_at=now + self.retention_s, delivery_id=f"{original.delivery_id or original.idempotency_key}:rerun-{attempt}",
             trace=trace, connection=original.connection, api_base_url=original.api_base_url, query=original.query,
             parameters=original.parameters, deadline_at=now + workflow.deadline_s, rerun_of=original.key))
 
-    def _claim(self, delivery: Delivery) -> Accepted:
+    def _claim(self, delivery: Delivery, workflow: Workflow) -> Accepted:
         claim = self.ledger.claim(delivery)
         if claim.created:
-            return self._submit(claim.delivery)
-        return self._replay(claim.delivery, delivery.fingerprint)
+            return self._submit(claim.delivery, workflow)
+        return self._replay(claim.delivery, delivery.fingerprint, workflow)
 
     def _new_delivery(self, inbound: Inbound, rendered: Rendered) -> Delivery:
         now = self.clock()
@@ -266,11 +269,13 @@ class Intake:
             raise Unavailable("no CARTO_API_BASE_URL configured for this workflow")
         return base
 
-    def _submit(self, delivery: Delivery) -> Accepted:
+    def _submit(self, delivery: Delivery, workflow: Workflow) -> Accepted:
         query = f"{delivery.query}\n{delivery_marker(delivery.key)}"
         try:
-            job_id = self.carto.submit(delivery.api_base_url, delivery.connection, query, delivery.parameters,
-                                       workflow=delivery.workflow)
+            job_id = self.carto.submit(delivery.api_base_url, delivery.connection, query,
+                                       workflow.wire(delivery.parameters or {}),
+                                       workflow=delivery.workflow,
+                                       metadata=delivery_metadata(delivery.key, delivery.workflow, delivery.delivery_id))
         except SubmitOutcomeUnknown:
             # The job may exist: keep the claim, so neither a retry nor the sweeper submits it twice
             # before reconciling with CARTO's job list.
@@ -302,19 +307,19 @@ class Intake:
         self.ledger.mark_tracked(delivery.key, self.clock())
         return True
 
-    def _replay(self, existing: Delivery, fingerprint: str) -> Accepted:
+    def _replay(self, existing: Delivery, fingerprint: str, workflow: Workflow) -> Accepted:
         if existing.fingerprint != fingerprint:
             raise IdempotencyKeyReused(
                 "this idempotency key was already used with a different body",
                 errors=[FieldError("idempotency-key", "reused with a different body")])
         if existing.state == CLAIMED:
-            return self._resume_claim(existing)
+            return self._resume_claim(existing, workflow)
         assert existing.job_id is not None
         if existing.state == SUBMITTED:
             self.track(existing)
         return Accepted(existing.job_id, existing.workflow, existing.delivery_id, True, existing.key)
 
-    def _resume_claim(self, existing: Delivery) -> Accepted:
+    def _resume_claim(self, existing: Delivery, workflow: Workflow) -> Accepted:
         """A twin is in flight; if it has been silent too long, its instance died: reconcile and resume."""
         now = self.clock()
         if now - existing.updated_at < self.claim_stale_s:
@@ -326,20 +331,35 @@ class Intake:
         job_id = self.find_submitted_job(mine)
         if job_id is not None:
             return self._record_job(mine, job_id, duplicate=True)
-        return self._submit(mine)
+        return self._submit(mine, workflow)
 
     def adopt(self, delivery: Delivery, job_id: str) -> Accepted:
         """Record a job found in CARTO's list for a claimed delivery, and start tracking it."""
         return self._record_job(delivery, job_id, duplicate=True)
 
     def find_submitted_job(self, delivery: Delivery) -> str | None:
-        """The id of the job CARTO ran for this delivery, found by its marker in CARTO's job list."""
-        marker = delivery_marker(delivery.key)
-        for job in self.carto.list_jobs(delivery.api_base_url, workflow=delivery.workflow):
-            if marker in str(job.get("query", "")):
-                job_id = job.get("externalId") or job.get("jobId") or job.get("id")
-                if job_id:
-                    return str(job_id)
+        """The id of the job CARTO ran for this delivery: by the gateway's `metadata` first (in the job list,
+        then on each listed job of the connection that the list shows without it), by the marker comment
+        in the query second."""
+        jobs = self.carto.list_jobs(delivery.api_base_url, workflow=delivery.workflow)
+        found = find_by_metadata(jobs, delivery.key)
+        if found is None:
+            found = self._find_on_each_job(delivery, jobs)
+        return found if found is not None else find_by_marker(jobs, delivery.key)
+
+    def _find_on_each_job(self, delivery: Delivery, jobs: list[dict[str, Any]]) -> str | None:
+        """A job list that drops `metadata`: ask for the jobs of this connection one by one (a bounded number)."""
+        unlabelled = [job for job in jobs if "metadata" not in job and job_id_of(job)
+                      and connection_of(job) in (None, delivery.connection)]
+        for job in unlabelled[:RECONCILE_FETCHES]:
+            job_id = job_id_of(job)
+            assert job_id is not None
+            try:
+                body = self.carto.job(delivery.api_base_url, delivery.connection, job_id, workflow=delivery.workflow)
+            except NotFound:
+                continue
+            if find_by_metadata([{**body, "externalId": job_id}], delivery.key):
+                return job_id
         return None
 
 

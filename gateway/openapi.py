@@ -275,10 +275,14 @@ def _problem_responses() -> dict[str, Any]:
 
 def _rendered_schema(workflow: Workflow) -> dict[str, Any]:
     parameters = {name: _wire_type(spec.type) for name, spec in workflow.parameters.items()}
+    wire: dict[str, Any] = {"type": "object", "properties": parameters, "required": list(parameters),
+                            "additionalProperties": False}
+    if workflow.positional:  # an array in placeholder order (Snowflake :k, PostgreSQL and Redshift $k)
+        ordered = sorted(workflow.parameters.values(), key=lambda spec: spec.position or 0)
+        wire = {"type": "array", "prefixItems": [{**_wire_type(spec.type), "title": spec.name} for spec in ordered],
+                "minItems": len(ordered), "maxItems": len(ordered)}
     return {"type": "object", "required": ["query", "queryParameters"], "additionalProperties": False,
-            "properties": {"query": {"type": "string", "const": workflow.query},
-                           "queryParameters": {"type": "object", "properties": parameters,
-                                               "required": list(parameters), "additionalProperties": False}}}
+            "properties": {"query": {"type": "string", "const": workflow.query}, "queryParameters": wire}}
 
 
 def _wire_type(sql_type: str) -> dict[str, Any]:

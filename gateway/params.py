@@ -21,7 +21,7 @@ from gateway.errors import ConfigError, FieldError, Unprocessable
 from gateway.sqltypes import SQL_TYPES, BindError, Location, bind, describe, normalise_type
 
 # The keys a `parameters.<name>` entry may have (schemas/workflow.schema.json says the same).
-DEFINITION_KEYS: Final = frozenset({"type", "from", "header", "value", "default", "coerce", "description"})
+DEFINITION_KEYS: Final = frozenset({"type", "from", "header", "value", "default", "coerce", "description", "position"})
 
 
 class _Missing(enum.Enum):
@@ -46,6 +46,8 @@ class ParamSpec:
     value: Any = MISSING
     default: Any = MISSING
     coerce: bool = False
+    declared: str | None = None  # the type as the warehouse names it ("NUMBER(38,0)"), when not BigQuery's own
+    position: int | None = None  # the placeholder number (:1, $1) of a positional warehouse
 
     def __post_init__(self) -> None:
         # A spec that cannot bind is not representable: the type is normalised and the rest checked here.
@@ -56,8 +58,9 @@ class ParamSpec:
         check_spec(self)
 
     @classmethod
-    def from_definition(cls, name: str, definition: Mapping[str, Any]) -> ParamSpec:
-        """The spec of a workflow file's `parameters.<name>` entry; ConfigError naming the problem."""
+    def from_definition(cls, name: str, definition: Mapping[str, Any], *, binds_as: str | None = None) -> ParamSpec:
+        """The spec of a workflow file's `parameters.<name>` entry; ConfigError naming the problem.
+        `binds_as` is the binding type of a warehouse's own type name (`gateway.warehouses.binding_type`)."""
         if not isinstance(definition, Mapping):
             raise ConfigError(f"parameter {name!r}: expected an object, got {describe(definition)}")
         unknown = sorted(set(definition) - DEFINITION_KEYS)
@@ -66,14 +69,21 @@ class ParamSpec:
                               f"allowed: {', '.join(sorted(DEFINITION_KEYS))}")
         if "type" not in definition:
             raise ConfigError(f"parameter {name!r}: 'type' is required")
-        return cls(name=name, type=definition["type"], pointer=definition.get("from"),
+        declared = definition["type"] if binds_as is not None and binds_as != definition["type"] else None
+        return cls(name=name, type=binds_as or definition["type"], pointer=definition.get("from"),
                    header=definition.get("header"), value=definition.get("value", MISSING),
-                   default=definition.get("default", MISSING), coerce=definition.get("coerce", False))
+                   default=definition.get("default", MISSING), coerce=definition.get("coerce", False),
+                   declared=declared, position=definition.get("position"))
 
     @property
     def label(self) -> str:
-        """How messages name this parameter: `number_of_clusters (INT64)`."""
-        return f"{self.name} ({self.type})"
+        """How messages name this parameter: `number_of_clusters (INT64)`, `n (NUMBER(38,0))`."""
+        return f"{self.name} ({self.declared or self.type})"
+
+    @property
+    def sql_type(self) -> str:
+        """The type in the warehouse's own words."""
+        return self.declared or self.type
 
 
 # --- checking a spec (load time) -------------------------------------------------------------

@@ -20,6 +20,7 @@ from gateway.auth.config import build_schemes
 from gateway.auth.signatures import Scheme
 from gateway.errors import ConfigError
 from gateway.params import ParamSpec, check_spec
+from gateway.warehouses import BIGQUERY, POSITIONAL, Placeholders, binding_type, family_of, scan
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 DEFAULT_DEADLINE_S = 6 * 3600
@@ -46,6 +47,20 @@ class Workflow:
     token_env: str | None
     paused: bool
     validator: Any = field(repr=False, compare=False)
+    warehouse: str = BIGQUERY
+
+    @property
+    def positional(self) -> bool:
+        """Whether `queryParameters` go out as an array in placeholder order (Snowflake, PostgreSQL, Redshift)."""
+        return self.warehouse in POSITIONAL
+
+    def wire(self, parameters: Mapping[str, Any]) -> dict[str, Any] | list[Any]:
+        """`queryParameters` as CARTO takes them for this warehouse: the named object, or the array whose
+        item k is the value of placeholder k+1."""
+        if not self.positional:
+            return dict(parameters)
+        ordered = sorted(self.parameters.values(), key=lambda spec: spec.position or 0)
+        return [parameters.get(spec.name) for spec in ordered]
 
 
 @dataclass(frozen=True)
@@ -106,8 +121,16 @@ def load_workflow(path: Path, meta: Any, env: Mapping[str, str], *, id_token_ver
     if errors:
         raise ConfigError("\n".join(errors))
     problems: list[str] = []
-    procedure, names = _parse_call(definition["query"], problems)
-    parameters = _parameters(definition["parameters"], names, problems)
+    procedure, placeholders = _parse_call(definition["query"], problems)
+    try:
+        family = family_of(definition.get("warehouse"), placeholders)
+    except ConfigError as exc:
+        problems.append(f"$.query: {exc}")
+        family = BIGQUERY
+    if family in POSITIONAL:
+        parameters = _positional(definition["parameters"], placeholders, family, problems)
+    else:
+        parameters = _parameters(definition["parameters"], list(placeholders.names), problems, family)
     validator = _compile_payload(definition["payload"], problems)
     schemes = _schemes(definition["auth"], env, id_token_verifier, require_secrets, problems)
     if problems:
@@ -131,6 +154,7 @@ def load_workflow(path: Path, meta: Any, env: Mapping[str, str], *, id_token_ver
         token_env=carto["token"][4:] if "token" in carto else None,
         paused=definition.get("paused", False),
         validator=validator,
+        warehouse=family,
     )
 
 
@@ -140,64 +164,72 @@ def _json_path(parts: list[Any]) -> str:
 
 def query_parameter_names(query: str) -> list[str]:
     """The `@name`s of a query in order of appearance, skipping string literals, identifiers and comments."""
-    names: list[str] = []
-    i, n = 0, len(query)
-    while i < n:
-        ch = query[i]
-        if ch in "'\"`":
-            i = _skip_quoted(query, i)
-        elif query.startswith("--", i) or ch == "#":
-            end = query.find("\n", i)
-            i = n if end < 0 else end
-        elif query.startswith("/*", i):
-            end = query.find("*/", i + 2)
-            i = n if end < 0 else end + 2
-        elif ch == "@" and not query.startswith("@@", i):
-            match = re.match(r"@([A-Za-z_][A-Za-z0-9_]*)", query[i:])
-            if match and match.group(1) not in names:
-                names.append(match.group(1))
-            i += len(match.group(0)) if match else 1
-        else:
-            i += 1
-    return names
+    found = scan(query)
+    return list(found.names) if found.style == "@name" and not found.mixed else []
 
 
-def _skip_quoted(query: str, start: int) -> int:
-    quote, i = query[start], start + 1
-    while i < len(query):
-        if query[i] == "\\":
-            i += 2
-            continue
-        if query[i] == quote:
-            return i + 1
-        i += 1
-    return i
-
-
-def _parse_call(query: str, problems: list[str]) -> tuple[str, list[str]]:
+def _parse_call(query: str, problems: list[str]) -> tuple[str, Placeholders]:
     match = _CALL.match(query)
     if not match:
         problems.append("$.query: expected CALL `project.dataset.procedure`(...) as pasted from CARTO")
-        return "", []
+        return "", Placeholders(None)
     procedure = match.group("quoted") or match.group("bare")
-    return procedure, query_parameter_names(query)
+    return procedure, scan(query)
 
 
-def _parameters(definitions: Mapping[str, Any], names: list[str], problems: list[str]) -> dict[str, ParamSpec]:
+def _spec(name: str, definition: Any, family: str, problems: list[str]) -> ParamSpec | None:
+    try:
+        declared = definition.get("type") if isinstance(definition, Mapping) else None
+        binds_as = binding_type(family, declared) if isinstance(declared, str) else None
+    except ConfigError as exc:
+        problems.append(f"$.parameters.{name}.type: {exc}")
+        return None
+    try:
+        spec = ParamSpec.from_definition(name, definition, binds_as=binds_as)
+        check_spec(spec)
+    except ConfigError as exc:
+        problems.append(f"$.parameters.{name}: {exc}")
+        return None
+    return spec
+
+
+def _parameters(definitions: Mapping[str, Any], names: list[str], problems: list[str],
+                family: str = BIGQUERY) -> dict[str, ParamSpec]:
     for missing in [n for n in names if n not in definitions]:
         problems.append(f"$.query: @{missing} has no entry in parameters")
     for extra in [n for n in definitions if n not in names]:
         problems.append(f"$.parameters.{extra}: not used as @{extra} in the query")
-    specs: dict[str, ParamSpec] = {}
     for name in [n for n in names if n in definitions]:
-        try:
-            spec = ParamSpec.from_definition(name, definitions[name])
-            check_spec(spec)
-        except ConfigError as exc:
-            problems.append(f"$.parameters.{name}: {exc}")
-            continue
-        specs[name] = spec
-    return specs
+        if isinstance(definitions[name], Mapping) and "position" in definitions[name]:
+            problems.append(f"$.parameters.{name}.position: named @{name} placeholders take no position")
+    specs = {name: _spec(name, definitions[name], family, problems) for name in names if name in definitions}
+    return {name: spec for name, spec in specs.items() if spec is not None}
+
+
+def _positional(definitions: Mapping[str, Any], placeholders: Placeholders, family: str,
+                problems: list[str]) -> dict[str, ParamSpec]:
+    """Each placeholder :k / $k has exactly one parameter with `"position": k`, and every parameter a placeholder."""
+    sign = ":" if family == "snowflake" else "$"
+    by_position: dict[int, str] = {}
+    for name, definition in definitions.items():
+        position = definition.get("position") if isinstance(definition, Mapping) else None
+        if not isinstance(position, int) or isinstance(position, bool):
+            problems.append(f"$.parameters.{name}.position: required for {family}: the number k of its {sign}k")
+        elif position in by_position:
+            problems.append(f"$.parameters.{name}.position: {position} is also {by_position[position]}'s")
+        else:
+            by_position[position] = name
+    used = set(placeholders.positions)
+    for position in sorted(used - set(by_position)):
+        problems.append(f"$.query: {sign}{position} has no parameter with \"position\": {position}")
+    for position in sorted(set(by_position) - used):
+        problems.append(f"$.parameters.{by_position[position]}: position {position} is not used as "
+                        f"{sign}{position} in the query")
+    if used and sorted(used) != list(range(1, max(used) + 1)):
+        problems.append(f"$.query: placeholders must be {sign}1 to {sign}{max(used)} without gaps")
+    specs = {by_position[k]: _spec(by_position[k], definitions[by_position[k]], family, problems)
+             for k in sorted(by_position)}
+    return {name: spec for name, spec in specs.items() if spec is not None}
 
 
 def _compile_payload(schema: Any, problems: list[str]) -> Any:

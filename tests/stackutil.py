@@ -125,3 +125,19 @@ def pulled_topic(project: str, prefix: str):
         yield topic, read
     finally:
         subscriber.close()
+
+
+def delete_subscriptions(project: str, names: list[str]) -> None:
+    """Delete push subscriptions an earlier stack on the same emulator left pointing at its own ports."""
+    from google.api_core import exceptions
+    from google.cloud import pubsub_v1
+
+    subscriber = pubsub_v1.SubscriberClient()
+    try:
+        for name in names:
+            try:
+                subscriber.delete_subscription(request={"subscription": subscriber.subscription_path(project, name)})
+            except exceptions.NotFound:
+                pass
+    finally:
+        subscriber.close()

@@ -17,6 +17,8 @@ from gateway.carto import (
     ClientCredentials,
     StaticToken,
     SubmitOutcomeUnknown,
+    dialect_of,
+    job_id_of,
     parse_status,
     strip_secrets,
 )
@@ -195,3 +197,93 @@ def test_client_credentials_are_refreshed_a_minute_before_expiry():
     assert (first, same, refreshed) == ("token-1", "token-1", "token-2")
     assert _TokenEndpoint.issued[0]["grant_type"] == "client_credentials"
     assert "s3cret" not in repr(tokens)
+
+
+# --- both documented dialects -------------------------------------------------------------------
+
+SQL_API_FAILURE = {"jobId": "j", "connection": "bigquery", "user": "u", "query": "CALL p()", "status": "failure",
+                   "error": {"code": "invalidQuery", "msg": "Query error: Cannot coerce expression @n to type INT64"},
+                   "createdAt": "2015-12-15T07:36:25Z", "updatedAt": "2015-12-15T07:36:25Z", "provider": {}}
+
+
+@pytest.mark.parametrize("body, outcome", [
+    ({"jobId": "j", "status": "pending"}, None),
+    ({"jobId": "j", "status": "running"}, None),
+    ({"jobId": "j", "status": "success"}, SUCCEEDED),
+    (SQL_API_FAILURE, FAILED),
+    ({"jobId": "j", "status": "failed", "error": "boom"}, FAILED),
+    ({"jobId": "j", "status": "failure", "error": {"code": "stopped", "msg": "Job execution was cancelled"}}, CANCELLED),
+])
+def test_the_sql_api_dialect_is_read(body, outcome):
+    assert parse_status("j", body).outcome == outcome
+
+
+def test_a_sql_api_failure_keeps_the_warehouses_message_and_code():
+    error = parse_status("j", SQL_API_FAILURE).error
+    assert error == {"reason": "invalidQuery", "location": None,
+                     "message": "Query error: Cannot coerce expression @n to type INT64"}
+
+
+def test_a_failure_without_any_error_says_how_it_ended():
+    assert parse_status("j", {"status": "failure"}).error["message"] == "the job ended with status failure"
+
+
+@pytest.mark.parametrize("body, dialect", [
+    ({"externalId": "j", "status": {"state": "DONE"}}, "workflows"),
+    ({"jobId": "j", "status": "success"}, "sql-api"),
+    ({"id": "j"}, None),
+])
+def test_the_dialect_of_an_answer_is_told(body, dialect):
+    assert dialect_of(body) == dialect and job_id_of(body) == "j"
+
+
+@pytest.mark.parametrize("message", [
+    "Not found: Procedure carto-dw-x:workflows_temp.workflow_procedure_1 was not found in location US",
+    "Not found: Routine p:d.r",
+    "SQL compilation error:\nUnknown function CARTO_DEMO.WORKFLOWS_TEMP.WP_1",
+    "procedure carto_workflows.workflow_procedure_8c(unknown, unknown) does not exist",
+])
+def test_a_procedure_that_is_gone_gets_its_likely_cause(message):
+    error = parse_status("j", {"status": {"state": "DONE", "errorResult": {"reason": "notFound", "message": message}}}).error
+    assert error["message"].startswith(message)
+    assert "API access" in error["message"] and "check --live" in error["message"]
+
+
+def test_other_failures_get_no_such_hint():
+    error = parse_status("j", SQL_API_FAILURE).error
+    assert "check --live" not in error["message"]
+
+
+@pytest.fixture(params=["workflows", "sql-api"])
+def dialect_sandbox(request):
+    server = serve(token=CARTO_TOKEN, default_duration_s=0.2, dialect=request.param,
+                   procedures={"p.d.proc": {"parameters": {"a": "INT64"}}})
+    yield server
+    server.stop()
+
+
+def test_the_client_follows_a_job_in_either_dialect(client, dialect_sandbox):
+    import time
+
+    ok = client.submit(dialect_sandbox.url, "conn", QUERY, {"a": 1})
+    mistyped = client.submit(dialect_sandbox.url, "conn", QUERY, {"a": "x"})
+    time.sleep(0.3)
+
+    assert client.status(dialect_sandbox.url, "conn", ok).outcome == SUCCEEDED
+    failed = client.status(dialect_sandbox.url, "conn", mistyped)
+    assert failed.outcome == FAILED and failed.error["reason"] == "invalidQuery"
+    assert failed.error["message"].startswith("Query error: Cannot coerce expression @a to type INT64 at [1:")
+
+
+def test_the_job_request_carries_metadata_and_positional_parameters_as_an_array(client, sandbox):
+    metadata = {"gateway": "carto-workflows-gateway", "delivery": "ab" * 16, "workflow": "w", "delivery_id": "d1"}
+    client.submit(sandbox.url, "conn", "CALL DB.S.P(:1, :2)", [2, "x"], metadata=metadata)
+
+    job = sandbox.jobs()[0]
+    assert job.query_parameters == [2, "x"] and job.metadata == metadata
+
+
+def test_the_synchronous_query_answers_rows_schema_and_meta(client, sandbox):
+    answer = client.query(sandbox.url, "conn", "SELECT 1")
+    assert answer["rows"] == [{"f0_": 1}] and answer["schema"] == [{"name": "f0_", "type": "INT64"}]
+    assert "totalBytesProcessed" in answer["meta"]

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from tests.conftest import ROOT, SECRET
+from tests.conftest import ROOT, SECRET, product_workflow_files
 from tests.deploytools import argcheck
 
 LEFT_OUT = ("gateway/local/", "gateway/cli/", "tests/", "bench/", "deploy/", "client/", "examples/")
@@ -62,7 +62,8 @@ def test_the_uploaded_source_serves_a_webhook_on_its_own(uploaded, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     result = __import__("json").loads(done.stdout.strip().splitlines()[-1])
     assert result["health"] == 200 and result["status"] == 200
-    assert result["hooks"] == ["/hooks/store-clusters", "/hooks/store-clusters/validate"]
+    assert result["hooks"] == sorted(hook for path in product_workflow_files()
+                                     for hook in (f"/hooks/{path.stem}", f"/hooks/{path.stem}/validate"))
     assert result["local_stack"] == []
     assert result["package"].startswith(str(source))  # imported from the upload, not the repository
 

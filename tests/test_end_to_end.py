@@ -3,11 +3,13 @@
 Everything real: functions-framework serving `webhook` and `poll` from main.py in their own
 processes, the Pub/Sub emulator with a push subscription to `poll`, the Cloud Tasks emulator for
 the later status checks, the local CARTO job API over
-HTTP, webhooks signed by the official standardwebhooks package.
+HTTP, webhooks signed by the official standardwebhooks package. The whole module runs twice, once
+for each answer dialect CARTO documents (the Workflows page's and the CARTO 3 SQL API reference's).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -18,17 +20,19 @@ import requests
 
 from gateway.local.devstack import LocalStack
 from tests.conftest import CARTO_TOKEN, OPERATOR_TOKEN, PROJECT, ROOT, SECRET
-from tests.stackutil import EventInbox, post_hook
+from tests.stackutil import EventInbox, delete_subscriptions, post_hook
 
 BODY = {"clusters": 2, "radius_m": 500, "store": {"type": "Supermarket"}}
 EVENT_SCHEMA = json.loads((ROOT / "schemas" / "job-event.schema.json").read_text())
 
 
-@pytest.fixture(scope="module")
-def stack(pubsub_emulator, tasks_emulator, test_schemas, tmp_path_factory):
+@pytest.fixture(scope="module", params=["workflows", "sql-api"])
+def stack(request, pubsub_emulator, tasks_emulator, test_schemas, tmp_path_factory):
+    delete_subscriptions(PROJECT, ["poll-push", "submit-push"])  # the other dialect's stack pushed to its ports
     stack = LocalStack(
         state_dir=tmp_path_factory.mktemp("stack"), project=PROJECT, schemas_dir=test_schemas,
         pubsub_host=pubsub_emulator.host, tasks_host=tasks_emulator.host, sandbox_duration_s=1.0, submit_port=0,
+        sandbox_dialect=request.param,
         sandbox_procedures={"test-project.workflows_temp.slow_report": {"parameters": {"region": "STRING"},
                                                                          "duration_s": None}},
         env={"CARTO_API_TOKEN": CARTO_TOKEN, "STORE_CLUSTERS_SECRETS": SECRET, "GATEWAY_POLL_FIRST_S": "0.2",
@@ -39,7 +43,7 @@ def stack(pubsub_emulator, tasks_emulator, test_schemas, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def inbox(stack):
+def inbox(stack):  # one per dialect: it follows the stack's parametrisation
     return EventInbox(PROJECT, stack.topics["events"], f"test-events-{uuid.uuid4().hex[:8]}")
 
 
@@ -80,9 +84,38 @@ def test_a_job_carto_fails_yields_a_failed_event_with_the_coercion_error(stack, 
     jsonschema.validate(event.data, EVENT_SCHEMA)
     assert event.attributes["outcome"] == "FAILED"
     assert event.attributes["ce-id"] == f"{answer['job_id']}:FAILED"
-    assert event.data["error"]["reason"] == "invalidQuery"
-    assert event.data["error"]["message"].startswith(
+    assert event.data["error"]["reason"] == "invalidQuery"  # errorResult.reason, or the SQL API's error.code
+    assert event.data["error"]["message"].startswith(  # errorResult.message, or error.msg: never "failure"
         "Query error: Cannot coerce expression @number_of_clusters to type INT64 at [1:")
+
+
+def test_a_job_cancelled_through_the_gateway_yields_one_cancelled_event(stack, inbox):
+    answer = _accepted(post_hook(stack.url("webhook"), "slow-report", {"region": "apac"}, SECRET))
+
+    cancelled = requests.delete(f"{stack.url('webhook')}/jobs/{answer['job_id']}",
+                                headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"}, timeout=30)
+    event = inbox.wait_for(lambda e: e.attributes.get("job_id") == answer["job_id"])
+
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["outcome"] == "CANCELLED"
+    jsonschema.validate(event.data, EVENT_SCHEMA)
+    assert event.attributes["outcome"] == "CANCELLED"
+    assert event.attributes["ce-id"] == f"{answer['job_id']}:CANCELLED"
+    job = next(job for job in stack.sandbox.jobs() if job.external_id == answer["job_id"])
+    assert job.cancelled
+
+
+def test_every_job_carries_the_gateways_metadata_and_marker(stack):
+    msg_id = f"msg_{uuid.uuid4().hex}"
+    answer = _accepted(post_hook(stack.url("webhook"), "store-clusters", BODY, SECRET, msg_id=msg_id))
+
+    job = next(job for job in stack.sandbox.jobs() if job.external_id == answer["job_id"])
+
+    key_hash = hashlib.sha256(f"store-clusters:{msg_id}".encode()).hexdigest()[:32]
+    assert job.metadata == {"gateway": "carto-workflows-gateway", "delivery": key_hash,
+                            "workflow": "store-clusters", "delivery_id": msg_id}
+    assert f"/* carto-gateway:{key_hash} */" in job.query
+    assert CARTO_TOKEN not in json.dumps(job.metadata) and SECRET not in json.dumps(job.metadata)
 
 
 def test_a_job_past_its_deadline_yields_one_timed_out_event(stack, inbox):

@@ -253,7 +253,7 @@ def test_unknown_procedure_fails_like_bigquery(sandbox):
     external_id = submitted_id(sandbox, {"a": 1}, query="CALL `proj.ds.nope`(@a)")
 
     assert status_of(sandbox, external_id)["errorResult"] == {
-        "reason": "notFound", "location": "query", "message": "Not found: Routine proj:ds.nope"}
+        "reason": "notFound", "location": "query", "message": "Not found: Procedure proj:ds.nope"}
 
 
 def test_unknown_procedure_runs_when_no_signatures_are_configured(clock):
@@ -608,3 +608,129 @@ def test_main_serves_until_sigterm(tmp_path):
     assert response.status_code == 200
     assert process.returncode == 0
     assert TOKEN not in stderr
+
+
+# --- both dialects, every warehouse family, the catalogue ----------------------------------------
+
+SNOWFLAKE_PROC = "CARTO_DEMO.WORKFLOWS_TEMP.WP_1"
+POSTGRES_PROC = "carto_workflows.wp_1"
+FAMILIES = {
+    SNOWFLAKE_PROC: {"parameters": {"store_type": "VARCHAR", "top_n": "NUMBER(38,0)", "since": "DATE"},
+                     "warehouse": "snowflake"},
+    POSTGRES_PROC: {"parameters": {"city": "text", "max": "integer", "zonings": "text[]"}, "warehouse": "postgresql"},
+    "rs.wp_2": {"parameters": {"n": "integer"}, "warehouse": "redshift"},
+    **SIGNATURES,
+}
+
+
+@pytest.fixture
+def families(clock):
+    server = serve(token=TOKEN, procedures=FAMILIES, default_duration_s=DURATION_S, clock=clock, dialect="sql-api",
+                   connections=["carto_dw", "snowflake_demo", "postgres_demo"])
+    yield server
+    server.stop()
+
+
+def sql_api_job(server, external_id, connection):
+    return requests.get(job_url(server, external_id, connection), headers=AUTH, timeout=5).json()
+
+
+def test_the_sql_api_dialect_answers_job_id_flat_status_and_error_code_and_msg(families, clock):
+    created = submit(families, {**SEED_PARAMS, "number_of_clusters": 2.5}).json()
+    assert created["jobId"].startswith("job_") and created["status"] == "pending" and "externalId" not in created
+    clock.advance(DURATION_S + 1)
+
+    job = sql_api_job(families, created["jobId"], "carto_dw")
+
+    assert job["status"] == "failure"
+    assert job["error"]["code"] == "invalidQuery"
+    assert job["error"]["msg"].startswith("Query error: Cannot coerce expression @number_of_clusters to type INT64")
+
+
+def test_the_sql_api_dialect_lists_only_running_jobs_as_a_bare_array(families, clock):
+    first = submit(families).json()["jobId"]
+    clock.advance(DURATION_S + 1)
+    second = submit(families).json()["jobId"]
+
+    listed = requests.get(f"{families.url}/v3/sql/jobs", headers=AUTH, timeout=5).json()
+
+    assert [job["jobId"] for job in listed] == [second] and first != second
+
+
+@pytest.mark.parametrize("connection, query, params, expected", [
+    ("snowflake_demo", f"CALL {SNOWFLAKE_PROC}(:1, :2, :3)", ["Supermarket", 5, "2024-01-01"], None),
+    ("snowflake_demo", f"CALL {SNOWFLAKE_PROC}(:1, :2, :3)", ["Supermarket", "five", "2024-01-01"],
+     ("100038", "Numeric value 'five' is not recognized")),
+    ("snowflake_demo", f"CALL {SNOWFLAKE_PROC}(:1, :2, :3)", ["Supermarket", 5],
+     ("002049", "SQL compilation error: Bind variable :3 not set.")),
+    ("snowflake_demo", "CALL CARTO_DEMO.WORKFLOWS_TEMP.GONE(:1)", ["x"],
+     ("002140", "SQL compilation error:\nUnknown function CARTO_DEMO.WORKFLOWS_TEMP.GONE")),
+    ("postgres_demo", f"CALL {POSTGRES_PROC}($1, $2, $3)", ["Madrid", 20, ["residential"]], None),
+    ("postgres_demo", f"CALL {POSTGRES_PROC}($1, $2, $3)", ["Madrid", 2.5, []],
+     ("22P02", 'invalid input syntax for type integer: "2.5"')),
+    ("postgres_demo", "CALL rs.wp_2($1)", ["x"], ("22P02", 'invalid input syntax for integer: "x"')),
+    ("postgres_demo", "CALL carto_workflows.gone($1, $2)", [1, 2],
+     ("42883", "procedure carto_workflows.gone(unknown, unknown) does not exist")),
+])
+def test_each_warehouse_binds_positional_parameters_and_words_its_failures(families, clock, connection, query,
+                                                                         params, expected):
+    job_id = submit(families, params, query=query, connection=connection).json()["jobId"]
+    clock.advance(DURATION_S + 1)
+
+    job = sql_api_job(families, job_id, connection)
+
+    if expected is None:
+        assert job["status"] == "success", job
+    else:
+        assert job["status"] == "failure" and (job["error"]["code"], job["error"]["msg"]) == expected
+
+
+def test_an_unknown_connection_is_refused(families):
+    response = submit(families, connection="no_such_connection")
+    assert response.status_code == 404 and "no_such_connection" in response.json()["error"]
+
+
+def test_a_drop_metadata_fault_leaves_metadata_out_of_the_list_only(sandbox):
+    job_id = submitted_id(sandbox, metadata={"delivery": "d"})
+    sandbox.faults.drop_metadata("list")
+
+    listed = requests.get(f"{sandbox.url}/v3/sql/jobs", headers=AUTH, timeout=5).json()["jobs"]
+    one = requests.get(job_url(sandbox, job_id), headers=AUTH, timeout=5).json()
+
+    assert "metadata" not in listed[0] and one["metadata"] == {"delivery": "d"}
+
+
+def test_the_catalogue_answers_information_schema_in_each_warehouses_words(families):
+    def query(connection, q, params):
+        response = requests.post(f"{families.url}/v3/sql/{connection}/query", headers=AUTH, timeout=5,
+                                 json={"q": q, "queryParameters": params})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    project, dataset, name = PROCEDURE.split(".")
+    bigquery = query("carto_dw", f"SELECT 1 FROM `{project}.{dataset}.INFORMATION_SCHEMA.ROUTINES` r", {"name": name})
+    snowflake = query("snowflake_demo", "SELECT * FROM CARTO_DEMO.INFORMATION_SCHEMA.PROCEDURES WHERE ...",
+                      ["WORKFLOWS_TEMP", "WP_1"])
+    postgres = query("postgres_demo", "SELECT * FROM information_schema.routines r ...", ["carto_workflows", "wp_1"])
+
+    assert [(r["parameter_name"], r["data_type"]) for r in bigquery["rows"]] == [
+        ("number_of_clusters", "INT64"), ("buffer_radius", "FLOAT64"), ("store_type", "STRING")]
+    assert set(bigquery) == {"rows", "schema", "meta"}
+    assert snowflake["rows"] == [{"PROCEDURE_NAME": "WP_1",
+                                  "ARGUMENT_SIGNATURE": "(STORE_TYPE VARCHAR, TOP_N NUMBER, SINCE DATE)"}]
+    assert [(r["data_type"], r["udt_name"]) for r in postgres["rows"]] == [
+        ("text", "text"), ("integer", "int4"), ("ARRAY", "_text")]
+
+
+def test_the_dialect_flag_reaches_the_server():
+    port = str(__import__("gateway.local.emulators", fromlist=["free_port"]).free_port())
+    process = subprocess.Popen([sys.executable, "-m", "gateway", "sandbox", "--port", port, "--dialect", "sql-api",
+                                "--schemas", str(ROOT / "schemas")], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "CARTO_API_TOKEN": ""})
+    try:
+        banner = process.stdout.readline()
+        body = requests.post(f"http://127.0.0.1:{port}/v3/sql/c/job", json={"query": "SELECT 1"}, timeout=5).json()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=10)
+    assert "sql-api dialect" in banner and "jobId" in body

@@ -11,6 +11,7 @@ import pytest
 from gateway.cli.lint import lint
 from gateway.errors import ConfigError
 from gateway.settings import Settings
+from gateway.warehouses import scan
 from gateway.workflows import load_registry, query_parameter_names
 from tests.conftest import ROOT, SECRET, product_workflow_files
 
@@ -36,7 +37,11 @@ def test_every_workflow_file_loads_and_lints_clean(path):
     workflow = registry.get(path.stem)
 
     assert workflow is not None and workflow.schemes
-    assert set(workflow.parameters) == set(query_parameter_names(workflow.query))
+    if workflow.positional:
+        positions = sorted(spec.position for spec in workflow.parameters.values())
+        assert positions == sorted(scan(workflow.query).positions) == list(range(1, len(positions) + 1))
+    else:
+        assert set(workflow.parameters) == set(query_parameter_names(workflow.query))
     assert [p for p in lint(registry) if p.startswith(f"{path.stem}:")] == []
 
 

@@ -44,6 +44,7 @@ class LocalStack:
     env: Mapping[str, str] = field(default_factory=dict)
     sandbox_duration_s: float = 1.0
     sandbox_procedures: Mapping[str, Any] | None = None
+    sandbox_dialect: str | None = None  # None: GATEWAY_SANDBOX_DIALECT of env or the environment, else workflows
     log_dir: Path | None = None
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     sandbox: Any = None
@@ -135,9 +136,11 @@ class LocalStack:
         if self.sandbox_procedures:
             procedures = apply_overrides(procedures or {}, self.sandbox_procedures)
         token = self.function_env()["CARTO_API_TOKEN"]
+        dialect = (self.sandbox_dialect or self.env.get("GATEWAY_SANDBOX_DIALECT")
+                   or os.environ.get("GATEWAY_SANDBOX_DIALECT") or "workflows")
         self.sandbox = serve(self.sandbox_port, token=token, procedures=procedures,
                              db_path=str(self.state_dir / "sandbox.sqlite3"),
-                             default_duration_s=self.sandbox_duration_s)
+                             default_duration_s=self.sandbox_duration_s, dialect=dialect)
         self.sandbox_port = self.sandbox.port
 
     def _start_functions(self) -> None:
@@ -222,7 +225,7 @@ Local stack is up (logs in {stack.log_dir}):
   poll      {stack.url('poll')}      (push subscription poll-push on {env['GATEWAY_JOBS_TOPIC']})
   submit    {stack.url('submit')}      (push subscription submit-push on {env['GATEWAY_REQUESTS_TOPIC']})
   console   {stack.url('console')}/     (operators' console: deliveries, cancel, re-run; open it in a browser)
-  CARTO     {stack.sandbox.url}      (local CARTO job API)
+  CARTO     {stack.sandbox.url}      (local CARTO job API, {stack.sandbox.api.dialect} dialect)
   Pub/Sub   {stack.pubsub_host}       (emulator, project {stack.project})
   Tasks     {stack.tasks_host}        (Cloud Tasks emulator, queue {stack.tasks_queue})
 

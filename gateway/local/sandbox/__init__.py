@@ -46,7 +46,7 @@ Job object:
       unused parameter    invalidQuery, "... is not used in the query (sandbox check)"  -- stricter
                           than BigQuery on purpose, to catch mapping bugs
       unknown procedure   {"reason": "notFound", "location": "query",
-                           "message": "Not found: Routine project:dataset.routine"}
+                           "message": "Not found: Procedure project:dataset.procedure"}
       injected / override {"reason": "invalidQuery", "location": "query", "message": <given>}
 Other errors: `{"error": message, "status": code}` -- 404 unknown path or job, 405 bad method,
     injected 5xx, 429 with `Retry-After`.

@@ -10,8 +10,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.local.sandbox.catalog import QueryRefused, answer
 from gateway.local.sandbox.faults import Fault, Faults, fault_from_json
-from gateway.local.sandbox.jobs import Outcome, SandboxJob, cancel, iso, plan_job, wire
+from gateway.local.sandbox.jobs import WORKFLOWS, Outcome, SandboxJob, cancel, iso, plan_job, wire, wire_parameters
 from gateway.local.sandbox.procedures import Procedure
 from gateway.local.sandbox.store import JobStore
 
@@ -42,8 +43,9 @@ class SandboxApi:
 
     def __init__(self, store: JobStore, faults: Faults, *, token: str | None,
                  procedures: Mapping[str, Procedure] | None, default_duration_s: float,
-                 clock: Callable[[], float]):
+                 clock: Callable[[], float], dialect: str = WORKFLOWS, connections: frozenset[str] | None = None):
         self.store, self.faults, self.clock = store, faults, clock
+        self.dialect, self.connections = dialect, connections
         self._token = token
         self._procedures = procedures
         self._default_duration_s = default_duration_s
@@ -65,20 +67,29 @@ class SandboxApi:
         problem = _payload_problem(payload)
         if problem:
             return error(400, problem)
+        if not self.known(connection):
+            return self.unknown_connection(connection)
         job = plan_job(
             "job_" + secrets.token_urlsafe(21), connection, payload["query"], payload.get("queryParameters") or {},
             procedures=self._procedures, default_duration_s=self._default_duration_s, now=self.clock(),
             metadata=payload.get("metadata"), forced=_outcome(fault))
         self.store.add(job)
         # The create answer is the job as accepted; even a mistyped CALL only shows its error when polled.
-        return Response(200, wire(job, None, token))
+        return Response(200, wire(job, None, token, self.dialect))
 
-    def status(self, connection: str, external_id: str, token: str | None) -> Response:
+    def known(self, connection: str) -> bool:
+        """Every connection is known unless the sandbox was given its list."""
+        return self.connections is None or connection in self.connections
+
+    def unknown_connection(self, connection: str) -> Response:
+        return error(404, f"Connection {connection} not found")
+
+    def status(self, connection: str, external_id: str, token: str | None, fault: Fault | None = None) -> Response:
         """The job with its current state."""
         job = self.store.get(connection, external_id)
         if job is None:
             return error(404, f"Job {external_id} not found")
-        return Response(200, wire(job, self.clock(), token))
+        return Response(200, _without_metadata(wire(job, self.clock(), token, self.dialect), fault))
 
     def cancel(self, connection: str, external_id: str, token: str | None) -> Response:
         """Cancel a job: unless already DONE it ends DONE with errorResult reason `stopped`."""
@@ -86,16 +97,32 @@ class SandboxApi:
         job = self.store.update(connection, external_id, lambda j: cancel(j, now))
         if job is None:
             return error(404, f"Job {external_id} not found")
-        return Response(200, wire(job, now, token))
+        return Response(200, wire(job, now, token, self.dialect))
 
-    def list(self, query: Mapping[str, str]) -> Response:
-        """Jobs newest first, optionally of one `connection` and at most `limit`."""
+    def list(self, query: Mapping[str, str], fault: Fault | None = None) -> Response:
+        """Jobs newest first, optionally of one `connection` and at most `limit`: `{"jobs": [...]}` in the
+        Workflows dialect; in the SQL API's, a bare array of the jobs not yet ended (its reference says
+        "a list of running jobs" and publishes no shape)."""
         jobs = list(reversed(self.store.all(query.get("connection"))))
+        now = self.clock()
+        if self.dialect != WORKFLOWS:
+            jobs = [job for job in jobs if job.state(now) != "DONE"]
         limit = query.get("limit", "")
         if limit.isdigit():
             jobs = jobs[: int(limit)]
-        now = self.clock()
-        return Response(200, {"jobs": [wire(job, now) for job in jobs]})
+        listed = [_without_metadata(wire(job, now, None, self.dialect), fault) for job in jobs]
+        return Response(200, listed if self.dialect != WORKFLOWS else {"jobs": listed})
+
+    def query(self, connection: str, payload: Any) -> Response:
+        """The synchronous `/query`: `{rows, schema, meta}` for the catalogue queries the sandbox knows."""
+        if not self.known(connection):
+            return self.unknown_connection(connection)
+        if not isinstance(payload, dict) or not isinstance(payload.get("q"), str) or not payload["q"].strip():
+            return error(400, "Missing q")
+        try:
+            return Response(200, answer(payload["q"], payload.get("queryParameters"), self._procedures))
+        except QueryRefused as exc:
+            return error(400, str(exc))
 
     def stats(self) -> dict[str, Any]:
         """Jobs created (total, per procedure, each with its parameters), requests per route, faults."""
@@ -147,11 +174,18 @@ def _payload_problem(payload: Any) -> str | None:
         return "Body must be a JSON object"
     if not isinstance(payload.get("query"), str) or not payload["query"].strip():
         return "Missing query"
-    if not isinstance(payload.get("queryParameters", {}), (dict, type(None))):
-        return "queryParameters must be an object"
+    if not isinstance(payload.get("queryParameters", {}), (dict, list, type(None))):
+        return "queryParameters must be an object (named parameters) or an array (positional)"
     if not isinstance(payload.get("metadata", {}), (dict, type(None))):
         return "metadata must be an object"
     return None
+
+
+def _without_metadata(body: dict[str, Any], fault: Fault | None) -> dict[str, Any]:
+    """A `drop_metadata` fault: the answer forgets the job's metadata, as a CARTO that does not keep it would."""
+    if fault is not None and fault.kind == "drop_metadata":
+        body.pop("metadata", None)
+    return body
 
 
 def _outcome(fault: Fault | None) -> Outcome | None:
@@ -163,5 +197,5 @@ def _outcome(fault: Fault | None) -> Outcome | None:
 
 def _summary(job: SandboxJob, now: float) -> dict[str, Any]:
     return {"externalId": job.external_id, "connectionName": job.connection, "procedure": job.procedure,
-            "query": job.query, "queryParameters": dict(job.query_parameters), "metadata": job.metadata,
+            "query": job.query, "queryParameters": wire_parameters(job), "metadata": job.metadata,
             "createdAt": iso(job.created_at), "state": job.state(now)}

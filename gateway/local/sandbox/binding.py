@@ -35,11 +35,12 @@ _ALIASES = {"INTEGER": "INT64", "INT": "INT64", "BIGINT": "INT64", "FLOAT": "FLO
 _DECIMAL_LIMITS = {"NUMERIC": (29, 9), "BIGNUMERIC": (38, 38)}
 _DECIMAL_TEXT = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 _DATE_TEXT = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
+RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
 _GEOMETRIES = {"Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon"}
 _CALL = re.compile(r"^\s*CALL\s+(?P<name>(`[^`]+`|[A-Za-z0-9_\-]+)(\s*\.\s*(`[^`]+`|[A-Za-z0-9_\-]+))*)\s*\(",
                    re.IGNORECASE)
 _PARAM = re.compile(r"@([A-Za-z_][A-Za-z0-9_]*)")
+_POSITIONAL = re.compile(r"[:$]([1-9][0-9]*)")
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class Argument:
 
     name: str | None
     offset: int
+    index: int | None = None  # the k of a positional :k or $k
 
 
 @dataclass(frozen=True)
@@ -105,11 +107,11 @@ def _string_binds(text: str, sql_type: str) -> bool:
     if sql_type == "DATE":
         return bool(_DATE_TEXT.match(text)) and _parses(date.fromisoformat, text)
     if sql_type == "TIMESTAMP":
-        return bool(_RFC3339.match(text)) and _parses(_parse_timestamp, text)
+        return bool(RFC3339.match(text)) and _parses(parse_timestamp, text)
     if sql_type in _DECIMAL_LIMITS:
         return bool(_DECIMAL_TEXT.match(text)) and _fits_decimal(Decimal(text), sql_type)
     if sql_type == "GEOGRAPHY":
-        return _is_geojson_geometry(text)
+        return is_geojson_geometry(text)
     if sql_type == "JSON":
         return _parses(json.loads, text)
     return False
@@ -123,7 +125,7 @@ def _parses(parse: Any, text: str) -> bool:
     return True
 
 
-def _parse_timestamp(text: str) -> datetime:
+def parse_timestamp(text: str) -> datetime:
     head, _, tail = text.replace("t", "T").replace("z", "Z").replace(" ", "T").partition(".")
     if tail:  # Python parses at most microseconds; BigQuery keeps microseconds too
         digits = re.match(r"\d+", tail).group(0)
@@ -141,7 +143,7 @@ def _fits_decimal(number: Decimal, sql_type: str) -> bool:
     return scale <= scale_max and whole <= whole_max
 
 
-def _is_geojson_geometry(text: str) -> bool:
+def is_geojson_geometry(text: str) -> bool:
     try:
         geometry = json.loads(text)
     except ValueError:
@@ -207,7 +209,8 @@ def _argument(query: str, start: int, end: int) -> Argument:
     piece = query[start:end]
     offset = start + len(piece) - len(piece.lstrip())
     match = _PARAM.fullmatch(piece.strip())
-    return Argument(match.group(1) if match else None, offset)
+    positional = _POSITIONAL.fullmatch(piece.strip())
+    return Argument(match.group(1) if match else None, offset, int(positional.group(1)) if positional else None)
 
 
 def position(query: str, offset: int) -> str:
@@ -270,9 +273,9 @@ def _json_type(value: Any) -> str:
 
 
 def not_found(procedure: str) -> ErrorResult:
-    """BigQuery's answer to a CALL of a routine that does not exist (project:dataset.routine)."""
+    """BigQuery's answer to a CALL of a procedure that does not exist (project:dataset.procedure)."""
     project, _, rest = procedure.partition(".")
-    return ErrorResult("notFound", f"Not found: Routine {project}:{rest}" if rest else f"Not found: Routine {project}")
+    return ErrorResult("notFound", f"Not found: Procedure {project}:{rest}" if rest else f"Not found: Procedure {project}")
 
 
 def cancelled() -> ErrorResult:

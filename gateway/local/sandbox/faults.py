@@ -1,6 +1,7 @@
 """Failure injection: what the next requests of a route suffer, queued by tests or a soak script.
 
-Routes: `submit` (create a job), `status` (get a job), `cancel`, `list`. Kinds:
+Routes: `submit` (create a job), `status` (get a job), `cancel`, `list`, `query` (the synchronous
+`/query`). Kinds:
 
     error         answer `status` (5xx) with a CARTO-style error body
     rate_limit    answer 429 with `Retry-After: retry_after`
@@ -9,6 +10,7 @@ Routes: `submit` (create a job), `status` (get a job), `cancel`, `list`. Kinds:
     hold          (in-process only, `Faults.hold`) wait until the test releases it, then answer normally
     fail_job      (submit) the job is created and later ends DONE with an errorResult `message`
     never_finish  (submit) the job is created and stays RUNNING forever
+    drop_metadata (list, status) the answer leaves out each job's `metadata`
 
 `after: true` applies error / rate_limit / delay / drop AFTER the request took effect (the job was
 created, the cancel applied): the case "CARTO accepted it but the client never heard".
@@ -25,9 +27,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-ROUTES = ("submit", "status", "cancel", "list")
+ROUTES = ("submit", "status", "cancel", "list", "query")
 TRANSPORT_KINDS = ("error", "rate_limit", "delay", "drop", "hold")
 JOB_KINDS = ("fail_job", "never_finish")
+ANSWER_KINDS = ("drop_metadata",)
 
 
 @dataclass(frozen=True)
@@ -45,10 +48,12 @@ class Fault:
     def __post_init__(self) -> None:
         if self.route not in ROUTES:
             raise ValueError(f"route must be one of {ROUTES}")
-        if self.kind not in TRANSPORT_KINDS + JOB_KINDS:
-            raise ValueError(f"kind must be one of {TRANSPORT_KINDS + JOB_KINDS}")
+        if self.kind not in TRANSPORT_KINDS + JOB_KINDS + ANSWER_KINDS:
+            raise ValueError(f"kind must be one of {TRANSPORT_KINDS + JOB_KINDS + ANSWER_KINDS}")
         if self.kind in JOB_KINDS and self.route != "submit":
             raise ValueError(f"{self.kind} applies to the submit route only")
+        if self.kind in ANSWER_KINDS and self.route not in ("list", "status"):
+            raise ValueError(f"{self.kind} applies to the list and status routes only")
         if not 500 <= self.status <= 599:
             raise ValueError("status must be a 5xx")
         if self.delay_s < 0 or self.retry_after < 0:
@@ -125,6 +130,10 @@ class Faults:
     def never_finish(self, count: int = 1) -> None:
         """The next `count` submitted jobs never reach DONE."""
         self.add(Fault("submit", "never_finish"), count)
+
+    def drop_metadata(self, route: str = "list", count: int = 1) -> None:
+        """The next `count` answers of `route` (list or status) leave out each job's metadata."""
+        self.add(Fault(route, "drop_metadata"), count)
 
     def take(self, route: str) -> Fault | None:
         """Consume the first pending fault of `route`, if any."""

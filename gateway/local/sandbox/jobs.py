@@ -16,6 +16,8 @@ from gateway.local.sandbox.binding import (
     not_found,
     parse_call,
 )
+from gateway.local.sandbox.families import check_positional, family_of_call
+from gateway.local.sandbox.families import not_found as positional_not_found
 from gateway.local.sandbox.procedures import Procedure
 
 PENDING_SHARE = 0.2  # the first fifth of a job's run time is spent PENDING, the rest RUNNING
@@ -28,7 +30,7 @@ class SandboxJob:
     external_id: str
     connection: str
     query: str
-    query_parameters: Mapping[str, Any]
+    query_parameters: Mapping[str, Any] | list[Any]
     procedure: str | None
     created_at: float
     run_at: float
@@ -36,6 +38,7 @@ class SandboxJob:
     error_result: ErrorResult | None = None
     metadata: Mapping[str, Any] | None = None
     cancelled: bool = field(default=False)
+    warehouse: str = "bigquery"
 
     def state(self, now: float) -> str:
         """PENDING, RUNNING or DONE at `now`."""
@@ -52,16 +55,18 @@ class Outcome:
     never_finish: bool = False
 
 
-def plan_job(external_id: str, connection: str, query: str, parameters: Mapping[str, Any], *,
+def plan_job(external_id: str, connection: str, query: str, parameters: Mapping[str, Any] | list[Any], *,
              procedures: Mapping[str, Procedure] | None, default_duration_s: float, now: float,
              metadata: Mapping[str, Any] | None = None, forced: Outcome | None = None) -> SandboxJob:
     """The job a submit creates: checked like BigQuery would, timed by its procedure or the default."""
     call = parse_call(query)
     procedure = _procedure(call.procedure if call else None, procedures)
-    rejected = _rejection(query, call, parameters, procedures, procedure)
+    warehouse = procedure.warehouse if procedure is not None else family_of_call(query)
+    rejected = _rejection(query, call, parameters, procedures, procedure, warehouse)
     base = {"external_id": external_id, "connection": connection, "query": query,
-            "query_parameters": dict(parameters), "procedure": call.procedure if call else None,
-            "created_at": now, "metadata": metadata}
+            "query_parameters": list(parameters) if isinstance(parameters, list) else dict(parameters),
+            "procedure": call.procedure if call else None, "created_at": now, "metadata": metadata,
+            "warehouse": warehouse}
     if rejected:  # BigQuery rejects a mistyped CALL while compiling it: the job ends at once
         return SandboxJob(**base, run_at=now, done_at=now, error_result=rejected)
     duration = _duration(procedure, default_duration_s, forced)
@@ -75,13 +80,21 @@ def _procedure(name: str | None, procedures: Mapping[str, Procedure] | None) -> 
     return procedures.get(name) if name is not None and procedures is not None else None
 
 
-def _rejection(query: str, call: Any, parameters: Mapping[str, Any],
-               procedures: Mapping[str, Procedure] | None, procedure: Procedure | None) -> ErrorResult | None:
+def _rejection(query: str, call: Any, parameters: Any, procedures: Mapping[str, Procedure] | None,
+               procedure: Procedure | None, warehouse: str) -> ErrorResult | None:
     if call is None:
         return None  # not a CALL: the sandbox runs any other statement unchecked
+    signature = procedure.parameters if procedure else None
+    if warehouse != "bigquery":
+        if procedures is not None and procedure is None:
+            return positional_not_found(warehouse, call.procedure, len(call.arguments))
+        return check_positional(warehouse, call, parameters, signature, call.procedure)
     if procedures is not None and procedure is None:
         return not_found(call.procedure)
-    return check_call(query, call, parameters, procedure.parameters if procedure else None)
+    if isinstance(parameters, list):
+        return ErrorResult("invalidQuery", "Query error: BigQuery takes named parameters: queryParameters must be "
+                                           "an object (sandbox check)")
+    return check_call(query, call, parameters, signature)
 
 
 def _duration(procedure: Procedure | None, default_s: float, forced: Outcome | None) -> float:
@@ -105,22 +118,48 @@ def iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def wire(job: SandboxJob, now: float | None, token: str | None = None) -> dict[str, Any]:
-    """The job object of the HTTP API at `now` (None: as just submitted, PENDING); `token` is echoed like CARTO."""
+WORKFLOWS, SQL_API = "workflows", "sql-api"
+DIALECTS = (WORKFLOWS, SQL_API)
+_FLAT = {"PENDING": "pending", "RUNNING": "running"}
+
+
+def wire(job: SandboxJob, now: float | None, token: str | None = None, dialect: str = WORKFLOWS) -> dict[str, Any]:
+    """The job object of the HTTP API at `now` (None: as just submitted, PENDING), in `dialect`; `token`
+    is echoed like CARTO."""
     state = "PENDING" if now is None else job.state(now)
-    status: dict[str, Any] = {"state": state}
-    if state == "DONE" and job.error_result is not None:
-        status["errorResult"] = job.error_result.as_dict()
-    body: dict[str, Any] = {
-        "externalId": job.external_id,
-        "connectionName": job.connection,
-        "query": job.query,
-        "queryParameters": dict(job.query_parameters),
-        "createdAt": iso(job.created_at),
-        "status": status,
-    }
+    body = _sql_api(job, state) if dialect == SQL_API else _workflows(job, state)
     if job.metadata is not None:
         body["metadata"] = dict(job.metadata)
     if token is not None:
         body["token"] = token
     return body
+
+
+def _workflows(job: SandboxJob, state: str) -> dict[str, Any]:
+    """The Workflows page's shape: `externalId`, `status: {state, errorResult}`."""
+    status: dict[str, Any] = {"state": state}
+    if state == "DONE" and job.error_result is not None:
+        status["errorResult"] = job.error_result.as_dict()
+    return {"externalId": job.external_id, "connectionName": job.connection, "query": job.query,
+            "queryParameters": wire_parameters(job), "createdAt": iso(job.created_at), "status": status}
+
+
+def _sql_api(job: SandboxJob, state: str) -> dict[str, Any]:
+    """The CARTO 3 SQL API reference's shape: `jobId`, flat lower-case `status`, `error: {code, msg}`."""
+    failed = state == "DONE" and job.error_result is not None
+    flat = _FLAT.get(state) or ("failure" if failed else "success")
+    changed = {"PENDING": job.created_at, "RUNNING": job.run_at}.get(state, job.done_at)
+    body: dict[str, Any] = {"jobId": job.external_id, "connection": job.connection, "user": "sandbox-user",
+                            "query": job.query, "queryParameters": wire_parameters(job), "status": flat,
+                            "createdAt": iso(job.created_at),
+                            "updatedAt": iso(changed if math.isfinite(changed) else job.created_at),
+                            "provider": {"warehouse": job.warehouse}}
+    if failed:
+        assert job.error_result is not None
+        body["error"] = {"code": job.error_result.reason, "msg": job.error_result.message}
+    return body
+
+
+def wire_parameters(job: SandboxJob) -> Any:
+    parameters = job.query_parameters
+    return list(parameters) if isinstance(parameters, list) else dict(parameters)

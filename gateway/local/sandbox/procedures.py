@@ -4,7 +4,11 @@ By default they come from the workflow definitions (each workflow's CALL names a
 its `parameters` give the argument types); `GATEWAY_SANDBOX_PROCEDURES` names a JSON file that
 overrides them per procedure (the unquoted fully qualified name from the CALL):
 
-    {"proj.ds.proc": {"parameters": {"a": "INT64"}, "duration_s": 2, "error": "message or null"}}
+    {"proj.ds.proc": {"parameters": {"a": "INT64"}, "duration_s": 2, "error": "message or null",
+                      "warehouse": "bigquery"}}
+
+`parameters` are in the procedure's order, typed in the warehouse's own words (`NUMBER(38,0)`, `integer`);
+`warehouse` (bigquery, snowflake, postgresql or redshift; default bigquery) decides how a CALL binds.
 
 `duration_s` absent: the server's default; null or negative: the job never finishes.
 `parameters` absent (and not known from a workflow): the arguments are not type-checked.
@@ -23,7 +27,8 @@ from typing import Any
 from gateway.errors import ConfigError
 
 NEVER = math.inf
-_KEYS = {"parameters", "duration_s", "error"}
+_KEYS = {"parameters", "duration_s", "error", "warehouse"}
+_WAREHOUSES = ("bigquery", "snowflake", "postgresql", "redshift")
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,7 @@ class Procedure:
     parameters: Mapping[str, str] | None = None
     duration_s: float | None = None
     error: str | None = None
+    warehouse: str = "bigquery"
 
 
 def parse_procedures(raw: Mapping[str, Any]) -> dict[str, Procedure]:
@@ -59,6 +65,10 @@ def _fields(name: str, entry: Any) -> dict[str, Any]:
         fields["parameters"] = _signature(name, entry["parameters"])
     if "duration_s" in entry:
         fields["duration_s"] = _duration(name, entry["duration_s"])
+    if "warehouse" in entry:
+        if entry["warehouse"] not in _WAREHOUSES:
+            raise ConfigError(f"sandbox procedures: {name}.warehouse: expected one of {', '.join(_WAREHOUSES)}")
+        fields["warehouse"] = entry["warehouse"]
     if "error" in entry:
         if entry["error"] is not None and not isinstance(entry["error"], str):
             raise ConfigError(f"sandbox procedures: {name}.error: expected a message or null")
@@ -86,8 +96,9 @@ def procedures_from_registry(registry: Any) -> dict[str, Procedure]:
     """Signatures derived from a workflow registry (`.workflows[name].procedure` / `.parameters[p].type`)."""
     procedures: dict[str, Procedure] = {}
     for workflow in registry.workflows.values():
-        signature = {name: spec.type for name, spec in workflow.parameters.items()}
-        procedures[workflow.procedure] = Procedure(workflow.procedure, signature)
+        signature = {name: getattr(spec, "sql_type", spec.type) for name, spec in workflow.parameters.items()}
+        procedures[workflow.procedure] = Procedure(workflow.procedure, signature,
+                                                   warehouse=getattr(workflow, "warehouse", "bigquery"))
     return procedures
 
 

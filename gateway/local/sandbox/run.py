@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from gateway.errors import ConfigError
+from gateway.local.sandbox.jobs import DIALECTS, WORKFLOWS
 from gateway.local.sandbox.procedures import load_procedures
 from gateway.local.sandbox.server import SandboxServer
 
@@ -29,6 +30,10 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     parser.add_argument("--db", default=":memory:", help="SQLite file for jobs (default: in memory)")
     parser.add_argument("--procedures", default=env.get("GATEWAY_SANDBOX_PROCEDURES"),
                         help="JSON overrides per procedure (default: GATEWAY_SANDBOX_PROCEDURES)")
+    parser.add_argument("--dialect", choices=DIALECTS, default=env.get("GATEWAY_SANDBOX_DIALECT") or WORKFLOWS,
+                        help="answer shape: the Workflows page's (externalId, status.state, errorResult) or the "
+                             "CARTO 3 SQL API reference's (jobId, flat status, error {code, msg}); "
+                             "default: GATEWAY_SANDBOX_DIALECT or workflows")
     return parser
 
 
@@ -49,14 +54,18 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     except (ConfigError, ImportError) as exc:
         print(f"sandbox: {exc}", file=sys.stderr)
         return 2
+    if args.dialect not in DIALECTS:
+        print(f"sandbox: GATEWAY_SANDBOX_DIALECT must be one of {', '.join(DIALECTS)}", file=sys.stderr)
+        return 2
     server = SandboxServer(args.host, args.port, token=env.get("CARTO_API_TOKEN") or None,
-                           procedures=procedures, db_path=args.db, default_duration_s=args.duration)
+                           procedures=procedures, db_path=args.db, default_duration_s=args.duration,
+                           dialect=args.dialect)
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
     server.start()
     known = "any procedure (no signatures)" if procedures is None else f"{len(procedures)} procedure(s)"
-    print(f"CARTO sandbox on {server.url} — {known}; Ctrl-C to stop", flush=True)
+    print(f"CARTO sandbox on {server.url} — {known}, {args.dialect} dialect; Ctrl-C to stop", flush=True)
     while not stopping.wait(0.5):
         pass
     server.stop()

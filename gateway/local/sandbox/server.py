@@ -9,14 +9,14 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from gateway.local.sandbox.api import Response, SandboxApi, error, fault_response
 from gateway.local.sandbox.faults import TRANSPORT_KINDS, Fault, Faults
-from gateway.local.sandbox.jobs import SandboxJob
+from gateway.local.sandbox.jobs import DIALECTS, WORKFLOWS, SandboxJob
 from gateway.local.sandbox.procedures import as_procedures
 from gateway.local.sandbox.store import JobStore
 
@@ -24,6 +24,7 @@ log = logging.getLogger("gateway.local.sandbox")
 MAX_BODY_BYTES = 10 * 1024 * 1024
 _JOB = re.compile(r"^/v3/sql/(?P<connection>[^/]+)/job$")
 _ONE_JOB = re.compile(r"^/v3/sql/(?P<connection>[^/]+)/job/(?P<job>[^/]+)$")
+_QUERY = re.compile(r"^/v3/sql/(?P<connection>[^/]+)/query$")
 
 
 def route_of(method: str, path: str, query: Mapping[str, str]) -> tuple[str | None, dict[str, str]]:
@@ -34,6 +35,8 @@ def route_of(method: str, path: str, query: Mapping[str, str]) -> tuple[str | No
         # CARTO documents a GET variant of job creation: /job?query=...&queryParameters=...
         submit = method == "POST" or (method == "GET" and "query" in query)
         return ("submit" if submit else ""), {"connection": unquote(match["connection"])}
+    if match := _QUERY.match(path):
+        return ("query" if method in ("GET", "POST") else ""), {"connection": unquote(match["connection"])}
     if match := _ONE_JOB.match(path):
         route = {"GET": "status", "DELETE": "cancel"}.get(method, "")
         return route, {"connection": unquote(match["connection"]), "job": unquote(match["job"])}
@@ -112,9 +115,12 @@ class _Handler(BaseHTTPRequestHandler):
         if not api.authorized(token):
             return error(401, "Unauthorized")
         if route == "list":
-            return api.list(query)
+            return api.list(query, fault)
+        if route == "query":
+            payload, bad = _queried(self.command, query, body)
+            return bad or api.query(args["connection"], payload)
         if route == "status":
-            return api.status(args["connection"], args["job"], token)
+            return api.status(args["connection"], args["job"], token, fault)
         if route == "cancel":
             return api.cancel(args["connection"], args["job"], token)
         payload, bad = _submitted(self.command, query, body)
@@ -167,6 +173,17 @@ def _submitted(method: str, query: Mapping[str, str], body: bytes) -> tuple[Any,
     return {"query": query["query"], "queryParameters": parameters}, None
 
 
+def _queried(method: str, query: Mapping[str, str], body: bytes) -> tuple[Any, Response | None]:
+    """The `/query` request: `{"q", "queryParameters"}` in a POST body, or `?q=` (and `queryParameters`) on a GET."""
+    if method == "POST":
+        return _json(body)
+    try:
+        parameters = json.loads(query["queryParameters"]) if "queryParameters" in query else None
+    except ValueError:
+        return None, error(400, "queryParameters is not valid JSON")
+    return {"q": query.get("q", ""), "queryParameters": parameters}, None
+
+
 class _HttpServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -204,11 +221,15 @@ class SandboxServer:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, token: str | None = None,
                  procedures: Mapping[str, Any] | None = None, db_path: str | None = None,
-                 default_duration_s: float = 1.0, clock: Callable[[], float] = time.time):
+                 default_duration_s: float = 1.0, clock: Callable[[], float] = time.time,
+                 dialect: str = WORKFLOWS, connections: Iterable[str] | None = None):
+        if dialect not in DIALECTS:
+            raise ValueError(f"dialect must be one of {', '.join(DIALECTS)}")
         self.faults = Faults()
         self._store = JobStore(db_path or ":memory:")
         self.api = SandboxApi(self._store, self.faults, token=token, procedures=as_procedures(procedures),
-                              default_duration_s=default_duration_s, clock=clock)
+                              default_duration_s=default_duration_s, clock=clock, dialect=dialect,
+                              connections=None if connections is None else frozenset(connections))
         self._httpd = _HttpServer((host, port), self.api)
         self._thread: threading.Thread | None = None
 
@@ -261,7 +282,10 @@ class SandboxServer:
 
 def serve(port: int = 0, host: str = "127.0.0.1", token: str | None = None,
           procedures: Mapping[str, Any] | None = None, db_path: str | None = None,
-          default_duration_s: float = 1.0, *, clock: Callable[[], float] = time.time) -> SandboxServer:
-    """Build and start a sandbox; `token` None accepts any caller, `procedures` None checks no signature."""
+          default_duration_s: float = 1.0, *, clock: Callable[[], float] = time.time,
+          dialect: str = WORKFLOWS, connections: Iterable[str] | None = None) -> SandboxServer:
+    """Build and start a sandbox; `token` None accepts any caller, `procedures` None checks no signature,
+    `connections` None knows every connection; `dialect` is `workflows` or `sql-api`."""
     return SandboxServer(host, port, token=token, procedures=procedures, db_path=db_path,
-                         default_duration_s=default_duration_s, clock=clock).start()
+                         default_duration_s=default_duration_s, clock=clock, dialect=dialect,
+                         connections=connections).start()

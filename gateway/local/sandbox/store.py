@@ -7,6 +7,7 @@ import math
 import sqlite3
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from gateway.local.sandbox.binding import ErrorResult
 from gateway.local.sandbox.jobs import SandboxJob
@@ -23,11 +24,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     done_at     REAL,              -- NULL: never finishes
     error       TEXT,              -- errorResult JSON
     metadata    TEXT,
-    cancelled   INTEGER NOT NULL DEFAULT 0
+    cancelled   INTEGER NOT NULL DEFAULT 0,
+    warehouse   TEXT NOT NULL DEFAULT 'bigquery'
 )
 """
 _COLUMNS = ("external_id, connection, query, parameters, procedure, created_at, run_at, done_at, error, metadata, "
-            "cancelled")
+            "cancelled, warehouse")
 
 
 class JobStore:
@@ -41,7 +43,7 @@ class JobStore:
     def add(self, job: SandboxJob) -> None:
         """Store a new job."""
         with self._lock:
-            self._db.execute(f"INSERT INTO jobs ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", _row(job))
+            self._db.execute(f"INSERT INTO jobs ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", _row(job))
 
     def get(self, connection: str, external_id: str) -> SandboxJob | None:
         """The job, when it exists on that connection."""
@@ -86,17 +88,22 @@ class JobStore:
 
 def _row(job: SandboxJob) -> tuple:
     error = json.dumps(job.error_result.__dict__) if job.error_result else None
-    return (job.external_id, job.connection, job.query, json.dumps(dict(job.query_parameters)), job.procedure,
+    return (job.external_id, job.connection, job.query, json.dumps(_parameters(job.query_parameters)), job.procedure,
             job.created_at, job.run_at, job.done_at if math.isfinite(job.done_at) else None, error,
-            json.dumps(dict(job.metadata)) if job.metadata is not None else None, int(job.cancelled))
+            json.dumps(dict(job.metadata)) if job.metadata is not None else None, int(job.cancelled), job.warehouse)
 
 
 def _job(row: tuple) -> SandboxJob:
     (external_id, connection, query, parameters, procedure, created_at, run_at, done_at, error, metadata,
-     cancelled) = row
+     cancelled, warehouse) = row
     return SandboxJob(
         external_id=external_id, connection=connection, query=query, query_parameters=json.loads(parameters),
         procedure=procedure, created_at=created_at, run_at=run_at,
         done_at=math.inf if done_at is None else done_at,
         error_result=ErrorResult(**json.loads(error)) if error else None,
-        metadata=json.loads(metadata) if metadata is not None else None, cancelled=bool(cancelled))
+        metadata=json.loads(metadata) if metadata is not None else None, cancelled=bool(cancelled),
+        warehouse=warehouse)
+
+
+def _parameters(parameters: Any) -> Any:
+    return list(parameters) if isinstance(parameters, list) else dict(parameters)

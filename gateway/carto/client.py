@@ -1,9 +1,10 @@
-"""Client for CARTO's SQL job API, and the pure rules that read a job's state.
+"""Client for CARTO's SQL API: the job calls, the synchronous query, and the tokens they carry.
 
-    POST   {base}/v3/sql/{connection}/job            {"query", "queryParameters"} -> {"externalId", ..., "token"}
-    GET    {base}/v3/sql/{connection}/job/{id}       -> {"status": {"state": ...}, "errorResult": {...}?}
+    POST   {base}/v3/sql/{connection}/job            {"query", "queryParameters", "metadata"} -> the job
+    GET    {base}/v3/sql/{connection}/job/{id}       the job, in either dialect (`gateway.carto.dialects`)
     DELETE {base}/v3/sql/{connection}/job/{id}       cancel
     GET    {base}/v3/sql/jobs                         list
+    POST   {base}/v3/sql/{connection}/query          {"q", "queryParameters"} -> {rows, schema, meta} (reads)
 
 CARTO echoes the bearer token in its answers: every body is passed through `strip_secrets`
 before anything else sees it. Only what cannot have been applied twice is retried — a connection
@@ -21,19 +22,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlencode
 
+from gateway.carto.dialects import JobStatus, job_id_of, jobs_of, parse_status, strip_secrets
 from gateway.errors import CartoUnavailable, NotFound, UpstreamRejected
 from gateway.outbound import Answer, Http, NeverConnected, NoAnswer
 from gateway.settings import Secret
 
-SUCCEEDED, FAILED, TIMED_OUT, CANCELLED = "SUCCEEDED", "FAILED", "TIMED_OUT", "CANCELLED"
-OUTCOMES = (SUCCEEDED, FAILED, TIMED_OUT, CANCELLED)
-
-# Other warehouses report other words for the same states; compare case-insensitively.
-_RUNNING = {"pending", "running", "queued", "submitted", "started", "executing", "in_progress", "created", "scheduled"}
-_SUCCEEDED = {"done", "success", "succeeded", "successful", "complete", "completed", "finished", "finished_with_success"}
-_FAILED = {"failed", "failure", "error", "errored", "aborted", "finished_with_error"}
-_CANCELLED = {"cancelled", "canceled", "cancelling", "canceling", "killed"}
-_SECRET_KEYS = {"token", "access_token", "accesstoken", "apikey", "api_key", "authorization", "client_secret"}
 MAX_RETRY_WAIT_S = 5.0
 
 
@@ -45,64 +38,6 @@ class SubmitOutcomeUnknown(CartoUnavailable):
                      "sent); the gateway does not know whether a job was started, so it did not submit again.")
     what_to_do = ("Retry later with the same idempotency key. The gateway keeps the delivery's claim and reconciles it with "
                   "CARTO's job list, so the job runs at most once; until then a retry is answered 409 delivery-in-flight.")
-
-
-@dataclass(frozen=True)
-class JobStatus:
-    """What CARTO says of one job; `outcome` is None while it is not over."""
-
-    job_id: str
-    state: str | None
-    outcome: str | None
-    error: dict[str, Any] | None
-
-
-def strip_secrets(value: Any) -> Any:
-    """A copy of a CARTO answer without the echoed token (or any other credential-named field)."""
-    if isinstance(value, dict):
-        return {k: strip_secrets(v) for k, v in value.items() if str(k).lower() not in _SECRET_KEYS}
-    if isinstance(value, list):
-        return [strip_secrets(v) for v in value]
-    return value
-
-
-def parse_status(job_id: str, body: Mapping[str, Any]) -> JobStatus:
-    """Apply CARTO's terminal-state rules to a job body, tolerant of other warehouses' words."""
-    status = body.get("status")
-    raw = status.get("state") if isinstance(status, Mapping) else status
-    if raw is None:
-        raw = body.get("state")
-    state = str(raw) if raw is not None else None
-    error = _error_of(body, status)
-    word = (state or "").strip().lower()
-    # BigQuery reports a cancelled job as DONE with errorResult reason "stopped"
-    # (https://cloud.google.com/bigquery/docs/error-messages): that is a cancel, not a failure.
-    if word in _CANCELLED or (word in _SUCCEEDED and error is not None and error.get("reason") == "stopped"):
-        return JobStatus(job_id, state, CANCELLED, error)
-    if word in _FAILED or (word in _SUCCEEDED and error is not None):
-        return JobStatus(job_id, state, FAILED, error or {"reason": None, "location": None, "message": state})
-    if word in _SUCCEEDED:
-        return JobStatus(job_id, state, SUCCEEDED, None)
-    return JobStatus(job_id, state, None, None)
-
-
-def _error_of(body: Mapping[str, Any], status: Any) -> dict[str, Any] | None:
-    error = body.get("errorResult")
-    if error is None and isinstance(status, Mapping):
-        error = status.get("errorResult")
-    if not error:
-        return None
-    if not isinstance(error, Mapping):
-        return {"reason": None, "location": None, "message": str(error)}
-    return {
-        "reason": _str_or_none(error.get("reason")),
-        "location": _str_or_none(error.get("location")),
-        "message": str(error.get("message") or error.get("reason") or "job failed"),
-    }
-
-
-def _str_or_none(value: Any) -> str | None:
-    return None if value is None else str(value)
 
 
 class TokenSource(Protocol):
@@ -181,19 +116,29 @@ class CartoClient:
         per_attempt = self._connect_timeout_s + self._read_timeout_s
         return self._attempts * per_attempt + (self._attempts - 1) * MAX_RETRY_WAIT_S
 
-    def submit(self, base_url: str, connection: str, query: str, parameters: Mapping[str, Any], *,
-               workflow: str | None = None) -> str:
-        """Create the job; return its id. CartoUnavailable: safe to retry; UpstreamRejected: it never will work."""
-        body = self._call("POST", f"{base_url}/v3/sql/{connection}/job", workflow,
-                          json_body={"query": query, "queryParameters": dict(parameters)})
-        job_id = (body.get("externalId") or body.get("jobId") or body.get("id")) if isinstance(body, dict) else None
+    def submit(self, base_url: str, connection: str, query: str, parameters: Mapping[str, Any] | list[Any], *,
+               workflow: str | None = None, metadata: Mapping[str, Any] | None = None) -> str:
+        """Create the job; return its id. CartoUnavailable: safe to retry; UpstreamRejected: it never will work.
+
+        `parameters` is an object of named parameters (BigQuery) or an array in placeholder order
+        (Snowflake, PostgreSQL, Redshift); `metadata` is stored with the job by CARTO's SQL API."""
+        body: dict[str, Any] = {"query": query,
+                                "queryParameters": list(parameters) if isinstance(parameters, list) else dict(parameters)}
+        if metadata is not None:
+            body["metadata"] = dict(metadata)
+        answer = self._call("POST", f"{base_url}/v3/sql/{connection}/job", workflow, json_body=body)
+        job_id = job_id_of(answer)
         if not job_id:  # accepted, so the job may exist: only the job list can tell
-            raise SubmitOutcomeUnknown("CARTO accepted the job but its answer carries no externalId")
-        return str(job_id)
+            raise SubmitOutcomeUnknown("CARTO accepted the job but its answer carries no externalId or jobId")
+        return job_id
+
+    def job(self, base_url: str, connection: str, job_id: str, *, workflow: str | None = None) -> dict[str, Any]:
+        """The job's body as CARTO answers it (token stripped); NotFound when CARTO does not know it."""
+        body = self._call("GET", f"{base_url}/v3/sql/{connection}/job/{job_id}", workflow)
+        return body if isinstance(body, dict) else {}
 
     def status(self, base_url: str, connection: str, job_id: str, *, workflow: str | None = None) -> JobStatus:
-        body = self._call("GET", f"{base_url}/v3/sql/{connection}/job/{job_id}", workflow)
-        return parse_status(job_id, body)
+        return parse_status(job_id, self.job(base_url, connection, job_id, workflow=workflow))
 
     def cancel(self, base_url: str, connection: str, job_id: str, *, workflow: str | None = None) -> JobStatus:
         """Ask CARTO to cancel the job; the job in its answer tells whether it had already ended."""
@@ -201,20 +146,30 @@ class CartoClient:
         return parse_status(job_id, body if isinstance(body, Mapping) else {})
 
     def list_jobs(self, base_url: str, *, workflow: str | None = None) -> list[dict[str, Any]]:
-        body = self._call("GET", f"{base_url}/v3/sql/jobs", workflow)
-        jobs = body.get("jobs", body.get("rows", body)) if isinstance(body, dict) else body
-        return [j for j in jobs if isinstance(j, dict)] if isinstance(jobs, list) else []
+        return jobs_of(self._call("GET", f"{base_url}/v3/sql/jobs", workflow))
 
-    def _call(self, method: str, url: str, workflow: str | None, *, json_body: Any = None) -> Any:
+    def query(self, base_url: str, connection: str, sql: str, parameters: Mapping[str, Any] | list[Any] | None = None,
+              *, workflow: str | None = None) -> dict[str, Any]:
+        """Run a read-only statement through the synchronous `/query` endpoint: `{rows, schema, meta}`.
+        A read may be repeated, so it is retried like a GET."""
+        body: dict[str, Any] = {"q": sql}
+        if parameters is not None:
+            body["queryParameters"] = parameters
+        answer = self._call("POST", f"{base_url}/v3/sql/{connection}/query", workflow, json_body=body, read=True)
+        return answer if isinstance(answer, dict) else {"rows": answer if isinstance(answer, list) else []}
+
+    def _call(self, method: str, url: str, workflow: str | None, *, json_body: Any = None, read: bool = False) -> Any:
         tokens = self._workflow_tokens.get(workflow or "", self._tokens)
+        creates = method == "POST" and not read
         for attempt in range(1, self._attempts + 1):
-            wait = self._attempt(method, url, tokens, json_body, last=attempt == self._attempts)
+            wait = self._attempt(method, url, tokens, json_body, creates=creates, last=attempt == self._attempts)
             if not isinstance(wait, float):
                 return wait.body
             self._sleep(wait)
         raise AssertionError("unreachable")
 
-    def _attempt(self, method: str, url: str, tokens: TokenSource, json_body: Any, *, last: bool) -> Any:
+    def _attempt(self, method: str, url: str, tokens: TokenSource, json_body: Any, *, creates: bool,
+                 last: bool) -> Any:
         headers = {"Authorization": f"Bearer {tokens.token()}", "Accept": "application/json"}
         body = None
         if json_body is not None:
@@ -228,14 +183,14 @@ class CartoClient:
             return 0.5
         except NoAnswer as exc:
             # The request may have been read and applied: never repeat a POST here.
-            if method == "POST":
+            if creates:
                 raise SubmitOutcomeUnknown(f"CARTO did not answer the job request ({exc})") from None
             if last:
                 raise CartoUnavailable(f"CARTO did not answer ({exc})") from None
             return 0.5
-        return self._judge(method, answer, last=last)
+        return self._judge(method, answer, creates=creates, last=last)
 
-    def _judge(self, method: str, answer: Answer, *, last: bool) -> Any:
+    def _judge(self, method: str, answer: Answer, *, creates: bool, last: bool) -> Any:
         status = answer.status
         if status in (429, 503):
             retry_after = _retry_after(answer.headers.get("Retry-After"))
@@ -243,7 +198,7 @@ class CartoClient:
                 raise CartoUnavailable(f"CARTO answered {status}", retry_after=max(1, round(retry_after)))
             return float(retry_after)
         if status in (500, 502, 504):
-            if method == "POST":
+            if creates:
                 raise SubmitOutcomeUnknown(f"CARTO answered {status} to the job request")
             if last:
                 raise CartoUnavailable(f"CARTO answered {status}")
@@ -254,7 +209,7 @@ class CartoClient:
         # workflow is not unknown, so it falls through to a 502 below.
         if status >= 400:
             raise UpstreamRejected(f"CARTO refused the request ({status}): {_message(answer)}")
-        if method == "POST":  # a 2xx: the job exists even if its answer was cut short (tests/test_faults_network.py)
+        if creates:  # a 2xx: the job exists even if its answer was cut short (tests/test_faults_network.py)
             return _Answer(_accepted(answer))
         return _Answer(_json(answer))
 
