@@ -1,4 +1,4 @@
-"""The command line: check, render, sign, send, status, cancel, openapi, events, sandbox, dev."""
+"""The command line: check, render, sign, send, status, cancel, openapi, events, doctor, sandbox, dev."""
 
 from __future__ import annotations
 
@@ -40,8 +40,19 @@ def _parser() -> argparse.ArgumentParser:
                         help="schemas directory (GATEWAY_SCHEMAS_DIR, default: schemas)")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
-    check = verbs.add_parser("check", help="lint every workflow file")
+    check = verbs.add_parser("check", help="lint every workflow file (--live: against the procedures' real signatures)")
+    check.add_argument("--live", action="store_true",
+                       help="also read each procedure's parameters from the warehouse through CARTO's /query "
+                            "and report every difference from the file (CARTO_API_BASE_URL and a token needed)")
     check.set_defaults(run=_check)
+
+    doctor = verbs.add_parser("doctor", help="first contact with a CARTO account: base URL, token, each connection")
+    doctor.add_argument("workflows", nargs="*", metavar="WORKFLOW", help="workflows whose connections to try "
+                                                                          "(default: every workflow)")
+    doctor.add_argument("--save", type=Path, metavar="FILE",
+                        help="write every CARTO answer (token stripped) to FILE, for a bug report or a test fixture")
+    doctor.add_argument("--timeout", type=float, default=120.0, help="seconds to follow each test job (default 120)")
+    doctor.set_defaults(run=_doctor)
 
     render = verbs.add_parser("render", help="print the CALL and typed parameters for a payload")
     render.add_argument("workflow")
@@ -116,9 +127,18 @@ def _check(args: argparse.Namespace) -> int:
     problems = lint(registry)
     for problem in problems:
         print(problem, file=sys.stderr)
+    drifted: set[str] = set()
+    if args.live:
+        from gateway.cli.live import check_live
+
+        lines, clean = check_live(registry, os.environ)
+        for line in lines:
+            print(line)
+        drifted = set(registry.workflows) - set(clean)
     for name in sorted(registry.workflows):
-        print(f"ok  {name}" if not any(p.startswith(f"{name}:") for p in problems) else f"bad {name}")
-    return 1 if problems else 0
+        bad = any(p.startswith(f"{name}:") for p in problems) or name in drifted
+        print(f"bad {name}" if bad else f"ok  {name}")
+    return 1 if problems or drifted else 0
 
 
 def _render(args: argparse.Namespace) -> int:
@@ -132,7 +152,7 @@ def _render(args: argparse.Namespace) -> int:
     except GatewayError as exc:
         print(json.dumps(exc.problem(), indent=2), file=sys.stderr)
         return 1
-    print(json.dumps({"query": rendered.query, "queryParameters": rendered.parameters}, indent=2))
+    print(json.dumps({"query": rendered.query, "queryParameters": rendered.wire}, indent=2))
     return 0
 
 
@@ -203,6 +223,13 @@ def _openapi(args: argparse.Namespace) -> int:
 
     print(json.dumps(document(_registry(args, require_secrets=False)), indent=2))
     return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from gateway.cli.doctor import doctor
+
+    return doctor(_registry(args, require_secrets=False), os.environ, args.workflows, save=args.save,
+                  timeout_s=args.timeout)
 
 
 def _events(args: argparse.Namespace) -> int:
