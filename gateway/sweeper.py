@@ -1,6 +1,6 @@
 """Re-driving deliveries stuck between two states (docs/architecture.md, "Invariants"): run by Cloud Scheduler via `sweep`.
 
-    claimed, silent past the grace   → find the job in CARTO's list by its marker: adopt it, or
+    claimed, silent past the grace   → find the job in CARTO's list by its metadata or marker: adopt it, or
                                        release the claim so the sender's retry can submit it
     submitted (tracking unpublished) → publish the tracking message
     tracked, next check overdue      → schedule the next check again (its task was lost, or creating it

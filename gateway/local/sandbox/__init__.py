@@ -12,9 +12,10 @@ Auth: `Authorization: Bearer <token>` (or CARTO's `?access_token=`). With a toke
 
 `POST {base}/v3/sql/{connection}/job`
     body  `{"query": "CALL `p.d.proc`(@a,@b)", "queryParameters": {"a": 2, "b": "x"},
-           "metadata": {...}}`   -- `metadata` (optional object) is a SANDBOX CONVENIENCE: CARTO's
-          docs show no client label on jobs; it is stored and listed back so a sweeper can find
-          its own jobs here. Do not rely on it against real CARTO.
+           "metadata": {...}}`   -- `metadata` (optional object) is on the job request of the CARTO 3
+          SQL API reference; it is stored and answered back (unless a `drop_metadata` fault says
+          otherwise). Whether real CARTO answers it back is not documented: `doctor` tells.
+          Positional warehouses (`:1`, `$1`) take `queryParameters` as an array.
     200   the job object (below) as accepted: `status.state` PENDING, plus `"token": "<the caller's token>"`
           echoed like the real API (the gateway must strip it).
     400   `{"error": ..., "status": 400}` for a body that is not a JSON object, no `query`,
@@ -30,6 +31,14 @@ Auth: `Authorization: Bearer <token>` (or CARTO's `?access_token=`). With a toke
     (BigQuery's); a DONE job is returned unchanged.
 `GET {base}/v3/sql/jobs[?connection=c&limit=n]` -> 200 `{"jobs": [job object, ...]}` newest first,
     without `token`.
+
+Dialects (`--dialect`, GATEWAY_SANDBOX_DIALECT): `workflows` (below, the default) or `sql-api`, the
+CARTO 3 SQL API reference's: `{"jobId", "connection", "user", "query", "status":
+"pending|running|success|failure", "error": {"code", "msg"}, "createdAt", "updatedAt", "provider"}`;
+its `GET /v3/sql/jobs` is a bare array of the jobs not yet ended. Snowflake, PostgreSQL and Redshift
+procedures (`"warehouse"` in GATEWAY_SANDBOX_PROCEDURES) bind and fail in their own words (families.py).
+`POST /v3/sql/{connection}/query` answers `{rows, schema, meta}` for `SELECT 1` and the INFORMATION_SCHEMA
+queries of `check --live` (catalog.py). With `connections=` given, any other connection is a 404.
 
 Job object:
     {"externalId": "job_…", "connectionName": "carto_dw", "query": "...", "queryParameters": {...},
