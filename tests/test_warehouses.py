@@ -126,3 +126,40 @@ def test_a_mistyped_value_for_a_positional_warehouse_is_refused_before_carto(nam
     with pytest.raises(Unprocessable) as raised:
         render(workflow, payload, {})
     assert any(error.path == path for error in raised.value.errors)
+
+
+# --- through the webhook, against the local CARTO job API ------------------------------------------
+
+EXAMPLES = {
+    "store-revenue-snowflake": ({"store_type": "Supermarket", "top": 5, "min_revenue": 100000.0, "since": "2024-01-01"},
+                                ["Supermarket", 5, 100000.0, "2024-01-01"], {"top": 2.5}, "/top"),
+    "parcels-postgres": ({"city": "Madrid", "radius_m": 750, "max": 20, "zonings": ["residential", "mixed"]},
+                         ["Madrid", 750.0, 20, ["residential", "mixed"]], {"max": "20"}, "/max"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_each_example_submits_an_array_that_its_warehouse_binds(rig, name):
+    payload, sent, _, _ = EXAMPLES[name]
+    assert json.loads((ROOT / "examples" / f"{name}.json").read_text()) == payload
+
+    response = rig.post(name, payload)
+    rig.clock.advance(30)
+    rig.poll_all()
+
+    assert response.status_code == 202, response.get_data(as_text=True)
+    [job] = rig.sandbox.jobs()
+    assert job.query_parameters == sent and job.warehouse == name.rsplit("-", 1)[1].replace("postgres", "postgresql")
+    [event] = rig.publisher.events()
+    assert event["attributes"]["outcome"] == "SUCCEEDED", event["data"]["error"]
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_each_example_refuses_a_mistyped_value_with_a_422_before_carto(rig, name):
+    payload, _, mistyped, path = EXAMPLES[name]
+
+    response = rig.post(name, {**payload, **mistyped})
+
+    assert response.status_code == 422
+    assert any(error["path"] == path for error in response.get_json()["errors"])
+    assert rig.sandbox.jobs() == []
