@@ -21,6 +21,7 @@ from workflow_gateway_client import MalformedEvent, parse_event
 REMEMBERED = 10_000  # ids kept per instance; redeliveries come within minutes, not after thousands of events
 _seen: OrderedDict[str, None] = OrderedDict()
 _lock = threading.Lock()
+_stdout = threading.Lock()  # print() writes the text and its newline apart: two threads could share a line
 
 
 @functions_framework.cloud_event
@@ -52,4 +53,6 @@ def _first_time(ce_id: str) -> bool:
 
 def _log(severity: str, message: str, **fields) -> None:
     """One structured line on stdout: Cloud Logging reads `severity` and `message` from it."""
-    print(json.dumps({"severity": severity, "message": message, **fields}), flush=True)
+    line = json.dumps({"severity": severity, "message": message, **fields})
+    with _stdout:
+        print(line, flush=True)
