@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint bench soak screenshots deploy deploy-check teardown clean
+.PHONY: venv dev test lint bench soak screenshots deploy deploy-check teardown clean
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-emulators.txt client/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -12,6 +12,8 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-emulators.txt clien
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-emulators.txt
 	touch $(STAMP)
+
+venv: $(STAMP)
 
 dev: $(STAMP)
 	$(PY) -m gateway dev

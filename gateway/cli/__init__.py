@@ -1,4 +1,4 @@
-"""The command line: check, render, sign, send, status, cancel, openapi, events, doctor, sandbox, dev."""
+"""The command line: new, check, render, sign, send, status, cancel, openapi, events, doctor, sandbox, dev."""
 
 from __future__ import annotations
 
@@ -39,6 +39,20 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--schemas", default=os.environ.get("GATEWAY_SCHEMAS_DIR", "schemas"),
                         help="schemas directory (GATEWAY_SCHEMAS_DIR, default: schemas)")
     verbs = parser.add_subparsers(dest="verb", required=True)
+
+    new = verbs.add_parser("new", help="a workflow file from the curl command of CARTO's API access dialog",
+                           description="Write schemas/workflows/NAME.json and examples/NAME.json from what CARTO's "
+                                       "API access dialog shows (the POST curl, the GET URL or the JSON body), "
+                                       "read from --from FILE or stdin. The token in it is never written.")
+    new.add_argument("name", help="the workflow's name: the URL segment of POST /hooks/NAME")
+    new.add_argument("--from", dest="from_file", type=Path, help="read the paste from FILE (default: stdin)")
+    new.add_argument("--sender", default="standard-webhooks", choices=_senders(),
+                     help="who sends the webhook: its auth scheme and delivery id (default: standard-webhooks)")
+    new.add_argument("--live", action="store_true", help="take the types from the procedure's real signature")
+    new.add_argument("--force", action="store_true", help="replace an existing workflow of that name")
+    new.add_argument("--examples", default="examples", help="where the example body goes (default: examples)")
+    new.add_argument("--connection", help="the connection, when the paste is a bare JSON body without a URL")
+    new.set_defaults(run=_new)
 
     check = verbs.add_parser("check", help="lint every workflow file (--live: against the procedures' real signatures)")
     check.add_argument("--live", action="store_true",
@@ -103,6 +117,18 @@ def _parser() -> argparse.ArgumentParser:
 
     verbs.add_parser("sandbox", help="run the local CARTO job API alone (--port N)")
     return parser
+
+
+def _senders() -> tuple[str, ...]:
+    from gateway.cli.new import SENDERS
+
+    return SENDERS
+
+
+def _new(args: argparse.Namespace) -> int:
+    from gateway.cli.new import run
+
+    return run(args)
 
 
 def _registry(args: argparse.Namespace, *, require_secrets: bool = True) -> Any:

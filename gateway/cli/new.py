@@ -1,0 +1,394 @@
+"""`python -m gateway new NAME`: a workflow file and an example body from what CARTO's API access dialog shows.
+
+The paste (gateway.cli.paste) gives the connection, the CALL and one example value per parameter.
+From them: a type per parameter (guessed from its example, each guess said with the fact that
+decides it), a `from` pointer to the body field of the same name (so a body equal to the pasted
+`queryParameters` renders exactly them), a payload schema requiring each field with its JSON type,
+and the `--sender`'s auth block and delivery id. The token in the paste goes nowhere: not in a
+file, not in the output. A fresh secret for the sender is printed once, never written.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import secrets
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.cli.paste import Paste, PasteError, read_paste
+from gateway.errors import ConfigError
+
+SENDERS = ("standard-webhooks", "github", "stripe", "shopify", "slack", "hmac", "bearer", "google-id-token")
+_GEOMETRIES = {"Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon"}
+_POSITIONAL = re.compile(r"(?<![\w:$])[$:](\d+)\b")
+_NOT_CODE = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|`[^`]*`|--[^\n]*|/\*.*?\*/", re.DOTALL)
+_NUMBER_NOTE = ('a Workflows "Number" variable is FLOAT64 in BigQuery: if this is one, make it FLOAT64 '
+                '(an INT64 file refuses 2.5; check --live tells)')
+
+
+@dataclass(frozen=True)
+class Guess:
+    """One parameter's SQL type and why: the fact about its example that decides it."""
+
+    name: str
+    type: str
+    reason: str
+    guessed: bool = True
+
+
+@dataclass(frozen=True)
+class Sender:
+    """What `--sender` puts in the file, and the secret the local stack signs with (never written)."""
+
+    auth: list[dict[str, Any]]
+    idempotency: dict[str, str] | None
+    delivery_id: str
+    secret_env: str | None
+    secret: str | None
+
+
+# --- types ----------------------------------------------------------------------------------
+
+def guess_type(name: str, example: Any) -> Guess:
+    """The SQL type an example value suggests; ConfigError for an example nothing can be told from (null)."""
+    if example is None:
+        raise ConfigError(f"queryParameters.{name} is null: no type can be told from it; "
+                          "give it an example value in CARTO (the variable's default) and paste again")
+    if isinstance(example, bool):
+        return Guess(name, "BOOL", f"the example {_short(example)} is a boolean")
+    if isinstance(example, int):
+        return Guess(name, "INT64", f"the example {_short(example)} is a whole number; {_NUMBER_NOTE}")
+    if isinstance(example, float):
+        return Guess(name, "FLOAT64", f"the example {_short(example)} has a fraction")
+    if isinstance(example, str):
+        return Guess(name, "STRING", f"the example {_short(example)} is a string{_string_hint(example)}")
+    if isinstance(example, dict):
+        if is_geometry(example):
+            return Guess(name, "GEOGRAPHY", f"the example is a GeoJSON {example['type']}")
+        return Guess(name, "JSON", "the example is an object but not a GeoJSON geometry (sent as JSON text)")
+    return _guess_array(name, example)
+
+
+def _guess_array(name: str, example: list[Any]) -> Guess:
+    if not example:
+        return Guess(name, "ARRAY<STRING>", "the example is an empty array: nothing tells the element type")
+    if all(isinstance(item, bool) for item in example):
+        return Guess(name, "ARRAY<BOOL>", "the example is an array of booleans")
+    if all(isinstance(item, str) for item in example):
+        return Guess(name, "ARRAY<STRING>", "the example is an array of strings")
+    if all(isinstance(item, int) and not isinstance(item, bool) for item in example):
+        return Guess(name, "ARRAY<INT64>", f"the example is an array of whole numbers; {_NUMBER_NOTE}")
+    if all(isinstance(item, (int, float)) and not isinstance(item, bool) for item in example):
+        return Guess(name, "ARRAY<FLOAT64>", "the example is an array of numbers, some with a fraction")
+    return Guess(name, "JSON", "the example is an array of mixed or nested values (sent as JSON text)")
+
+
+def _string_hint(text: str) -> str:
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        return "; it looks like a date: make it DATE if the procedure takes one"
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}.*", text):
+        return "; it looks like a timestamp: make it TIMESTAMP if the procedure takes one"
+    return ""
+
+
+def is_geometry(value: Any) -> bool:
+    """Whether `value` is a GeoJSON geometry object (RFC 7946 §3.1)."""
+    if not isinstance(value, dict):
+        return False
+    if value.get("type") == "GeometryCollection":
+        return isinstance(value.get("geometries"), list) and all(map(is_geometry, value["geometries"]))
+    return value.get("type") in _GEOMETRIES and isinstance(value.get("coordinates"), list)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# --- placeholders ---------------------------------------------------------------------------
+
+def check_placeholders(paste: Paste) -> list[str]:
+    """The CALL's `@names` in order; PasteError naming every one that disagrees with queryParameters."""
+    from gateway.workflows import query_parameter_names
+
+    if not re.match(r"\s*CALL\s", paste.query, re.IGNORECASE):
+        raise PasteError(f"the query is not a CALL: expected CALL `project.dataset.procedure`(…), as the workflow's "
+                         f"API access dialog shows it; got {_short(paste.query)}")
+    names = query_parameter_names(paste.query)
+    positions = sorted({int(n) for n in _POSITIONAL.findall(_NOT_CODE.sub(" ", paste.query))})
+    if isinstance(paste.parameters, list) or (positions and not names):
+        _check_positional(positions, names, paste.parameters)
+    problems = [f"the CALL uses @{n}, which queryParameters does not give" for n in names if n not in paste.parameters]
+    problems += [f"queryParameters gives {k!r}, which the CALL does not use (no @{k})"
+                 for k in paste.parameters if k not in names]
+    if problems:
+        raise PasteError("the paste's parameters and its CALL disagree:\n  " + "\n  ".join(problems))
+    return names
+
+
+def _check_positional(positions: list[int], names: list[str], parameters: Any) -> None:
+    if names:
+        raise PasteError(f"queryParameters is an array (positional parameters) but the CALL uses named "
+                         f"{', '.join('@' + n for n in names)}: give queryParameters as an object")
+    if not isinstance(parameters, list):
+        raise PasteError(f"the CALL uses positional placeholders ({_positions(positions)}) but queryParameters "
+                         "is an object: give it as an array in placeholder order")
+    problems = [f"placeholder {p} has no value in queryParameters ({len(parameters)} given)"
+                for p in positions if p > len(parameters)]
+    problems += [f"queryParameters value {i} is used by no placeholder" for i in range(1, len(parameters) + 1)
+                 if i not in positions]
+    if problems:
+        raise PasteError("the paste's parameters and its CALL disagree:\n  " + "\n  ".join(problems))
+    raise PasteError(f"the CALL uses positional placeholders ({_positions(positions)}): workflow files here "
+                     "take named @parameters only (BigQuery and the CARTO Data Warehouse)")
+
+
+def _positions(positions: list[int]) -> str:
+    return ", ".join(f":{p} / ${p}" for p in positions) or "none"
+
+
+# --- the sender -----------------------------------------------------------------------------
+
+def secret_env_name(workflow: str) -> str:
+    """The environment variable holding the workflow's webhook secret: seed-clusters -> SEED_CLUSTERS_SECRET."""
+    stem = workflow.upper().replace("-", "_")
+    return ("HOOK_" if stem[0].isdigit() else "") + stem + "_SECRET"
+
+
+def sender(scheme: str, workflow: str) -> Sender:
+    """The `auth` block, idempotency rule and a fresh local secret for one sender scheme."""
+    env = secret_env_name(workflow)
+    ref = f"env:{env}"
+    if scheme == "standard-webhooks":
+        secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+        return Sender([{"scheme": scheme, "secrets": ref}], {"header": "webhook-id"}, "the webhook-id header", env, secret)
+    if scheme in ("github", "shopify"):
+        header = {"github": "X-GitHub-Delivery", "shopify": "X-Shopify-Webhook-Id"}[scheme]
+        return Sender([{"scheme": scheme, "secrets": ref}], {"header": header}, f"the {header} header", env,
+                      secrets.token_hex(32))
+    if scheme == "stripe":
+        return Sender([{"scheme": scheme, "secrets": ref}], {"pointer": "/id"}, "the event id (/id) in the body",
+                      env, "whsec_" + secrets.token_hex(16))
+    if scheme == "slack":
+        return Sender([{"scheme": scheme, "secrets": ref}], {"pointer": "/event_id"},
+                      "the event_id (/event_id) in the body", env, secrets.token_hex(16))
+    if scheme == "hmac":
+        block = {"scheme": "hmac", "secrets": ref, "header": "X-Signature", "signed": ["id", "timestamp", "body"],
+                 "id_header": "X-Webhook-Id", "timestamp_header": "X-Webhook-Timestamp"}
+        return Sender([block], {"header": "X-Webhook-Id"}, "the X-Webhook-Id header", env, secrets.token_hex(32))
+    if scheme == "bearer":
+        return Sender([{"scheme": scheme, "tokens": ref}], {"header": "Idempotency-Key"},
+                      "the Idempotency-Key header, if the caller sends one", env, secrets.token_urlsafe(32))
+    if scheme == "google-id-token":
+        block = {"scheme": scheme, "audience": "https://REGION-PROJECT.cloudfunctions.net/gateway-webhook",
+                 "service_accounts": ["caller@PROJECT.iam.gserviceaccount.com"]}
+        return Sender([block], {"header": "Idempotency-Key"}, "the Idempotency-Key header, if the caller sends one",
+                      None, None)
+    raise ConfigError(f"unknown sender {scheme!r}; expected one of {', '.join(SENDERS)}")
+
+
+# --- the file -------------------------------------------------------------------------------
+
+_JSON_TYPES = {"STRING": "string", "INT64": "integer", "FLOAT64": "number", "BOOL": "boolean",
+               "DATE": "string", "TIMESTAMP": "string", "NUMERIC": ["number", "string"]}
+
+
+def property_schema(sql_type: str, example: Any) -> dict[str, Any]:
+    """The payload schema of one body field bound to `sql_type`."""
+    if sql_type.startswith("ARRAY<"):
+        return {"type": "array", "items": property_schema(sql_type[len("ARRAY<"):-1], None)}
+    if sql_type == "GEOGRAPHY":
+        return {"type": "object", "required": ["type"], "description": "a GeoJSON geometry"}
+    if sql_type == "JSON":
+        return {} if example is None else {"type": _json_type(example)}
+    schema: dict[str, Any] = {"type": _JSON_TYPES[sql_type]}
+    if sql_type == "DATE":
+        schema["format"] = "date"
+    elif sql_type == "TIMESTAMP":
+        schema["format"] = "date-time"
+    return schema
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", float: "number"}.get(type(value), "integer")
+
+
+def definition(paste: Paste, names: list[str], guesses: Mapping[str, Guess], chosen: Sender,
+               base_url_override: str | None) -> dict[str, Any]:
+    """The workflow file: the pasted CALL verbatim, one `from` per parameter, a payload schema, auth."""
+    examples = paste.parameters if isinstance(paste.parameters, dict) else {}
+    built: dict[str, Any] = {
+        "description": f"Runs {_procedure(paste.query)} (from CARTO's API access dialog).",
+        "connection": paste.connection,
+        "query": paste.query,
+        "parameters": {name: {"type": guesses[name].type, "from": f"/{name}"} for name in names},
+        "payload": {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "type": "object",
+            "required": list(names),
+            "properties": {name: property_schema(guesses[name].type, examples.get(name)) for name in names},
+        },
+        "auth": chosen.auth,
+    }
+    if chosen.idempotency:
+        built["idempotency"] = chosen.idempotency
+    if base_url_override:
+        built["carto"] = {"api_base_url": base_url_override}
+    return built
+
+
+def _procedure(query: str) -> str:
+    match = re.match(r"\s*CALL\s+`?([^`(\s]+)`?", query, re.IGNORECASE)
+    return match[1] if match else "a CARTO workflow"
+
+
+def base_url_override(paste: Paste, env: Mapping[str, str]) -> str | None:
+    """The paste's base URL if the deployment's CARTO_API_BASE_URL is another one; None if they agree or it is unset."""
+    configured = (env.get("CARTO_API_BASE_URL") or "").rstrip("/")
+    pasted = (paste.base_url or "").rstrip("/")
+    return pasted if pasted and configured and pasted != configured else None
+
+
+def verify(built: Mapping[str, Any], name: str, schemas_dir: Path) -> None:
+    """Load and lint the file exactly as `check` will, before anything is written."""
+    import jsonschema_rs
+
+    from gateway.cli.lint import lint_workflow
+    from gateway.workflows import load_workflow
+
+    try:
+        meta = jsonschema_rs.Draft202012Validator(json.loads((schemas_dir / "workflow.schema.json").read_text()))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{schemas_dir}/workflow.schema.json: cannot read the meta-schema: {exc}") from None
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / f"{name}.json"
+        path.write_text(json.dumps(built), encoding="utf-8")
+        try:
+            workflow = load_workflow(path, meta, {}, require_secrets=False)
+        except ConfigError as exc:
+            raise ConfigError(f"the workflow made from this paste would not load:\n{str(exc).replace(str(path), name)}") from None
+    problems = lint_workflow(workflow)
+    if problems:
+        raise ConfigError("the workflow made from this paste does not pass check:\n" + "\n".join(problems))
+
+
+# --- the verb -------------------------------------------------------------------------------
+
+def run(args: Any, env: Mapping[str, str] | None = None) -> int:
+    """Read the paste, write schemas/workflows/NAME.json and examples/NAME.json, say what to do next."""
+    from gateway.workflows import NAME_PATTERN
+
+    env = os.environ if env is None else env
+    name = args.name
+    if not NAME_PATTERN.match(name):
+        raise ConfigError(f"{name!r} cannot be a workflow name: it is the URL segment, {NAME_PATTERN.pattern}")
+    schemas_dir, examples_dir = Path(args.schemas), Path(args.examples)
+    workflow_path, example_path = schemas_dir / "workflows" / f"{name}.json", examples_dir / f"{name}.json"
+    existing = [str(p) for p in (workflow_path, example_path) if p.exists()]
+    if existing and not args.force:
+        raise ConfigError(f"{' and '.join(existing)} already exist{'s' if len(existing) == 1 else ''}: "
+                          "pick another name, or --force to replace")
+    if args.live:
+        raise ConfigError("--live reads each parameter's type from the procedure's real signature through "
+                          "check --live's reader (gateway/cli/live.py), which this version does not have yet; "
+                          "without --live the types are guessed from the examples and each guess is shown")
+    paste = _read(args)
+    if paste.connection is None:
+        paste = _with_connection(paste, args.connection)
+    names = check_placeholders(paste)
+    guesses = {n: guess_type(n, paste.parameters[n]) for n in names}
+    chosen = sender(args.sender, name)
+    override = base_url_override(paste, env)
+    built = definition(paste, names, guesses, chosen, override)
+    verify(built, name, schemas_dir)
+    _write(workflow_path, json.dumps(built, indent=2, ensure_ascii=False) + "\n")
+    _write(example_path, json.dumps({n: paste.parameters[n] for n in names}, indent=2, ensure_ascii=False) + "\n")
+    _report(args, paste, guesses, chosen, override, workflow_path, example_path, env)
+    return 0
+
+
+def _read(args: Any) -> Paste:
+    if args.from_file:
+        try:
+            text = Path(args.from_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read {args.from_file}: {exc}") from None
+    else:
+        if sys.stdin.isatty():
+            print("Paste the curl command from CARTO's API access dialog, then Ctrl-D:", file=sys.stderr)
+        text = sys.stdin.read()
+    return read_paste(text)
+
+
+def _with_connection(paste: Paste, connection: str | None) -> Paste:
+    from dataclasses import replace
+
+    if not connection:
+        raise PasteError("the paste has no URL to take the connection from: pass --connection NAME "
+                         "(the CARTO Data Warehouse's is carto_dw)")
+    return replace(paste, connection=connection)
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_name(f".{path.name}.tmp")
+    scratch.write_text(text, encoding="utf-8")
+    os.replace(scratch, path)
+
+
+def _report(args: Any, paste: Paste, guesses: Mapping[str, Guess], chosen: Sender, override: str | None,
+            workflow_path: Path, example_path: Path, env: Mapping[str, str]) -> None:
+    out: list[str] = [f"wrote {workflow_path} and {example_path}", "",
+                      f"connection  {paste.connection}" + ("  (from the URL)" if paste.base_url else "")]
+    if override:
+        out.append(f"CARTO       {override}  (written as carto.api_base_url: CARTO_API_BASE_URL is another one)")
+    elif paste.base_url:
+        out.append(f"CARTO       {paste.base_url}  (not written: set CARTO_API_BASE_URL={paste.base_url} "
+                   "where the gateway runs, e.g. deploy/env)")
+    out.append("parameters  (each type a guess from its example; check --live reads the procedure's real ones)")
+    width = max((len(n) for n in guesses), default=0)
+    for guess in guesses.values():
+        out.append(f"  {guess.name:<{width}}  {guess.type:<9} guess: {guess.reason}")
+    out.append(f"auth        {chosen.auth[0]['scheme']}; idempotency key: {chosen.delivery_id}")
+    out += ["", *_token_lines(paste), "", *_secret_lines(chosen, args.name), "", "Next:"]
+    exe = _python()
+    schemas = "" if args.schemas == "schemas" else f" --schemas {args.schemas}"
+    out += [f"  {exe} -m gateway{schemas} check",
+            f"  {exe} -m gateway{schemas} render {args.name} {example_path}",
+            f"  {exe} -m gateway{schemas} send {args.name} {example_path}"]
+    print("\n".join(out))
+    if paste.token_in_url:
+        print("warning: the token came in a URL (access_token=…): URLs end up in server logs, proxies and shell "
+              "histories. Prefer the POST form with an Authorization header, and rotate the token in CARTO "
+              "if this URL was shared.", file=sys.stderr)
+
+
+def _token_lines(paste: Paste) -> list[str]:
+    lead = "The CARTO token in the paste was not written anywhere." if paste.token else "The paste carried no token."
+    return [f"{lead} The gateway reads it from CARTO_API_TOKEN:",
+            "  locally       not needed: make dev's local CARTO job API has a token of its own",
+            "  in the cloud  Secret Manager: CARTO_API_TOKEN='<token>' deploy/deploy.sh stores it as the secret "
+            "CARTO_API_TOKEN"]
+
+
+def _secret_lines(chosen: Sender, name: str) -> list[str]:
+    if chosen.secret is None:
+        return ["google-id-token needs no secret: set audience to the webhook's URL and service_accounts to the "
+                f"callers in {name}.json (docs/authentication.md); send cannot sign such a token locally."]
+    return [f"A fresh secret for {chosen.secret_env} (shown once, saved nowhere). Export it before make dev and send:",
+            f"  export {chosen.secret_env}={chosen.secret}",
+            f"Give the sender the same value; in the cloud {chosen.secret_env}='…' deploy/deploy.sh puts it in "
+            "Secret Manager."]
+
+
+def _python() -> str:
+    """How to call this interpreter from the current directory (.venv/bin/python in a checkout)."""
+    relative = os.path.relpath(sys.executable)
+    return "python" if relative.startswith("..") else relative
