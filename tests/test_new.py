@@ -341,3 +341,12 @@ def test_paste_new_check_render_send_runs_on_the_local_stack(capsys, dirs, pubsu
     finally:
         stack.stop()
     assert logs and all(CARTO_TOKEN.encode() not in data for data in logs.values())
+
+
+def test_a_get_curl_with_urlencoded_fields_is_read_like_the_get_url():
+    paste = read_paste("curl -G 'https://gcp-us-east1.api.carto.com/v3/sql/carto_dw/job' "
+                       f"--data-urlencode 'query={SEED_QUERY}' "
+                       f"--data-urlencode 'queryParameters={json.dumps(SEED_PARAMETERS)}' "
+                       f"--data-urlencode 'access_token={CARTO_TOKEN}'")
+    assert (paste.query, paste.parameters, paste.connection) == (SEED_QUERY, SEED_PARAMETERS, "carto_dw")
+    assert paste.token_in_url and CARTO_TOKEN not in repr(paste)

@@ -345,7 +345,8 @@ def _write(path: Path, text: str) -> None:
 
 def _report(args: Any, paste: Paste, guesses: Mapping[str, Guess], chosen: Sender, override: str | None,
             workflow_path: Path, example_path: Path, env: Mapping[str, str]) -> None:
-    out: list[str] = [f"wrote {workflow_path} and {example_path}", "",
+    read = {"post": "the POST curl", "get": "the GET URL", "json": "the JSON body"}[paste.form]
+    out: list[str] = [f"wrote {workflow_path} and {example_path} from {read}", "",
                       f"connection  {paste.connection}" + ("  (from the URL)" if paste.base_url else "")]
     if override:
         out.append(f"CARTO       {override}  (written as carto.api_base_url: CARTO_API_BASE_URL is another one)")

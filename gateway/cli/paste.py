@@ -21,7 +21,7 @@ import re
 import shlex
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from gateway.errors import ConfigError
 
@@ -32,9 +32,10 @@ _CONNECTION = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 _DATA_OPTIONS = {"-d", "--data", "--data-raw", "--data-binary", "--data-ascii"}
 _HEADER_OPTIONS = {"-H", "--header"}
 _URL_OPTIONS = {"--url"}
+_URLENCODE_OPTIONS = {"--data-urlencode"}
 _GET_OPTIONS = {"-G", "--get"}
-_VALUE_OPTIONS = _DATA_OPTIONS | _HEADER_OPTIONS | _URL_OPTIONS | {
-    "-X", "--request", "--data-urlencode", "-u", "--user", "-o", "--output", "-A", "--user-agent",
+_VALUE_OPTIONS = _DATA_OPTIONS | _HEADER_OPTIONS | _URL_OPTIONS | _URLENCODE_OPTIONS | {
+    "-X", "--request", "-u", "--user", "-o", "--output", "-A", "--user-agent",
     "-e", "--referer", "-b", "--cookie", "-m", "--max-time", "--connect-timeout", "-x", "--proxy"}
 _BEARER = re.compile(r"^\s*Authorization\s*:\s*Bearer\s+(?P<token>\S+)\s*$", re.IGNORECASE)
 
@@ -120,6 +121,10 @@ def _curl_arguments(words: list[str]) -> tuple[list[str], list[str], list[str], 
                 headers.append(value)
             elif option in _URL_OPTIONS:
                 urls.append(value)
+            elif option in _URLENCODE_OPTIONS:  # `curl -G --data-urlencode 'query=CALL …'`: fields of the URL
+                key, equals, content = value.partition("=")
+                data.append(f"{key}={quote(content, safe='')}" if equals else quote(key, safe=""))
+                get = True
         elif option in _GET_OPTIONS:
             get = True
         i += 1
