@@ -320,11 +320,13 @@ def test_paste_new_check_render_send_runs_on_the_local_stack(capsys, dirs, pubsu
     assert typed(json.loads(gateway(capsys, dirs, "render", "seed-clusters", example)[1])["queryParameters"]) == \
         typed(SEED_PARAMETERS)
     # The stack starts after `new`, as `make dev` would: its local CARTO job API derives the procedure from the file.
-    stack = LocalStack(state_dir=tmp_path / "stack", project=PROJECT, schemas_dir=dirs[0],
+    # Its own project on the shared emulator: other stacks' subscriptions of the same names push elsewhere.
+    project = f"{PROJECT}-new-{uuid.uuid4().hex[:6]}"
+    stack = LocalStack(state_dir=tmp_path / "stack", project=project, schemas_dir=dirs[0],
                        pubsub_host=pubsub_emulator.host, env={"SEED_CLUSTERS_SECRET": secret, "GATEWAY_POLL_FIRST_S": "0.2"})
     stack.start()
     try:
-        inbox = EventInbox(PROJECT, stack.topics["events"], f"test-new-{uuid.uuid4().hex[:8]}")
+        inbox = EventInbox(project, stack.topics["events"], f"test-new-{uuid.uuid4().hex[:8]}")
         monkeypatch.setenv("SEED_CLUSTERS_SECRET", secret)
 
         status, sent, _ = gateway(capsys, dirs, "send", "seed-clusters", example, "--url", stack.url("webhook"))
