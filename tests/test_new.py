@@ -352,3 +352,10 @@ def test_a_get_curl_with_urlencoded_fields_is_read_like_the_get_url():
                        f"--data-urlencode 'access_token={CARTO_TOKEN}'")
     assert (paste.query, paste.parameters, paste.connection) == (SEED_QUERY, SEED_PARAMETERS, "carto_dw")
     assert paste.token_in_url and CARTO_TOKEN not in repr(paste)
+
+
+def test_windows_line_ends_read_like_unix_ones():
+    raw = (PASTES / "seed-windows.txt").read_bytes().decode()  # bytes: no newline translation on the way in
+    assert "\r\n" in raw
+    assert read_paste(raw) == read_paste(raw.replace("\r\n", "\n"))
+    assert read_paste(raw).parameters == GOOD_PASTES["seed-windows.txt"]

@@ -40,7 +40,6 @@ class Guess:
     name: str
     type: str
     reason: str
-    guessed: bool = True
 
 
 @dataclass(frozen=True)
@@ -310,7 +309,7 @@ def run(args: Any, env: Mapping[str, str] | None = None) -> int:
     verify(built, name, schemas_dir)
     _write(workflow_path, json.dumps(built, indent=2, ensure_ascii=False) + "\n")
     _write(example_path, json.dumps({n: paste.parameters[n] for n in names}, indent=2, ensure_ascii=False) + "\n")
-    _report(args, paste, guesses, chosen, override, workflow_path, example_path, env)
+    _report(args, paste, guesses, chosen, override, workflow_path, example_path)
     return 0
 
 
@@ -344,7 +343,7 @@ def _write(path: Path, text: str) -> None:
 
 
 def _report(args: Any, paste: Paste, guesses: Mapping[str, Guess], chosen: Sender, override: str | None,
-            workflow_path: Path, example_path: Path, env: Mapping[str, str]) -> None:
+            workflow_path: Path, example_path: Path) -> None:
     read = {"post": "the POST curl", "get": "the GET URL", "json": "the JSON body"}[paste.form]
     out: list[str] = [f"wrote {workflow_path} and {example_path} from {read}", "",
                       f"connection  {paste.connection}" + ("  (from the URL)" if paste.base_url else "")]
