@@ -277,9 +277,9 @@ def test_a_paste_that_is_not_the_dialogs_command_is_refused(text, message):
         read_paste(text)
 
 
-def test_live_refuses_while_the_signature_reader_is_missing(capsys, dirs):
+def test_live_is_refused_clearly_and_writes_nothing(capsys, dirs):
     status, _, err = new(capsys, dirs, "seed-clusters", "seed-post.txt", "--live")
-    assert status == 1 and "check --live's reader" in err
+    assert status == 1 and "new --live (each type from the procedure's real signature) is not built yet" in err
     assert not (dirs[0] / "workflows" / "seed-clusters.json").exists()
 
 

@@ -145,8 +145,9 @@ def _check_positional(positions: list[int], names: list[str], parameters: Any) -
                  if i not in positions]
     if problems:
         raise PasteError("the paste's parameters and its CALL disagree:\n  " + "\n  ".join(problems))
-    raise PasteError(f"the CALL uses positional placeholders ({_positions(positions)}): workflow files here "
-                     "take named @parameters only (BigQuery and the CARTO Data Warehouse)")
+    raise PasteError(f"the CALL uses positional placeholders ({_positions(positions)}): new makes workflows with "
+                     "named @parameters (BigQuery, the CARTO Data Warehouse); write a positional one by hand "
+                     "(README, Workflow files)")
 
 
 def _positions(positions: list[int]) -> str:
@@ -295,9 +296,9 @@ def run(args: Any, env: Mapping[str, str] | None = None) -> int:
         raise ConfigError(f"{' and '.join(existing)} already exist{'s' if len(existing) == 1 else ''}: "
                           "pick another name, or --force to replace")
     if args.live:
-        raise ConfigError("--live reads each parameter's type from the procedure's real signature through "
-                          "check --live's reader (gateway/cli/live.py), which this version does not have yet; "
-                          "without --live the types are guessed from the examples and each guess is shown")
+        raise ConfigError("new --live (each type from the procedure's real signature) is not built yet; without it "
+                          "the types are guessed from the examples and each guess is shown: run new without --live, "
+                          "then check --live to compare the file with the procedure")
     paste = _read(args)
     if paste.connection is None:
         paste = _with_connection(paste, args.connection)
