@@ -17,6 +17,7 @@ from gateway.auth.config import build_schemes
 from gateway.cli import main
 from gateway.cli.new import SENDERS, guess_type, secret_env_name
 from gateway.cli.paste import read_paste
+from gateway.local.sandbox import load_procedures, serve
 from tests.conftest import CARTO_TOKEN, DATA, PROJECT, ROOT
 
 PASTES = DATA / "pastes"
@@ -277,9 +278,43 @@ def test_a_paste_that_is_not_the_dialogs_command_is_refused(text, message):
         read_paste(text)
 
 
-def test_live_is_refused_clearly_and_writes_nothing(capsys, dirs):
-    status, _, err = new(capsys, dirs, "seed-clusters", "seed-post.txt", "--live")
-    assert status == 1 and "new --live (each type from the procedure's real signature) is not built yet" in err
+@pytest.fixture
+def carto(monkeypatch):
+    """The local CARTO job API on loopback, knowing the shipped workflows' procedures; the deployment's settings."""
+    server = serve(token=CARTO_TOKEN, procedures=load_procedures(ROOT / "schemas"), default_duration_s=0.1)
+    monkeypatch.setenv("CARTO_API_BASE_URL", server.url)
+    monkeypatch.setenv("CARTO_API_TOKEN", CARTO_TOKEN)
+    yield server
+    server.stop()
+
+
+def test_live_takes_each_type_from_the_procedures_signature(capsys, dirs, carto):
+    guessed_status, _, _ = new(capsys, dirs, "guessed", "seed-body.json")
+    status, out, _ = new(capsys, dirs, "seed-clusters", "seed-body.json", "--live")
+    assert (guessed_status, status) == (0, 0)
+    guessed = json.loads((dirs[0] / "workflows" / "guessed.json").read_text())["parameters"]
+    written = json.loads((dirs[0] / "workflows" / "seed-clusters.json").read_text())["parameters"]
+    # The example 500 makes a guess of INT64; the procedure (a Workflows "Number") takes FLOAT64.
+    assert guessed["buffer_radius"]["type"] == "INT64"
+    assert {n: spec["type"] for n, spec in written.items()} == {
+        "number_of_clusters": "INT64", "buffer_radius": "FLOAT64", "store_type": "STRING"}
+    assert "each type read from the procedure's signature" in out and "guess:" not in out
+    assert gateway(capsys, dirs, "check")[0] == 0
+
+
+def test_live_for_a_procedure_that_does_not_exist_says_why_and_writes_nothing(capsys, dirs, carto, tmp_path):
+    paste = tmp_path / "gone.json"
+    paste.write_text(json.dumps({"query": "CALL `p.workflows_temp.workflow_procedure_gone`(@a)",
+                                 "queryParameters": {"a": 1}}))
+    status, _, err = gateway(capsys, dirs, "new", "gone", "--from", str(paste), "--examples", str(dirs[1]),
+                             "--connection", "carto_dw", "--live")
+    assert status == 1 and "p.workflows_temp.workflow_procedure_gone does not exist on connection carto_dw" in err
+    assert not (dirs[0] / "workflows" / "gone.json").exists() and not dirs[1].exists()
+
+
+def test_live_without_a_base_url_is_refused_clearly(capsys, dirs):
+    status, _, err = new(capsys, dirs, "seed-clusters", "seed-body.json", "--live")
+    assert status == 1 and "new --live needs CARTO's base URL" in err
     assert not (dirs[0] / "workflows" / "seed-clusters.json").exists()
 
 

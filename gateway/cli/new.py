@@ -40,6 +40,7 @@ class Guess:
     name: str
     type: str
     reason: str
+    guessed: bool = True  # False: read from the procedure's signature (--live)
 
 
 @dataclass(frozen=True)
@@ -295,23 +296,54 @@ def run(args: Any, env: Mapping[str, str] | None = None) -> int:
     if existing and not args.force:
         raise ConfigError(f"{' and '.join(existing)} already exist{'s' if len(existing) == 1 else ''}: "
                           "pick another name, or --force to replace")
-    if args.live:
-        raise ConfigError("new --live (each type from the procedure's real signature) is not built yet; without it "
-                          "the types are guessed from the examples and each guess is shown: run new without --live, "
-                          "then check --live to compare the file with the procedure")
     paste = _read(args)
     if paste.connection is None:
         paste = _with_connection(paste, args.connection)
     names = check_placeholders(paste)
-    guesses = {n: guess_type(n, paste.parameters[n]) for n in names}
-    chosen = sender(args.sender, name)
     override = base_url_override(paste, env)
+    if args.live:
+        guesses = live_types(paste, names, override or env.get("CARTO_API_BASE_URL") or paste.base_url, env)
+    else:
+        guesses = {n: guess_type(n, paste.parameters[n]) for n in names}
+    chosen = sender(args.sender, name)
     built = definition(paste, names, guesses, chosen, override)
     verify(built, name, schemas_dir)
     _write(workflow_path, json.dumps(built, indent=2, ensure_ascii=False) + "\n")
     _write(example_path, json.dumps({n: paste.parameters[n] for n in names}, indent=2, ensure_ascii=False) + "\n")
     _report(args, paste, guesses, chosen, override, workflow_path, example_path)
     return 0
+
+
+def live_types(paste: Paste, names: list[str], base_url: str | None, env: Mapping[str, str]) -> dict[str, Guess]:
+    """Each parameter's type from the procedure's real signature, read through CARTO as `check --live` reads it.
+
+    The token is the paste's own when it carried one (held in memory for this one query, never written),
+    else the deployment's (CARTO_API_TOKEN, or CARTO_CLIENT_ID and CARTO_CLIENT_SECRET)."""
+    from gateway.cli.live import client_from_env, read_signature
+    from gateway.errors import GatewayError
+    from gateway.warehouses import BIGQUERY, binding_type
+
+    if not base_url:
+        raise ConfigError("new --live needs CARTO's base URL: paste the dialog's curl (its URL has it) "
+                          "or set CARTO_API_BASE_URL")
+    procedure = _procedure(paste.query)
+    client, _ = client_from_env({**env, "CARTO_API_TOKEN": paste.token} if paste.token else env)
+    try:
+        real = read_signature(client, base_url, str(paste.connection), procedure, BIGQUERY, arity=len(names))
+    except GatewayError as exc:
+        raise ConfigError(f"new --live could not read the signature of {procedure} on connection "
+                          f"{paste.connection}: {exc.detail}") from None
+    if real is None:
+        raise ConfigError(f"new --live: {procedure} does not exist on connection {paste.connection} (API access "
+                          "disabled, or the workflow updated under another procedure name): open the workflow's "
+                          "API access dialog in CARTO and paste its curl again")
+    by_name = {argument.name.lower(): argument for argument in real}
+    missing = [n for n in names if n.lower() not in by_name]
+    if missing or len(real) != len(names):
+        raise ConfigError(f"new --live: the paste's parameters ({', '.join(names)}) are not the procedure's "
+                          f"({', '.join(a.name for a in real)}): paste the dialog's curl again")
+    return {n: Guess(n, binding_type(BIGQUERY, by_name[n.lower()].type),
+                     f"{procedure} declares {by_name[n.lower()].type}", guessed=False) for n in names}
 
 
 def _read(args: Any) -> Paste:
@@ -353,10 +385,13 @@ def _report(args: Any, paste: Paste, guesses: Mapping[str, Guess], chosen: Sende
     elif paste.base_url:
         out.append(f"CARTO       {paste.base_url}  (not written: set CARTO_API_BASE_URL={paste.base_url} "
                    "where the gateway runs, e.g. deploy/env)")
-    out.append("parameters  (each type a guess from its example; check --live reads the procedure's real ones)")
+    if all(not guess.guessed for guess in guesses.values()):
+        out.append("parameters  (each type read from the procedure's signature)")
+    else:
+        out.append("parameters  (each type a guess from its example; check --live reads the procedure's real ones)")
     width = max((len(n) for n in guesses), default=0)
     for guess in guesses.values():
-        out.append(f"  {guess.name:<{width}}  {guess.type:<9} guess: {guess.reason}")
+        out.append(f"  {guess.name:<{width}}  {guess.type:<9} {'guess: ' if guess.guessed else ''}{guess.reason}")
     out.append(f"auth        {chosen.auth[0]['scheme']}; idempotency key: {chosen.delivery_id}")
     out += ["", *_token_lines(paste), "", *_secret_lines(chosen, args.name), "", "Next:"]
     exe = _python()
