@@ -80,6 +80,16 @@ def test_schemas(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def schemas(tmp_path) -> Path:
+    """A schemas directory with the meta-schema and the event schema, and no workflow: each test writes its own."""
+    target = tmp_path / "schemas"
+    shutil.copytree(ROOT / "schemas", target)
+    for path in (target / "workflows").glob("*.json"):
+        path.unlink()
+    return target
+
+
+@pytest.fixture
 def rig(test_schemas, tmp_path):
     """One gateway instance against a fresh local CARTO job API on a fake clock (tests/rigs.py)."""
     from tests.rigs import running_rig  # rigs imports this module's constants

@@ -4,7 +4,6 @@ placeholder order, each family's type names bind by the same rules, Databricks i
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
@@ -17,15 +16,6 @@ from tests.conftest import ROOT, SECRET
 SNOWFLAKE = json.loads((ROOT / "schemas" / "workflows" / "store-revenue-snowflake.json").read_text())
 POSTGRES = json.loads((ROOT / "schemas" / "workflows" / "parcels-postgres.json").read_text())
 ENV = {"STORE_CLUSTERS_SECRETS": SECRET}
-
-
-@pytest.fixture
-def schemas(tmp_path):
-    target = tmp_path / "schemas"
-    shutil.copytree(ROOT / "schemas", target)
-    for path in (target / "workflows").glob("*.json"):
-        path.unlink()
-    return target
 
 
 def load(schemas, **definitions):

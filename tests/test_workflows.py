@@ -4,7 +4,6 @@ with a message naming file, JSON path and problem."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
@@ -43,15 +42,6 @@ def test_every_workflow_file_loads_and_lints_clean(path):
     else:
         assert set(workflow.parameters) == set(query_parameter_names(workflow.query))
     assert [p for p in lint(registry) if p.startswith(f"{path.stem}:")] == []
-
-
-@pytest.fixture
-def schemas(tmp_path):
-    target = tmp_path / "schemas"
-    shutil.copytree(ROOT / "schemas", target)
-    for path in (target / "workflows").glob("*.json"):
-        path.unlink()
-    return target
 
 
 def write(schemas, name, definition):
