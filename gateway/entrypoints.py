@@ -19,7 +19,7 @@ import flask
 from gateway import http, logs
 from gateway.app import App
 from gateway.console import app as console_app
-from gateway.errors import DeliveryInFlight, GatewayError, Unavailable
+from gateway.errors import CartoUnavailable, DeliveryInFlight, GatewayError, PublishUnavailable, Unavailable
 from gateway.events import CHECK_TYPE, Check, PoisonMessage, Tracking, attributes_of, parse_check, parse_tracking
 from gateway.intake import Inbound, idempotency_key
 
@@ -82,7 +82,7 @@ def _poll(app: App, cloud_event: Any) -> None:
     try:
         tracking, check = poll_trigger(cloud_event)
     except PoisonMessage as exc:
-        log.error("poison tracking message acked: %s", exc.detail)
+        log.error("poison tracking message acked: %s", exc.detail, extra=logs.event("tracking.poison"))
         return
     token = logs.bind(workflow=tracking.workflow, job_id=tracking.job_id, delivery_id=tracking.delivery_id,
                       trace=tracking.trace)
@@ -90,17 +90,27 @@ def _poll(app: App, cloud_event: Any) -> None:
     try:
         record = app.poller.handle(tracking, check)
     except Unavailable as exc:
+        name, kind = _failure(exc)
         log.warning("check failed, to be retried: %s", exc.detail,
-                    extra={"invocation_s": round(time.monotonic() - started, 3)})
+                    extra=logs.event(name, kind=kind, code=exc.code, invocation_s=round(time.monotonic() - started, 3)))
         raise
     else:
         elapsed = round(time.monotonic() - started, 3)
         if record is not None:
-            log.info("job finished", extra={"outcome": record.outcome, "invocation_s": elapsed})
+            log.info("job over", extra=logs.event("job.checked", outcome=record.outcome, invocation_s=elapsed))
         else:
-            log.info("job still running; next check scheduled", extra={"invocation_s": elapsed})
+            log.info("job still running; next check scheduled", extra=logs.event("job.checked", invocation_s=elapsed))
     finally:
         logs.reset(token)
+
+
+def _failure(exc: Unavailable) -> tuple[str, str]:
+    """The event and kind of a failed check: which dependency was down while following the job."""
+    if isinstance(exc, CartoUnavailable):
+        return "carto.failed", "status"
+    if isinstance(exc, PublishUnavailable):
+        return "publish.failed", "event"
+    return "check.failed", exc.code
 
 
 def submit(app: App, cloud_event: Any) -> None:
@@ -120,18 +130,19 @@ def _submit(app: App, cloud_event: Any) -> None:
         token = logs.bind(workflow=workflow.name, delivery_id=key)
         try:
             accepted = app.intake.accept(Inbound(workflow, data, payload, attributes, key, key))
-            log.info("request accepted", extra={"job_id": accepted.job_id})
+            log.info("request accepted", extra=logs.event(
+                "delivery.duplicate" if accepted.duplicate else "delivery.accepted", job_id=accepted.job_id))
         finally:
             logs.reset(token)
     except (Unavailable, DeliveryInFlight):
         raise  # may succeed later: let Pub/Sub redeliver
     except GatewayError as exc:
         log.error("request message refused and acked: %s (%s)", exc.detail, exc.code,
-                  extra={"status": exc.status})
+                  extra=logs.event("delivery.refused", status=exc.status, code=exc.code))
 
 
 def sweep(app: App, request: flask.Request) -> http.Response:
     with logs.invocation():
         report = app.sweeper.sweep()
-        log.info("sweep done: %s", json.dumps(report.as_dict()))
+        log.info("sweep done: %s", json.dumps(report.as_dict()), extra=logs.event("sweep.done"))
     return json.dumps(report.as_dict()), 200, {"Content-Type": "application/json"}

@@ -40,21 +40,40 @@ _JOB = re.compile(r"^/jobs/([A-Za-z0-9_.:\-]{1,200})/?$")
 _JSON_TYPE = re.compile(r"^application/([a-z0-9.+-]*\+)?json\s*(;.*)?$", re.IGNORECASE)
 Response = tuple[Any, int, dict[str, str]]  # body: str, or an iterator of bytes when streamed (_unbuffered)
 _BODY_READ = "gateway.body_read"
+_DELIVERY_EVENT = "gateway.delivery_event"  # set by _webhook: accepted, duplicate or a handshake
 
 
 def handle(app: App, request: flask.Request) -> Response:
     """Answer one request; never raises, never 500s on bad input."""
     token = logs.bind(route=request.path, trace=logs.trace_id(request.headers))
+    code = None
     try:
         response = _route(app, request)
     except GatewayError as exc:
-        response = exc.response()
+        response, code = exc.response(), exc.code
     except Exception:  # a bug, not bad input: an honest 500, logged by type only (values may hold secrets)
-        log.exception("unhandled error")
-        response = GatewayError("internal error").response()
-    log.info("answered %s %s with %s", request.method, request.path, response[1], extra={"status": response[1]})
+        log.exception("unhandled error", extra=logs.event("http.crashed"))
+        error = GatewayError("internal error")
+        response, code = error.response(), error.code
+    log.info("answered %s %s with %s", request.method, request.path, response[1],
+             extra=logs.event(_answer_event(request, code), status=response[1], code=code))
     logs.reset(token)
     return _unbuffered(request, response)
+
+
+def _answer_event(request: flask.Request, code: str | None) -> str:
+    """What the answer line of a request says happened: a delivery's answer class, or just an answer."""
+    delivered = request.environ.get(_DELIVERY_EVENT)
+    if delivered:
+        return delivered
+    if code is not None and request.method == "POST" and _is_delivery(request.path):
+        return "delivery.refused"
+    return "http.answered"
+
+
+def _is_delivery(path: str) -> bool:
+    hook = _HOOK.match(path)
+    return hook is not None and not hook.group(2)
 
 
 def _unbuffered(request: flask.Request, response: Response) -> Response:
@@ -76,6 +95,7 @@ def _route(app: App, request: flask.Request) -> Response:
     hook = _HOOK.match(path)
     if hook:
         workflow = _workflow(app, hook.group(1))
+        logs.bind(workflow=workflow.name)  # a refusal's line names the workflow too
         if hook.group(2):
             return _only(request, "POST", lambda: _validate(app, workflow, request))
         return _only(request, "POST", lambda: _webhook(app, workflow, request))
@@ -206,12 +226,12 @@ def _authenticated(app: App, workflow: Workflow, request: flask.Request, body: b
         return verify_request(workflow.schemes, request.headers, body, app.clock.now())
     except AuthenticationFailed as exc:
         # The caller learns nothing; the operator learns which header was wrong (never a value).
-        log.info("authentication refused: %s", _reasons(exc), extra={"workflow": workflow.name})
+        log.info("authentication refused: %s", _reasons(exc), extra=logs.event("auth.refused", workflow=workflow.name))
         raise
     except GatewayError:
         raise
     except Exception:  # a verifier bug must not open the door nor crash: deny
-        log.exception("signature verification failed unexpectedly")
+        log.exception("signature verification failed unexpectedly", extra=logs.event("auth.refused"))
         raise AuthenticationFailed("authentication failed") from None
 
 
@@ -227,6 +247,7 @@ def _webhook(app: App, workflow: Workflow, request: flask.Request) -> Response:
     verified = _authenticated(app, workflow, request, body)
     payload = parse_json(body, request.content_type)
     if _is_slack_handshake(verified.scheme, payload):
+        request.environ[_DELIVERY_EVENT] = "delivery.handshake"
         return _json({"challenge": payload["challenge"]})
     key = idempotency_key(workflow, payload, request.headers, verified.delivery_id)
     logs.bind(workflow=workflow.name, delivery_id=verified.delivery_id or key)
@@ -234,6 +255,7 @@ def _webhook(app: App, workflow: Workflow, request: flask.Request) -> Response:
                       logs.trace_id(request.headers))
     accepted = app.intake.accept(inbound)
     logs.bind(job_id=accepted.job_id)
+    request.environ[_DELIVERY_EVENT] = "delivery.duplicate" if accepted.duplicate else "delivery.accepted"
     status_url = f"/jobs/{accepted.job_id}"
     status = 200 if accepted.duplicate else 202
     return _json(accepted.as_dict(status_url), status, {"Location": status_url})
@@ -261,7 +283,7 @@ def _operator(app: App, request: flask.Request) -> Operator:
     try:
         operator = app.operators.verify(request.headers, _own_url(request), app.clock.now())
     except NotAnOperator as exc:
-        log.info("operator authentication refused: %s", exc.reason)
+        log.info("operator authentication refused: %s", exc.reason, extra=logs.event("operator.refused"))
         raise
     logs.bind(operator=operator.subject)
     return operator

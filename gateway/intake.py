@@ -17,6 +17,7 @@ from typing import Any
 
 import jsonschema_rs
 
+from gateway import logs
 from gateway.carto import CartoClient, SubmitOutcomeUnknown, delivery_marker, delivery_metadata
 from gateway.carto.dialects import connection_of, find_by_marker, find_by_metadata, job_id_of
 from gateway.errors import (
@@ -279,10 +280,13 @@ class Intake:
         except SubmitOutcomeUnknown:
             # The job may exist: keep the claim, so neither a retry nor the sweeper submits it twice
             # before reconciling with CARTO's job list.
-            log.warning("job submission outcome unknown", extra={"key": delivery.key})
+            log.warning("job submission outcome unknown",
+                        extra=logs.event("carto.failed", kind="submit_unknown", key=delivery.key))
             raise
-        except GatewayError:  # unavailable or refused before any job exists: undo the claim
+        except GatewayError as exc:  # unavailable or refused before any job exists: undo the claim
             self.ledger.release(delivery.key, delivery.claim_token)
+            if isinstance(exc, Unavailable):
+                log.warning("job not submitted: %s", exc.detail, extra=logs.event("carto.failed", kind="submit"))
             raise
         return self._record_job(delivery, job_id, duplicate=False)
 
@@ -302,7 +306,7 @@ class Intake:
             self.publisher.publish(self.jobs_topic, tracking_message(delivery))
         except PublishUnavailable:
             log.warning("tracking message not published; the sweeper will re-drive it",
-                        extra={"key": delivery.key, "job_id": delivery.job_id})
+                        extra=logs.event("publish.failed", kind="tracking", key=delivery.key, job_id=delivery.job_id))
             return False
         self.ledger.mark_tracked(delivery.key, self.clock())
         return True

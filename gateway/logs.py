@@ -3,6 +3,11 @@
 Each line carries `severity`, `message`, the trace (`logging.googleapis.com/trace`) and, where known,
 the workflow, delivery id and job id. Fields come from a per-request context and from `extra=`.
 Values that look like credentials are never logged: only whitelisted fields are emitted.
+
+Each line names what happened in `event`, a dotted name (`delivery.accepted`, `job.finished`,
+`sweep.redrive`, ...; the list is `EVENTS`), passed as `extra=event(NAME, **fields)`. The log-based
+metrics of deploy/metrics/ select lines by it and read the fields `EVENT_FIELDS` lists
+(docs/operating.md): rename one and tests/test_metrics.py fails.
 """
 
 from __future__ import annotations
@@ -47,7 +52,32 @@ def reset(token: contextvars.Token) -> None:
     _context.reset(token)
 
 
-_RECORD_FIELDS = CONTEXT_FIELDS + ("trace", "invocation_s")  # invocation_s: how long one `poll` took
+# What a line may say besides its context. invocation_s: how long one `poll` took; code, status: a
+# refusal's problem code and HTTP status; kind: which step failed or was re-driven; duration_s and
+# checks: a finished job's run time (submission to end) and status checks; reason, queued_s: why a
+# delivery waits and how long it waited; rows, bytes, ms: a result read.
+EVENT_FIELDS = ("event", "code", "kind", "duration_s", "checks", "reason", "queued_s", "rows", "bytes", "ms")
+_RECORD_FIELDS = CONTEXT_FIELDS + EVENT_FIELDS + ("trace", "invocation_s")
+_EMITTED = frozenset(CONTEXT_FIELDS + EVENT_FIELDS + ("invocation_s",))
+
+# Every event a line may name: what it means is in docs/operating.md.
+EVENTS = frozenset({
+    "delivery.accepted", "delivery.duplicate", "delivery.refused", "delivery.handshake",
+    "delivery.queued", "delivery.dequeued", "delivery.superseded",
+    "auth.refused", "operator.refused", "http.answered", "http.crashed",
+    "job.finished", "job.checked", "check.failed", "tracking.dropped", "tracking.poison",
+    "carto.failed", "publish.failed",
+    "sweep.redrive", "sweep.failed", "sweep.done",
+    "result.read", "result.failed",
+    "console.cancelled", "console.rerun", "console.refused", "console.crashed",
+})
+
+
+def event(name: str, **fields: Any) -> dict[str, Any]:
+    """The `extra=` of a line naming event `name` (one of EVENTS) with its fields (EVENT_FIELDS or context)."""
+    if name not in EVENTS:
+        raise ValueError(f"unknown log event {name}")
+    return {"event": name, **fields}
 
 
 def _rfc3339(created: float) -> str:
@@ -72,7 +102,7 @@ class JsonFormatter(logging.Formatter):
             entry["logging.googleapis.com/trace"] = f"projects/{self.project}/traces/{trace}"
         elif trace:
             entry["trace"] = trace
-        entry.update({k: v for k, v in fields.items() if k in CONTEXT_FIELDS})
+        entry.update({k: v for k, v in fields.items() if k in _EMITTED})
         if record.exc_info and record.exc_info[0] is not None:
             entry["error"] = record.exc_info[0].__name__
         return json.dumps(entry, default=str)

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from gateway import logs
 from gateway.carto import CANCELLED, FAILED, SUCCEEDED, TIMED_OUT, CartoClient, JobStatus
 from gateway.errors import GatewayError, NotFound, Unavailable
 from gateway.events import Check, Publisher, Tracking, completion_event
@@ -90,7 +91,8 @@ class Poller:
         record once the job is over (its event published), None while it runs (the next check scheduled)."""
         record = self.ledger.get(tracking.key)
         if record is None:
-            log.error("tracking message for an unknown delivery; dropped", extra={"job_id": tracking.job_id})
+            log.error("tracking message for an unknown delivery; dropped",
+                      extra=logs.event("tracking.dropped", job_id=tracking.job_id))
             return None
         if record.outcome is not None:
             return self.publish(record)
@@ -153,13 +155,16 @@ class Poller:
             return self.carto.status(tracking.api_base_url, tracking.connection, tracking.job_id,
                                      workflow=tracking.workflow)
         except NotFound:
-            log.warning("CARTO does not know the job (yet?)", extra={"job_id": tracking.job_id})
+            log.warning("CARTO does not know the job (yet?)",
+                        extra=logs.event("carto.failed", kind="job_unknown", job_id=tracking.job_id))
         except Unavailable as exc:
             if not lenient:
                 raise
-            log.warning("status check failed: %s", exc.detail, extra={"job_id": tracking.job_id})
+            log.warning("status check failed: %s", exc.detail,
+                        extra=logs.event("carto.failed", kind="status", job_id=tracking.job_id))
         except GatewayError as exc:
-            log.warning("status check refused: %s", exc.detail, extra={"job_id": tracking.job_id})
+            log.warning("status check refused: %s", exc.detail,
+                        extra=logs.event("carto.failed", kind="status_refused", job_id=tracking.job_id))
         return None
 
     def _finish(self, record: Delivery, status: JobStatus | None, checks: int, now: float,
@@ -200,7 +205,17 @@ class Poller:
             self.publisher.publish(self.events_topic, completion_event(record, source=self.source))
             self.ledger.mark_published(record.key, self.clock.now())
             record = replace(record, published=True)
+            _log_finished(record)
         return record
+
+
+def _log_finished(record: Delivery) -> None:
+    """The line of a job's completion event (once per job): its outcome, run time and status checks."""
+    started = record.submitted_at or record.created_at
+    duration = round(record.finished_at - started, 3) if record.finished_at is not None else None
+    log.info("job finished %s", record.outcome, extra=logs.event(
+        "job.finished", workflow=record.workflow, delivery_id=record.delivery_id, job_id=record.job_id,
+        outcome=record.outcome, duration_s=duration, checks=record.checks))
 
 
 def _tracking_of(record: Delivery, now: float) -> Tracking:

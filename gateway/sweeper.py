@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from gateway import logs
 from gateway.errors import GatewayError
 from gateway.intake import Intake
 from gateway.ledger import CLAIMED, FINISHED, SUBMITTED, TRACKED, Delivery, Ledger
@@ -56,7 +57,9 @@ class Sweeper:
             try:
                 self._redrive(delivery, now, report)
             except GatewayError as exc:
-                log.warning("sweep could not re-drive %s: %s", delivery.key, exc.detail)
+                log.warning("sweep could not re-drive %s: %s", delivery.key, exc.detail,
+                            extra=logs.event("sweep.failed", workflow=delivery.workflow, key=delivery.key,
+                                             code=exc.code))
                 report.failed.append(delivery.key)
         report.purged = self.ledger.purge_expired(now)
         return report
@@ -68,28 +71,37 @@ class Sweeper:
             if now - delivery.updated_at >= self.claim_stale_s:
                 self._reconcile(delivery, report)
         elif delivery.state == SUBMITTED:
-            report.tracked += self.intake.track(delivery)
+            if self.intake.track(delivery):
+                _redriven(report, "tracked", delivery)
         elif delivery.state == TRACKED:
             self._tracked(delivery, now, report)
         elif delivery.state == FINISHED and not delivery.published:
             self.poller.publish(delivery)
-            report.published += 1
+            _redriven(report, "published", delivery)
 
     def _reconcile(self, delivery: Delivery, report: SweepReport) -> None:
         job_id = self.intake.find_submitted_job(delivery)
         if job_id is None:
             if self.ledger.release(delivery.key, delivery.claim_token):
-                report.released += 1
+                _redriven(report, "released", delivery)
             return
         self.intake.adopt(delivery, job_id)
-        report.adopted += 1
+        _redriven(report, "adopted", delivery, job_id)
 
     def _tracked(self, delivery: Delivery, now: float, report: SweepReport) -> None:
         # A tracked record's updated_at is its next check's due time (or when it was tracked), so being
         # in `stale` means that check is overdue by more than the grace: its task is lost.
         if delivery.deadline_at is not None and now >= delivery.deadline_at + self.grace_s:
             self.poller.expire(delivery, now)
-            report.timed_out += 1
+            _redriven(report, "timed_out", delivery)
         else:
             self.poller.resume(delivery, now)
-            report.rescheduled += 1
+            _redriven(report, "rescheduled", delivery)
+
+
+def _redriven(report: SweepReport, kind: str, delivery: Delivery, job_id: str | None = None) -> None:
+    """Count one re-drive in the report and log it: one line per stuck delivery moved on."""
+    setattr(report, kind, getattr(report, kind) + 1)
+    log.info("sweep re-drove %s: %s", delivery.key, kind, extra=logs.event(
+        "sweep.redrive", kind=kind, workflow=delivery.workflow, key=delivery.key,
+        delivery_id=delivery.delivery_id, job_id=job_id or delivery.job_id))

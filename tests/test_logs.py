@@ -123,3 +123,20 @@ def test_while_invocations_keep_overlapping_the_writer_thread_writes_within_its_
         while not lines(stream) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert lines(stream) == ["during a long poll"]
+
+
+# --- the `event` field: what each line says happened ------------------------------------------------------
+
+def test_a_line_names_its_event_and_carries_the_event_fields(captured):
+    logging.getLogger("gateway.test").info("finished", extra=logs.event(
+        "job.finished", workflow="w", outcome="FAILED", duration_s=1.5, checks=4, token="s3cr3t"))
+
+    (line,) = [json.loads(text) for text in captured.getvalue().splitlines()]
+    assert (line["event"], line["workflow"], line["outcome"], line["duration_s"], line["checks"]) == (
+        "job.finished", "w", "FAILED", 1.5, 4)
+    assert "token" not in line  # only the listed fields are ever written
+
+
+def test_an_event_name_not_in_the_list_is_refused():
+    with pytest.raises(ValueError, match="unknown log event"):
+        logs.event("delivery.acepted")

@@ -61,7 +61,7 @@ def cancel(app: App, key: str, operator: str) -> Done:
     try:
         final = app.poller.cancel(record)
         _note(app, key, CANCEL, operator, outcome=final.outcome)
-        log.info("job cancelled from the console", extra={"outcome": final.outcome})
+        log.info("job cancelled from the console", extra=logs.event("console.cancelled", outcome=final.outcome))
     finally:
         logs.reset(token)
     return Done(key, "cancelled")
@@ -82,7 +82,7 @@ def rerun(app: App, key: str, attempt: int, operator: str) -> Done:
         if not accepted.duplicate:
             _note(app, original.key, RERUN, operator, new_key=accepted.key, job_id=accepted.job_id)
             _note(app, accepted.key, "created as a re-run", operator, rerun_of=original.key)
-        log.info("delivery re-run from the console", extra={"job_id": accepted.job_id})
+        log.info("delivery re-run from the console", extra=logs.event("console.rerun", job_id=accepted.job_id))
     finally:
         logs.reset(token)
     return Done(accepted.key, "rerun-again" if accepted.duplicate else "rerun")

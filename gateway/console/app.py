@@ -74,7 +74,7 @@ def handle(app: App, request: flask.Request) -> Response:
         response = _page("error.html", exc.status, error=exc, operator=None)
         response[2].update(exc.response_headers() | {"Content-Type": _HEADERS["Content-Type"]})
     except Exception:  # a bug: an honest 500, logged by type only
-        log.exception("unhandled console error")
+        log.exception("unhandled console error", extra=logs.event("console.crashed"))
         response = _page("error.html", 500, error=GatewayError("internal error"), operator=None)
     logs.reset(token)
     return response
@@ -203,7 +203,8 @@ def _act(app: App, action: str, request: flask.Request, operator: str) -> Respon
     key, attempt_text = form.get("key", ""), form.get("attempt", "0")
     attempt = int(attempt_text) if attempt_text.isdigit() and len(attempt_text) < 6 else -1
     if not csrf.valid(form.get("csrf"), operator, _purpose(action, key, attempt), app.clock.now()):
-        log.warning("console action refused: no valid CSRF token", extra={"action": action, "operator": operator})
+        log.warning("console action refused: no valid CSRF token",
+                    extra=logs.event("console.refused", action=action, operator=operator))
         raise Forbidden("this form has expired or did not come from this console: open the confirmation page again")
     done = actions.cancel(app, key, operator) if action == actions.CANCEL else actions.rerun(app, key, attempt, operator)
     # Post/redirect/get: reloading the page that follows does not post the form again.
