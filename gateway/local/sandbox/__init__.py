@@ -63,15 +63,19 @@ Other errors: `{"error": message, "status": code}` -- 404 unknown path or job, 4
 Admin (never authenticated, never faulted): `POST /_sandbox/faults` (a fault object or a list:
 `{"route": "submit|status|cancel|list", "kind": "error|rate_limit|delay|drop|fail_job|never_finish",
 "count": 1, "after": false, "status": 503, "retry_after": 1, "delay_s": 0.0, "message": "..."}`),
-`DELETE /_sandbox/faults`, `GET /_sandbox/stats`, `POST /_sandbox/reset`. See `faults.py`.
+`DELETE /_sandbox/faults`, `GET /_sandbox/stats` (jobs, requests, faults, conditions and `peak_running`:
+per procedure the most jobs running at once), `POST /_sandbox/reset`. Standing conditions:
+`POST /_sandbox/conditions` `{"outage_s": 30, "outage": "error|refuse", "status": 503,
+"submit_per_minute": 15, "submit_delay_s": 12}` (each optional), `DELETE /_sandbox/conditions`.
+See `faults.py`.
 """
 
 from __future__ import annotations
 
-from gateway.local.sandbox.faults import Fault, Faults
+from gateway.local.sandbox.faults import Conditions, Fault, Faults
 from gateway.local.sandbox.jobs import SandboxJob
 from gateway.local.sandbox.procedures import Procedure, load_procedures
 from gateway.local.sandbox.run import main
 from gateway.local.sandbox.server import SandboxServer, serve
 
-__all__ = ["Fault", "Faults", "Procedure", "SandboxJob", "SandboxServer", "load_procedures", "main", "serve"]
+__all__ = ["Conditions", "Fault", "Faults", "Procedure", "SandboxJob", "SandboxServer", "load_procedures", "main", "serve"]

@@ -11,8 +11,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.local.sandbox.catalog import QueryRefused, answer
-from gateway.local.sandbox.faults import Fault, Faults, fault_from_json
-from gateway.local.sandbox.jobs import WORKFLOWS, Outcome, SandboxJob, cancel, iso, plan_job, wire, wire_parameters
+from gateway.local.sandbox.faults import Conditions, Fault, Faults, apply_conditions, fault_from_json
+from gateway.local.sandbox.jobs import (
+    WORKFLOWS,
+    Outcome,
+    SandboxJob,
+    cancel,
+    iso,
+    peak_running,
+    plan_job,
+    wire,
+    wire_parameters,
+)
 from gateway.local.sandbox.procedures import Procedure
 from gateway.local.sandbox.store import JobStore
 
@@ -43,8 +53,11 @@ class SandboxApi:
 
     def __init__(self, store: JobStore, faults: Faults, *, token: str | None,
                  procedures: Mapping[str, Procedure] | None, default_duration_s: float,
-                 clock: Callable[[], float], dialect: str = WORKFLOWS, connections: frozenset[str] | None = None):
+                 clock: Callable[[], float], dialect: str = WORKFLOWS, connections: frozenset[str] | None = None,
+                 conditions: Conditions | None = None):
         self.store, self.faults, self.clock = store, faults, clock
+        self.conditions = conditions or Conditions()
+        self._refusal_s: float | None = None  # a `refuse` outage asked over HTTP, started once answered
         self.dialect, self.connections = dialect, connections
         self._token = token
         self._procedures = procedures
@@ -69,6 +82,10 @@ class SandboxApi:
             return error(400, problem)
         if not self.known(connection):
             return self.unknown_connection(connection)
+        retry_after = self.conditions.admit_creation()
+        if retry_after is not None:
+            return error(429, "Too many requests: job creation rate limit exceeded",
+                         {"Retry-After": str(retry_after)})
         job = plan_job(
             "job_" + secrets.token_urlsafe(21), connection, payload["query"], payload.get("queryParameters") or {},
             procedures=self._procedures, default_duration_s=self._default_duration_s, now=self.clock(),
@@ -136,17 +153,21 @@ class SandboxApi:
             "jobs": [_summary(job, now) for job in jobs],
             "requests": requests,
             "faults": self.faults.pending(),
+            "conditions": self.conditions.state(),
+            "peak_running": peak_running(jobs),
         }
 
     def reset(self) -> None:
         """Forget every job, fault and request count."""
         self.store.clear()
         self.faults.clear()
+        self.conditions.clear()
         with self._lock:
             self._requests.clear()
 
     def admin(self, method: str, path: str, payload: Any) -> Response:
-        """`POST /_sandbox/faults`, `DELETE /_sandbox/faults`, `GET /_sandbox/stats`, `POST /_sandbox/reset`."""
+        """`POST|DELETE /_sandbox/faults`, `POST|DELETE /_sandbox/conditions`, `GET /_sandbox/stats`,
+        `POST /_sandbox/reset`."""
         if (method, path) == ("GET", "/_sandbox/stats"):
             return Response(200, self.stats())
         if (method, path) == ("POST", "/_sandbox/reset"):
@@ -157,6 +178,11 @@ class SandboxApi:
             return Response(200, {"faults": []})
         if (method, path) == ("POST", "/_sandbox/faults"):
             return self._add_faults(payload)
+        if (method, path) == ("DELETE", "/_sandbox/conditions"):
+            self.conditions.clear()
+            return Response(200, {"conditions": self.conditions.state()})
+        if (method, path) == ("POST", "/_sandbox/conditions"):
+            return self._set_conditions(payload)
         return error(404, f"No sandbox admin route {method} {path}")
 
     def _add_faults(self, payload: Any) -> Response:
@@ -167,6 +193,23 @@ class SandboxApi:
         except (ValueError, TypeError) as exc:
             return error(400, f"Bad fault: {exc}")
         return Response(200, {"faults": self.faults.pending()})
+
+
+    def take_refusal(self) -> float | None:
+        """The seconds of a `refuse` outage asked over HTTP and not yet started (the server closes its port
+        after answering the request that asked for it)."""
+        with self._lock:
+            seconds, self._refusal_s = self._refusal_s, None
+        return seconds
+
+    def _set_conditions(self, payload: Any) -> Response:
+        try:
+            refuse_s = apply_conditions(self.conditions, payload)
+        except (ValueError, TypeError) as exc:
+            return error(400, f"Bad conditions: {exc}")
+        with self._lock:
+            self._refusal_s = refuse_s
+        return Response(200, {"conditions": self.conditions.state()})
 
 
 def _payload_problem(payload: Any) -> str | None:

@@ -18,12 +18,25 @@ Each request consumes at most one fault of its route, in the order they were que
 
 A hold makes a race deterministic without sleeping: the test learns that the request has arrived
 (`Hold.arrived`), does what must happen meanwhile, then lets the request go on (`Hold.release`).
+
+Standing conditions (`Conditions`) last for a time or until cleared, whatever the number of requests,
+the way CARTO misbehaves in production:
+
+    outage        for N seconds every CARTO route answers 503 (`error`), or the port refuses
+                  connections (`refuse`: the listening socket is closed and open connections are cut)
+    rate limit    at most N job creations in any 60 s; beyond it 429 with `Retry-After` (the seconds
+                  until the oldest creation in the window leaves it)
+    slow creation every job creation takes N s to answer; the job exists from the moment the request
+                  arrived, so a client that gives up early finds it in the job list
 """
 
 from __future__ import annotations
 
+import math
 import threading
-from collections.abc import Mapping
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -176,3 +189,115 @@ def fault_from_json(raw: Mapping[str, Any]) -> tuple[Fault, int]:
         return Fault(**options), count
     except TypeError as exc:
         raise ValueError(str(exc)) from None
+
+
+OUTAGE_KINDS = ("error", "refuse")
+RATE_WINDOW_S = 60.0
+
+
+class Conditions:
+    """Standing conditions (module docstring), safe to use from tests while the server's threads read them.
+
+    Times are the monotonic `clock`'s (the jobs' own clock may be a test's fake one)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._outage_until = 0.0
+        self._outage_kind = "error"
+        self._outage_status = 503
+        self._per_minute: int | None = None
+        self._created: deque[float] = deque()
+        self._submit_delay_s = 0.0
+
+    def outage(self, seconds: float, kind: str = "error", status: int = 503) -> None:
+        """For `seconds` from now every CARTO route answers `status` (`error`) or is refused (`refuse`;
+        the server closes its port, see `SandboxServer.outage`)."""
+        if kind not in OUTAGE_KINDS:
+            raise ValueError(f"outage kind must be one of {OUTAGE_KINDS}")
+        if not 500 <= status <= 599:
+            raise ValueError("status must be a 5xx")
+        if not seconds > 0 or not math.isfinite(seconds):
+            raise ValueError("an outage lasts a positive, finite number of seconds")
+        with self._lock:
+            self._outage_until = self._clock() + seconds
+            self._outage_kind, self._outage_status = kind, status
+
+    def outage_fault(self) -> Fault | None:
+        """What a CARTO request suffers during an outage (a 5xx, or its connection cut when the port is
+        refusing: one still open from before); None outside one."""
+        with self._lock:
+            if self._clock() >= self._outage_until:
+                return None
+            if self._outage_kind == "refuse":
+                return Fault("submit", "drop")
+            return Fault("submit", "error", status=self._outage_status)
+
+    def rate_limit(self, per_minute: int | None) -> None:
+        """At most `per_minute` job creations in any 60 s (None: no limit)."""
+        if per_minute is not None and (isinstance(per_minute, bool) or not isinstance(per_minute, int)
+                                       or per_minute < 1):
+            raise ValueError("per_minute must be a positive integer or null")
+        with self._lock:
+            self._per_minute = per_minute
+            self._created.clear()
+
+    def admit_creation(self) -> int | None:
+        """Count one job creation; None when it is admitted, else the Retry-After (whole seconds) of its 429."""
+        with self._lock:
+            now = self._clock()
+            while self._created and self._created[0] <= now - RATE_WINDOW_S:
+                self._created.popleft()
+            if self._per_minute is not None and len(self._created) >= self._per_minute:
+                return max(1, math.ceil(self._created[0] + RATE_WINDOW_S - now))
+            self._created.append(now)
+            return None
+
+    def slow_creation(self, seconds: float) -> None:
+        """Every job creation answers `seconds` after it arrived (0: at once)."""
+        if not 0 <= seconds < math.inf:
+            raise ValueError("seconds must be zero or positive")
+        with self._lock:
+            self._submit_delay_s = seconds
+
+    @property
+    def creation_delay_s(self) -> float:
+        with self._lock:
+            return self._submit_delay_s
+
+    def clear(self) -> None:
+        """No outage, no limit, no slowness."""
+        with self._lock:
+            self._outage_until, self._per_minute, self._submit_delay_s = 0.0, None, 0.0
+            self._created.clear()
+
+    def state(self) -> dict[str, Any]:
+        """What holds now, for stats."""
+        with self._lock:
+            left = max(0.0, self._outage_until - self._clock())
+            return {"outage": {"kind": self._outage_kind, "seconds_left": round(left, 3)} if left else None,
+                    "submit_per_minute": self._per_minute, "submit_delay_s": self._submit_delay_s}
+
+
+def apply_conditions(conditions: Conditions, raw: Any) -> float | None:
+    """Apply the admin endpoint's JSON body: `{"outage_s", "outage": "error|refuse", "status",
+    "submit_per_minute", "submit_delay_s"}` (each optional). Returns the seconds of a `refuse` outage to
+    start (the server closes its port), else None; ValueError when malformed."""
+    if not isinstance(raw, Mapping):
+        raise ValueError("expected a JSON object")
+    allowed = {"outage_s", "outage", "status", "submit_per_minute", "submit_delay_s"}
+    if set(raw) - allowed:
+        raise ValueError(f"fields: {sorted(allowed)}")
+    numbers = {name: raw[name] for name in ("outage_s", "submit_delay_s", "status") if name in raw}
+    for name, value in numbers.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name} must be a number")
+    if "submit_per_minute" in raw:
+        conditions.rate_limit(raw["submit_per_minute"])
+    if "submit_delay_s" in raw:
+        conditions.slow_creation(float(raw["submit_delay_s"]))
+    if "outage_s" in raw:
+        kind = raw.get("outage", "error")
+        conditions.outage(float(raw["outage_s"]), kind, int(raw.get("status", 503)))
+        return float(raw["outage_s"]) if kind == "refuse" else None
+    return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -103,6 +103,23 @@ def _duration(procedure: Procedure | None, default_s: float, forced: Outcome | N
     if procedure is not None and procedure.duration_s is not None:
         return procedure.duration_s
     return default_s
+
+
+def peak_running(jobs: Iterable[SandboxJob]) -> dict[str, int]:
+    """Per procedure ("" for a statement that is not a CALL), the most jobs that were running at once:
+    created and not yet DONE (a PENDING job is queued at the warehouse, so it counts)."""
+    edges: dict[str, list[tuple[float, int]]] = {}
+    for job in jobs:
+        if job.done_at > job.created_at:  # a CALL rejected while compiling never ran
+            edges.setdefault(job.procedure or "", []).extend(((job.created_at, 1), (job.done_at, -1)))
+    peaks: dict[str, int] = {}
+    for procedure, changes in edges.items():
+        running = peak = 0
+        for _, change in sorted(changes):  # at one instant an end (-1) sorts before a start (+1)
+            running += change
+            peak = max(peak, running)
+        peaks[procedure] = peak
+    return peaks
 
 
 def cancel(job: SandboxJob, now: float) -> SandboxJob:

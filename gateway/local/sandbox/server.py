@@ -15,8 +15,8 @@ from typing import Any, Self
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from gateway.local.sandbox.api import Response, SandboxApi, error, fault_response
-from gateway.local.sandbox.faults import TRANSPORT_KINDS, Fault, Faults
-from gateway.local.sandbox.jobs import DIALECTS, WORKFLOWS, SandboxJob
+from gateway.local.sandbox.faults import TRANSPORT_KINDS, Conditions, Fault, Faults
+from gateway.local.sandbox.jobs import DIALECTS, WORKFLOWS, SandboxJob, peak_running
 from gateway.local.sandbox.procedures import as_procedures
 from gateway.local.sandbox.store import JobStore
 
@@ -80,16 +80,24 @@ class _Handler(BaseHTTPRequestHandler):
         api = self.server.api
         if url.path.startswith("/_sandbox/"):
             payload, bad = _json(body)
-            return self._send(bad or api.admin(self.command, url.path, payload))
+            self._send(bad or api.admin(self.command, url.path, payload))
+            if (refusal_s := api.take_refusal()) is not None:
+                self.server.refuse(refusal_s)
+            return None
         route, args = route_of(self.command, url.path, query)
         if not route:
             return self._send(error(404, "Not found") if route is None else error(405, "Method not allowed"))
         api.count(route)
+        if (outage := api.conditions.outage_fault()) is not None:
+            self._suffer(outage, None)
+            return None
         fault = api.faults.take(route)
         transport = fault if fault and fault.kind in TRANSPORT_KINDS else None
         if transport and not transport.after and self._suffer(transport, None):
             return
         response = self._dispatch(route, args, query, body, fault)
+        if route == "submit" and response.status == 200 and (slow_s := api.conditions.creation_delay_s):
+            time.sleep(slow_s)  # the job exists already: a client that gives up early finds it listed
         if transport and transport.after and self._suffer(transport, response):
             return
         self._send(response)
@@ -193,7 +201,62 @@ class _HttpServer(ThreadingHTTPServer):
         self.api = api
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
+        self._serving: threading.Thread | None = None
+        self._refusing = threading.Lock()  # one closed window at a time
+        self._stopped = threading.Event()
         super().__init__(address, _Handler)
+
+    def begin(self) -> None:
+        """Serve on a daemon thread."""
+        self._serving = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05},
+                                         name=f"carto-sandbox-{self.server_address[1]}", daemon=True)
+        self._serving.start()
+
+    def end(self) -> None:
+        """Stop serving (and end any closed window at once)."""
+        self._stopped.set()
+        with self._refusing:
+            if self._serving is not None:
+                self.shutdown()
+                self._serving.join()
+                self._serving = None
+
+    def refuse(self, seconds: float) -> None:
+        """Refuse connections for `seconds` on a background thread: the listening socket is closed (a
+        connect gets ECONNREFUSED, as from a host whose service is down) and open connections are cut;
+        then the same port is bound again."""
+        threading.Thread(target=self._closed_window, args=(seconds,), daemon=True,
+                         name=f"carto-sandbox-refusing-{self.server_address[1]}").start()
+
+    def _closed_window(self, seconds: float) -> None:
+        with self._refusing:
+            if self._serving is None or self._stopped.is_set():
+                return
+            self.shutdown()
+            self._serving.join()
+            self._serving = None
+            self.socket.close()
+            self.close_connections()
+            log.info("CARTO sandbox refusing connections for %.1f s", seconds)
+            if self._stopped.wait(seconds):
+                return
+            self._listen_again()
+            self.begin()
+            log.info("CARTO sandbox accepting connections again")
+
+    def _listen_again(self, attempts: int = 100) -> None:
+        """Bind the same address again; another socket may hold the port for a moment (retried)."""
+        for attempt in range(attempts):
+            self.socket = socket.socket(self.address_family, self.socket_type)
+            try:
+                self.server_bind()
+                self.server_activate()
+                return
+            except OSError:
+                self.socket.close()
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.1)
 
     def track(self, connection: socket.socket, is_open: bool) -> None:
         with self._open_lock:
@@ -231,7 +294,7 @@ class SandboxServer:
                               default_duration_s=default_duration_s, clock=clock, dialect=dialect,
                               connections=None if connections is None else frozenset(connections))
         self._httpd = _HttpServer((host, port), self.api)
-        self._thread: threading.Thread | None = None
+        self._started = False
 
     @property
     def port(self) -> int:
@@ -244,19 +307,17 @@ class SandboxServer:
 
     def start(self) -> SandboxServer:
         """Serve on a daemon thread (idempotent); returns self."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                            name=f"carto-sandbox-{self.port}", daemon=True)
-            self._thread.start()
+        if not self._started:
+            self._started = True
+            self._httpd.begin()
             log.info("CARTO sandbox listening on %s", self.url)
         return self
 
     def stop(self) -> None:
         """Stop serving, close open connections and the job store."""
-        if self._thread is not None:
-            self._httpd.shutdown()
-            self._thread.join()
-            self._thread = None
+        if self._started:
+            self._httpd.end()
+            self._started = False
         self._httpd.close_connections()
         self._httpd.server_close()
         self._store.close()
@@ -264,6 +325,22 @@ class SandboxServer:
     def jobs(self) -> list[SandboxJob]:
         """Every job created so far, oldest first."""
         return self._store.all()
+
+    @property
+    def conditions(self) -> Conditions:
+        """Standing conditions: slow creation and the creation rate limit (faults.py)."""
+        return self.api.conditions
+
+    def outage(self, seconds: float, kind: str = "error", status: int = 503) -> None:
+        """For `seconds` every CARTO route answers `status` (`error`), or the port refuses connections
+        (`refuse`); the admin routes stay reachable during an `error` outage only."""
+        self.api.conditions.outage(seconds, kind, status)
+        if kind == "refuse":
+            self._httpd.refuse(seconds)
+
+    def peak_running(self) -> dict[str, int]:
+        """Per procedure, the most jobs running at CARTO at once so far (created and not yet DONE)."""
+        return peak_running(self._store.all())
 
     def stats(self) -> dict[str, Any]:
         """Same as `GET /_sandbox/stats`."""
