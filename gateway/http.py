@@ -37,6 +37,7 @@ log = logging.getLogger("gateway.http")
 _HOOK = re.compile(r"^/hooks/([a-z0-9][a-z0-9-]{0,62})(/validate)?/?$")
 _PROBLEM = re.compile(r"^/problems(?:/([a-z0-9-]{1,64}))?/?$")
 _JOB = re.compile(r"^/jobs/([A-Za-z0-9_.:\-]{1,200})/?$")
+_DELIVERY = re.compile(r"^/deliveries/(.{1,1000})$", re.DOTALL)  # the key, percent-decoded: any character
 _JSON_TYPE = re.compile(r"^application/([a-z0-9.+-]*\+)?json\s*(;.*)?$", re.IGNORECASE)
 Response = tuple[Any, int, dict[str, str]]  # body: str, or an iterator of bytes when streamed (_unbuffered)
 _BODY_READ = "gateway.body_read"
@@ -111,6 +112,9 @@ def _route(app: App, request: flask.Request) -> Response:
         if request.method == "DELETE":
             return _job_cancel(app, job.group(1), request)
         raise MethodNotAllowed(f"{request.method} is not allowed on {path}", headers={"Allow": "GET, DELETE"})
+    delivery = _DELIVERY.match(path)
+    if delivery:
+        return _only(request, "GET", lambda: _delivery_status(app, delivery.group(1), request))
     raise NotFound(f"no route {path}")
 
 
@@ -322,6 +326,29 @@ def _job_cancel(app: App, job_id: str, request: flask.Request) -> Response:
     if record.outcome is None:
         record = app.poller.cancel(record)
     return _json(_record_view(record, None))
+
+
+def _delivery_status(app: App, key: str, request: flask.Request) -> Response:
+    """A delivery's record, queued or not: the `status_url` of a delivery accepted before it had a job."""
+    _operator(app, request)  # before the lookup: a stranger learns not even whether the delivery exists
+    record = app.ledger.get(key)
+    if record is None:
+        raise NotFound("no delivery with that key")
+    logs.bind(workflow=record.workflow, job_id=record.job_id, delivery_id=record.delivery_id)
+    return _json(delivery_view(record))
+
+
+_NOT_SHOWN = ("fingerprint", "claim_token")  # the ledger's own bookkeeping, of no use to an operator
+
+
+def delivery_view(record: Any) -> dict[str, Any]:
+    """Every field of the record but the ledger's bookkeeping, times as RFC 3339, and where its job is."""
+    from gateway.events import isoformat
+
+    view = {name: isoformat(value) if name.endswith("_at") and isinstance(value, (int, float)) and value else value
+            for name, value in record.as_dict().items() if name not in _NOT_SHOWN}
+    view["job_url"] = f"/jobs/{record.job_id}" if record.job_id else None
+    return view
 
 
 def _record_view(record: Any, live: dict[str, Any] | None) -> dict[str, Any]:

@@ -74,6 +74,7 @@ def document(registry: Registry) -> dict[str, Any]:
         paths[f"/hooks/{workflow.name}"] = {"post": _hook_operation(workflow, auth)}
         paths[f"/hooks/{workflow.name}/validate"] = {"post": _validate_operation(workflow, auth)}
     paths["/jobs/{job_id}"] = _job_operations()
+    paths["/deliveries/{key}"] = _delivery_operations()
     paths["/healthz"] = {"get": _simple_get("health", "That the instance is up", "Health")}
     paths["/openapi.json"] = {"get": _operator_get("openapi", "This document", "OpenApiDocument")}
     paths.update(_problem_pages())
@@ -221,6 +222,19 @@ def _job_operations() -> dict[str, Any]:
     }
 
 
+def _delivery_operations() -> dict[str, Any]:
+    parameter = {"name": "key", "in": "path", "required": True,
+                 "description": "The delivery's key, `{workflow}:{idempotency key}`, percent-encoded.",
+                 "schema": {"type": "string", "minLength": 1}}
+    return {
+        "parameters": [parameter],
+        "get": {"operationId": "get_delivery", "tags": ["jobs"],
+                "summary": "A delivery's record: the status_url of a delivery accepted before it had a job",
+                "description": _OPERATORS_ONLY, "security": _OPERATOR_SECURITY,
+                "responses": {"200": _json_response("The delivery.", "Delivery"), **_errors((401, 404, 503))}},
+    }
+
+
 def _operator_get(operation_id: str, summary: str, schema: str) -> dict[str, Any]:
     operation = _simple_get(operation_id, summary, schema)
     operation["responses"].update(_errors((401,)))
@@ -337,6 +351,15 @@ def _common_schemas() -> dict[str, Any]:
                 "live": {"type": "object", "description": "CARTO's answer now, while the job runs.",
                          "properties": {"state": {"type": ["string", "null"]}, "outcome": outcome,
                                         "error": _nullable(error), "unavailable": {"type": "string"}}}}},
+        "Delivery": {
+            "type": "object", "description": "The ledger's record of one delivery (times RFC 3339), never a secret.",
+            "required": ["key", "workflow", "state", "delivery_id", "job_id", "job_url", "outcome", "created_at"],
+            "properties": {
+                "key": {"type": "string"}, "workflow": {"type": "string"}, "state": {"type": "string"},
+                "delivery_id": {"type": ["string", "null"]}, "job_id": {"type": ["string", "null"]},
+                "job_url": {"type": ["string", "null"], "description": "GET it for the job's live status."},
+                "outcome": {"type": ["string", "null"]}, "created_at": {"type": "string", "format": "date-time",
+                                                                        "description": "When it was accepted."}}},
         "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
         "OpenApiDocument": {"type": "object", "description": "An OpenAPI 3.1 document."},
     }

@@ -85,11 +85,13 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--delivery-id", help="idempotency / delivery id (default: a new one)")
     send.set_defaults(run=_send)
 
-    for verb, method, summary in (("status", "GET", "print a job's record and live status"),
-                                  ("cancel", "DELETE", "cancel a job and print its record")):
+    for verb, method, summary, names in (
+            ("status", "GET", "print a job's record and live status, or a delivery's record by its key",
+             "a job id, or a delivery key (WORKFLOW:IDEMPOTENCY-KEY, as in a queued delivery's status_url)"),
+            ("cancel", "DELETE", "cancel a job and print its record", "a job id")):
         job = verbs.add_parser(verb, help=f"{summary} (operators)",
                                description=f"{summary[0].upper()}{summary[1:]}. Operators only: {OPERATOR_TOKEN_HELP}.")
-        job.add_argument("job_id")
+        job.add_argument("job_id", metavar="ID", help=names)
         job.add_argument("--url", default=os.environ.get("GATEWAY_URL", DEFAULT_WEBHOOK_URL),
                          help="the webhook function's URL (GATEWAY_URL, default: %(default)s)")
         job.set_defaults(run=_job, method=method)
@@ -227,11 +229,15 @@ def _job(args: argparse.Namespace) -> int:
     import requests
 
     headers = {"Authorization": f"Bearer {operator_credential(os.environ)}"}
-    url = f"{args.url.rstrip('/')}/jobs/{quote(args.job_id, safe='')}"
-    try:
-        answer = requests.request(args.method, url, headers=headers, timeout=60)
-    except requests.RequestException as exc:
-        raise ConfigError(f"cannot reach {args.url}: {type(exc).__name__}") from None
+    paths = ["jobs"] if args.method != "GET" else ["jobs", "deliveries"]  # status: a job id, else a delivery key
+    for path in paths:
+        url = f"{args.url.rstrip('/')}/{path}/{quote(args.job_id, safe='')}"
+        try:
+            answer = requests.request(args.method, url, headers=headers, timeout=60)
+        except requests.RequestException as exc:
+            raise ConfigError(f"cannot reach {args.url}: {type(exc).__name__}") from None
+        if answer.status_code != 404:
+            break
     try:
         shown = json.dumps(answer.json(), indent=2)
     except ValueError:
