@@ -236,7 +236,7 @@ def fake_clock_row(state: Path, duration: float, jobs: int = 1) -> Row:
     sandbox = serve(token="bench-token", procedures=None, default_duration_s=duration, clock=clock.now)
     publisher, scheduler = _Publisher(), _Scheduler()
     env = {"GATEWAY_SCHEMAS_DIR": str(schemas), "CARTO_API_BASE_URL": sandbox.url, "CARTO_API_TOKEN": "bench-token",
-           "GATEWAY_LEDGER": f"sqlite:///{state / name / 'ledger.sqlite3'}", "STORE_CLUSTERS_SECRETS": SECRET}
+           "GATEWAY_LEDGER": f"sqlite:///{state / name / 'ledger.sqlite3'}", "STORE_CLUSTERS_SECRET": SECRET}
     new_design = not hasattr(poller_module, "RetryLater")
     extra = {"scheduler": scheduler} if new_design else {}
     app = App.build(Settings.from_env(env), publisher=publisher, clock=poller_module.Clock(clock.now, clock.sleep),

@@ -21,7 +21,8 @@ from typing import Any
 
 from bench import procs
 from gateway.local import emulators
-from gateway.local.devstack import DEV_SECRET, LocalStack
+from gateway.local.demos import DEV_SECRET
+from gateway.local.devstack import LocalStack
 
 BARE_SOURCE = Path(__file__).with_name("bare.py")
 FLOOR_SOURCE = Path(__file__).with_name("floor.py")
@@ -89,8 +90,8 @@ def same_server_settings(webhook_pid: int, other_pid: int) -> bool:
 def completion_schemas(target: Path, durations: Mapping[str, float]) -> tuple[Path, dict[str, Any]]:
     """schemas/ plus one copy of store-clusters per job length, each calling its own procedure; and the
     sandbox overrides that give each procedure its run time."""
-    shutil.copytree(procs.ROOT / "schemas", target, dirs_exist_ok=True)
-    template = json.loads((procs.ROOT / "schemas" / "workflows" / "store-clusters.json").read_text())
+    shutil.copytree(procs.ROOT / "schemas", target, dirs_exist_ok=True)  # the meta-schema; no workflow
+    template = json.loads((procs.ROOT / "examples" / "workflows" / "store-clusters.json").read_text())
     overrides: dict[str, Any] = {}
     for name, seconds in durations.items():
         procedure = f"bench-project.bench.{name.replace('-', '_')}"

@@ -47,7 +47,7 @@ def _summary(workflow: str, library: str, rates: list[float], valid: bool) -> Va
                           valid)
 
 
-def measure(schemas_dir: Path = ROOT / "schemas", examples_dir: Path = ROOT / "examples", *, repeats: int = 5,
+def measure(schemas_dir: Path = ROOT / "examples", examples_dir: Path = ROOT / "examples", *, repeats: int = 5,
             budget_s: float = 0.2) -> list[ValidationRate]:
     """Rates for every workflow that has an example payload, both libraries."""
     registry = load_registry(schemas_dir, require_secrets=False)

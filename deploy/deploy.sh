@@ -16,7 +16,7 @@ usage: deploy/deploy.sh [--env FILE] [--dry-run]
   --dry-run    print every gcloud command instead of running it (no credentials needed)
 
 A secret with no value yet takes it from the environment variable of the same name, e.g.
-  CARTO_API_TOKEN=... STORE_CLUSTERS_SECRETS=whsec_... GATEWAY_OPERATOR_TOKENS=... deploy/deploy.sh
+  CARTO_API_TOKEN=... MY_STORES_SECRET=whsec_... GATEWAY_OPERATOR_TOKENS=... deploy/deploy.sh
 EOF
 }
 
@@ -34,6 +34,7 @@ main() {
   done
   load_settings
   ((DRY_RUN)) || command -v gcloud >/dev/null || die "gcloud not found: install the Google Cloud SDK"
+  require_workflows
   collect_secrets
   function_env_vars webhook >/dev/null  # every setting checked before anything is created
   say "gateway deploy to project $PROJECT, region $REGION"

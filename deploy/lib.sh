@@ -261,6 +261,13 @@ unique_lines() {
   done | sort -u
 }
 
+# Deploying no workflow is a mistake (a fresh clone holds none; the demos of examples/ never deploy).
+require_workflows() {
+  local folder="$SOURCE_DIR/$GATEWAY_SCHEMAS_DIR/workflows"
+  compgen -G "$folder/*.json" >/dev/null \
+    || die "no workflow file in $GATEWAY_SCHEMAS_DIR/workflows/: write yours first with \`python -m gateway new NAME\` (README, \"Workflow files\"); the demos of examples/workflows/ are never deployed"
+}
+
 # Fill AUTH_SECRET_ENVS, CARTO_SECRET_ENVS (deployment + per-workflow) and ALL_SECRET_ENVS.
 collect_secrets() {
   local listing kind name

@@ -22,6 +22,9 @@ from gateway.errors import ConfigError
 from gateway.params import ParamSpec, check_spec
 from gateway.warehouses import BIGQUERY, POSITIONAL, Placeholders, binding_type, family_of, scan
 
+# The product's own schemas/ folder: its meta-schema checks a schemas directory that brings none (the
+# demos of examples/, a test's folder of workflow files).
+PRODUCT_SCHEMAS_DIR = Path(__file__).resolve().parents[1] / "schemas"
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 DEFAULT_DEADLINE_S = 6 * 3600
 _CALL = re.compile(r"^\s*CALL\s+(`(?P<quoted>[^`]+)`|(?P<bare>[A-Za-z0-9_.\-]+))\s*\(", re.IGNORECASE | re.DOTALL)
@@ -81,7 +84,7 @@ def load_registry(schemas_dir: Path | str, env: Mapping[str, str] | None = None,
 
     schemas_dir = Path(schemas_dir)
     env = os.environ if env is None else env
-    meta = _meta_validator(schemas_dir)
+    meta = meta_validator(schemas_dir)
     files = sorted((schemas_dir / "workflows").glob("*.json"))
     workflows: dict[str, Workflow] = {}
     problems: list[str] = []
@@ -98,8 +101,11 @@ def load_registry(schemas_dir: Path | str, env: Mapping[str, str] | None = None,
     return Registry(workflows=workflows, schemas_dir=schemas_dir)
 
 
-def _meta_validator(schemas_dir: Path) -> Any:
+def meta_validator(schemas_dir: Path) -> Any:
+    """The compiled meta-schema: the schemas directory's own `workflow.schema.json`, else the product's."""
     meta_path = schemas_dir / "workflow.schema.json"
+    if not meta_path.exists():
+        meta_path = PRODUCT_SCHEMAS_DIR / "workflow.schema.json"
     try:
         meta_schema = json.loads(meta_path.read_text())
     except (OSError, ValueError) as exc:

@@ -18,7 +18,8 @@ from typing import Any
 
 from gateway.app import App
 from gateway.local import emulators
-from gateway.local.devstack import DEV_SECRET, DEV_TOKEN, ROOT, LocalStack
+from gateway.local.demos import DEV_SECRET
+from gateway.local.devstack import DEV_TOKEN, ROOT, LocalStack
 from gateway.settings import Settings
 from soak.faults import Injector
 from soak.reconcile import reconcile
@@ -41,7 +42,7 @@ FAILING_WORKFLOW = {
                    "buffer_radius": {"type": "FLOAT64", "from": "/radius_m"},
                    "store_type": {"type": "STRING", "from": "/store/type"}},
     "payload": {"type": "object", "required": ["clusters", "radius_m", "store"]},
-    "auth": [{"scheme": "standard-webhooks", "secrets": "env:STORE_CLUSTERS_SECRETS"}],
+    "auth": [{"scheme": "standard-webhooks", "secrets": "env:STORE_CLUSTERS_SECRET"}],
 }
 
 
@@ -138,7 +139,7 @@ def run(options: Options) -> int:
     stack = LocalStack(state_dir=state, project=PROJECT, schemas_dir=_schemas(state), pubsub_host=pubsub.host,
                        sandbox_port=sandbox_port, sandbox_duration_s=1.0,
                        env={"CARTO_API_BASE_URL": proxy.url, "CARTO_API_TOKEN": DEV_TOKEN,
-                            "STORE_CLUSTERS_SECRETS": DEV_SECRET, "CARTO_TIMEOUT_S": "5",
+                            "STORE_CLUSTERS_SECRET": DEV_SECRET, "CARTO_TIMEOUT_S": "5",
                             "GATEWAY_POLL_FIRST_S": "0.5", "GATEWAY_SWEEP_GRACE_S": "10"})
     try:
         stack.start()

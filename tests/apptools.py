@@ -18,7 +18,7 @@ from gateway.events import Check, Message
 from gateway.poller import Clock
 from gateway.settings import Settings
 from gateway.tasks import task_request
-from tests.conftest import CARTO_TOKEN, OPERATOR_TOKEN, ROOT, SECRET
+from tests.conftest import CARTO_TOKEN, DEMO_SECRETS, OPERATOR_TOKEN, ROOT
 
 
 @dataclass
@@ -121,7 +121,7 @@ class FakeClock:
 def settings_env(schemas_dir: Path, sandbox_url: str, state_dir: Path, **extra: str) -> dict[str, str]:
     return {"GATEWAY_SCHEMAS_DIR": str(schemas_dir), "CARTO_API_BASE_URL": sandbox_url,
             "CARTO_API_TOKEN": CARTO_TOKEN, "GOOGLE_CLOUD_PROJECT": "test-project",
-            "GATEWAY_LEDGER": f"sqlite:///{state_dir / 'ledger.sqlite3'}", "STORE_CLUSTERS_SECRETS": SECRET,
+            "GATEWAY_LEDGER": f"sqlite:///{state_dir / 'ledger.sqlite3'}", **DEMO_SECRETS,
             "GATEWAY_POLL_FIRST_S": "0.05", "GATEWAY_OPERATOR_TOKENS": OPERATOR_TOKEN, **extra}
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from gateway.local import emulators
+from gateway.local import demos, emulators
+from gateway.local.demos import DEMO_SCHEMAS_DIR, workflow_files, write_demo_schemas
 
 # In CI the property tests draw the same examples every run, so a red CI is a real finding that a
 # re-run reproduces; on a developer's machine they keep exploring (and remember what failed).
@@ -24,6 +25,8 @@ DATA = Path(__file__).resolve().parent / "data"
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 CARTO_TOKEN = "carto-token-SENTINEL-7f3a9c"  # searched for in every answer, log and message
 OPERATOR_TOKEN = "operator-token-SENTINEL-2b8e41"  # GATEWAY_OPERATOR_TOKENS of test instances; searched for too
+# The demos' webhook secret variables, all set to SECRET (one variable per workflow, as `new` names them).
+DEMO_SECRETS = dict.fromkeys(demos.DEMO_SECRETS, SECRET)
 PROJECT = "test-project"
 TASKS_QUEUE = f"projects/{PROJECT}/locations/local/queues/poll-checks"  # LocalStack's queue for PROJECT
 
@@ -71,9 +74,8 @@ def tasks_emulator(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def test_schemas(tmp_path_factory) -> Path:
-    """schemas/ plus the test-only workflows of tests/data/workflows/."""
-    target = tmp_path_factory.mktemp("schemas") / "schemas"
-    shutil.copytree(ROOT / "schemas", target)
+    """schemas/ with the demo workflows of examples/workflows/ and the test-only ones of tests/data/workflows/."""
+    target = write_demo_schemas(tmp_path_factory.mktemp("schemas") / "schemas")
     for path in (DATA / "workflows").glob("*.json"):
         shutil.copy(path, target / "workflows" / path.name)
     return target
@@ -98,8 +100,9 @@ def rig(test_schemas, tmp_path):
         yield built
 
 
-def product_workflow_files() -> list[Path]:
-    return sorted((ROOT / "schemas" / "workflows").glob("*.json"))
+def demo_workflow_files() -> list[Path]:
+    """The demo workflows (examples/workflows/): every test that runs over "each workflow" runs over these."""
+    return workflow_files(DEMO_SCHEMAS_DIR)
 
 
 def load_json(path: Path):

@@ -29,7 +29,7 @@ import requests
 
 from gateway.local import emulators
 from gateway.local.sandbox import serve
-from tests.conftest import CARTO_TOKEN, ROOT, SECRET
+from tests.conftest import CARTO_TOKEN, DEMO_SECRETS, ROOT, SECRET
 from tests.stackutil import signed_headers
 
 LIMIT = 1024 * 1024  # GATEWAY_MAX_BODY_BYTES's default, which the server runs with
@@ -46,7 +46,7 @@ ADVERSARIAL_WORKFLOW = {
     },
     "payload": {"type": "object",
                 "properties": {"tags": {"type": "array", "items": {"type": "string", "maxLength": 10}}}},
-    "auth": [{"scheme": "standard-webhooks", "secrets": "env:STORE_CLUSTERS_SECRETS"}],
+    "auth": [{"scheme": "standard-webhooks", "secrets": "env:STORE_CLUSTERS_SECRET"}],
 }
 
 
@@ -82,7 +82,7 @@ def server(test_schemas, tmp_path_factory) -> Iterator[Server]:
     sandbox = serve(token=CARTO_TOKEN)
     port = emulators.free_port()
     env = {**os.environ, "GATEWAY_SCHEMAS_DIR": str(schemas), "CARTO_API_BASE_URL": sandbox.url,
-           "CARTO_API_TOKEN": CARTO_TOKEN, "STORE_CLUSTERS_SECRETS": SECRET, "GOOGLE_CLOUD_PROJECT": "test-project",
+           "CARTO_API_TOKEN": CARTO_TOKEN, **DEMO_SECRETS, "GOOGLE_CLOUD_PROJECT": "test-project",
            "GATEWAY_LEDGER": f"sqlite:///{state / 'ledger.sqlite3'}",
            # Nothing here is accepted, so nothing is published: a dead emulator address makes sure of it.
            "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{emulators.free_port()}"}

@@ -49,7 +49,7 @@ def stack(pubsub_emulator, test_schemas, tokens, tmp_path_factory):
     shutil.copy(DATA / "workflows" / "client" / f"{WORKFLOW}.json", schemas / "workflows")
     stack = LocalStack(state_dir=tmp_path_factory.mktemp("client-stack"), project=PROJECT, schemas_dir=schemas,
                        pubsub_host=pubsub_emulator.host, sandbox_duration_s=0.5,
-                       env={"CARTO_API_TOKEN": CARTO_TOKEN, "STORE_CLUSTERS_SECRETS": SECRET,
+                       env={"CARTO_API_TOKEN": CARTO_TOKEN, "STORE_CLUSTERS_SECRET": SECRET,
                             "CLIENT_TRIGGER_TOKEN": tokens.id_token, "GATEWAY_POLL_FIRST_S": "0.2"}).start()
     yield stack
     stack.stop()

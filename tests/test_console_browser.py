@@ -56,7 +56,7 @@ def stack(pubsub_emulator, test_schemas, tmp_path_factory):
         pubsub_host=pubsub_emulator.host, sandbox_duration_s=0.5, console_port=0,
         sandbox_procedures={"test-project.workflows_temp.slow_report": {"parameters": {"region": "STRING"},
                                                                          "duration_s": None}},
-        env={"CARTO_API_TOKEN": CARTO_TOKEN, "STORE_CLUSTERS_SECRETS": SECRET, "GATEWAY_POLL_FIRST_S": "0.2"},
+        env={"CARTO_API_TOKEN": CARTO_TOKEN, "STORE_CLUSTERS_SECRET": SECRET, "GATEWAY_POLL_FIRST_S": "0.2"},
     ).start()
     yield stack
     stack.stop()

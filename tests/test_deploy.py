@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import DEMO_SECRETS, demo_workflow_files
 from tests.deploytools import argcheck
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +33,7 @@ FUNCTIONS = ("webhook", "poll", "submit", "sweep", "console")
 WORKFLOWS = {
     "store-clusters": {
         "auth": [
-            {"scheme": "standard-webhooks", "secrets": "env:STORE_CLUSTERS_SECRETS"}
+            {"scheme": "standard-webhooks", "secrets": "env:STORE_CLUSTERS_SECRET"}
         ],
     },
     "partner-orders": {
@@ -44,7 +45,7 @@ WORKFLOWS = {
     },
 }
 # Only webhook reads these: the senders' secrets and the operator tokens of /jobs and /openapi.json.
-AUTH_SECRETS = {"STORE_CLUSTERS_SECRETS", "PARTNER_TOKENS", "GATEWAY_OPERATOR_TOKENS"}
+AUTH_SECRETS = {"STORE_CLUSTERS_SECRET", "PARTNER_TOKENS", "GATEWAY_OPERATOR_TOKENS"}
 ALL_SECRETS = AUTH_SECRETS | {"PARTNER_CARTO_TOKEN", "CARTO_API_TOKEN"}
 
 FAKE_GCLOUD = r"""#!/usr/bin/env bash
@@ -383,15 +384,27 @@ def test_a_new_workflow_adds_its_secret_without_a_script_change(tmp_path):
     assert "GITHUB_PUSH_SECRET" in mapped_secrets(commands, "webhook")
 
 
-@pytest.mark.parametrize(
-    "workflow",
-    sorted((REPO / "schemas" / "workflows").glob("*.json")),
-    ids=lambda p: p.stem,
-)
-def test_each_shipped_workflow_gets_the_secrets_it_names(workflow):
+@pytest.mark.parametrize("workflow", demo_workflow_files(), ids=lambda p: p.stem)
+def test_each_demo_workflow_gets_the_secrets_it_names(workflow, tmp_path):
+    source = write_source_tree(tmp_path, {workflow.stem: json.loads(workflow.read_text())})
     names = set(re.findall(r"env:([A-Z_][A-Z0-9_]*)", workflow.read_text()))
-    commands = dry_run("deploy.sh", REPO)
+    commands = dry_run("deploy.sh", source)
     assert names <= set(mapped_secrets(commands, "webhook"))
+
+
+def test_a_fresh_clone_does_not_deploy_and_names_new():
+    done = run_script("deploy.sh", "--env", str(ENV_EXAMPLE), "--dry-run", env=script_env(REPO), check=False)
+    assert done.returncode != 0
+    assert "no workflow file in schemas/workflows/" in done.stderr and "python -m gateway new" in done.stderr
+    assert argcheck.commands_from_script(done.stdout) == []  # refused before any gcloud command
+
+
+def test_the_dry_run_of_the_users_workflow_mounts_no_demo_secret(tmp_path):
+    mine = {"my-stores": {"auth": [{"scheme": "standard-webhooks", "secrets": "env:MY_STORES_SECRET"}]}}
+    commands = dry_run("deploy.sh", write_source_tree(tmp_path, mine))
+    mounted = {name for fn in FUNCTIONS for name in mapped_secrets(commands, fn)}
+    assert "MY_STORES_SECRET" in mounted
+    assert not [name for name in DEMO_SECRETS for argv in commands if name in " ".join(argv)]
 
 
 def test_client_credentials_replace_the_token_when_a_client_id_is_set(tmp_path, source):
@@ -698,8 +711,8 @@ def test_the_cloud_tasks_api_is_enabled(deploy_commands):
 # --- rotation: two variables, two versions of one secret; the operators ---------------------------
 
 ROTATING = {"store-clusters": {"auth": [{"scheme": "standard-webhooks",
-                                        "secrets": ["env:STORE_CLUSTERS_SECRETS", "env:STORE_CLUSTERS_SECRETS_PREVIOUS"]}]}}
-ROTATION_SETTINGS = ("SECRET_VERSIONS=STORE_CLUSTERS_SECRETS_PREVIOUS=STORE_CLUSTERS_SECRETS:3\n"
+                                        "secrets": ["env:STORE_CLUSTERS_SECRET", "env:STORE_CLUSTERS_SECRET_PREVIOUS"]}]}}
+ROTATION_SETTINGS = ("SECRET_VERSIONS=STORE_CLUSTERS_SECRET_PREVIOUS=STORE_CLUSTERS_SECRET:3\n"
                      "GATEWAY_OPERATORS=oncall@example.com,ci@my-gcp-project.iam.gserviceaccount.com\n")
 
 
@@ -718,21 +731,21 @@ def test_a_rotation_maps_two_variables_to_two_versions_of_one_secret(rotating):
     deploy, _ = rotating
 
     assert mapped_secrets(deploy, "webhook") == {
-        "STORE_CLUSTERS_SECRETS": "STORE_CLUSTERS_SECRETS:latest",
-        "STORE_CLUSTERS_SECRETS_PREVIOUS": "STORE_CLUSTERS_SECRETS:3",
+        "STORE_CLUSTERS_SECRET": "STORE_CLUSTERS_SECRET:latest",
+        "STORE_CLUSTERS_SECRET_PREVIOUS": "STORE_CLUSTERS_SECRET:3",
         "GATEWAY_OPERATOR_TOKENS": "GATEWAY_OPERATOR_TOKENS:latest", "CARTO_API_TOKEN": "CARTO_API_TOKEN:latest"}
     assert {argv[3] for argv in with_prefix(deploy, "secrets", "create")} == {
-        "STORE_CLUSTERS_SECRETS", "GATEWAY_OPERATOR_TOKENS", "CARTO_API_TOKEN"}  # no secret of the second name
+        "STORE_CLUSTERS_SECRET", "GATEWAY_OPERATOR_TOKENS", "CARTO_API_TOKEN"}  # no secret of the second name
     assert {(member, resource) for member, resource, role in granted(deploy)
             if role == "roles/secretmanager.secretAccessor" and member == sa("webhook")} == {
-        (sa("webhook"), f"secret:{name}") for name in ("STORE_CLUSTERS_SECRETS", "GATEWAY_OPERATOR_TOKENS", "CARTO_API_TOKEN")}
+        (sa("webhook"), f"secret:{name}") for name in ("STORE_CLUSTERS_SECRET", "GATEWAY_OPERATOR_TOKENS", "CARTO_API_TOKEN")}
 
 
 def test_teardown_deletes_the_one_secret_behind_both_rotation_variables(rotating):
     _, teardown = rotating
 
     assert {argv[3] for argv in with_prefix(teardown, "secrets", "delete")} == {
-        "STORE_CLUSTERS_SECRETS", "GATEWAY_OPERATOR_TOKENS", "CARTO_API_TOKEN"}
+        "STORE_CLUSTERS_SECRET", "GATEWAY_OPERATOR_TOKENS", "CARTO_API_TOKEN"}
 
 
 def env_vars(argv: tuple) -> dict[str, str]:
@@ -759,8 +772,8 @@ def test_the_operator_tokens_are_a_secret_of_the_webhook_only(deploy_commands):
 
 
 @pytest.mark.parametrize("settings, message", [
-    ("SECRET_VERSIONS=NOT_REFERENCED=STORE_CLUSTERS_SECRETS:2\n", "NOT_REFERENCED, which no workflow"),
-    ("SECRET_VERSIONS=STORE_CLUSTERS_SECRETS=STORE_CLUSTERS_SECRETS:v2\n", "VARIABLE=SECRET:VERSION"),
+    ("SECRET_VERSIONS=NOT_REFERENCED=STORE_CLUSTERS_SECRET:2\n", "NOT_REFERENCED, which no workflow"),
+    ("SECRET_VERSIONS=STORE_CLUSTERS_SECRET=STORE_CLUSTERS_SECRET:v2\n", "VARIABLE=SECRET:VERSION"),
     ("GATEWAY_OPERATORS=oncall\n", "GATEWAY_OPERATORS must be comma-separated email addresses"),
 ])
 def test_a_bad_rotation_or_operator_setting_is_refused(tmp_path, source, settings, message):

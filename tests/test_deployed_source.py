@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from tests.conftest import ROOT, SECRET, product_workflow_files
+from tests.conftest import DEMO_SECRETS, ROOT, demo_workflow_files
 from tests.deploytools import argcheck
 
 LEFT_OUT = ("gateway/local/", "gateway/cli/", "tests/", "bench/", "deploy/", "client/", "examples/")
@@ -34,12 +34,15 @@ def uploaded(tmp_path_factory):
 
 def test_the_upload_leaves_out_the_local_stack_tests_and_tools(uploaded):
     _, files = uploaded
-    assert {"main.py", "requirements.txt", "schemas/workflows/store-clusters.json", "gateway/intake.py"} <= files
+    assert {"main.py", "requirements.txt", "schemas/workflow.schema.json", "gateway/intake.py"} <= files
     assert not [f for f in files if f.startswith(LEFT_OUT) or f.endswith(".md")]
 
 
 def test_the_uploaded_source_serves_a_webhook_on_its_own(uploaded, tmp_path):
     source, _ = uploaded
+    (source / "schemas" / "workflows").mkdir(exist_ok=True)
+    for path in demo_workflow_files():  # as if the user had written them in schemas/workflows/
+        shutil.copy(path, source / "schemas" / "workflows" / path.name)
     script = textwrap.dedent("""
         import json, sys, functions_framework
         app = functions_framework.create_app(target="webhook", source="main.py")
@@ -53,7 +56,7 @@ def test_the_uploaded_source_serves_a_webhook_on_its_own(uploaded, tmp_path):
                                                 if m.startswith(("gateway.local", "gateway.cli", "workflow_gateway_client")))}))
     """)
     env = {"PATH": "/usr/bin:/bin", "GATEWAY_SCHEMAS_DIR": "schemas", "CARTO_API_BASE_URL": "http://127.0.0.1:9",
-           "CARTO_API_TOKEN": "t", "STORE_CLUSTERS_SECRETS": SECRET, "GOOGLE_CLOUD_PROJECT": "p",
+           "CARTO_API_TOKEN": "t", **DEMO_SECRETS, "GOOGLE_CLOUD_PROJECT": "p",
            "GATEWAY_LEDGER": f"sqlite:///{tmp_path / 'ledger.sqlite3'}", "PUBSUB_EMULATOR_HOST": "127.0.0.1:9",
            "GATEWAY_OPERATOR_TOKENS": "op-token-1"}
     done = subprocess.run([sys.executable, "-I", "-c", script], cwd=source, env=env, capture_output=True, text=True,
@@ -62,7 +65,7 @@ def test_the_uploaded_source_serves_a_webhook_on_its_own(uploaded, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     result = __import__("json").loads(done.stdout.strip().splitlines()[-1])
     assert result["health"] == 200 and result["status"] == 200
-    assert result["hooks"] == sorted(hook for path in product_workflow_files()
+    assert result["hooks"] == sorted(hook for path in demo_workflow_files()
                                      for hook in (f"/hooks/{path.stem}", f"/hooks/{path.stem}/validate"))
     assert result["local_stack"] == []
     assert result["package"].startswith(str(source))  # imported from the upload, not the repository

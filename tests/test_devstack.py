@@ -20,7 +20,7 @@ SEED_QUERY = f"CALL `{SEED_PROCEDURE}`(@number_of_clusters,@buffer_radius,@store
 def test_the_local_carto_api_takes_procedure_overrides_from_the_environment(tmp_path):
     overrides = tmp_path / "procedures.json"
     overrides.write_text(json.dumps({SEED_PROCEDURE: {"duration_s": 0, "error": "Query error: planted"}}))
-    stack = LocalStack(state_dir=tmp_path / "state", schemas_dir=ROOT / "schemas",
+    stack = LocalStack(state_dir=tmp_path / "state", schemas_dir=ROOT / "examples",
                        env={"GATEWAY_SANDBOX_PROCEDURES": str(overrides)})
     stack._start_sandbox()
     try:

@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from gateway.cli import main
+from gateway.local.demos import write_demo_schemas
 from gateway.local.sandbox import load_procedures, serve
 from tests.conftest import CARTO_TOKEN, ROOT
 from tests.rigs import BODY
@@ -23,7 +24,7 @@ POSTGRES_PROCEDURE = "carto_workflows.workflow_procedure_8c2d41e07f3a9b15"
 
 @pytest.fixture(params=["workflows", "sql-api"])
 def carto(request, monkeypatch):
-    server = serve(token=CARTO_TOKEN, procedures=load_procedures(ROOT / "schemas"), default_duration_s=0.1,
+    server = serve(token=CARTO_TOKEN, procedures=load_procedures(ROOT / "examples"), default_duration_s=0.1,
                    dialect=request.param, connections=CONNECTIONS)
     monkeypatch.setenv("CARTO_API_BASE_URL", server.url)
     monkeypatch.setenv("CARTO_API_TOKEN", CARTO_TOKEN)
@@ -33,7 +34,7 @@ def carto(request, monkeypatch):
 
 
 def run(capsys, *argv):
-    status = main(["--schemas", str(ROOT / "schemas"), *argv])
+    status = main(["--schemas", str(ROOT / "examples"), *argv])
     captured = capsys.readouterr()
     return status, captured.out + captured.err
 
@@ -91,7 +92,7 @@ def test_doctor_tells_a_token_without_grants_what_to_grant(capsys, monkeypatch):
 
 def test_doctor_names_a_connection_carto_does_not_know(carto, capsys, tmp_path):
     schemas = tmp_path / "schemas"
-    __import__("shutil").copytree(ROOT / "schemas", schemas)
+    write_demo_schemas(schemas)
     seed = json.loads((schemas / "workflows" / "store-clusters.json").read_text())
     (schemas / "workflows" / "store-clusters.json").write_text(json.dumps({**seed, "connection": "carto_dw_typo"}))
 
@@ -157,7 +158,7 @@ def test_check_live_reports_each_drift_on_its_own_line_with_the_fix(carto, capsy
     lines = out.splitlines()
 
     assert status == 1
-    seed = [line for line in lines if line.startswith(str(ROOT / "schemas" / "workflows" / "store-clusters.json"))]
+    seed = [line for line in lines if line.startswith(str(ROOT / "examples" / "workflows" / "store-clusters.json"))]
     assert any("parameter number_of_clusters: the file says INT64, the procedure takes FLOAT64; "
                'fix: set "type": "FLOAT64"' in line for line in seed)
     assert any("parameter max_distance: the procedure's argument 4 (FLOAT64) is missing" in line for line in seed)
@@ -182,3 +183,32 @@ def test_a_job_whose_procedure_is_gone_fails_with_its_likely_cause(rig):
     assert event["attributes"]["outcome"] == "FAILED"
     assert message.startswith("Not found: Procedure carto-dw-ac-jfjjof5m:workflows_temp_x.workflow_procedure_1")
     assert "API access" in message and "another procedure name" in message and "check --live" in message
+
+
+# --- a CARTO account that knows only the user's procedure -----------------------------------------
+
+def test_doctor_and_check_live_pass_against_an_account_that_knows_only_the_users_procedure(schemas, capsys,
+                                                                                           monkeypatch):
+    seed = json.loads((ROOT / "examples" / "workflows" / "store-clusters.json").read_text())
+    mine = {**seed, "connection": "my_conn",
+            "query": seed["query"].replace(SEED_PROCEDURE, "my-project.my_dataset.my_procedure"),
+            "auth": [{"scheme": "standard-webhooks", "secrets": "env:MY_STORES_SECRET"}]}
+    (schemas / "workflows" / "my-stores.json").write_text(json.dumps(mine))
+    server = serve(token=CARTO_TOKEN, procedures=load_procedures(schemas), default_duration_s=0.1,
+                   connections=["my_conn"])
+    assert set(server.api._procedures) == {"my-project.my_dataset.my_procedure"}  # no demo procedure anywhere
+    monkeypatch.setenv("CARTO_API_BASE_URL", server.url)
+    monkeypatch.setenv("CARTO_API_TOKEN", CARTO_TOKEN)
+    monkeypatch.delenv("CARTO_CLIENT_ID", raising=False)
+    try:
+        doctor = main(["--schemas", str(schemas), "doctor"])
+        doctor_out = capsys.readouterr().out
+        live = main(["--schemas", str(schemas), "check", "--live"])
+        live_out = capsys.readouterr().out
+    finally:
+        server.stop()
+
+    assert doctor == 0, doctor_out
+    assert "connection my_conn" in doctor_out and "all checks passed" in doctor_out
+    assert live == 0, live_out
+    assert "bad" not in live_out and "demo" not in doctor_out + live_out

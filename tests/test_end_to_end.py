@@ -35,7 +35,7 @@ def stack(request, pubsub_emulator, tasks_emulator, test_schemas, tmp_path_facto
         sandbox_dialect=request.param,
         sandbox_procedures={"test-project.workflows_temp.slow_report": {"parameters": {"region": "STRING"},
                                                                          "duration_s": None}},
-        env={"CARTO_API_TOKEN": CARTO_TOKEN, "STORE_CLUSTERS_SECRETS": SECRET, "GATEWAY_POLL_FIRST_S": "0.2",
+        env={"CARTO_API_TOKEN": CARTO_TOKEN, "STORE_CLUSTERS_SECRET": SECRET, "GATEWAY_POLL_FIRST_S": "0.2",
              "GATEWAY_OPERATOR_TOKENS": OPERATOR_TOKEN},
     ).start()
     yield stack

@@ -88,7 +88,7 @@ def rig(test_schemas, tasks_emulator, tmp_path_factory) -> Iterator[Rig]:
     stack = LocalStack(
         state_dir=state, project=PROJECT, schemas_dir=test_schemas, pubsub_host=pubsub.host,
         tasks_host=tasks_emulator.host, sandbox_port=sandbox_port, sandbox_duration_s=0.3,
-        env={"CARTO_API_BASE_URL": proxy.url, "CARTO_API_TOKEN": CARTO_TOKEN, "STORE_CLUSTERS_SECRETS": SECRET,
+        env={"CARTO_API_BASE_URL": proxy.url, "CARTO_API_TOKEN": CARTO_TOKEN, "STORE_CLUSTERS_SECRET": SECRET,
              "CARTO_TIMEOUT_S": "1", "GATEWAY_POLL_FIRST_S": "0.2", "GATEWAY_SWEEP_GRACE_S": "1"})
     built: Rig | None = None
     try:

@@ -262,7 +262,7 @@ IDS_WORKFLOW = {
     "payload": {"type": "object", "required": ["clusters"],
                 "properties": {"clusters": {"type": "integer", "minimum": 1, "maximum": 100},
                                "ids": {"type": "array", "items": {"type": "integer"}}}},
-    "auth": [{"scheme": "standard-webhooks", "secrets": "env:STORE_CLUSTERS_SECRETS"}],
+    "auth": [{"scheme": "standard-webhooks", "secrets": "env:STORE_CLUSTERS_SECRET"}],
 }
 
 

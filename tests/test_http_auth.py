@@ -37,6 +37,7 @@ from gateway.app import App
 from gateway.auth.signatures import REJECTED
 from gateway.cli.lint import lint
 from gateway.errors import ConfigError
+from gateway.local.demos import write_demo_schemas
 from gateway.local.sandbox import serve
 from gateway.logs import JsonFormatter
 from gateway.settings import Settings
@@ -97,9 +98,8 @@ def rotation_secret(scheme: str, label: str) -> str:
 
 @pytest.fixture(scope="module")
 def auth_schemas(tmp_path_factory) -> Path:
-    """schemas/ plus the auth-* test workflows."""
-    target = tmp_path_factory.mktemp("auth-schemas") / "schemas"
-    shutil.copytree(ROOT / "schemas", target)
+    """schemas/ with the demo workflows plus the auth-* test workflows."""
+    target = write_demo_schemas(tmp_path_factory.mktemp("auth-schemas") / "schemas")
     for path in AUTH_WORKFLOWS.glob("auth-*.json"):
         shutil.copy(path, target / "workflows" / path.name)
     return target
@@ -694,7 +694,7 @@ PING = {"zen": "Keep it logically awesome.", "hook_id": 12345678, "hook": {"type
 def documented_workflows() -> dict[str, dict[str, Any]]:
     """Every JSON example of the doc that has an `auth`: complete workflows as `github-push`, the
     others as the seed workflow with that `auth`."""
-    seed = json.loads((ROOT / "schemas" / "workflows" / "store-clusters.json").read_text())
+    seed = json.loads((ROOT / "examples" / "workflows" / "store-clusters.json").read_text())
     blocks = [json.loads(block) for block in re.findall(r"```json\n(.*?)```", DOC.read_text(), flags=re.DOTALL)]
     examples = [block for block in blocks if isinstance(block, dict) and "auth" in block]
     complete = [example for example in examples if "query" in example]

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from gateway.errors import Unprocessable
 from gateway.intake import render
+from gateway.local.demos import write_demo_schemas
 from gateway.sqltypes import bind
 from gateway.workflows import Workflow, load_registry
 from tests.conftest import DATA, ROOT
@@ -64,7 +65,7 @@ def _workflows() -> list[Workflow]:
     """schemas/workflows, the test workflows of tests/data/workflows (not the auth variants), EVERY_TYPE."""
     with tempfile.TemporaryDirectory() as tmp:
         schemas = Path(tmp) / "schemas"
-        shutil.copytree(ROOT / "schemas", schemas)
+        write_demo_schemas(schemas)
         for path in (DATA / "workflows").glob("*.json"):
             shutil.copy(path, schemas / "workflows" / path.name)
         (schemas / "workflows" / "every-type.json").write_text(json.dumps(EVERY_TYPE))

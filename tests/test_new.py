@@ -281,7 +281,7 @@ def test_a_paste_that_is_not_the_dialogs_command_is_refused(text, message):
 @pytest.fixture
 def carto(monkeypatch):
     """The local CARTO job API on loopback, knowing the shipped workflows' procedures; the deployment's settings."""
-    server = serve(token=CARTO_TOKEN, procedures=load_procedures(ROOT / "schemas"), default_duration_s=0.1)
+    server = serve(token=CARTO_TOKEN, procedures=load_procedures(ROOT / "examples"), default_duration_s=0.1)
     monkeypatch.setenv("CARTO_API_BASE_URL", server.url)
     monkeypatch.setenv("CARTO_API_TOKEN", CARTO_TOKEN)
     yield server

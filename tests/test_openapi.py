@@ -25,13 +25,14 @@ from hypothesis import strategies as st
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 
+from gateway.local.demos import write_demo_schemas
 from gateway.openapi import cached_document, document, embed_schema
 from gateway.workflows import load_registry
 from tests.apptools import operator_headers
-from tests.conftest import CARTO_TOKEN, OPERATOR_TOKEN, PROJECT, ROOT, SECRET
+from tests.conftest import CARTO_TOKEN, DEMO_SECRETS, OPERATOR_TOKEN, PROJECT, ROOT
 
 CALL = "CALL `proj.ds.proc`({})"
-SECRETS = {"STORE_CLUSTERS_SECRETS": SECRET, "GITHUB_SECRET": "gh-secret-SENTINEL", "HMAC_SECRET": "hm-secret-SENTINEL",
+SECRETS = {**DEMO_SECRETS, "GITHUB_SECRET": "gh-secret-SENTINEL", "HMAC_SECRET": "hm-secret-SENTINEL",
            "STRIPE_SECRET": "whsec_stripe-SENTINEL", "SHOPIFY_SECRET": "shop-secret-SENTINEL",
            "SLACK_SECRET": "slack-secret-SENTINEL", "BEARER_TOKENS": "bearer-token-SENTINEL"}
 HMAC = {"scheme": "hmac", "secrets": "env:HMAC_SECRET", "header": "X-Signature", "algorithm": "sha512",
@@ -77,7 +78,7 @@ SIGNABLE = {
     "shopify-hook": _workflow([{"scheme": "shopify", "secrets": "env:SHOPIFY_SECRET"}]),
     "slack-hook": _workflow([{"scheme": "slack", "secrets": "env:SLACK_SECRET"}]),
     "bearer-hook": _workflow([{"scheme": "bearer", "tokens": "env:BEARER_TOKENS"}]),
-    "typed": _workflow([{"scheme": "standard-webhooks", "secrets": "env:STORE_CLUSTERS_SECRETS"}],
+    "typed": _workflow([{"scheme": "standard-webhooks", "secrets": "env:STORE_CLUSTERS_SECRET"}],
                        TYPED_PARAMETERS, TYPED_PAYLOAD, idempotency={"header": "webhook-id"}),
 }
 UNSIGNABLE = {
@@ -89,8 +90,8 @@ UNSIGNABLE = {
 
 
 def write_schemas(target: Path, workflows: dict[str, dict[str, Any]]) -> Path:
-    """The product's schemas/ plus `workflows`, at `target`."""
-    shutil.copytree(ROOT / "schemas", target)
+    """The product's schemas/ with the demo workflows plus `workflows`, at `target`."""
+    write_demo_schemas(target)
     for name, definition in workflows.items():
         (target / "workflows" / f"{name}.json").write_text(json.dumps(definition))
     return target
@@ -115,7 +116,7 @@ def validator_for(doc: dict[str, Any], pointer: str) -> jsonschema.Draft202012Va
 # --- the document -------------------------------------------------------------------------------
 
 def test_the_product_workflows_give_a_valid_openapi_3_1_document():
-    doc = document(load_registry(ROOT / "schemas", {}, require_secrets=False))
+    doc = document(load_registry(ROOT / "examples", {}, require_secrets=False))
 
     validate(doc, cls=OpenAPIV31SpecValidator)
     assert doc["openapi"] == "3.1.0"
@@ -257,8 +258,8 @@ def test_the_document_names_no_secret_nor_the_variable_holding_it(every_scheme):
 
 
 def test_the_cached_document_is_built_once_per_registry():
-    first = load_registry(ROOT / "schemas", {}, require_secrets=False)
-    second = load_registry(ROOT / "schemas", {}, require_secrets=False)
+    first = load_registry(ROOT / "examples", {}, require_secrets=False)
+    second = load_registry(ROOT / "examples", {}, require_secrets=False)
 
     assert cached_document(first) is cached_document(first)
     assert cached_document(second) is not cached_document(first)

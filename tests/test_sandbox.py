@@ -579,7 +579,7 @@ def test_a_malformed_override_is_a_config_error():
 
 
 def test_signatures_come_from_the_workflow_definitions():
-    procedures = load_procedures(ROOT / "schemas")
+    procedures = load_procedures(ROOT / "examples")
 
     assert procedures[PROCEDURE].parameters == SIGNATURES[PROCEDURE]["parameters"]
 
@@ -594,7 +594,7 @@ def test_main_refuses_an_unreadable_override_file(tmp_path, capsys):
 
 
 def test_main_serves_until_sigterm(tmp_path):
-    env = {**os.environ, "CARTO_API_TOKEN": TOKEN, "GATEWAY_SCHEMAS_DIR": str(ROOT / "schemas")}
+    env = {**os.environ, "CARTO_API_TOKEN": TOKEN, "GATEWAY_SCHEMAS_DIR": str(ROOT / "examples")}
     code = "import sys; from gateway.local.sandbox import main; sys.exit(main(sys.argv[1:]))"
     process = subprocess.Popen([sys.executable, "-c", code, "--port", "0"], cwd=ROOT, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -725,7 +725,7 @@ def test_the_catalogue_answers_information_schema_in_each_warehouses_words(famil
 def test_the_dialect_flag_reaches_the_server():
     port = str(__import__("gateway.local.emulators", fromlist=["free_port"]).free_port())
     process = subprocess.Popen([sys.executable, "-m", "gateway", "sandbox", "--port", port, "--dialect", "sql-api",
-                                "--schemas", str(ROOT / "schemas")], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                                "--schemas", str(ROOT / "examples")], cwd=ROOT, stdout=subprocess.PIPE, text=True,
                                env={**os.environ, "CARTO_API_TOKEN": ""})
     try:
         banner = process.stdout.readline()

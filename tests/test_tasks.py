@@ -194,7 +194,7 @@ def test_the_webhook_never_loads_the_cloud_tasks_client(tmp_path, test_schemas):
     import sys
     import textwrap
 
-    from tests.conftest import ROOT, SECRET
+    from tests.conftest import DEMO_SECRETS, ROOT
 
     script = textwrap.dedent("""
         import json, sys, functions_framework
@@ -204,7 +204,7 @@ def test_the_webhook_never_loads_the_cloud_tasks_client(tmp_path, test_schemas):
                           "loaded": sorted(m for m in sys.modules if m.startswith("google.cloud.tasks"))}))
     """)
     env = {"PATH": "/usr/bin:/bin", "GATEWAY_SCHEMAS_DIR": str(test_schemas), "CARTO_API_BASE_URL": "http://127.0.0.1:9",
-           "CARTO_API_TOKEN": "t", "STORE_CLUSTERS_SECRETS": SECRET, "GOOGLE_CLOUD_PROJECT": "p",
+           "CARTO_API_TOKEN": "t", **DEMO_SECRETS, "GOOGLE_CLOUD_PROJECT": "p",
            "GATEWAY_LEDGER": f"sqlite:///{tmp_path / 'ledger.sqlite3'}", "GATEWAY_TASKS_QUEUE": QUEUE,
            "GATEWAY_POLL_URL": POLL_URL, "GATEWAY_TASKS_SERVICE_ACCOUNT": TASKS_ACCOUNT}
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,

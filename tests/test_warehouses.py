@@ -11,11 +11,11 @@ from gateway.errors import ConfigError, Unprocessable
 from gateway.intake import render
 from gateway.warehouses import DATABRICKS_REFUSED, binding_type, scan
 from gateway.workflows import load_registry
-from tests.conftest import ROOT, SECRET
+from tests.conftest import DEMO_SECRETS, ROOT
 
-SNOWFLAKE = json.loads((ROOT / "schemas" / "workflows" / "store-revenue-snowflake.json").read_text())
-POSTGRES = json.loads((ROOT / "schemas" / "workflows" / "parcels-postgres.json").read_text())
-ENV = {"STORE_CLUSTERS_SECRETS": SECRET}
+SNOWFLAKE = json.loads((ROOT / "examples" / "workflows" / "store-revenue-snowflake.json").read_text())
+POSTGRES = json.loads((ROOT / "examples" / "workflows" / "parcels-postgres.json").read_text())
+ENV = {**DEMO_SECRETS}
 
 
 def load(schemas, **definitions):
@@ -112,7 +112,7 @@ def test_positional_parameters_render_as_an_array_in_placeholder_order(schemas):
     ("parcels-postgres", {"city": "Madrid", "radius_m": 750, "max": "20"}, "/max"),
 ])
 def test_a_mistyped_value_for_a_positional_warehouse_is_refused_before_carto(name, payload, path):
-    workflow = load_registry(ROOT / "schemas", ENV).get(name)
+    workflow = load_registry(ROOT / "examples", ENV).get(name)
     with pytest.raises(Unprocessable) as raised:
         render(workflow, payload, {})
     assert any(error.path == path for error in raised.value.errors)

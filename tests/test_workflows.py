@@ -1,26 +1,30 @@
-"""Workflow definitions: every file in schemas/ loads and lints clean; a bad file stops the instance
+"""Workflow definitions: every demo of examples/workflows/ loads and lints clean; a bad file stops the instance
 with a message naming file, JSON path and problem."""
 
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 
 import pytest
 
 from gateway.cli.lint import lint
+from gateway.cli.new import secret_env_name
 from gateway.errors import ConfigError
+from gateway.local.demos import DEMO_SCHEMAS_DIR, local_schemas_dir
 from gateway.settings import Settings
 from gateway.warehouses import scan
 from gateway.workflows import load_registry, query_parameter_names
-from tests.conftest import ROOT, SECRET, product_workflow_files
+from tests.conftest import ROOT, SECRET, demo_workflow_files
 
-SEED = json.loads((ROOT / "schemas" / "workflows" / "store-clusters.json").read_text())
+SEED = json.loads((ROOT / "examples" / "workflows" / "store-clusters.json").read_text())
 
 
 def env_for_every_secret() -> dict[str, str]:
     """A value for every env:NAME a product workflow references."""
     names = set()
-    for path in product_workflow_files():
+    for path in demo_workflow_files():
         auth = json.loads(path.read_text())["auth"]
         for scheme in auth if isinstance(auth, list) else []:
             for key in ("secrets", "tokens"):
@@ -29,9 +33,9 @@ def env_for_every_secret() -> dict[str, str]:
     return {name: SECRET for name in names}
 
 
-@pytest.mark.parametrize("path", product_workflow_files(), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", demo_workflow_files(), ids=lambda p: p.stem)
 def test_every_workflow_file_loads_and_lints_clean(path):
-    registry = load_registry(ROOT / "schemas", env_for_every_secret())
+    registry = load_registry(DEMO_SCHEMAS_DIR, env_for_every_secret())
 
     workflow = registry.get(path.stem)
 
@@ -44,13 +48,41 @@ def test_every_workflow_file_loads_and_lints_clean(path):
     assert [p for p in lint(registry) if p.startswith(f"{path.stem}:")] == []
 
 
+def test_a_fresh_clone_holds_no_workflow_of_its_own():
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout: what a clone holds is what git tracks")
+    tracked = subprocess.run(["git", "ls-files", "schemas/workflows"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()
+    assert tracked == ["schemas/workflows/README.md"]
+    assert load_registry(ROOT / "schemas", {}).workflows == {}  # the README there is not a workflow file
+
+
+def test_a_folder_with_a_readme_and_one_workflow_loads_that_one(schemas):
+    (schemas / "workflows" / "notes.txt").write_text("not JSON")
+    write(schemas, "flow", SEED)
+    assert (schemas / "workflows" / "README.md").exists()
+    assert list(load_registry(schemas, {"STORE_CLUSTERS_SECRET": SECRET}).workflows) == ["flow"]
+
+
+@pytest.mark.parametrize("path", demo_workflow_files(), ids=lambda p: p.stem)
+def test_each_demo_names_its_secret_as_new_would(path):
+    assert re.findall(r"env:([A-Z0-9_]+)", path.read_text()) == [secret_env_name(path.stem)]
+
+
+def test_the_local_stack_runs_the_demos_only_when_schemas_holds_none(schemas):
+    assert local_schemas_dir(schemas) == DEMO_SCHEMAS_DIR
+    write(schemas, "flow", SEED)
+    assert local_schemas_dir(schemas) == schemas
+    assert local_schemas_dir(schemas, demos=True) == DEMO_SCHEMAS_DIR
+
+
 def write(schemas, name, definition):
     (schemas / "workflows" / f"{name}.json").write_text(json.dumps(definition))
 
 
 def load_error(schemas, env=None) -> str:
     with pytest.raises(ConfigError) as raised:
-        load_registry(schemas, env if env is not None else {"STORE_CLUSTERS_SECRETS": SECRET})
+        load_registry(schemas, env if env is not None else {"STORE_CLUSTERS_SECRET": SECRET})
     return str(raised.value)
 
 
@@ -86,7 +118,7 @@ def test_a_workflow_without_auth_is_refused_unless_it_says_none(schemas):
 def test_a_missing_secret_variable_is_named_without_any_value(schemas):
     write(schemas, "flow", SEED)
     message = load_error(schemas, env={})
-    assert "STORE_CLUSTERS_SECRETS" in message
+    assert "STORE_CLUSTERS_SECRET" in message
 
 
 def test_an_invalid_payload_schema_is_refused(schemas):
@@ -114,7 +146,7 @@ def test_query_names_skip_literals_identifiers_and_comments():
 def test_a_pointer_absent_from_the_payload_schema_is_a_lint_problem(schemas):
     parameters = {**SEED["parameters"], "store_type": {"type": "STRING", "from": "/store/kind"}}
     write(schemas, "typo", {**SEED, "parameters": parameters})
-    problems = lint(load_registry(schemas, {"STORE_CLUSTERS_SECRETS": SECRET}))
+    problems = lint(load_registry(schemas, {"STORE_CLUSTERS_SECRET": SECRET}))
     assert problems == ["typo: parameters.store_type: pointer /store/kind is not declared in the payload schema"]
 
 

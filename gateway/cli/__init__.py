@@ -115,6 +115,9 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--sandbox-port", type=int, default=8090)
     dev.add_argument("--pubsub-port", type=int, default=8085)
     dev.add_argument("--tasks-port", type=int, default=8123, help="the Cloud Tasks emulator (check tasks for `poll`)")
+    dev.add_argument("--demos", action="store_true",
+                     help="run the demo workflows of examples/workflows/ (the default when schemas/workflows/ "
+                          "holds no workflow file)")
     dev.set_defaults(run=_dev)
 
     verbs.add_parser("sandbox", help="run the local CARTO job API alone (--port N)")

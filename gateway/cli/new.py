@@ -259,15 +259,10 @@ def base_url_override(paste: Paste, env: Mapping[str, str]) -> str | None:
 
 def verify(built: Mapping[str, Any], name: str, schemas_dir: Path) -> None:
     """Load and lint the file exactly as `check` will, before anything is written."""
-    import jsonschema_rs
-
     from gateway.cli.lint import lint_workflow
-    from gateway.workflows import load_workflow
+    from gateway.workflows import load_workflow, meta_validator
 
-    try:
-        meta = jsonschema_rs.Draft202012Validator(json.loads((schemas_dir / "workflow.schema.json").read_text()))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{schemas_dir}/workflow.schema.json: cannot read the meta-schema: {exc}") from None
+    meta = meta_validator(schemas_dir)
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / f"{name}.json"
         path.write_text(json.dumps(built), encoding="utf-8")

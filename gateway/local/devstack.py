@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from gateway.local import emulators
+from gateway.local.demos import DEMO_SCHEMAS_DIR, DEMO_SECRETS, local_schemas_dir, workflow_files
 
 ROOT = Path(__file__).resolve().parents[2]
-DEV_SECRET = "whsec_ZGV2LXNlY3JldC1ub3QtZm9yLXByb2R1Y3Rpb24tdXNl"  # base64("dev-secret-not-for-production-use")
 DEV_TOKEN = "dev-carto-token"
 DEV_OPERATOR_TOKEN = "dev-operator-token-not-for-production-use"  # GATEWAY_OPERATOR_TOKENS of the local stack
 
@@ -31,7 +31,7 @@ class LocalStack:
 
     state_dir: Path
     project: str = "local-project"
-    schemas_dir: Path = ROOT / "schemas"
+    schemas_dir: Path = DEMO_SCHEMAS_DIR
     webhook_port: int = 0
     poll_port: int = 0
     submit_port: int | None = None
@@ -93,7 +93,7 @@ class LocalStack:
             "GATEWAY_JOBS_TOPIC": "workflow-jobs",
             "GATEWAY_EVENTS_TOPIC": "workflow-job-events",
             "GATEWAY_REQUESTS_TOPIC": "workflow-requests",
-            "STORE_CLUSTERS_SECRETS": DEV_SECRET,
+            **DEMO_SECRETS,
             "GATEWAY_TASKS_QUEUE": f"projects/{self.project}/locations/local/queues/poll-checks",
             "GATEWAY_POLL_URL": f"{self.url('poll')}/",
             "GATEWAY_OPERATOR_TOKENS": DEV_OPERATOR_TOKEN,
@@ -194,9 +194,10 @@ def run(args: Any) -> int:
     except emulators.EmulatorMissing as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    env = {k: v for k, v in os.environ.items() if k.startswith(("GATEWAY_", "CARTO_")) or k.endswith("_SECRETS")}
+    env = {k: v for k, v in os.environ.items() if k.startswith(("GATEWAY_", "CARTO_")) or "_SECRET" in k}
     stack = LocalStack(state_dir=ROOT / ".state", project=os.environ.get("GOOGLE_CLOUD_PROJECT", "local-project"),
-                       schemas_dir=Path(os.environ.get("GATEWAY_SCHEMAS_DIR", ROOT / "schemas")),
+                       schemas_dir=local_schemas_dir(os.environ.get("GATEWAY_SCHEMAS_DIR") or ROOT / "schemas",
+                                                     demos=args.demos),
                        webhook_port=args.webhook_port, poll_port=args.poll_port, submit_port=args.submit_port,
                        console_port=args.console_port, sandbox_port=args.sandbox_port,
                        pubsub_port=args.pubsub_port, tasks_port=args.tasks_port, env=env)
@@ -217,10 +218,22 @@ def run(args: Any) -> int:
     return 0
 
 
+def _banner_workflow(stack: LocalStack) -> tuple[str, str]:
+    """The workflow the banner's example sends to, and its secret variable: the first one the stack loaded."""
+    files = workflow_files(stack.schemas_dir)
+    name = files[0].stem if files else "store-clusters"
+    if "store-clusters" in [path.stem for path in files]:
+        name = "store-clusters"
+    return name, name.upper().replace("-", "_") + "_SECRET"
+
+
 def _print_banner(stack: LocalStack) -> None:
     env = stack.function_env()
+    workflow, secret_env = _banner_workflow(stack)
+    demos = " (the demos of examples/workflows/: schemas/workflows/ holds none)" \
+        if stack.schemas_dir == DEMO_SCHEMAS_DIR else ""
     print(f"""
-Local stack is up (logs in {stack.log_dir}):
+Local stack is up (logs in {stack.log_dir}), workflows from {stack.schemas_dir}/workflows{demos}:
   webhook   {stack.url('webhook')}      (functions-framework, target webhook)
   poll      {stack.url('poll')}      (push subscription poll-push on {env['GATEWAY_JOBS_TOPIC']})
   submit    {stack.url('submit')}      (push subscription submit-push on {env['GATEWAY_REQUESTS_TOPIC']})
@@ -231,9 +244,9 @@ Local stack is up (logs in {stack.log_dir}):
 
 In another terminal, send a signed webhook and watch its completion event:
   export PUBSUB_EMULATOR_HOST={stack.pubsub_host} GOOGLE_CLOUD_PROJECT={stack.project} \\
-    STORE_CLUSTERS_SECRETS={env['STORE_CLUSTERS_SECRETS']}
+    {secret_env}={env.get(secret_env, '...')}
   .venv/bin/python -m gateway events &
-  .venv/bin/python -m gateway send store-clusters examples/store-clusters.json --url {stack.url('webhook')}
+  .venv/bin/python -m gateway send {workflow} examples/{workflow}.json --url {stack.url('webhook')}
 Follow or cancel a job as an operator (the token of GATEWAY_OPERATOR_TOKENS):
   GATEWAY_OPERATOR_TOKENS={env['GATEWAY_OPERATOR_TOKENS'].split(',')[0]} \
     .venv/bin/python -m gateway status JOB_ID --url {stack.url('webhook')}

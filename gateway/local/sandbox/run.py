@@ -9,9 +9,9 @@ import signal
 import sys
 import threading
 from collections.abc import Mapping
-from pathlib import Path
 
 from gateway.errors import ConfigError
+from gateway.local.demos import local_schemas_dir
 from gateway.local.sandbox.jobs import DIALECTS, WORKFLOWS
 from gateway.local.sandbox.procedures import load_procedures
 from gateway.local.sandbox.server import SandboxServer
@@ -25,7 +25,8 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--schemas", help="workflow definitions to derive procedure signatures from "
-                                          "(default: GATEWAY_SCHEMAS_DIR or ./schemas, when present)")
+                                          "(default: GATEWAY_SCHEMAS_DIR or ./schemas when it holds a workflow, "
+                                          "else the demos of examples/workflows/)")
     parser.add_argument("--duration", type=float, default=1.0, help="seconds each job runs (default 1)")
     parser.add_argument("--db", default=":memory:", help="SQLite file for jobs (default: in memory)")
     parser.add_argument("--procedures", default=env.get("GATEWAY_SANDBOX_PROCEDURES"),
@@ -37,11 +38,10 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     return parser
 
 
-def _schemas_dir(explicit: str | None, env: Mapping[str, str]) -> str | None:
+def _schemas_dir(explicit: str | None, env: Mapping[str, str]) -> str:
     if explicit is not None:
         return explicit
-    default = env.get("GATEWAY_SCHEMAS_DIR", "schemas")
-    return default if (Path(default) / "workflows").is_dir() else None
+    return str(local_schemas_dir(env.get("GATEWAY_SCHEMAS_DIR") or "schemas"))
 
 
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
