@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Create or update the gateway on Google Cloud. Idempotent: run it again after any change.
 # Order: APIs, topics and dead letters, service accounts, secrets, IAM, Firestore ledger and the
-# console's indexes, the Cloud Tasks queue of the status checks, the five functions (poll's URL,
-# the checks' target, is known once poll exists), invokers, the tracking/requests retry policies,
+# console's indexes, the Cloud Tasks queue of the status checks and submit hand-offs, the five
+# functions (poll first: its URL, the tasks' target, is known once poll exists), invokers, the tracking/requests retry policies,
 # the sweep schedule.
 set -euo pipefail
 # shellcheck source=deploy/lib.sh
@@ -170,8 +170,8 @@ grant_publishers() {
 # (https://cloud.google.com/firestore/docs/best-practices#high_read_write_and_delete_rates_to_a_narrow_document_range).
 # The queries use job_id (find_job), delivery_id (find_delivery), sweep_at (stale) and created_at
 # (the console's list, newest first): those keep their automatic indexes.
-UNINDEXED_LEDGER_FIELDS=(expires_at parameters query error
-  updated_at submitted_at deadline_at last_check_at finished_at)
+UNINDEXED_LEDGER_FIELDS=(expires_at parameters query error last_answer
+  updated_at submitted_at deadline_at last_check_at finished_at queued_at)
 
 create_firestore_ledger() {
   say "Firestore database $LEDGER_DATABASE (native mode), ledger collection $LEDGER_COLLECTION"
@@ -226,14 +226,16 @@ create_console_indexes() {
   done
 }
 
-# The status checks of running jobs: one task per check, due at its time, POSTed to poll with an
-# OIDC token of poll's identity. The retry config applies when poll answers 5xx (CARTO, Pub/Sub or
-# Cloud Tasks unavailable); "still running" is a 2xx and never retried. Retries go on at least as
-# long as the longest workflow deadline; the dispatch limits cap the status calls CARTO sees.
+# The status checks of running jobs and the submit hand-offs of accepted deliveries that have no job
+# yet (one queue: docs/architecture.md, "Admission"): one task per check or hand-off, due at its
+# time, POSTed to poll with an OIDC token of poll's identity. The retry config applies when poll
+# answers 5xx (the ledger, Pub/Sub or Cloud Tasks unavailable); "still running", "CARTO busy" and "no
+# slot" are 2xx and never retried (the next attempt is a new task). Retries go on at least as long as
+# the longest workflow deadline; the dispatch limits cap the status and creation calls CARTO sees.
 create_tasks_queue() {
   local verb=create longest
   longest=$(longest_deadline_s) || die "cannot read the workflow definitions"
-  say "Cloud Tasks queue $TASKS_QUEUE (status checks), created or updated"
+  say "Cloud Tasks queue $TASKS_QUEUE (status checks and submit hand-offs), created or updated"
   if gc_exists tasks queues describe "$TASKS_QUEUE" --location="$TASKS_LOCATION"; then verb=update; fi
   gc tasks queues "$verb" "$TASKS_QUEUE" --location="$TASKS_LOCATION" \
     --max-attempts="$TASKS_MAX_ATTEMPTS" --max-retry-duration="$((longest + 3600))s" \
@@ -242,12 +244,13 @@ create_tasks_queue() {
     --max-concurrent-dispatches="$TASKS_MAX_CONCURRENT_DISPATCHES"
 }
 
-# poll schedules the next check and sweep re-schedules a lost one: both enqueue (on this queue
-# only), and both name poll's identity as the tasks' OIDC account, which needs actAs on it.
+# poll schedules the next check and hands a freed slot on; sweep re-schedules a lost check or
+# hand-off; webhook and submit hand off a delivery CARTO could not take at once. All enqueue (on this
+# queue only), and all name poll's identity as the tasks' OIDC account, which needs actAs on it.
 grant_task_roles() {
-  say "IAM for the status-check tasks: who may enqueue, and act as poll's identity for OIDC"
+  say "IAM for the check and hand-off tasks: who may enqueue, and act as poll's identity for OIDC"
   local fn
-  for fn in poll sweep; do
+  for fn in "${TASK_SCHEDULERS[@]}"; do
     gc_retry tasks queues add-iam-policy-binding "$TASKS_QUEUE" --location="$TASKS_LOCATION" \
       --member="$(sa_member "$fn")" --role=roles/cloudtasks.enqueuer --format=none
     gc_retry iam service-accounts add-iam-policy-binding "$(sa_email poll)" \
@@ -260,8 +263,6 @@ grant_task_roles() {
 # check tasks, exists once poll does: the first deploy sets it right after (poll_url_known).
 deploy_functions() {
   say "functions (2nd gen); deploy updates an existing one in place"
-  deploy_function webhook --trigger-http --allow-unauthenticated \
-    --memory=512Mi --cpu=1 --concurrency=40 --timeout=60s --max-instances=20
   POLL_URL=""
   if gc_exists functions describe "$(function_name poll)" --gen2 --region="$REGION"; then
     POLL_URL=$(function_url poll)
@@ -276,6 +277,8 @@ deploy_functions() {
     gc run services update "$(function_name poll)" --region="$REGION" \
       --update-env-vars="GATEWAY_POLL_URL=$POLL_URL"
   fi
+  deploy_function webhook --trigger-http --allow-unauthenticated \
+    --memory=512Mi --cpu=1 --concurrency=40 --timeout=60s --max-instances=20
   deploy_function submit --trigger-topic="$GATEWAY_REQUESTS_TOPIC" --retry \
     --trigger-service-account="$(sa_email trigger)" \
     --memory=512Mi --cpu=1 --concurrency=20 --timeout=120s --max-instances=10
@@ -302,7 +305,7 @@ deploy_function() {
 }
 
 # The settings of README "Settings": the same for every function, plus the Cloud Tasks settings for
-# poll and sweep (GATEWAY_POLL_URL once poll exists) and the operators' emails for `webhook`. A list of emails has commas, so then the pairs are joined by ";" (gcloud's alternate
+# the functions that enqueue tasks (GATEWAY_POLL_URL once poll exists) and the operators' emails for `webhook`. A list of emails has commas, so then the pairs are joined by ";" (gcloud's alternate
 # delimiter, `gcloud topic escaping`).
 function_env_vars() {
   local fn=$1
@@ -316,9 +319,10 @@ function_env_vars() {
     "GATEWAY_LEDGER=$GATEWAY_LEDGER"
     "GATEWAY_MAX_BODY_BYTES=$GATEWAY_MAX_BODY_BYTES"
     "GATEWAY_POLL_INLINE_S=$GATEWAY_POLL_INLINE_S"
+    "GATEWAY_SUBMIT_INLINE_S=$GATEWAY_SUBMIT_INLINE_S"
   )
   [[ -z $CARTO_CLIENT_ID ]] || pairs+=("CARTO_CLIENT_ID=$CARTO_CLIENT_ID")
-  if [[ $fn == poll || $fn == sweep ]]; then  # the functions that schedule status checks
+  if [[ " ${TASK_SCHEDULERS[*]} " == *" $fn "* ]]; then  # the functions that enqueue checks or hand-offs
     pairs+=("GATEWAY_TASKS_QUEUE=$GATEWAY_TASKS_QUEUE" "GATEWAY_TASKS_SERVICE_ACCOUNT=$(sa_email poll)")
     [[ -z ${POLL_URL:-} ]] || pairs+=("GATEWAY_POLL_URL=$POLL_URL")
   fi

@@ -116,6 +116,7 @@ load_settings() {
   : "${GATEWAY_LEDGER:=firestore://deliveries}"
   : "${GATEWAY_MAX_BODY_BYTES:=1048576}"
   : "${GATEWAY_POLL_INLINE_S:=5}"
+  : "${GATEWAY_SUBMIT_INLINE_S:=2}"
   : "${TASKS_LOCATION:=$REGION}"
   : "${TASKS_QUEUE:=${NAME_PREFIX:-gateway}-poll-checks}"
   : "${TASKS_MIN_BACKOFF:=10s}"
@@ -158,6 +159,7 @@ load_settings() {
 # Names derived from the settings, used by deploy and teardown alike.
 set_names() {
   FUNCTIONS=(webhook poll submit sweep console)
+  TASK_SCHEDULERS=(webhook poll submit sweep)  # the functions that enqueue status checks or submit hand-offs
   SCHEDULER_JOB="$NAME_PREFIX-sweep"
   JOBS_DEAD_LETTER_SUB="$JOBS_DEAD_LETTER_TOPIC$DEAD_LETTER_SUBSCRIPTION_SUFFIX"
   REQUESTS_DEAD_LETTER_SUB="$REQUESTS_DEAD_LETTER_TOPIC$DEAD_LETTER_SUBSCRIPTION_SUFFIX"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Remove what deploy.sh created: the sweep schedule, the five functions (their Eventarc
-# triggers and subscriptions go with them), the Cloud Tasks queue of the status checks (its
-# IAM goes with it), topics and dead-letter subscriptions, IAM bindings, service accounts and,
+# triggers and subscriptions go with them), the Cloud Tasks queue of the status checks and submit
+# hand-offs (its IAM goes with it), topics and dead-letter subscriptions, IAM bindings, service accounts and,
 # with --delete-secrets, the secrets.
 # Kept on purpose: the Firestore database (the ledger's data) and the enabled APIs.
 set -euo pipefail
@@ -38,7 +38,7 @@ main() {
   say "gateway teardown in project $PROJECT, region $REGION"
   gc_try scheduler jobs delete "$SCHEDULER_JOB" --location="$REGION" --quiet
   delete_functions
-  say "Cloud Tasks queue $TASKS_QUEUE with its pending checks (its name is reserved for 7 days after)"
+  say "Cloud Tasks queue $TASKS_QUEUE with its pending checks and hand-offs (its name is reserved for 7 days after)"
   gc_try tasks queues delete "$TASKS_QUEUE" --location="$TASKS_LOCATION" --quiet
   delete_topics
   revoke_runtime_roles

@@ -27,6 +27,7 @@ DEPLOY = REPO / "deploy"
 ENV_EXAMPLE = DEPLOY / "env.example"
 PROJECT = "my-gcp-project"  # as in env.example
 FUNCTIONS = ("webhook", "poll", "submit", "sweep", "console")
+TASK_SCHEDULERS = ("webhook", "poll", "submit", "sweep")  # status checks, and hand-offs of queued deliveries
 
 
 
@@ -65,7 +66,7 @@ case "$1 $2 $3" in
   "eventarc triggers describe") echo "projects/p/subscriptions/${4##*/}-sub" ;;
   "firestore indexes fields")
     [[ $4 == list ]] && deployed && printf 'projects/p/databases/d/collectionGroups/c/fields/%s\n' expires_at parameters \
-      query error updated_at submitted_at deadline_at last_check_at finished_at ;;
+      query error last_answer updated_at submitted_at deadline_at last_check_at finished_at queued_at ;;
   "firestore indexes composite")
     if [[ $4 == list ]] && deployed; then
       for fields in workflow outcome workflow:ASCENDING:outcome state workflow:ASCENDING:state outcome:ASCENDING:state \
@@ -439,10 +440,11 @@ def expected_grants() -> set[tuple[str, str, str]]:
         for fn in ("poll", "submit")
     }
     grants |= {(sa("scheduler"), "function:gateway-sweep", "roles/run.invoker")}
-    # Status checks: poll and sweep enqueue on the queue, naming poll's identity as the tasks' OIDC
-    # account (actAs); poll's identity may invoke poll, nothing else changes about who may.
-    grants |= {(sa(fn), f"queue:{QUEUE}", "roles/cloudtasks.enqueuer") for fn in ("poll", "sweep")}
-    grants |= {(sa(fn), f"service-account:{POLL_SA}", "roles/iam.serviceAccountUser") for fn in ("poll", "sweep")}
+    # Status checks and submit hand-offs: webhook, poll, submit and sweep enqueue on the queue, naming
+    # poll's identity as the tasks' OIDC account (actAs); poll's identity may invoke poll, nothing else
+    # changes about who may. The console enqueues nothing.
+    grants |= {(sa(fn), f"queue:{QUEUE}", "roles/cloudtasks.enqueuer") for fn in TASK_SCHEDULERS}
+    grants |= {(sa(fn), f"service-account:{POLL_SA}", "roles/iam.serviceAccountUser") for fn in TASK_SCHEDULERS}
     grants |= {(sa("poll"), "function:gateway-poll", "roles/run.invoker")}
     return grants
 
@@ -509,14 +511,15 @@ def test_firestore_ledger_is_native_with_a_ttl_on_expires_at(deploy_commands):
 # The ledger's queries (gateway/ledger/firestore.py): find_job (job_id ==), find_delivery
 # (delivery_id ==), stale (sweep_at <) and the console's list (created_at, newest first).
 QUERIED_LEDGER_FIELDS = {"job_id", "delivery_id", "sweep_at", "created_at"}
-LEDGER_TIMESTAMPS = {"updated_at", "submitted_at", "deadline_at", "last_check_at", "finished_at", "expires_at"}
+LEDGER_TIMESTAMPS = {"updated_at", "submitted_at", "deadline_at", "last_check_at", "finished_at", "expires_at",
+                     "queued_at"}
 
 
 def test_ledger_fields_never_queried_are_not_indexed(deploy_commands):
     updates = with_prefix(deploy_commands, "firestore", "indexes", "fields", "update")
     # Large fields, and every timestamp no query uses: an indexed field whose values only grow caps
     # the collection's writes at about 500 per second.
-    assert {argv[5] for argv in updates} == {"parameters", "query", "error"} | LEDGER_TIMESTAMPS
+    assert {argv[5] for argv in updates} == {"parameters", "query", "error", "last_answer"} | LEDGER_TIMESTAMPS
     assert all(flags(argv)["disable-indexes"] is True for argv in updates)
     assert all(flags(argv)["collection-group"] == "deliveries" for argv in updates)
 
@@ -671,27 +674,33 @@ def test_the_queue_update_parses_with_the_real_gcloud(sdk, second_deploy):
     assert updates and all(verdict.ok for verdict in argcheck.check(updates, sdk)), updates
 
 
-@pytest.mark.parametrize("fn", ["poll", "sweep"])
-def test_poll_and_sweep_schedule_checks_on_the_queue_as_polls_identity(deploy_commands, fn):
+@pytest.mark.parametrize("fn", TASK_SCHEDULERS)
+def test_the_functions_that_enqueue_checks_or_hand_offs_do_so_on_the_queue_as_polls_identity(deploy_commands, fn):
     settings = env_vars(deploy_of(deploy_commands, fn))
 
     assert settings["GATEWAY_TASKS_QUEUE"] == QUEUE_PATH
     assert settings["GATEWAY_TASKS_SERVICE_ACCOUNT"] == POLL_SA
 
 
-def test_webhook_and_submit_schedule_no_checks(deploy_commands):
-    for fn in ("webhook", "submit"):
-        assert not {"GATEWAY_TASKS_QUEUE", "GATEWAY_POLL_URL"} & env_vars(deploy_of(deploy_commands, fn)).keys()
+def test_the_console_enqueues_nothing(deploy_commands):
+    assert not {"GATEWAY_TASKS_QUEUE", "GATEWAY_POLL_URL"} & env_vars(deploy_of(deploy_commands, "console")).keys()
 
 
-def test_on_a_first_deploy_polls_url_is_set_once_poll_exists_without_a_rebuild(deploy_commands):
-    poll, sweep = deploy_of(deploy_commands, "poll"), deploy_of(deploy_commands, "sweep")
+def test_every_function_gets_the_inline_submit_budget(deploy_commands):
+    for fn in FUNCTIONS:
+        assert env_vars(deploy_of(deploy_commands, fn))["GATEWAY_SUBMIT_INLINE_S"] == "2"
+
+
+def test_on_a_first_deploy_polls_url_is_set_once_poll_exists_and_before_anything_hands_off(deploy_commands):
+    poll = deploy_of(deploy_commands, "poll")
     (update,) = with_prefix(deploy_commands, "run", "services", "update")
 
     assert "GATEWAY_POLL_URL" not in env_vars(poll)  # unknown before poll exists
     assert update[4] == "gateway-poll" and flags(update)["update-env-vars"] == f"GATEWAY_POLL_URL={DRY_RUN_POLL_URL}"
-    assert deploy_commands.index(poll) < deploy_commands.index(update) < deploy_commands.index(sweep)
-    assert env_vars(sweep)["GATEWAY_POLL_URL"] == DRY_RUN_POLL_URL
+    for fn in ("webhook", "submit", "sweep"):  # deployed after: their hand-offs and checks have a target
+        later = deploy_of(deploy_commands, fn)
+        assert deploy_commands.index(poll) < deploy_commands.index(update) < deploy_commands.index(later)
+        assert env_vars(later)["GATEWAY_POLL_URL"] == DRY_RUN_POLL_URL
 
 
 def test_on_a_later_deploy_poll_gets_its_known_url_directly(second_deploy):
