@@ -59,16 +59,16 @@ def poll(app: App, cloud_event: Any) -> None:
         _poll(app, cloud_event)
 
 
-def poll_trigger(cloud_event: Any) -> tuple[Tracking, Check | None]:
-    """The tracking and, for a check task (`ce-type` com.carto.workflows.job.check), the check; PoisonMessage if neither."""
+def poll_trigger(cloud_event: Any) -> Tracking | Check:
+    """The tracking message or, for a check task (`ce-type` com.carto.workflows.job.check), the check;
+    PoisonMessage if neither. Either only names the delivery: `poll` follows the ledger record's job."""
     if _event_type(cloud_event) == CHECK_TYPE:
         data = cloud_event.data if hasattr(cloud_event, "data") else None
         if not isinstance(data, Mapping | bytes | str):
             raise PoisonMessage("the check task carries no JSON body")
-        check = parse_check(data.encode() if isinstance(data, str) else data)
-        return check.tracking, check
+        return parse_check(data.encode() if isinstance(data, str) else data)
     data, _, _ = pubsub_message(cloud_event)
-    return parse_tracking(data), None
+    return parse_tracking(data)
 
 
 def _event_type(cloud_event: Any) -> str | None:
@@ -80,15 +80,18 @@ def _event_type(cloud_event: Any) -> str | None:
 
 def _poll(app: App, cloud_event: Any) -> None:
     try:
-        tracking, check = poll_trigger(cloud_event)
+        message = poll_trigger(cloud_event)
     except PoisonMessage as exc:
         log.error("poison tracking message acked: %s", exc.detail, extra=logs.event("tracking.poison"))
         return
-    token = logs.bind(workflow=tracking.workflow, job_id=tracking.job_id, delivery_id=tracking.delivery_id,
-                      trace=tracking.trace)
     started = time.monotonic()
+    token = logs.bind(job_id=message.job_id)  # the record's job id too, or the message is refused
     try:
-        record = app.poller.handle(tracking, check)
+        record = app.poller.admit(message)  # None: an unknown delivery or a message that does not fit it (logged)
+        if record is None:
+            return
+        logs.bind(workflow=record.workflow, delivery_id=record.delivery_id, trace=record.trace)
+        finished = app.poller.follow(record, message)
     except Unavailable as exc:
         name, kind = _failure(exc)
         log.warning("check failed, to be retried: %s", exc.detail,
@@ -96,12 +99,12 @@ def _poll(app: App, cloud_event: Any) -> None:
         raise
     else:
         elapsed = round(time.monotonic() - started, 3)
-        if record is not None:
-            log.info("job over", extra=logs.event("job.checked", outcome=record.outcome, invocation_s=elapsed))
+        if finished is not None:
+            log.info("job over", extra=logs.event("job.checked", outcome=finished.outcome, invocation_s=elapsed))
         else:
             log.info("job still running; next check scheduled", extra=logs.event("job.checked", invocation_s=elapsed))
     finally:
-        logs.reset(token)
+        logs.reset(token)  # undoes both binds
 
 
 def _failure(exc: Unavailable) -> tuple[str, str]:

@@ -10,6 +10,7 @@ travel as `ce-` message attributes, the data is the JSON body
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -53,7 +54,10 @@ class PoisonMessage(GatewayError):
 
 @dataclass(frozen=True)
 class Tracking:
-    """What `poll` needs to follow one job. Never the token."""
+    """The tracking message: what was submitted, for subscribers and operators. Never the token.
+
+    `poll` reads only `key` and `job_id` from it: the job's endpoint, connection and deadline come
+    from the ledger record, and a message whose job id is not the record's is refused."""
 
     key: str
     job_id: str
@@ -104,10 +108,13 @@ CHECK_TYPE = "com.carto.workflows.job.check"
 class Check:
     """One scheduled status check of a job: the task body `poll` receives from Cloud Tasks.
 
-    `checks` and `last_check_at` are the progress so far, so a retried task reads them from its own
-    body; `index` is the check's place on the geometric schedule, which names the task."""
+    It names the delivery and its job (checked against the ledger record) and carries the progress
+    so far, so a retried task resumes where it was: `checks` made, the `last_check_at` time, and
+    `index`, the check's place on the geometric schedule, which names the task. `poll` bounds the
+    progress by the record before using it (gateway/poller.py)."""
 
-    tracking: Tracking
+    key: str
+    job_id: str
     checks: int
     last_check_at: float | None
     due_at: float
@@ -115,27 +122,38 @@ class Check:
 
 
 def check_body(check: Check) -> bytes:
-    """The task body: the tracking fields plus the progress and the due time."""
-    body = {**check.tracking.__dict__, "checks": check.checks, "last_check_at": check.last_check_at,
-            "due_at": check.due_at, "index": check.index}
-    return json.dumps(body, separators=(",", ":")).encode()
+    """The task body: the delivery, its job, the progress and the due time."""
+    return json.dumps(check.__dict__, separators=(",", ":")).encode()
 
 
 def parse_check(data: bytes | Mapping[str, Any]) -> Check:
-    """Read a check task's body (bytes, or the JSON functions-framework already parsed); PoisonMessage if not one."""
+    """Read a check task's body (bytes, or the JSON functions-framework already parsed); PoisonMessage if not one.
+    Other fields (the tracking fields earlier bodies carried) are ignored."""
     try:
         body = dict(data) if isinstance(data, Mapping) else json.loads(data)
-        tracking = parse_tracking(json.dumps(body).encode())
-        checks, index, due_at = int(body["checks"]), int(body["index"]), float(body["due_at"])
+        key, job_id = body["key"], body["job_id"]
+        checks, index, due_at = _integer(body["checks"]), _integer(body["index"]), _number(body["due_at"])
         last = body.get("last_check_at")
-        last_check_at = None if last is None else float(last)
-    except PoisonMessage:
-        raise
+        last_check_at = None if last is None else _number(last)
     except (ValueError, TypeError, KeyError, UnicodeDecodeError, AttributeError) as exc:
         raise PoisonMessage(f"not a check task: {type(exc).__name__}") from None
+    if not (isinstance(key, str) and key and isinstance(job_id, str) and job_id):
+        raise PoisonMessage("not a check task: missing fields")
     if checks < 0 or index < 0:
         raise PoisonMessage("not a check task: negative counts")
-    return Check(tracking, checks, last_check_at, due_at, index)
+    return Check(key, job_id, checks, last_check_at, due_at, index)
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("not an integer")
+    return value
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise TypeError("not a finite number")
+    return float(value)
 
 
 def completion_event(delivery: Delivery, *, source: str) -> Message:

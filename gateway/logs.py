@@ -65,7 +65,7 @@ EVENTS = frozenset({
     "delivery.accepted", "delivery.duplicate", "delivery.refused", "delivery.handshake",
     "delivery.queued", "delivery.dequeued", "delivery.superseded",
     "auth.refused", "operator.refused", "http.answered", "http.crashed",
-    "job.finished", "job.checked", "check.failed", "tracking.dropped", "tracking.poison",
+    "job.finished", "job.checked", "check.failed", "tracking.dropped", "tracking.poison", "tracking.refused",
     "carto.failed", "publish.failed",
     "sweep.redrive", "sweep.failed", "sweep.done",
     "result.read", "result.failed",

@@ -15,6 +15,11 @@ would allow, so the sweeper finds a job whose next check is overdue (its task lo
 
 Final transitions are first-writer-wins in the ledger, and the event is published before the
 invocation answers, with a deterministic id, so retries never yield a second, different outcome.
+
+A message only names the delivery (docs/architecture.md, "The ledger is the source of truth"): the
+job's id, CARTO endpoint, connection and deadline are the ledger record's. A message naming another
+job id, or a check whose progress the record makes impossible, is refused: logged, acknowledged, no
+CARTO call.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from gateway.events import Check, Publisher, Tracking, completion_event
 from gateway.ledger import Delivery, Ledger
 
 log = logging.getLogger("gateway.poller")
+
+CLOCK_SKEW_S = 5.0  # how far a check's last_check_at may lie outside [submission, now]: clocks of two instances
 
 
 class Scheduler(Protocol):
@@ -86,19 +93,57 @@ class Poller:
         self.schedule, self.inline_s, self.scheduler = schedule, inline_s, scheduler
         self.quiet_s = quiet_s  # the sweeper's grace: how long past `updated_at` it leaves a tracked job alone
 
-    def handle(self, tracking: Tracking, check: Check | None = None) -> Delivery | None:
-        """One invocation: the first trigger (`check` None) or a scheduled check. Returns the finished
-        record once the job is over (its event published), None while it runs (the next check scheduled)."""
-        record = self.ledger.get(tracking.key)
+    def handle(self, message: Tracking | Check) -> Delivery | None:
+        """One invocation: the first trigger (a tracking message) or a scheduled check. Returns the finished
+        record once the job is over (its event published), None while it runs (the next check scheduled)
+        or when the message is refused."""
+        record = self.admit(message)
+        return None if record is None else self.follow(record, message)
+
+    def admit(self, message: Tracking | Check) -> Delivery | None:
+        """The ledger record the message names, or None (logged) when there is none or the message does
+        not fit it: another job id, or a check's progress out of the record's bounds."""
+        record = self.ledger.get(message.key)
         if record is None:
-            log.error("tracking message for an unknown delivery; dropped",
-                      extra=logs.event("tracking.dropped", job_id=tracking.job_id))
+            log.error("poll message for an unknown delivery; dropped",
+                      extra=logs.event("tracking.dropped", job_id=message.job_id))
             return None
+        if record.job_id is None or record.job_id != message.job_id:
+            log.error("poll message names job %s, not the delivery's job; refused", message.job_id,
+                      extra=logs.event("tracking.refused", reason="job_id", job_id=record.job_id,
+                                       workflow=record.workflow))
+            return None
+        if isinstance(message, Check) and record.outcome is None:
+            problem = self._implausible(record, message)
+            if problem:
+                log.error("check task refused: %s", problem, extra=logs.event(
+                    "tracking.refused", reason="progress", job_id=record.job_id, workflow=record.workflow))
+                return None
+        return record
+
+    def _implausible(self, record: Delivery, check: Check) -> str | None:
+        """Why the record makes the check's progress impossible, or None when it fits."""
+        now = self.clock.now()
+        job = _tracking_of(record, now)
+        last_index = self.schedule.index_after(job.deadline_at - job.submitted_at + self.quiet_s)
+        if check.index > last_index:
+            return f"check index {check.index} past the schedule's last ({last_index})"
+        # At most one check per point of the schedule, plus one per task that came early.
+        if check.checks > 2 * (last_index + 1):
+            return f"{check.checks} checks is more than the schedule allows"
+        if check.last_check_at is not None and not (
+                job.submitted_at - CLOCK_SKEW_S <= check.last_check_at <= now + CLOCK_SKEW_S):
+            return "last_check_at outside the job's submission and now"
+        return None
+
+    def follow(self, record: Delivery, message: Tracking | Check) -> Delivery | None:
+        """Follow the admitted record's job: from the record's progress (tracking message) or the check's."""
         if record.outcome is not None:
             return self.publish(record)
-        if check is None:
-            return self._follow(tracking, record, record.checks, record.last_check_at, inline=True)
-        return self._follow(tracking, record, check.checks, check.last_check_at, inline=False)
+        job = _tracking_of(record, self.clock.now())
+        if isinstance(message, Check):
+            return self._follow(job, record, message.checks, message.last_check_at, inline=False)
+        return self._follow(job, record, record.checks, record.last_check_at, inline=True)
 
     def _follow(self, tracking: Tracking, record: Delivery, checks: int, last_check: float | None,
                 *, inline: bool) -> Delivery | None:
@@ -113,7 +158,7 @@ class Poller:
                 if task_check:
                     self.clock.sleep(min(due_at - now, self.inline_s))
                 elif not inline or due_at - started > self.inline_s:
-                    self._schedule(record, Check(tracking, checks, last_check, due_at, index))
+                    self._schedule(record, Check(record.key, tracking.job_id, checks, last_check, due_at, index))
                     return None
                 else:
                     self.clock.sleep(due_at - now)
@@ -137,14 +182,15 @@ class Poller:
         # The ledger is written only when the next check falls past what the sweeper tolerates
         # (updated_at + its grace): short gaps early in a job cost no write.
         if check.due_at > record.updated_at + self.quiet_s:
-            self.ledger.note_checks(record.key, check.checks, check.last_check_at or check.tracking.submitted_at,
+            self.ledger.note_checks(record.key, check.checks, check.last_check_at or _submitted_at(record),
                                     next_check_at=check.due_at)
 
     def resume(self, record: Delivery, now: float) -> None:
         """Schedule the next check of a tracked job whose chain of tasks broke (the sweeper's re-drive)."""
         tracking = _tracking_of(record, now)
         index, due_at = self._next(tracking, now)
-        self.scheduler.schedule(Check(tracking, record.checks, record.last_check_at, due_at, index))
+        self.scheduler.schedule(Check(record.key, tracking.job_id, record.checks, record.last_check_at, due_at,
+                                     index))
         self.ledger.note_checks(record.key, record.checks, record.last_check_at or tracking.submitted_at,
                                 next_check_at=due_at)
 
@@ -211,15 +257,19 @@ class Poller:
 
 def _log_finished(record: Delivery) -> None:
     """The line of a job's completion event (once per job): its outcome, run time and status checks."""
-    started = record.submitted_at or record.created_at
-    duration = round(record.finished_at - started, 3) if record.finished_at is not None else None
+    duration = round(record.finished_at - _submitted_at(record), 3) if record.finished_at is not None else None
     log.info("job finished %s", record.outcome, extra=logs.event(
         "job.finished", workflow=record.workflow, delivery_id=record.delivery_id, job_id=record.job_id,
         outcome=record.outcome, duration_s=duration, checks=record.checks))
 
 
+def _submitted_at(record: Delivery) -> float:
+    """When the record's job was submitted (its creation for records older than that field)."""
+    return record.submitted_at or record.created_at
+
+
 def _tracking_of(record: Delivery, now: float) -> Tracking:
+    """The job to follow, all from the ledger record (never from a message)."""
     assert record.job_id is not None
     return Tracking(record.key, record.job_id, record.workflow, record.connection, record.api_base_url,
-                    record.submitted_at or record.created_at, record.deadline_at or now,
-                    record.delivery_id, record.trace)
+                    _submitted_at(record), record.deadline_at or now, record.delivery_id, record.trace)

@@ -35,9 +35,9 @@ def task_id(key: str, index: int) -> str:
 def task_request(check: Check, *, queue: str, poll_url: str, service_account: str | None,
                  source: str) -> dict[str, Any]:
     """The CreateTaskRequest of one check, as plain data (google-cloud-tasks accepts it as is)."""
-    name = task_id(check.tracking.key, check.index)
+    name = task_id(check.key, check.index)
     headers = {"ce-specversion": "1.0", "ce-type": CHECK_TYPE, "ce-source": source, "ce-id": name,
-               "ce-subject": check.tracking.job_id, "content-type": "application/json"}
+               "ce-subject": check.job_id, "content-type": "application/json"}
     http_request: dict[str, Any] = {"url": poll_url, "http_method": "POST", "headers": headers,
                                     "body": check_body(check)}
     if service_account:

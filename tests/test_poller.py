@@ -5,6 +5,7 @@ clock) and the recording Scheduler seam (Cloud Tasks' naming rule: a name is cre
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import jsonschema
 import pytest
@@ -107,7 +108,7 @@ def run_next(app, scheduler, clock):
     due = request["task"]["schedule_time"].timestamp()
     clock.advance(max(0.0, due - clock.now()))
     check = parse_check(request["task"]["http_request"]["body"])
-    return app.poller.handle(check.tracking, check), request
+    return app.poller.handle(check), request
 
 
 def follow(app, tracking, scheduler, clock, limit=200):
@@ -175,8 +176,8 @@ def test_a_running_jobs_check_schedules_the_next_one_and_a_retry_of_it_schedules
     check = parse_check(request["task"]["http_request"]["body"])
     clock.advance(check.due_at - clock.now())
 
-    first = app.poller.handle(check.tracking, check)  # still running: the next check is scheduled
-    retried = app.poller.handle(check.tracking, check)  # the queue delivers the same task again
+    first = app.poller.handle(check)  # still running: the next check is scheduled
+    retried = app.poller.handle(check)  # the queue delivers the same task again
 
     assert first is None and retried is None
     names = [r["task"]["name"] for r in scheduler.requests[1:]]
@@ -196,9 +197,9 @@ def test_a_retried_task_reads_the_check_count_and_last_check_from_its_body(test_
     check = parse_check(request["task"]["http_request"]["body"])
     clock.advance(check.due_at - clock.now())
     with pytest.raises(CartoUnavailable):  # a 5xx: the queue retries this task
-        app.poller.handle(check.tracking, check)
+        app.poller.handle(check)
     clock.advance(30)
-    record = app.poller.handle(check.tracking, check)
+    record = app.poller.handle(check)
 
     assert record is not None and record.outcome == "SUCCEEDED"
     assert record.checks == check.checks + 1
@@ -286,3 +287,35 @@ def test_following_a_job_writes_the_ledger_only_when_its_next_check_is_past_the_
     notes = ledger.writes.pop("note_checks", 0)
     assert ledger.writes == {"claim": 1, "mark_submitted": 1, "mark_tracked": 1, "finish": 1, "mark_published": 1}
     assert notes <= most_notes and notes < invocations
+
+
+def test_a_check_naming_another_job_or_impossible_progress_is_refused_without_a_status_check(
+        test_schemas, sandbox, tmp_path, clock):
+    app, publisher, scheduler = make_app(test_schemas, sandbox, tmp_path, clock, GATEWAY_POLL_INLINE_S="1")
+    _, tracking = submit(app)
+    app.poller.handle(tracking)
+    check = parse_check(scheduler.requests[-1]["task"]["http_request"]["body"])
+    clock.advance(check.due_at - clock.now())
+    sandbox.faults.error("status", status=500, count=100)  # any status check now would fail the invocation
+
+    forged = [replace(check, job_id="job_of_another_delivery"), replace(check, index=10**6),
+              replace(check, checks=10**6), replace(check, last_check_at=clock.now() + 3600),
+              replace(check, last_check_at=tracking.submitted_at - 3600)]
+    answers = [app.poller.handle(message) for message in forged]
+
+    assert answers == [None] * len(forged) and len(scheduler.requests) == 1 and not publisher.events()
+    assert app.ledger.get(tracking.key).outcome is None
+    sandbox.faults.clear()
+    record, _ = follow(app, tracking, scheduler, clock)
+    assert record.outcome == "SUCCEEDED" and len(publisher.events()) == 1
+
+
+def test_a_tracking_message_naming_another_job_is_refused_and_the_record_decides_the_rest(
+        test_schemas, sandbox, tmp_path, clock):
+    app, publisher, scheduler = make_app(test_schemas, sandbox, tmp_path, clock, GATEWAY_POLL_INLINE_S="1")
+    _, tracking = submit(app)
+
+    assert app.poller.handle(replace(tracking, job_id="job_of_another_delivery")) is None
+    assert not scheduler.requests and not publisher.events()
+    record, _ = follow(app, replace(tracking, api_base_url="http://127.0.0.1:9", deadline_at=1.0), scheduler, clock)
+    assert record.outcome == "SUCCEEDED" and len(publisher.events()) == 1

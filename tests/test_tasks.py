@@ -6,6 +6,7 @@ functions-framework `poll` with the task's CloudEvent headers."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from concurrent import futures
@@ -15,7 +16,7 @@ import grpc
 import pytest
 
 from gateway.errors import TasksUnavailable
-from gateway.events import CHECK_TYPE, Check, Tracking, parse_check
+from gateway.events import CHECK_TYPE, Check, parse_check
 from gateway.local import emulators
 from gateway.local.sandbox import serve
 from gateway.tasks import CloudTasksScheduler, task_id, task_request
@@ -23,9 +24,7 @@ from tests.apptools import POLL_URL, QUEUE, TASKS_ACCOUNT, RecordingPublisher, b
 from tests.conftest import CARTO_TOKEN, TASKS_QUEUE
 from tests.rigs import BODY, push_body, served
 
-TRACKING = Tracking("store-clusters:msg_1", "job_1", "store-clusters", "carto_dw", "https://carto.example",
-                    1_800_000_000.0, 1_800_021_600.0, "msg_1", None)
-CHECK = Check(TRACKING, 9, 1_800_000_007.45, 1_800_000_009.31, 10)
+CHECK = Check("store-clusters:msg_1", "job_1", 9, 1_800_000_007.45, 1_800_000_009.31, 10)
 
 
 def test_the_task_is_an_oidc_http_call_of_poll_carrying_a_binary_cloudevent_at_the_due_time():
@@ -34,7 +33,7 @@ def test_the_task_is_an_oidc_http_call_of_poll_carrying_a_binary_cloudevent_at_t
     task = request["task"]
     http = task["http_request"]
     assert request["parent"] == QUEUE
-    assert task["name"] == f"{QUEUE}/tasks/{task_id(TRACKING.key, 10)}"
+    assert task["name"] == f"{QUEUE}/tasks/{task_id(CHECK.key, 10)}"
     assert task["schedule_time"].timestamp() == pytest.approx(CHECK.due_at, abs=1e-6)
     assert http["url"] == POLL_URL and http["http_method"] == "POST"
     assert http["oidc_token"] == {"service_account_email": TASKS_ACCOUNT, "audience": POLL_URL}
@@ -213,3 +212,33 @@ def test_the_webhook_never_loads_the_cloud_tasks_client(tmp_path, test_schemas):
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result == {"status": 200, "loaded": []}
+
+
+# 127.0.0.1 over IPv4, the same as an IPv4-mapped IPv6 address (gRPC's dual-stack socket), ::1.
+LOOPBACK = {"0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000"}
+
+
+def _listening(port: int) -> set[str]:
+    """The local addresses (hex, as /proc/net shows them) of the sockets listening on `port`."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, _, state = line.split()[1:4]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(address)
+    return found
+
+
+def test_the_tasks_emulator_listens_on_loopback_only(tasks_emulator):
+    if not os.path.exists("/proc/net/tcp"):
+        pytest.skip("no /proc/net/tcp to read the listening sockets from")
+
+    listening = _listening(tasks_emulator.port)
+
+    assert listening and listening <= LOOPBACK, listening  # no [::] or 0.0.0.0 socket
+    assert tasks_emulator.host == f"127.0.0.1:{tasks_emulator.port}"

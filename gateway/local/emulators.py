@@ -2,13 +2,15 @@
 
 Pub/Sub and Firestore ship with the gcloud SDK (`platform/pubsub-emulator`,
 `platform/cloud-firestore-emulator`) and need Java. Cloud Tasks has no Google emulator: the
-`gcloud-tasks-emulator` package (requirements-emulators.txt, installed next to the venv's Python)
-serves the Cloud Tasks gRPC API on `[::]:PORT` and calls each task's HTTP target when it is due.
+`gcloud-tasks-emulator` package (requirements-emulators.txt, installed into the venv) serves the Cloud
+Tasks gRPC API and calls each task's HTTP target when it is due; gateway/local/tasks_emulator.py runs
+it on 127.0.0.1 (the package alone listens on every interface).
 Nothing here is deployed (.gcloudignore).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -50,11 +52,9 @@ def _sdk_roots() -> list[Path]:
 def find(kind: str) -> Path:
     """The emulator's launcher, from PATH or the gcloud SDK; EmulatorMissing naming the install command."""
     if kind == "tasks":
-        beside = Path(sys.executable).parent / "gcloud-tasks-emulator"
-        found = beside if beside.is_file() else shutil.which("gcloud-tasks-emulator")
-        if not found:
-            raise EmulatorMissing(f"no gcloud-tasks-emulator next to {sys.executable} nor on PATH; {TASKS_INSTALL_HINT}")
-        return Path(found)
+        if importlib.util.find_spec("gcloud_tasks_emulator") is None:
+            raise EmulatorMissing(f"gcloud-tasks-emulator is not installed for {sys.executable}; {TASKS_INSTALL_HINT}")
+        return Path(__file__).with_name("tasks_emulator.py")
     program, relative = _PROGRAMS[kind]
     on_path = shutil.which(program)
     if on_path:
@@ -98,8 +98,7 @@ class Emulator:
 
     @property
     def host(self) -> str:
-        # The Cloud Tasks emulator listens on [::] only: "localhost" reaches it over either family.
-        return f"localhost:{self.port}" if self.kind == "tasks" else f"127.0.0.1:{self.port}"
+        return f"127.0.0.1:{self.port}"
 
     @classmethod
     def start(cls, kind: str, port: int | None = None, *, project: str = "local-project",
@@ -112,7 +111,7 @@ class Emulator:
         if kind == "pubsub":
             args.append(f"--project={project}")
         elif kind == "tasks":
-            args = [str(launcher), "start", "--port", str(port), *(f"-d={queue}" for queue in queues)]
+            args = [sys.executable, str(launcher), f"--port={port}", *(f"-d={queue}" for queue in queues)]
         else:
             args = [str(launcher), "start", "--host=127.0.0.1", f"--port={port}"]
         log_dir = log_dir or Path(os.environ.get("TMPDIR", "/tmp"))
