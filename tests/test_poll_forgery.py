@@ -24,7 +24,8 @@ from bench.stacks import completion_schemas
 from gateway.app import App
 from gateway.events import CHECK_TYPE
 from gateway.local import emulators
-from gateway.local.devstack import DEV_SECRET, LocalStack
+from gateway.local.demos import DEV_SECRET
+from gateway.local.devstack import LocalStack
 from gateway.settings import Settings
 from tests.stackutil import EventInbox, post_hook
 
