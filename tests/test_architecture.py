@@ -133,9 +133,9 @@ def test_the_cli_help_names_no_outside_document():
     assert not CITED.search(done.stdout)
 
 
-def test_readme_layout_names_every_top_level_folder_and_gateway_subpackage():
-    readme = (ROOT / "README.md").read_text()
-    layout = readme[readme.index("## Layout"):].split("```")[1]
+def test_the_layout_names_every_top_level_folder_and_gateway_subpackage():
+    text = MAP.read_text()
+    layout = text[text.index("## Layout"):].split("```")[1]
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     folders = {name.split("/")[0] for name in tracked if "/" in name and not name.startswith(".")}
     subpackages = {path.parent.name for path in GATEWAY.glob("*/__init__.py")}

@@ -737,7 +737,7 @@ def doc_gateway(make_gateway, doc_schemas) -> Gateway:
 
 def post_to_github_push(gateway: Gateway, payload: Any):
     body = json.dumps(payload, indent=2).encode()
-    headers = {**cases.github_headers(body, doc_env()["GITHUB_PUSH_SECRETS"]), "Content-Type": "application/json"}
+    headers = {**cases.github_headers(body, doc_env()["GITHUB_PUSH_SECRET"]), "Content-Type": "application/json"}
     return gateway.client.post("/hooks/github-push", data=body, headers=headers)
 
 

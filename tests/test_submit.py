@@ -139,4 +139,4 @@ def test_without_an_idempotency_key_a_republished_request_is_a_new_delivery(rig)
     submit(rig, request(), "m-8")
     submit(rig, request(), "m-8-replayed")
 
-    assert len(rig.sandbox.jobs()) == 2  # documented in README "Delivery guarantees": set idempotency_key
+    assert len(rig.sandbox.jobs()) == 2  # documented in docs/architecture.md, "Delivery guarantees": set idempotency_key
