@@ -2,7 +2,7 @@
 validator the product builds at load time, beside pure-Python `jsonschema` for reference.
 
 Both run `iter_errors` on the workflow's example payload (examples/<name>.json), which is what
-`gateway.intake.render` does on every request.
+`gateway.validation.render` does on every request.
 """
 
 from __future__ import annotations

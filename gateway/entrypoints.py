@@ -18,20 +18,30 @@ import flask
 
 from gateway import http, logs
 from gateway.app import App
+from gateway.bodies import parse_json
 from gateway.console import app as console_app
-from gateway.errors import CartoUnavailable, DeliveryInFlight, GatewayError, PublishUnavailable, Unavailable
-from gateway.events import CHECK_TYPE, Check, PoisonMessage, Tracking, attributes_of, parse_check, parse_tracking
-from gateway.intake import Inbound, idempotency_key
+from gateway.errors import (
+    CartoUnavailable,
+    DeliveryInFlight,
+    GatewayError,
+    PoisonMessage,
+    PublishUnavailable,
+    Unavailable,
+)
+from gateway.events import CHECK_TYPE, Check, Tracking, attributes_of, parse_check, parse_tracking
+from gateway.idempotency import message_key
+from gateway.intake import Inbound
+from gateway.serving import Response
 
 log = logging.getLogger("gateway.entrypoints")
 
 
-def webhook(app: App, request: flask.Request) -> http.Response:
+def webhook(app: App, request: flask.Request) -> Response:
     with logs.invocation():
         return http.handle(app, request)
 
 
-def console(app: App, request: flask.Request) -> http.Response:
+def console(app: App, request: flask.Request) -> Response:
     """The operators' console (README, "Console"): its pages and its two actions."""
     with logs.invocation():
         return console_app.handle(app, request)
@@ -85,26 +95,23 @@ def _poll(app: App, cloud_event: Any) -> None:
         log.error("poison tracking message acked: %s", exc.detail, extra=logs.event("tracking.poison"))
         return
     started = time.monotonic()
-    token = logs.bind(job_id=message.job_id)  # the record's job id too, or the message is refused
-    try:
-        record = app.poller.admit(message)  # None: an unknown delivery or a message that does not fit it (logged)
-        if record is None:
-            return
-        logs.bind(workflow=record.workflow, delivery_id=record.delivery_id, trace=record.trace)
-        finished = app.poller.follow(record, message)
-    except Unavailable as exc:
-        name, kind = _failure(exc)
-        log.warning("check failed, to be retried: %s", exc.detail,
-                    extra=logs.event(name, kind=kind, code=exc.code, invocation_s=round(time.monotonic() - started, 3)))
-        raise
-    else:
+    with logs.bound(job_id=message.job_id):  # the record's job id too, or the message is refused
+        try:
+            record = app.poller.admit(message)  # None: an unknown delivery or a message that does not fit it (logged)
+            if record is None:
+                return
+            logs.bind(workflow=record.workflow, delivery_id=record.delivery_id, trace=record.trace)
+            finished = app.poller.follow(record, message)
+        except Unavailable as exc:
+            name, kind = _failure(exc)
+            log.warning("check failed, to be retried: %s", exc.detail, extra=logs.event(
+                name, kind=kind, code=exc.code, invocation_s=round(time.monotonic() - started, 3)))
+            raise
         elapsed = round(time.monotonic() - started, 3)
         if finished is not None:
             log.info("job over", extra=logs.event("job.checked", outcome=finished.outcome, invocation_s=elapsed))
         else:
             log.info("job still running; next check scheduled", extra=logs.event("job.checked", invocation_s=elapsed))
-    finally:
-        logs.reset(token)  # undoes both binds
 
 
 def _failure(exc: Unavailable) -> tuple[str, str]:
@@ -128,15 +135,12 @@ def _submit(app: App, cloud_event: Any) -> None:
         workflow = app.registry.get(attributes.get("workflow", ""))
         if workflow is None:
             raise PoisonMessage(f"unknown workflow {attributes.get('workflow')!r}")
-        payload = http.parse_json(data, "application/json")
-        key = attributes.get("idempotency_key") or idempotency_key(workflow, payload, attributes, None) or message_id
-        token = logs.bind(workflow=workflow.name, delivery_id=key)
-        try:
+        payload = parse_json(data)
+        key = message_key(workflow, payload, attributes, message_id)
+        with logs.bound(workflow=workflow.name, delivery_id=key):
             accepted = app.intake.accept(Inbound(workflow, data, payload, attributes, key, key))
             log.info("request accepted", extra=logs.event(
                 "delivery.duplicate" if accepted.duplicate else "delivery.accepted", job_id=accepted.job_id))
-        finally:
-            logs.reset(token)
     except (Unavailable, DeliveryInFlight):
         raise  # may succeed later: let Pub/Sub redeliver
     except GatewayError as exc:
@@ -144,7 +148,7 @@ def _submit(app: App, cloud_event: Any) -> None:
                   extra=logs.event("delivery.refused", status=exc.status, code=exc.code))
 
 
-def sweep(app: App, request: flask.Request) -> http.Response:
+def sweep(app: App, request: flask.Request) -> Response:
     with logs.invocation():
         report = app.sweeper.sweep()
         log.info("sweep done: %s", json.dumps(report.as_dict()), extra=logs.event("sweep.done"))

@@ -2,8 +2,10 @@
 
     GatewayError                      any failure a caller is told about (status, code)
     ├── MalformedRequest        400   body is not parseable JSON
+    ├── PoisonMessage           400   a Pub/Sub message that can never be processed: acked, logged
     ├── AuthenticationFailed    401   no configured scheme accepted the request
-    │   └── SignatureError      401   a signature header is missing, malformed or wrong
+    │   ├── SignatureError      401   a signature header is missing, malformed or wrong
+    │   └── NotAnOperator       401   /jobs or /openapi.json without an operator credential
     ├── Forbidden               403   the console: no valid CSRF token, or a caller it does not serve
     ├── NotFound                404   unknown workflow, job or route
     ├── MethodNotAllowed        405
@@ -14,9 +16,11 @@
     ├── Unprocessable           422   schema or type violation (carries `errors`)
     │   └── IdempotencyKeyReused 422  same key, different body
     ├── UpstreamRejected        502   CARTO refused the job; retrying will not help
-    └── Unavailable             503   CARTO, Pub/Sub or the ledger is down; retry later
+    └── Unavailable             503   CARTO, Pub/Sub, Cloud Tasks or the ledger is down; retry later
         ├── CartoUnavailable
+        │   └── SubmitOutcomeUnknown  the job POST may have reached CARTO: the claim is kept
         ├── PublishUnavailable
+        ├── TasksUnavailable
         └── LedgerUnavailable
 
     ConfigError                       a bad setting or workflow file: the instance must not start
@@ -33,6 +37,8 @@ from dataclasses import dataclass
 from typing import Any
 
 PROBLEM_TYPE_BASE = "/problems/"  # relative: it resolves against the function's own URL
+OPERATORS_ONLY = ("This route is for operators: send Authorization: Bearer with an operator token or a Google ID "
+                  "token")
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,16 @@ class MalformedRequest(GatewayError):
                   "body will fail the same way.")
 
 
+class PoisonMessage(GatewayError):
+    """A tracking or request message that can never be processed; it is acked and logged."""
+
+    status, code, title = 400, "poison-message", "Message cannot be processed"
+    what_happened = ("A Pub/Sub message the gateway received (a tracking or job request message) can never be processed: "
+                     "it is not valid JSON or lacks a field. It was acknowledged so it is not redelivered forever.")
+    what_to_do = ("Publish well-formed messages only; the function's log names the message id and what was wrong, "
+                  "never its content.")
+
+
 class AuthenticationFailed(GatewayError):
     status, code, title = 401, "unauthenticated", "Authentication failed"
     what_happened = ("None of the workflow's authentication schemes accepted the request. Which header was wrong goes to the "
@@ -119,6 +135,21 @@ class SignatureError(AuthenticationFailed):
                      "answer never says which secret was tried.")
     what_to_do = ("Sign the raw body bytes exactly as sent (no re-serialising) with the workflow's current secret, and check the "
                   "sender's clock; after a rotation both secrets work until the old one is removed.")
+
+
+class NotAnOperator(AuthenticationFailed):
+    """No operator credential, or a wrong one. `reason` is for the log (never a value)."""
+
+    code, title = "not-an-operator", "Operator credentials required"
+    what_happened = ("This route (/jobs/{job_id}, /openapi.json) is for the gateway's operators. The request carried no "
+                     "operator credential or a wrong one; a sender's webhook signature is never one.")
+    what_to_do = ("Send `Authorization: Bearer` with a token from GATEWAY_OPERATOR_TOKENS, or a Google ID token for this "
+                  "function's URL (`gcloud auth print-identity-token --audiences=URL`) of an email in GATEWAY_OPERATORS. "
+                  "`python -m gateway status JOB_ID` does it for you.")
+
+    def __init__(self, reason: str):
+        super().__init__(OPERATORS_ONLY, headers={"WWW-Authenticate": 'Bearer realm="operators"'})
+        self.reason = reason
 
 
 class Forbidden(GatewayError):
@@ -207,6 +238,16 @@ class CartoUnavailable(Unavailable):
     what_to_do = "Retry after `Retry-After` seconds with the same idempotency key; it will not run twice."
 
 
+class SubmitOutcomeUnknown(CartoUnavailable):
+    """The job POST may or may not have reached CARTO (reset or timeout after sending)."""
+
+    code = "carto-outcome-unknown"
+    what_happened = ("The job request may or may not have reached CARTO (the connection broke or timed out after it was "
+                     "sent); the gateway does not know whether a job was started, so it did not submit again.")
+    what_to_do = ("Retry later with the same idempotency key. The gateway keeps the delivery's claim and reconciles it with "
+                  "CARTO's job list, so the job runs at most once; until then a retry is answered 409 delivery-in-flight.")
+
+
 class PublishUnavailable(Unavailable):
     code, title = "pubsub-unavailable", "Pub/Sub is unavailable, retry later"
     what_happened = ("Pub/Sub could not take the message the gateway needs to follow or announce the job; the delivery was not "
@@ -230,14 +271,13 @@ class LedgerUnavailable(Unavailable):
 
 
 def problem_types() -> dict[str, type[GatewayError]]:
-    """Every code the tree can produce, by code: the classes here and those defined beside their raisers."""
-    found: dict[str, type[GatewayError]] = {}
-    todo: list[type[GatewayError]] = [GatewayError]
-    while todo:  # a parent is always met before its subclasses, so a code a subclass inherits names the parent
-        cls = todo.pop()
-        found.setdefault(cls.code, cls)
-        todo.extend(cls.__subclasses__())
+    """Every code the tree can produce, by code: the classes of this module, whatever else is imported."""
+    found = {cls.code: cls for cls in sorted(_TREE, key=_depth, reverse=True)}  # a parent's code wins over a subclass
     return dict(sorted(found.items()))
+
+
+def _depth(cls: type) -> int:
+    return len(cls.__mro__)
 
 
 def problem_index() -> str:
@@ -248,3 +288,7 @@ def problem_index() -> str:
 
 class ConfigError(Exception):
     """A bad setting or workflow file; raised at load time so the instance does not start."""
+
+
+_TREE = tuple(value for value in list(globals().values())
+              if isinstance(value, type) and issubclass(value, GatewayError))

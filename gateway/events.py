@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from gateway.carto import CANCELLED, FAILED, SUCCEEDED, TIMED_OUT
-from gateway.errors import GatewayError
+from gateway.errors import PoisonMessage
 from gateway.ledger import Delivery
 
 EVENT_TYPES = {
@@ -40,16 +40,6 @@ class Publisher(Protocol):
     """Publishes one message and waits until Pub/Sub has it; raises PublishUnavailable otherwise."""
 
     def publish(self, topic: str, message: Message) -> str: ...
-
-
-class PoisonMessage(GatewayError):
-    """A tracking or request message that can never be processed; it is acked and logged."""
-
-    status, code, title = 400, "poison-message", "Message cannot be processed"
-    what_happened = ("A Pub/Sub message the gateway received (a tracking or job request message) can never be processed: "
-                     "it is not valid JSON or lacks a field. It was acknowledged so it is not redelivered forever.")
-    what_to_do = ("Publish well-formed messages only; the function's log names the message id and what was wrong, "
-                  "never its content.")
 
 
 @dataclass(frozen=True)

@@ -10,27 +10,29 @@ import json
 import logging
 import re
 from collections.abc import Callable
-from decimal import Decimal
 from typing import Any
 
 import flask
 
 from gateway import logs
 from gateway.app import App
-from gateway.auth.operators import NotAnOperator, Operator
+from gateway.auth.operators import Operator
 from gateway.auth.signatures import verify_request
+from gateway.bodies import body_was_read, parse_json, read_body
 from gateway.errors import (
     AuthenticationFailed,
     GatewayError,
-    MalformedRequest,
     MethodNotAllowed,
+    NotAnOperator,
     NotFound,
-    PayloadTooLarge,
     UnsupportedMediaType,
     problem_index,
     problem_types,
 )
-from gateway.intake import Inbound, idempotency_key, render
+from gateway.idempotency import request_key
+from gateway.intake import Inbound
+from gateway.serving import Response, serve
+from gateway.validation import render
 from gateway.workflows import Workflow
 
 log = logging.getLogger("gateway.http")
@@ -39,26 +41,13 @@ _PROBLEM = re.compile(r"^/problems(?:/([a-z0-9-]{1,64}))?/?$")
 _JOB = re.compile(r"^/jobs/([A-Za-z0-9_.:\-]{1,200})/?$")
 _DELIVERY = re.compile(r"^/deliveries/(.{1,1000})$", re.DOTALL)  # the key, percent-decoded: any character
 _JSON_TYPE = re.compile(r"^application/([a-z0-9.+-]*\+)?json\s*(;.*)?$", re.IGNORECASE)
-Response = tuple[Any, int, dict[str, str]]  # body: str, or an iterator of bytes when streamed (_unbuffered)
-_BODY_READ = "gateway.body_read"
 _DELIVERY_EVENT = "gateway.delivery_event"  # set by _webhook: accepted, duplicate or a handshake
 
 
 def handle(app: App, request: flask.Request) -> Response:
     """Answer one request; never raises, never 500s on bad input."""
-    token = logs.bind(route=request.path, trace=logs.trace_id(request.headers))
-    code = None
-    try:
-        response = _route(app, request)
-    except GatewayError as exc:
-        response, code = exc.response(), exc.code
-    except Exception:  # a bug, not bad input: an honest 500, logged by type only (values may hold secrets)
-        log.exception("unhandled error", extra=logs.event("http.crashed"))
-        error = GatewayError("internal error")
-        response, code = error.response(), error.code
-    log.info("answered %s %s with %s", request.method, request.path, response[1],
-             extra=logs.event(_answer_event(request, code), status=response[1], code=code))
-    logs.reset(token)
+    response = serve(request, lambda: _route(app, request), GatewayError.response, log, crashed="http.crashed",
+                     answered=lambda code: _answer_event(request, code), trace=logs.trace_id(request.headers))
     return _unbuffered(request, response)
 
 
@@ -81,7 +70,7 @@ def _unbuffered(request: flask.Request, response: Response) -> Response:
     """Stream the answer when the body was left unread (413, 404, 405…): functions-framework's
     `read_request` hook otherwise reads all of it into memory before answering, however large."""
     unread = request.content_length or "chunked" in request.headers.get("Transfer-Encoding", "").lower()
-    if not unread or request.environ.get(_BODY_READ):
+    if not unread or body_was_read(request):
         return response
     body, status, headers = response
     return iter([body.encode()]), status, headers
@@ -145,84 +134,11 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
     return json.dumps(body), status, {"Content-Type": "application/json", **(headers or {})}
 
 
-def read_body(request: flask.Request, limit: int) -> bytes:
-    """The raw body, refused with 413 before buffering when it is (or turns out) over `limit` bytes."""
-    length = request.content_length
-    if length is not None and length > limit:
-        raise PayloadTooLarge(f"body of {length} bytes is over the limit of {limit} bytes")
-    stream = request.stream
-    chunks, size = [], 0
-    if length:  # the common case: one read of what was announced (the stream ends there)
-        chunks.append(_read(stream, length))
-        size = len(chunks[0])
-        if size == length:  # the server ends the stream at Content-Length: nothing can follow
-            request.environ[_BODY_READ] = True
-            return chunks[0]
-    while True:
-        chunk = _read(stream, min(65536, limit + 1 - size))
-        if not chunk:
-            request.environ[_BODY_READ] = True
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
-    return b"".join(chunks)
-
-
-def _read(stream: Any, size: int) -> bytes:
-    try:
-        return stream.read(size)
-    except Exception as exc:  # the server could not frame the body (bad chunk size, early end): bad input
-        raise MalformedRequest(f"the body could not be read ({type(exc).__name__})") from None
-
-
-def parse_json(body: bytes, content_type: str | None) -> Any:
-    """Strict JSON (RFC 8259): UTF-8, no BOM, no NaN/Infinity, no duplicate keys, bounded depth."""
+def _json_content(request: flask.Request) -> None:
+    """A payload must say it is JSON: `application/json` or any `+json` type."""
+    content_type = request.content_type
     if not content_type or not _JSON_TYPE.match(content_type):
         raise UnsupportedMediaType(f"expected Content-Type application/json, got {content_type or 'none'}")
-    if body.startswith(b"\xef\xbb\xbf"):
-        raise MalformedRequest("body starts with a byte order mark; send plain UTF-8 JSON")
-    try:
-        text = body.decode("utf-8")
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants,
-                          parse_float=_number)
-    except UnicodeDecodeError as exc:
-        raise MalformedRequest(f"body is not valid UTF-8 (byte {exc.start})") from None
-    except RecursionError:
-        raise MalformedRequest("body is nested too deeply") from None
-    except ValueError as exc:
-        raise MalformedRequest(f"body is not valid JSON: {exc}") from None
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        seen: set[str] = set()
-        duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
-        raise ValueError(f"duplicate key {duplicate!r}")
-    return result
-
-
-# From 2^53 on, not every integer is a float: 9007199254740993.0 would read as ...992.0. An integer
-# written with a fraction or an exponent in that range is read exactly instead (it is an integer
-# either way, for JSON Schema and for the binder); from 2^64 on no INT64 can hold it, a float is fine.
-_EXACT_FLOATS_BELOW = 2.0**53
-_NO_INT64_FROM = 2.0**64
-
-
-def _number(text: str) -> float | int:
-    """A JSON number with a fraction or an exponent: a float, or the exact integer (see above)."""
-    value = float(text)
-    if _EXACT_FLOATS_BELOW <= abs(value) < _NO_INT64_FROM and value.is_integer():
-        exact = Decimal(text)
-        if exact == exact.to_integral_value():
-            return int(exact)
-    return value
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
 
 
 def _authenticated(app: App, workflow: Workflow, request: flask.Request, body: bytes):
@@ -249,11 +165,12 @@ def _reasons(exc: BaseException) -> str:
 def _webhook(app: App, workflow: Workflow, request: flask.Request) -> Response:
     body = read_body(request, app.settings.max_body_bytes)
     verified = _authenticated(app, workflow, request, body)
-    payload = parse_json(body, request.content_type)
+    _json_content(request)
+    payload = parse_json(body)
     if _is_slack_handshake(verified.scheme, payload):
         request.environ[_DELIVERY_EVENT] = "delivery.handshake"
         return _json({"challenge": payload["challenge"]})
-    key = idempotency_key(workflow, payload, request.headers, verified.delivery_id)
+    key = request_key(workflow, payload, request.headers, verified.delivery_id)
     logs.bind(workflow=workflow.name, delivery_id=verified.delivery_id or key)
     inbound = Inbound(workflow, body, payload, request.headers, key, verified.delivery_id or key,
                       logs.trace_id(request.headers))
@@ -277,7 +194,8 @@ def _is_slack_handshake(scheme: str, payload: Any) -> bool:
 def _validate(app: App, workflow: Workflow, request: flask.Request) -> Response:
     body = read_body(request, app.settings.max_body_bytes)
     _authenticated(app, workflow, request, body)
-    payload = parse_json(body, request.content_type)
+    _json_content(request)
+    payload = parse_json(body)
     rendered = render(workflow, payload, request.headers)
     return _json({"query": rendered.query, "queryParameters": rendered.wire})
 

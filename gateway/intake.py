@@ -8,17 +8,14 @@ and the sender's retry can finish.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-import jsonschema_rs
-
-from gateway import logs
-from gateway.carto import CartoClient, SubmitOutcomeUnknown, delivery_marker, delivery_metadata
+from gateway import idempotency, logs
+from gateway.carto import CartoClient, delivery_marker, delivery_metadata
 from gateway.carto.dialects import connection_of, find_by_marker, find_by_metadata, job_id_of
 from gateway.errors import (
     DeliveryInFlight,
@@ -27,34 +24,17 @@ from gateway.errors import (
     IdempotencyKeyReused,
     NotFound,
     PublishUnavailable,
+    SubmitOutcomeUnknown,
     Unavailable,
-    Unprocessable,
 )
 from gateway.events import Publisher, tracking_message
 from gateway.ledger import CLAIMED, SUBMITTED, Delivery, Ledger
-from gateway.params import MISSING, map_parameters, resolve_pointer
+from gateway.validation import Rendered, render
 from gateway.workflows import Workflow
 
 log = logging.getLogger("gateway.intake")
-# One hostile body must not turn into a 422 of megabytes (tests/test_adversarial.py).
-MAX_SCHEMA_ERRORS = 50
-MANY_VALUES = 2000
-MAX_MESSAGE_CHARS = 300
 CLAIM_MARGIN_S = 30.0  # beyond the longest CARTO submit (CartoClient.longest_submit_s) before a claim is stale
 RECONCILE_FETCHES = 20  # listed jobs without metadata fetched one by one, newest first, before the marker is tried
-
-
-@dataclass(frozen=True)
-class Rendered:
-    """What would be submitted for a payload: the CALL and its typed parameters."""
-
-    query: str
-    parameters: dict[str, Any]
-    query_parameters: dict[str, Any] | list[Any] | None = None  # as sent: an array for positional warehouses
-
-    @property
-    def wire(self) -> dict[str, Any] | list[Any]:
-        return self.parameters if self.query_parameters is None else self.query_parameters
 
 
 @dataclass(frozen=True)
@@ -85,133 +65,6 @@ class Accepted:
                 "delivery_id": self.delivery_id, "duplicate": self.duplicate}
 
 
-def render(workflow: Workflow, payload: Any, headers: Mapping[str, str]) -> Rendered:
-    """Validate the payload against the workflow's schema and map it; Unprocessable lists every problem.
-
-    A value both checks refuse is reported once, by the mapper, whose message names the parameter
-    and its SQL type: the schema's verdict on the same path (or, for a missing property, on its
-    parent) is left out."""
-    violations = _schema_errors(workflow.validator, payload)
-    try:
-        parameters = map_parameters(workflow.parameters, payload, headers)
-        mapped: list[FieldError] = []
-    except Unprocessable as exc:
-        mapped, parameters = list(exc.errors), {}
-    errors = [error for error, subject in violations if not _reported(subject, mapped)]
-    errors.extend(error for error in mapped if error not in errors)
-    if errors:
-        raise Unprocessable(f"{len(errors)} problem(s) in the payload for workflow {workflow.name}", errors=errors)
-    return Rendered(workflow.query, parameters, workflow.wire(parameters))
-
-
-def _reported(subject: str, mapped: list[FieldError]) -> bool:
-    """Whether the mapper already reported a problem at `subject` or inside it."""
-    return any(error.path == subject or error.path.startswith(subject.rstrip("/") + "/") for error in mapped)
-
-
-Violation = tuple[FieldError, str]  # the error, and the pointer of the value it is about
-
-
-def _schema_errors(validator: Any, payload: Any) -> list[Violation]:
-    """At most MAX_SCHEMA_ERRORS violations (see _violations)."""
-    try:
-        return _violations(validator, payload)
-    except UnicodeEncodeError:  # jsonschema-rs cannot read a lone surrogate, which JSON allows ("\ud800")
-        at = _surrogate_at(payload)
-        return [(FieldError(at, "the text contains an unpaired surrogate, which is not valid Unicode"), at)]
-
-
-def _surrogate_at(payload: Any) -> str:
-    """The JSON Pointer of the first key or string that is not valid Unicode."""
-    pending: list[tuple[Any, str]] = [(payload, "")]
-    while pending:
-        value, path = pending.pop()
-        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-        for key, item in items:
-            pending.append((item, f"{path}/{str(key).replace('~', '~0').replace('/', '~1')}"))
-            if isinstance(key, str) and not _is_unicode(key):
-                return path or "/"
-        if isinstance(value, str) and not _is_unicode(value):
-            return path or "/"
-    return "/"
-
-
-def _is_unicode(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _violations(validator: Any, payload: Any) -> list[Violation]:
-    """jsonschema-rs builds every error before `iter_errors` yields one (8 s for a 1 MiB array of wrong
-    items), so a large payload gets its first violation only."""
-    if validator.is_valid(payload):
-        return []
-    if _more_values_than(payload, MANY_VALUES):
-        try:
-            validator.validate(payload)
-        except jsonschema_rs.ValidationError as first:
-            return [_violation(first),
-                    (FieldError("/", f"the payload has over {MANY_VALUES} values: only its first violation is listed"), "")]
-    found = [_violation(e) for e in validator.iter_errors(payload)]
-    if len(found) > MAX_SCHEMA_ERRORS:
-        found[MAX_SCHEMA_ERRORS:] = [(FieldError("/", "more schema violations not listed"), "")]
-    return found
-
-
-def _violation(error: Any) -> Violation:
-    path = list(error.instance_path)
-    missing = getattr(error.kind, "property", None) if type(error.kind).__name__ == "Required" else None
-    subject = _pointer(path + [missing]) if isinstance(missing, str) else _pointer(path)
-    return FieldError(_pointer(path), _clip(error.message)), subject
-
-
-def _more_values_than(payload: Any, limit: int) -> bool:
-    """Whether the JSON document holds more than `limit` values; looks at no more than that many."""
-    pending, seen = [payload], 0
-    while pending:
-        value = pending.pop()
-        seen += 1
-        if seen > limit:
-            return True
-        if isinstance(value, dict):
-            pending.extend(value.values())
-        elif isinstance(value, list):
-            pending.extend(value)
-    return False
-
-
-def _clip(message: str) -> str:
-    """A schema message quotes the offending value: keep its start and its end (the verdict), not megabytes."""
-    if len(message) <= MAX_MESSAGE_CHARS:
-        return message
-    half = MAX_MESSAGE_CHARS // 2
-    return f"{message[:half]} … {message[-half:]}"
-
-
-def _pointer(parts: list[Any]) -> str:
-    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts) or "/"
-
-
-def idempotency_key(workflow: Workflow, payload: Any, headers: Mapping[str, str],
-                    delivery_id: str | None) -> str | None:
-    """The key that makes retries of one delivery one job: configured header or pointer, else the
-    sender's delivery id from its auth scheme, else the IETF `Idempotency-Key` header.
-
-    The scheme's id comes before `Idempotency-Key`: schemes that sign their id (Standard Webhooks,
-    Stripe, Slack, hmac) would otherwise let a captured delivery be replayed as a new job by adding
-    a fresh, unsigned `Idempotency-Key`."""
-    if workflow.idempotency_header and headers.get(workflow.idempotency_header):
-        return headers.get(workflow.idempotency_header)
-    if workflow.idempotency_pointer:
-        value = resolve_pointer(payload, workflow.idempotency_pointer)
-        if value is not MISSING and value is not None and not isinstance(value, (dict, list)):
-            return str(value)
-    return delivery_id or headers.get("Idempotency-Key")
-
-
 class Intake:
     """Turns inbound deliveries into CARTO jobs exactly once."""
 
@@ -238,11 +91,12 @@ class Intake:
         if workflow.paused:
             raise Unavailable(f"workflow {workflow.name} is paused", retry_after=300)
         now = self.clock()
-        key_part = f"{original.idempotency_key}:rerun-{attempt}"
+        key_part = idempotency.rerun_key(original.idempotency_key, attempt)
+        delivery_id = idempotency.rerun_key(original.delivery_id or original.idempotency_key, attempt)
         return self._claim(workflow=workflow, delivery=Delivery(
-            key=f"{original.workflow}:{key_part}", workflow=original.workflow, idempotency_key=key_part,
+            key=idempotency.ledger_key(original.workflow, key_part), workflow=original.workflow, idempotency_key=key_part,
             fingerprint=original.fingerprint, claim_token=secrets.token_hex(16), created_at=now, updated_at=now,
-            expires_at=now + self.retention_s, delivery_id=f"{original.delivery_id or original.idempotency_key}:rerun-{attempt}",
+            expires_at=now + self.retention_s, delivery_id=delivery_id,
             trace=trace, connection=original.connection, api_base_url=original.api_base_url, query=original.query,
             parameters=original.parameters, deadline_at=now + workflow.deadline_s, rerun_of=original.key))
 
@@ -254,10 +108,10 @@ class Intake:
 
     def _new_delivery(self, inbound: Inbound, rendered: Rendered) -> Delivery:
         now = self.clock()
-        key_part = inbound.idempotency_key or "anon-" + secrets.token_hex(16)
+        key_part = inbound.idempotency_key or idempotency.anonymous_key()
         return Delivery(
-            key=f"{inbound.workflow.name}:{key_part}", workflow=inbound.workflow.name,
-            idempotency_key=key_part, fingerprint=_fingerprint(inbound.body),
+            key=idempotency.ledger_key(inbound.workflow.name, key_part), workflow=inbound.workflow.name,
+            idempotency_key=key_part, fingerprint=idempotency.fingerprint(inbound.body),
             claim_token=secrets.token_hex(16), created_at=now, updated_at=now,
             expires_at=now + self.retention_s, delivery_id=inbound.delivery_id, trace=inbound.trace,
             connection=inbound.workflow.connection, api_base_url=self.base_url(inbound.workflow),
@@ -366,6 +220,3 @@ class Intake:
                 return job_id
         return None
 
-
-def _fingerprint(body: bytes) -> str:
-    return hashlib.sha256(body).hexdigest()

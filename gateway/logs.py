@@ -42,14 +42,20 @@ def trace_id(headers: Mapping[str, str]) -> str | None:
     return match.group(1).lower() if match else None
 
 
-def bind(**fields: Any) -> contextvars.Token:
-    """Add fields to every log line of the current request (or message)."""
-    merged = {**_context.get(), **{k: v for k, v in fields.items() if v is not None}}
-    return _context.set(merged)
+def bind(**fields: Any) -> None:
+    """Add fields to every later log line of the current request (or message), until its `bound` block ends."""
+    _context.set({**_context.get(), **{k: v for k, v in fields.items() if v is not None}})
 
 
-def reset(token: contextvars.Token) -> None:
-    _context.reset(token)
+@contextlib.contextmanager
+def bound(**fields: Any) -> Iterator[None]:
+    """Fields on every log line of the block, and on none after it, however it ends: fields `bind`
+    adds inside are dropped with them, so nothing leaks into the next request on the same thread."""
+    token = _context.set({**_context.get(), **{k: v for k, v in fields.items() if v is not None}})
+    try:
+        yield
+    finally:
+        _context.reset(token)
 
 
 # What a line may say besides its context. invocation_s: how long one `poll` took; code, status: a

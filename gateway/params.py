@@ -14,9 +14,9 @@ import enum
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Final
 
+from gateway import pointer as json_pointer
 from gateway.errors import ConfigError, FieldError, Unprocessable
 from gateway.sqltypes import SQL_TYPES, BindError, Location, bind, describe, normalise_type
 
@@ -129,7 +129,7 @@ def _pointer_problem(pointer: Any) -> str | None:
     if not isinstance(pointer, str):
         return f"'from' must be a JSON Pointer string, got {describe(pointer)}"
     try:
-        _pointer_tokens(pointer)
+        json_pointer.tokens(pointer)
     except ValueError as exc:
         return f"'from': {exc}"
     return None
@@ -204,41 +204,12 @@ def _header_value(headers: Mapping[str, str], name: str) -> Any:
 def _source(spec: ParamSpec, at: Location = ()) -> str:
     """The FieldError path: the JSON Pointer of the value (and of the item inside it), or `header:<Name>`."""
     if spec.pointer is not None:
-        return spec.pointer + "".join("/" + token.replace("~", "~0").replace("/", "~1") for token in at)
+        return json_pointer.join(at, spec.pointer)
     if spec.header is not None:
         return f"header:{spec.header}"
     return f"value:{spec.name}"
 
 
-# --- JSON Pointer (RFC 6901) -----------------------------------------------------------------
-
-_BAD_ESCAPE = re.compile(r"~(?![01])")
-_ARRAY_INDEX = re.compile(r"0|[1-9][0-9]{0,17}")
-
-
 def resolve_pointer(document: Any, pointer: str) -> Any:
-    """The value `pointer` (RFC 6901) selects in `document`, or MISSING; ValueError if the pointer is malformed."""
-    current = document
-    for token in _pointer_tokens(pointer):
-        if isinstance(current, Mapping):
-            current = current.get(token, MISSING)
-        elif isinstance(current, list) and _ARRAY_INDEX.fullmatch(token) and int(token) < len(current):
-            current = current[int(token)]  # "-" and "01" select nothing (RFC 6901 §4)
-        else:
-            return MISSING
-        if current is MISSING:
-            return MISSING
-    return current
-
-
-@lru_cache(maxsize=1024)
-def _pointer_tokens(pointer: str) -> tuple[str, ...]:
-    if pointer == "":
-        return ()
-    if not pointer.startswith("/"):
-        raise ValueError(f"JSON Pointer {pointer!r} must be empty or start with '/'")
-    tokens = pointer[1:].split("/")
-    if any(_BAD_ESCAPE.search(token) for token in tokens):
-        raise ValueError(f"JSON Pointer {pointer!r} has a '~' not followed by 0 or 1 (RFC 6901 §3)")
-    # ~1 before ~0, so "~01" becomes "~1" and not "/" (RFC 6901 §4).
-    return tuple(token.replace("~1", "/").replace("~0", "~") for token in tokens)
+    """The value `pointer` selects in `document`, or MISSING; ValueError if the pointer is malformed."""
+    return json_pointer.resolve(document, pointer, MISSING)

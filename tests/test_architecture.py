@@ -141,3 +141,52 @@ def test_the_layout_names_every_top_level_folder_and_gateway_subpackage():
     subpackages = {path.parent.name for path in GATEWAY.glob("*/__init__.py")}
     named = set(re.findall(r"^\s*([\w.-]+)/", layout, re.MULTILINE))
     assert sorted((folders | subpackages) - named) == []
+
+
+# --- One error tree: every code the gateway serves is a class of gateway/errors.py, drawn at its top ---------
+
+TREE_LINE = re.compile(r"^[\s│├└─]*([A-Z]\w+)\b", re.MULTILINE)
+
+
+def drawn(docstring: str) -> set[str]:
+    """The class names in the tree drawn at the top of gateway/errors.py."""
+    drawing = docstring[:docstring.index("Problem details")]
+    return set(TREE_LINE.findall(drawing))
+
+
+def missing_from_drawing(docstring: str) -> list[str]:
+    from gateway.errors import problem_types
+
+    return sorted(cls.__name__ for cls in problem_types().values() if cls.__name__ not in drawn(docstring))
+
+
+def test_every_code_served_is_in_the_drawn_error_tree():
+    from gateway import errors
+
+    assert missing_from_drawing(errors.__doc__ or "") == []
+
+
+def test_the_drawing_check_finds_a_class_left_out():
+    from gateway import errors
+
+    doc = errors.__doc__ or ""
+    without = "\n".join(line for line in doc.splitlines() if "TasksUnavailable" not in line)
+    assert missing_from_drawing(without) == ["TasksUnavailable"]
+
+
+def test_no_module_but_errors_defines_a_gateway_error():
+    from gateway.errors import problem_types
+
+    tree = {cls.__name__ for cls in problem_types().values()}
+    elsewhere = []
+    for name, path in gateway_modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            bases = {getattr(base, "id", getattr(base, "attr", None)) for base in getattr(node, "bases", [])}
+            if isinstance(node, ast.ClassDef) and bases & tree and name != "gateway.errors":
+                elsewhere.append(f"{name}.{node.name}")
+    assert elsewhere == [], "define it in gateway/errors.py and draw it in the tree"
+
+
+def test_only_the_entry_points_import_the_http_layer():
+    graph = import_graph()
+    assert sorted(name for name, targets in graph.items() if "gateway.http" in targets) == ["gateway.entrypoints"]

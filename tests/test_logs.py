@@ -3,11 +3,13 @@ workflow, delivery id and job id; the trace travels from the webhook into the co
 
 from __future__ import annotations
 
+import contextvars
 import io
 import json
 import logging
 import time
 
+import flask
 import pytest
 
 from gateway import logs
@@ -140,3 +142,34 @@ def test_a_line_names_its_event_and_carries_the_event_fields(captured):
 def test_an_event_name_not_in_the_list_is_refused():
     with pytest.raises(ValueError, match="unknown log event"):
         logs.event("delivery.acepted")
+# --- The per-request context ends with its request, however the request ends -------------------------
+
+class Interrupted(BaseException):
+    """What a worker timeout raises through a request (gunicorn's abort is a SystemExit): not an Exception."""
+
+
+def context_of_next_line() -> dict:
+    record = logging.LogRecord("gateway.test", logging.INFO, __file__, 1, "next request", None, None)
+    return json.loads(logs.JsonFormatter().format(record))
+
+
+@pytest.mark.parametrize("surface", ["webhook", "console"])
+def test_a_request_interrupted_midway_leaks_no_log_context_into_the_next(surface, monkeypatch, test_schemas, tmp_path):
+    from gateway import http
+    from gateway.console import app as console_app
+
+    module = http if surface == "webhook" else console_app
+    app = build_app(settings_env(test_schemas, "http://127.0.0.1:9", tmp_path))
+
+    def interrupted_route(*args):
+        logs.bind(workflow="store-clusters", delivery_id="msg_interrupted", job_id="job-interrupted")
+        raise Interrupted
+
+    monkeypatch.setattr(module, "_route", interrupted_route)
+    monkeypatch.setattr(console_app, "caller", lambda app, request: "local operator")
+    with function_client(app, surface).application.test_request_context("/hooks/store-clusters", method="POST"):
+        thread = contextvars.copy_context()  # a request thread of the server, apart from the suite's own context
+        with pytest.raises(Interrupted):
+            thread.run(module.handle, app, flask.request)
+    line = thread.run(context_of_next_line)
+    assert not {"route", "workflow", "delivery_id", "job_id"} & set(line), line

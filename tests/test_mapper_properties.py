@@ -1,4 +1,4 @@
-"""Properties of `gateway.intake.render` over every workflow: for any JSON body and headers, either
+"""Properties of `gateway.validation.render` over every workflow: for any JSON body and headers, either
 parameters that bind to their declared types come out, or Unprocessable naming where each problem is.
 Nothing else escapes (README, "Workflow files": a value that cannot be bound is a 422 and never reaches CARTO).
 
@@ -20,9 +20,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import Unprocessable
-from gateway.intake import render
 from gateway.local.demos import write_demo_schemas
 from gateway.sqltypes import bind
+from gateway.validation import render
 from gateway.workflows import Workflow, load_registry
 from tests.conftest import DATA, ROOT
 from tests.strategies import Outcomes, place, valid_bodies, valid_headers

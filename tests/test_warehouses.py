@@ -8,7 +8,7 @@ import json
 import pytest
 
 from gateway.errors import ConfigError, Unprocessable
-from gateway.intake import render
+from gateway.validation import render
 from gateway.warehouses import DATABRICKS_REFUSED, binding_type, scan
 from gateway.workflows import load_registry
 from tests.conftest import DEMO_SECRETS, ROOT

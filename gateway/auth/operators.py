@@ -20,26 +20,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from gateway.auth.idtoken import IdTokenVerifier
-from gateway.errors import AuthenticationFailed, GatewayError
+from gateway.errors import AuthenticationFailed, GatewayError, NotAnOperator
 
 _BEARER = re.compile(r"bearer ([\x21-\x7e]+)", re.ASCII | re.IGNORECASE)
 _JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
-REFUSED = "This route is for operators: send Authorization: Bearer with an operator token or a Google ID token"
 
-
-class NotAnOperator(AuthenticationFailed):
-    """No operator credential, or a wrong one. `reason` is for the log (never a value)."""
-
-    code, title = "not-an-operator", "Operator credentials required"
-    what_happened = ("This route (/jobs/{job_id}, /openapi.json) is for the gateway's operators. The request carried no "
-                     "operator credential or a wrong one; a sender's webhook signature is never one.")
-    what_to_do = ("Send `Authorization: Bearer` with a token from GATEWAY_OPERATOR_TOKENS, or a Google ID token for this "
-                  "function's URL (`gcloud auth print-identity-token --audiences=URL`) of an email in GATEWAY_OPERATORS. "
-                  "`python -m gateway status JOB_ID` does it for you.")
-
-    def __init__(self, reason: str):
-        super().__init__(REFUSED, headers={"WWW-Authenticate": 'Bearer realm="operators"'})
-        self.reason = reason
 
 
 @dataclass(frozen=True)

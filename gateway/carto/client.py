@@ -23,21 +23,11 @@ from typing import Any, Protocol
 from urllib.parse import urlencode
 
 from gateway.carto.dialects import JobStatus, job_id_of, jobs_of, parse_status, strip_secrets
-from gateway.errors import CartoUnavailable, NotFound, UpstreamRejected
+from gateway.errors import CartoUnavailable, NotFound, SubmitOutcomeUnknown, UpstreamRejected
 from gateway.outbound import Answer, Http, NeverConnected, NoAnswer
 from gateway.settings import Secret
 
 MAX_RETRY_WAIT_S = 5.0
-
-
-class SubmitOutcomeUnknown(CartoUnavailable):
-    """The job POST may or may not have reached CARTO (reset or timeout after sending)."""
-
-    code = "carto-outcome-unknown"
-    what_happened = ("The job request may or may not have reached CARTO (the connection broke or timed out after it was "
-                     "sent); the gateway does not know whether a job was started, so it did not submit again.")
-    what_to_do = ("Retry later with the same idempotency key. The gateway keeps the delivery's claim and reconciles it with "
-                  "CARTO's job list, so the job runs at most once; until then a retry is answered 409 delivery-in-flight.")
 
 
 class TokenSource(Protocol):

@@ -173,11 +173,11 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from gateway.http import parse_json
-    from gateway.intake import render
+    from gateway.bodies import parse_json
+    from gateway.validation import render
 
     workflow = _workflow(args, require_secrets=False)
-    payload = parse_json(args.file.read_bytes(), "application/json")
+    payload = parse_json(args.file.read_bytes())
     try:
         rendered = render(workflow, payload, {})
     except GatewayError as exc:

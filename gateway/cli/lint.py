@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway import pointer as json_pointer
 from gateway.workflows import Registry, Workflow
 
 
@@ -23,11 +24,8 @@ def lint_workflow(workflow: Workflow) -> list[str]:
 
 def pointer_declared(schema: Any, pointer: str) -> bool:
     """Whether every token of `pointer` is a declared property (or array item) in `schema`."""
-    if pointer == "":
-        return True
     node = schema
-    for token in pointer.split("/")[1:]:
-        token = token.replace("~1", "/").replace("~0", "~")
+    for token in json_pointer.tokens(pointer):
         node = _child(node, token)
         if node is None:
             return False

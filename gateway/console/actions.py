@@ -56,14 +56,11 @@ def cancel(app: App, key: str, operator: str) -> Done:
         raise ActionRefused(f"the job has already finished ({record.outcome}); there is nothing to cancel")
     if record.job_id is None:
         raise ActionRefused("the delivery has no CARTO job yet; there is nothing to cancel")
-    token = logs.bind(workflow=record.workflow, delivery_id=record.delivery_id, job_id=record.job_id,
-                      key=record.key, operator=operator, action=CANCEL)
-    try:
+    with logs.bound(workflow=record.workflow, delivery_id=record.delivery_id, job_id=record.job_id,
+                    key=record.key, operator=operator, action=CANCEL):
         final = app.poller.cancel(record)
         _note(app, key, CANCEL, operator, outcome=final.outcome)
         log.info("job cancelled from the console", extra=logs.event("console.cancelled", outcome=final.outcome))
-    finally:
-        logs.reset(token)
     return Done(key, "cancelled")
 
 
@@ -75,16 +72,13 @@ def rerun(app: App, key: str, attempt: int, operator: str) -> Done:
     workflow = app.registry.get(original.workflow)
     if workflow is None:
         raise ActionRefused(f"the workflow {original.workflow} is no longer defined")
-    token = logs.bind(workflow=original.workflow, delivery_id=original.delivery_id, key=original.key,
-                      operator=operator, action=RERUN)
-    try:
+    with logs.bound(workflow=original.workflow, delivery_id=original.delivery_id, key=original.key,
+                    operator=operator, action=RERUN):
         accepted = app.intake.rerun(original, workflow, attempt)
         if not accepted.duplicate:
             _note(app, original.key, RERUN, operator, new_key=accepted.key, job_id=accepted.job_id)
             _note(app, accepted.key, "created as a re-run", operator, rerun_of=original.key)
         log.info("delivery re-run from the console", extra=logs.event("console.rerun", job_id=accepted.job_id))
-    finally:
-        logs.reset(token)
     return Done(accepted.key, "rerun-again" if accepted.duplicate else "rerun")
 
 

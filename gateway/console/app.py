@@ -29,10 +29,10 @@ from gateway.app import App
 from gateway.console import actions, charts, csrf, queries
 from gateway.errors import Forbidden, GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
 from gateway.events import completion_event, event_source, isoformat
+from gateway.serving import Response, serve
 
 log = logging.getLogger("gateway.console")
 HERE = Path(__file__).resolve().parent
-Response = tuple[Any, int, dict[str, str]]
 MAX_FORM_BYTES = 16 * 1024
 # What the page after an action says (fixed texts: a link cannot make the console say anything else).
 NOTICES = {"cancelled": "The job was cancelled; its completion event is below.",
@@ -66,17 +66,12 @@ _ENV.filters.update(when=_when, seconds=_seconds, pretty=lambda v: json.dumps(v,
 
 def handle(app: App, request: flask.Request) -> Response:
     """Answer one console request; errors become an HTML page with their status, never a 500 for bad input."""
-    token = logs.bind(route=request.path)
-    try:
-        operator = caller(app, request)
-        response = _route(app, request, operator)
-    except GatewayError as exc:
-        response = _page("error.html", exc.status, error=exc, operator=None)
-        response[2].update(exc.response_headers() | {"Content-Type": _HEADERS["Content-Type"]})
-    except Exception:  # a bug: an honest 500, logged by type only
-        log.exception("unhandled console error", extra=logs.event("console.crashed"))
-        response = _page("error.html", 500, error=GatewayError("internal error"), operator=None)
-    logs.reset(token)
+    return serve(request, lambda: _route(app, request, caller(app, request)), _error_page, log, crashed="console.crashed")
+
+
+def _error_page(exc: GatewayError) -> Response:
+    response = _page("error.html", exc.status, error=exc, operator=None)
+    response[2].update(exc.response_headers() | {"Content-Type": _HEADERS["Content-Type"]})
     return response
 
 
