@@ -61,18 +61,21 @@ def _load(results: dict[str, Any]) -> str:
     load = results.get("load")
     if not load:
         return ""
-    rows = ["| route | served/s | p50 ms | p99 ms | server CPU ms/request | CARTO API CPU s | emulator CPU s | "
-            "load generator CPU s |", "|---|---|---|---|---|---|---|---|"]
+    rows = ["| route | served/s | p50 ms | p99 ms | server CPU ms/request | CARTO API CPU s | Pub/Sub emulator CPU s | "
+            "Firestore emulator CPU s | load generator CPU s |", "|---|---|---|---|---|---|---|---|---|"]
     for name, summary in load["summary"].items():
+        firestore = summary.get("firestore_emulator_cpu_s", {"n": 0})
         rows.append(f"| {name} | {fmt(summary['served_per_s'], digits=0)} | {fmt(summary['p50_ms'])} | "
                     f"{fmt(summary['p99_ms'])} | {fmt(summary['server_cpu_ms_per_request'], digits=3)} | "
-                    f"{fmt(summary['carto_api_cpu_s'])} | {fmt(summary['emulator_cpu_s'])} | "
+                    f"{fmt(summary['carto_api_cpu_s'])} | {fmt(summary['emulator_cpu_s'])} | {fmt(firestore)} | "
                     f"{fmt(summary['load_generator_cpu_s'])} |")
     return ("### Throughput, latency and CPU per request (16 connections)\n\n"
-            "`webhook` = the full path (`POST /hooks/store-clusters`, answered 202), `validate` = "
-            "`POST /hooks/store-clusters/validate` (200), `bare` = bench/bare.py returning `{}` (200), "
-            "`floor` = bench/floor.py: only the CARTO submit and the Pub/Sub publish, then `{}` (200). "
-            "CPU of the CARTO API, emulator and load generator is per run.\n\n" + "\n".join(rows))
+            "`webhook` = the full path (`POST /hooks/store-clusters`, answered 202) with the embedded (SQLite) "
+            "ledger, `webhook_fs` the same with the Firestore ledger on the Firestore emulator (the deployed "
+            "configuration), `validate` = `POST /hooks/store-clusters/validate` (200), `bare` = bench/bare.py "
+            "returning `{}` (200), `floor` = bench/floor.py: only the CARTO submit and the Pub/Sub publish, then "
+            "`{}` (200); `floor_fs` adds the Firestore create and one update guarded by its update time. "
+            "CPU of the CARTO API, emulators and load generator is per run.\n\n" + "\n".join(rows))
 
 
 def _cold(results: dict[str, Any]) -> str:

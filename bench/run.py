@@ -28,7 +28,12 @@ from bench.report import fmt, spread, write_markdown
 BENCH = Path(__file__).resolve().parent
 SLOW_CARTO_S = 0.3
 SLOW_WEBHOOK = f"webhook, CARTO answering in {SLOW_CARTO_S * 1000:.0f} ms"
-ROUTES = {"bare": "/", "webhook": "/hooks/store-clusters", "validate": "/hooks/store-clusters/validate", "floor": "/"}
+FIRESTORE_WEBHOOK = "webhook, Firestore ledger"
+SLOW_FIRESTORE_WEBHOOK = f"webhook, Firestore ledger, CARTO answering in {SLOW_CARTO_S * 1000:.0f} ms"
+# The embedded configuration (SQLite ledger) and the deployed one (Firestore ledger, `_fs`), each with its floor.
+ROUTES = {"bare": "/", "webhook": "/hooks/store-clusters", "validate": "/hooks/store-clusters/validate", "floor": "/",
+          "webhook_fs": "/hooks/store-clusters", "floor_fs": "/"}
+FIRESTORE_ROUTES = ("webhook_fs", "floor_fs")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--generator", choices=("wrk", "python"), default=None,
                         help="load generator (default: wrk when installed, else bench/loadgen.py)")
     parser.add_argument("--no-completion", action="store_true", help="skip the 2 s / 30 s / 5 min jobs")
+    parser.add_argument("--no-firestore", action="store_true",
+                        help="measure only the embedded configuration (no Firestore emulator here)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny runs, to check the harness works (written under bench/out/ by default)")
     parser.add_argument("--results", type=Path, help="default bench/results.json")
@@ -77,6 +84,8 @@ def run(args: argparse.Namespace, state: Path) -> dict[str, Any]:
     stacks.quick_acks_in_sandbox()
     logging.getLogger("gateway.local.sandbox").setLevel(logging.ERROR)  # idle keep-alive time-outs are not news
     emulator = stacks.start_emulator(state)
+    firestore = None if args.no_firestore else stacks.start_firestore(state)
+    fs_env = stacks.firestore_env(firestore) if firestore else None
     jobs = {2.0: 1} if args.quick else completion.JOBS
     running: completion.CompletionRun | None = None
     stack = None
@@ -89,20 +98,32 @@ def run(args: argparse.Namespace, state: Path) -> dict[str, Any]:
         bare, bare_port = stacks.start_function(stack, "bare", stacks.BARE_SOURCE, state)
         floor, floor_port = stacks.start_function(stack, "floor", stacks.FLOOR_SOURCE, state)
         servers += [bare, floor]
-        _say("validation rates")
-        results: dict[str, Any] = {"validation": [r.as_dict() for r in validation.measure(
-            repeats=3 if args.quick else 5, budget_s=0.05 if args.quick else 0.2)]}
-        _say(f"cold starts ({args.cold_repeats} rounds)")
-        results["cold_start"] = _cold_starts(stack, state, args.cold_repeats)
         webhook = stack.processes["webhook"]
         targets = {"bare": load.Target("bare", f"http://127.0.0.1:{bare_port}{ROUTES['bare']}", bare.pid, 200),
                    "webhook": load.Target("webhook", stack.url("webhook") + ROUTES["webhook"], webhook.pid, 202),
                    "validate": load.Target("validate", stack.url("webhook") + ROUTES["validate"], webhook.pid, 200),
                    "floor": load.Target("floor", f"http://127.0.0.1:{floor_port}{ROUTES['floor']}", floor.pid, 200)}
+        observers = {"emulator": emulator.process.pid}
+        if fs_env is not None:
+            webhook_fs, webhook_fs_port = stacks.start_function(stack, "webhook", procs.ROOT / "main.py", state,
+                                                                fs_env, "webhook_fs")
+            floor_fs, floor_fs_port = stacks.start_function(stack, "floor_firestore", stacks.FLOOR_SOURCE, state,
+                                                            fs_env, "floor_fs")
+            servers += [webhook_fs, floor_fs]
+            targets["webhook_fs"] = load.Target("webhook_fs", f"http://127.0.0.1:{webhook_fs_port}{ROUTES['webhook_fs']}",
+                                                webhook_fs.pid, 202)
+            targets["floor_fs"] = load.Target("floor_fs", f"http://127.0.0.1:{floor_fs_port}{ROUTES['floor_fs']}",
+                                              floor_fs.pid, 200)
+            observers["Firestore emulator"] = firestore.process.pid
+        _say("validation rates")
+        results: dict[str, Any] = {"validation": [r.as_dict() for r in validation.measure(
+            repeats=3 if args.quick else 5, budget_s=0.05 if args.quick else 0.2)]}
+        _say(f"cold starts ({args.cold_repeats} rounds)")
+        results["cold_start"] = _cold_starts(stack, state, args.cold_repeats, fs_env)
         _say(f"load runs ({args.repeats} rounds of {len(targets)} × {args.duration:g} s)")
-        results["load"] = _load_runs(args, targets, {"emulator": emulator.process.pid}, state)
-        results["load"]["peak_rss_kib_after_load"] = {"webhook": procs.peak_rss_kib(webhook.pid),
-                                                      "bare": procs.peak_rss_kib(bare.pid)}
+        results["load"] = _load_runs(args, targets, observers, state)
+        results["load"]["peak_rss_kib_after_load"] = {name: procs.peak_rss_kib(target.pid)
+                                                      for name, target in targets.items() if name != "validate"}
         same = all(stacks.same_server_settings(webhook.pid, s.pid) for s in servers)
         if running is not None:
             _say("waiting for the completion events (the 5-minute jobs end about 5.5 min after the start)")
@@ -115,29 +136,40 @@ def run(args: argparse.Namespace, state: Path) -> dict[str, Any]:
         if running is not None:
             running.stop()
         emulator.stop()
+        if firestore is not None:
+            firestore.stop()
     results["meta"] = _meta(args, started, loadavg_before, same)
     results["targets"] = _targets(results)
     return {"meta": results.pop("meta"), "targets": results.pop("targets"), **results}
 
 
-def _cold_starts(stack: Any, state: Path, repeats: int) -> dict[str, Any]:
+def _cold_starts(stack: Any, state: Path, repeats: int, fs_env: dict[str, str] | None) -> dict[str, Any]:
     env, runs = stack.function_env(), []
     webhook = ("webhook", procs.ROOT / "main.py", ROUTES["webhook"], 202)
+    configurations = [(env, "webhook", SLOW_WEBHOOK)]
+    if fs_env is not None:
+        configurations.append(({**env, **fs_env}, FIRESTORE_WEBHOOK, SLOW_FIRESTORE_WEBHOOK))
     for _ in range(repeats):  # interleaved, so all see the same state of the shared machine
         runs.append(coldstart.measure("bare", stacks.BARE_SOURCE, ROUTES["bare"], 200, env, stacks.SECRET, state))
-        runs.append(coldstart.measure(*webhook, env, stacks.SECRET, state))
-        # Real CARTO takes a while to create a job; the Pub/Sub client loads in the background meanwhile.
-        requests.post(f"{stack.sandbox.url}/_sandbox/faults", timeout=10,
-                      json={"route": "submit", "kind": "delay", "delay_s": SLOW_CARTO_S, "count": 1}).raise_for_status()
-        slow = coldstart.measure(*webhook, env, stacks.SECRET, state)
-        runs.append(dataclasses.replace(slow, target=SLOW_WEBHOOK))
-    by = {name: [r for r in runs if r.target == name] for name in ("webhook", SLOW_WEBHOOK, "bare")}
+        for function_env, name, slow_name in configurations:
+            runs.append(dataclasses.replace(coldstart.measure(*webhook, function_env, stacks.SECRET, state), target=name))
+            # Real CARTO takes a while to create a job; the gRPC clients load in the background meanwhile.
+            requests.post(f"{stack.sandbox.url}/_sandbox/faults", timeout=10, json={
+                "route": "submit", "kind": "delay", "delay_s": SLOW_CARTO_S, "count": 1}).raise_for_status()
+            slow = coldstart.measure(*webhook, function_env, stacks.SECRET, state)
+            runs.append(dataclasses.replace(slow, target=slow_name))
+    names = [n for _, name, slow_name in configurations for n in (name, slow_name)] + ["bare"]
+    by = {name: [r for r in runs if r.target == name] for name in names}
     summary = {name: {"status": rs[0].status, "seconds": spread(r.seconds for r in rs),
                       "worker_mib": spread((r.peak_rss_kib_by_process.get("worker", 0) / 1024 for r in rs), 1),
                       "arbiter_mib": spread((r.peak_rss_kib_by_process.get("arbiter", 0) / 1024 for r in rs), 1)}
                for name, rs in by.items()}
-    ratios = [w.seconds / b.seconds for w, b in zip(by["webhook"], by["bare"], strict=True)]
-    return {"runs": [r.as_dict() for r in runs], "summary": summary, "ratio_webhook_to_bare": spread(ratios)}
+    cold = {"runs": [r.as_dict() for r in runs], "summary": summary,
+            "ratio_webhook_to_bare": spread(w.seconds / b.seconds for w, b in zip(by["webhook"], by["bare"], strict=True))}
+    if fs_env is not None:
+        cold["ratio_webhook_fs_to_bare"] = spread(w.seconds / b.seconds for w, b in
+                                                  zip(by[FIRESTORE_WEBHOOK], by["bare"], strict=True))
+    return cold
 
 
 def _load_runs(args: argparse.Namespace, targets: dict[str, load.Target], observers: dict[str, int],
@@ -161,12 +193,15 @@ def _load_summary(runs: list[load.LoadRun]) -> dict[str, Any]:
     summary = {}
     for name in ROUTES:
         mine = [r for r in runs if r.target == name]
+        if not mine:
+            continue
         summary[name] = {
             "served_per_s": spread((r.served_per_s for r in mine), 1), "p50_ms": spread(r.p50_ms for r in mine),
             "p99_ms": spread(r.p99_ms for r in mine),
             "server_cpu_ms_per_request": spread((r.server_cpu_ms_per_request for r in mine), 4),
             "carto_api_cpu_s": spread(r.observers_cpu_s["harness (local CARTO API)"] for r in mine),
             "emulator_cpu_s": spread(r.observers_cpu_s["emulator"] for r in mine),
+            "firestore_emulator_cpu_s": spread(r.observers_cpu_s.get("Firestore emulator", float("nan")) for r in mine),
             "load_generator_cpu_s": spread(r.observers_cpu_s["load generator"] for r in mine),
             "not_served": sum(r.requests - r.served for r in mine) + sum(r.errors for r in mine),
         }
@@ -174,10 +209,11 @@ def _load_summary(runs: list[load.LoadRun]) -> dict[str, Any]:
 
 
 def _load_ratios(runs: list[load.LoadRun]) -> dict[str, Any]:
-    """Each gateway run against the bare run of the same round."""
-    rounds = [runs[i:i + len(ROUTES)] for i in range(0, len(runs), len(ROUTES))]
+    """Each gateway run against the bare run (and its floor) of the same round."""
+    per_round = len({r.target for r in runs})
+    rounds = [runs[i:i + per_round] for i in range(0, len(runs), per_round)]
     pairs = [{r.target: r for r in round_} for round_ in rounds]
-    return {
+    ratios = {
         "webhook_cpu_to_bare": spread(p["webhook"].server_cpu_ms_per_request / p["bare"].server_cpu_ms_per_request
                                       for p in pairs),
         "validate_cpu_to_bare": spread(p["validate"].server_cpu_ms_per_request / p["bare"].server_cpu_ms_per_request
@@ -189,6 +225,16 @@ def _load_ratios(runs: list[load.LoadRun]) -> dict[str, Any]:
         "webhook_cpu_to_floor": spread(p["webhook"].server_cpu_ms_per_request / p["floor"].server_cpu_ms_per_request
                                        for p in pairs),
     }
+    if all("webhook_fs" in p for p in pairs):
+        cpu = {name: [p[name].server_cpu_ms_per_request for p in pairs] for name in ("bare", "webhook_fs", "floor_fs")}
+        ratios.update({
+            "webhook_fs_cpu_to_floor_fs": spread(w / f for w, f in zip(cpu["webhook_fs"], cpu["floor_fs"], strict=True)),
+            "webhook_fs_cpu_to_bare": spread(w / b for w, b in zip(cpu["webhook_fs"], cpu["bare"], strict=True)),
+            "floor_fs_cpu_to_bare": spread(f / b for f, b in zip(cpu["floor_fs"], cpu["bare"], strict=True)),
+            "webhook_fs_throughput_to_bare": spread(p["webhook_fs"].served_per_s / p["bare"].served_per_s for p in pairs),
+            "webhook_fs_p99_to_bare": spread(p["webhook_fs"].p99_ms / p["bare"].p99_ms for p in pairs),
+        })
+    return ratios
 
 
 def _completion(running: completion.CompletionRun, timeout_s: float) -> dict[str, Any]:
@@ -224,6 +270,16 @@ def _targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     add("(reference) CPU per webhook ÷ floor", "—", ratios["webhook_cpu_to_floor"], None)
     cold = results["cold_start"]["ratio_webhook_to_bare"]
     add("cold start to first 202 ÷ bare's to first 200", "≤ 2×", cold, cold["median"] <= 2)
+    if "webhook_fs_cpu_to_floor_fs" in ratios:
+        add("Firestore ledger: CPU per webhook ÷ its floor (create + one guarded update)", "≤ 2.5×",
+            ratios["webhook_fs_cpu_to_floor_fs"], ratios["webhook_fs_cpu_to_floor_fs"]["median"] <= 2.5)
+        add("(reference) Firestore ledger: CPU per webhook ÷ bare", "—", ratios["webhook_fs_cpu_to_bare"], None)
+        add("(reference) Firestore floor CPU ÷ bare", "—", ratios["floor_fs_cpu_to_bare"], None)
+        add("(reference) Firestore ledger: accepted webhooks/s ÷ bare", "—", ratios["webhook_fs_throughput_to_bare"], None)
+        add("(reference) Firestore ledger: webhook p99 ÷ bare p99", "—", ratios["webhook_fs_p99_to_bare"], None)
+    if "ratio_webhook_fs_to_bare" in results["cold_start"]:
+        cold_fs = results["cold_start"]["ratio_webhook_fs_to_bare"]
+        add("Firestore ledger: cold start to first 202 ÷ bare's to first 200", "≤ 2×", cold_fs, cold_fs["median"] <= 2)
     for summary in results.get("completion", {}).get("summary", []):
         duration = f"{summary['duration_s']:g} s job"
         add(f"{duration}: job end → event (worst of {summary['jobs']})", f"≤ {summary['target_latency_s']:g} s",

@@ -47,6 +47,17 @@ def start_emulator(log_dir: Path) -> emulators.Emulator:
     return emulators.Emulator.start("pubsub", project="bench-load", log_dir=log_dir)
 
 
+def start_firestore(log_dir: Path) -> emulators.Emulator:
+    """The real Firestore emulator on a free port (the deployed configuration's ledger)."""
+    return emulators.Emulator.start("firestore", log_dir=log_dir)
+
+
+def firestore_env(emulator: emulators.Emulator, collection: str = "bench-deliveries") -> dict[str, str]:
+    """What turns a function of the load stack into the deployed configuration: the Firestore ledger."""
+    return {"GATEWAY_LEDGER": f"firestore://{collection}", "FIRESTORE_EMULATOR_HOST": emulator.host,
+            "BENCH_FLOOR_COLLECTION": f"{collection}-floor"}
+
+
 def load_stack(state_dir: Path, pubsub_host: str) -> LocalStack:
     """A LocalStack whose tracking messages go to a topic without subscriptions."""
     stack = LocalStack(state_dir=state_dir, project="bench-load", pubsub_host=pubsub_host).start()
@@ -62,10 +73,13 @@ def _delete_subscription(project: str, name: str) -> None:
     subscriber.close()
 
 
-def start_function(stack: LocalStack, target: str, source: Path, log_dir: Path) -> tuple[Any, int]:
-    """A bench function (bare, floor) on a free port, with the webhook's environment; (process, port)."""
+def start_function(stack: LocalStack, target: str, source: Path, log_dir: Path,
+                   env: Mapping[str, str] | None = None, name: str | None = None) -> tuple[Any, int]:
+    """A function (bare, floor, a second webhook) on a free port, with the webhook's environment and
+    `env` over it; (process, port)."""
     port = emulators.free_port()
-    process = procs.spawn_function(target, source, port, stack.function_env(), log_dir / f"{target}.log")
+    process = procs.spawn_function(target, source, port, {**stack.function_env(), **(env or {})},
+                                   log_dir / f"{name or target}.log")
     emulators.wait_for_port(port, 60, process)
     return process, port
 
