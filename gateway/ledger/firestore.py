@@ -5,9 +5,15 @@ One document per delivery in one collection. The document id is the sha256 hex o
 nor exceed 1500 bytes); the key itself is the field `key`.
 
 - `claim` is `DocumentReference.create()`: Firestore's atomic create-if-absent.
-- Every conditional change (release, take_over, mark_submitted, finish, …) reads and writes
-  in one transaction (https://cloud.google.com/firestore/docs/manage-data/transactions), so
-  the condition and the write cannot interleave with another instance.
+- Every conditional change (release, take_over, mark_submitted, finish, …) is one write guarded by
+  a precondition on the document's update time
+  (https://cloud.google.com/firestore/docs/reference/rpc/google.firestore.v1#precondition): the
+  condition is checked on the record as it stood at that update time, and the write fails if
+  anything wrote the document since, so it cannot interleave with another instance. The instance
+  remembers the record and update time of every document it created, wrote or read (a bounded
+  cache), so the change that follows its own write or read — the job id after the claim, `tracked`
+  after the job id, the outcome after the poll's read — is one RPC, not a transaction's begin, read
+  and commit. A failed precondition (someone else wrote) reads the record again and decides anew.
 - `parameters` and `error` are stored as JSON text, as in SQLite: Firestore cannot hold arrays
   of arrays nor integers beyond int64 (NUMERIC values), and the text round-trips exactly.
 - `expires_at` is a timestamp so a TTL policy deletes records after the retention window
@@ -43,6 +49,7 @@ import hashlib
 import json
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -72,6 +79,8 @@ CONSOLE_INDEXES = tuple(
 _SWEEP_AT = "sweep_at"
 _CLAIM_ATTEMPTS = 3
 _STRIPES = 64
+_WRITE_ATTEMPTS = 10  # guarded writes that lost to another writer, each after a fresh read
+_KNOWN = 4096  # records remembered with their update time (a few MiB at most)
 
 # What "Firestore is unavailable, try later" looks like; anything else (permission, bad
 # argument, missing database) is a deployment error and stays loud.
@@ -102,6 +111,9 @@ class FirestoreLedger:
         # Transactions on one document contend: Firestore aborts and retries the losers (the emulator
         # even waits out a lock timeout per conflict), so the threads of one instance queue here first.
         self._stripes = [threading.Lock() for _ in range(_STRIPES)]
+        # key -> (record, update time) as this instance last wrote or read it.
+        self._known: OrderedDict[str, tuple[Delivery, Any]] = OrderedDict()
+        self._known_lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: str, *, project: str | None = None) -> FirestoreLedger:
@@ -129,7 +141,8 @@ class FirestoreLedger:
         for _ in range(_CLAIM_ATTEMPTS):
             with _unavailable():
                 try:
-                    self._ref(delivery.key).create(_to_doc(stored), **self._call)
+                    written = self._ref(delivery.key).create(_to_doc(stored), **self._call)
+                    self._remember(stored, written.update_time)
                     return Claim(True, stored)
                 except api.AlreadyExists:
                     existing = self.get(delivery.key)
@@ -139,9 +152,33 @@ class FirestoreLedger:
         raise LedgerUnavailable("the ledger record kept vanishing while being claimed")
 
     def get(self, key: str) -> Delivery | None:
+        return self._read(key)[0]
+
+    def _read(self, key: str) -> tuple[Delivery | None, Any]:
+        """The record as stored now and its update time (remembered for the next guarded write)."""
         with _unavailable():
             snapshot = self._ref(key).get(**self._call)
-        return _from_doc(snapshot.to_dict()) if snapshot.exists else None
+        if not snapshot.exists:
+            self._forget(key)
+            return None, None
+        record = _from_doc(snapshot.to_dict())
+        self._remember(record, snapshot.update_time)
+        return record, snapshot.update_time
+
+    def _remember(self, record: Delivery, update_time: Any) -> None:
+        with self._known_lock:
+            self._known[record.key] = (record, update_time)
+            self._known.move_to_end(record.key)
+            if len(self._known) > _KNOWN:
+                self._known.popitem(last=False)
+
+    def _forget(self, key: str) -> None:
+        with self._known_lock:
+            self._known.pop(key, None)
+
+    def _recall(self, key: str) -> tuple[Delivery, Any] | None:
+        with self._known_lock:
+            return self._known.get(key)
 
     def find_job(self, job_id: str) -> Delivery | None:
         query = self.client.collection(self.collection).where(filter=FieldFilter("job_id", "==", job_id)).limit(1)
@@ -150,14 +187,7 @@ class FirestoreLedger:
         return _from_doc(found[0]) if found else None
 
     def release(self, key: str, claim_token: str) -> bool:
-        def step(transaction: firestore.Transaction, ref: firestore.DocumentReference,
-                 current: Delivery | None) -> bool:
-            if current is None or not _holds(current, claim_token):
-                return False
-            transaction.delete(ref)
-            return True
-
-        return self._transact(key, step)
+        return self._guarded(key, lambda d: _holds(d, claim_token), None)[1]
 
     def take_over(self, key: str, claim_token: str, new_token: str, now: float) -> bool:
         return self._update(key, lambda d: _holds(d, claim_token), claim_token=new_token, updated_at=now)[1]
@@ -236,21 +266,54 @@ class FirestoreLedger:
 
     def _update_with(self, key: str, when: Callable[[Delivery], bool],
                      changes_of: Callable[[Delivery], dict[str, Any]]) -> tuple[Delivery | None, bool]:
-        """`_update` with changes computed from the current record, inside the same transaction."""
-        def step(transaction: firestore.Transaction, ref: firestore.DocumentReference,
-                 current: Delivery | None) -> tuple[Delivery | None, bool]:
-            if current is None or not when(current):
-                return current, False
-            changes = changes_of(current)
-            updated = replace(current, **changes)
-            transaction.update(ref, _patch(updated, changes))
-            return updated, True
+        """`_update` with changes computed from the record the condition was checked on."""
+        return self._guarded(key, when, changes_of)
 
-        return self._transact(key, step)
+    def _guarded(self, key: str, when: Callable[[Delivery], bool],
+                 changes_of: Callable[[Delivery], dict[str, Any]] | None) -> tuple[Delivery | None, bool]:
+        """If the record exists and `when` holds, apply `changes_of(record)` (or delete it, when None) in one
+        write guarded by the update time the condition was checked at; (record as it stands, applied).
+
+        The first attempt trusts the remembered record; a record whose condition fails there, and any
+        write that lost its precondition, is read again. A write whose answer was lost and whose retry
+        then failed its precondition is recognised on that read: the record already shows its changes."""
+        ref = self._ref(key)
+        known = self._recall(key)
+        attempted: dict[str, Any] | None = None
+        for _ in range(_WRITE_ATTEMPTS):
+            fresh = known is None
+            current, update_time = known if known is not None else self._read(key)
+            known = None
+            if current is None:
+                return None, attempted is not None and changes_of is None  # our delete landed, or nothing there
+            if attempted is not None and changes_of is not None and all(
+                    getattr(current, k) == v for k, v in attempted.items()):
+                return current, True
+            if not when(current):
+                if fresh:
+                    return current, False
+                continue  # the remembered record may be out of date: decide on what is stored
+            option = self.client.write_option(last_update_time=update_time)
+            with _unavailable():
+                try:
+                    if changes_of is None:
+                        attempted = {}
+                        ref.delete(option=option, **self._call)
+                        self._forget(key)
+                        return current, True
+                    attempted = changes_of(current)
+                    updated = replace(current, **attempted)
+                    written = ref.update(_patch(updated, attempted), option=option, **self._call)
+                except (api.FailedPrecondition, api.NotFound):
+                    continue  # written by someone else since: read it again
+            self._remember(updated, written.update_time)
+            return updated, True
+        raise LedgerUnavailable("the ledger is busy (the record kept changing under a guarded write)")
 
     def _transact(self, key: str, step: Callable[[firestore.Transaction, firestore.DocumentReference,
                                                     Delivery | None], T]) -> T:
-        """Run `step` on the current record inside a transaction (retried by the library on contention)."""
+        """Run `step` on the current record inside a transaction (retried by the library on contention);
+        for changes that must read more than the one record (a single record's changes use `_guarded`)."""
         ref = self._ref(key)
         stripe = self._stripes[int(ref.id[:8], 16) % _STRIPES]
 
