@@ -45,14 +45,15 @@ def _publisher():
     return _local.publisher
 
 
-def _firestore():
+def _documents():
     """One Firestore client per process (as the gateway keeps one per instance)."""
     with _lock:
-        if "client" not in _shared:
-            from google.cloud import firestore
+        if "documents" not in _shared:
+            from gateway.ledger.firestore_rest import DocumentsRest
 
-            _shared["client"] = firestore.Client()
-        return _shared["client"]
+            _shared["documents"] = DocumentsRest(os.environ["GOOGLE_CLOUD_PROJECT"], None,
+                                                 os.environ.get("BENCH_FLOOR_COLLECTION", "floor"))
+        return _shared["documents"]
 
 
 def _submit() -> str:
@@ -79,10 +80,9 @@ def floor(request):
 @functions_framework.http
 def floor_firestore(request):
     """Create the record, submit one job, record its id under the create's update time, publish, answer `{}`."""
-    client = _firestore()
-    ref = client.collection(os.environ.get("BENCH_FLOOR_COLLECTION", "floor")).document(uuid.uuid4().hex)
-    created = ref.create({"state": "claimed", "job_id": None})
+    documents, doc_id = _documents(), uuid.uuid4().hex
+    created = documents.create(doc_id, {"state": "claimed", "job_id": None})
     job_id = _submit()
-    ref.update({"state": "submitted", "job_id": job_id}, option=client.write_option(last_update_time=created.update_time))
+    documents.update(doc_id, {"state": "submitted", "job_id": job_id}, (), created)
     _publish(job_id)
     return {}

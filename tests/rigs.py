@@ -21,7 +21,7 @@ from werkzeug.serving import make_server
 from gateway.app import App
 from gateway.errors import LedgerUnavailable
 from gateway.events import Message
-from gateway.ledger.sqlite import SqliteLedger
+from gateway.ledger import Ledger
 from gateway.local.sandbox import SandboxServer, serve
 from gateway.settings import Settings
 from tests.apptools import (
@@ -44,16 +44,20 @@ ACK, NACK = 200, 500  # what functions-framework answers a push when the functio
 
 # --- the rig: one instance of the gateway against the local CARTO job API -----------------------
 
-class CrashingLedger(SqliteLedger):
-    """A SQLite ledger whose next `mark_submitted` fails: the instance 'dies' right after CARTO said yes."""
+class CrashingLedger:
+    """A ledger store (either) whose next `mark_submitted` fails: the instance 'dies' right after CARTO said yes."""
 
-    crashes = 1
+    def __init__(self, store: Ledger):
+        self.store, self.crashes = store, 1
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
 
     def mark_submitted(self, *args: Any, **kwargs: Any) -> bool:
         if self.crashes > 0:
             self.crashes -= 1
             raise LedgerUnavailable("injected crash between CARTO's answer and the ledger write")
-        return super().mark_submitted(*args, **kwargs)
+        return self.store.mark_submitted(*args, **kwargs)
 
 
 @dataclass
@@ -70,7 +74,7 @@ class Rig:
 
     @classmethod
     def build(cls, env: dict[str, str], clock: FakeClock, sandbox: SandboxServer, *,
-              ledger: SqliteLedger | None = None) -> Rig:
+              ledger: Ledger | None = None) -> Rig:
         publisher, tasks = RecordingPublisher(), RecordingScheduler()
         app = App.build(Settings.from_env(env), publisher=publisher, ledger=ledger, clock=clock.as_clock(),
                         scheduler=tasks)
@@ -154,7 +158,7 @@ def gateway_env(schemas: Path, sandbox: SandboxServer, state: Path, **extra: str
 
 
 @contextmanager
-def running_rig(schemas: Path, state: Path, *, ledger: SqliteLedger | None = None, **extra: str) -> Iterator[Rig]:
+def running_rig(schemas: Path, state: Path, *, ledger: Ledger | None = None, **extra: str) -> Iterator[Rig]:
     """A rig with a fresh sandbox on the rig's fake clock (jobs run 10 s of that clock)."""
     clock = FakeClock()
     sandbox = serve(token=CARTO_TOKEN, default_duration_s=10.0, clock=clock.now)

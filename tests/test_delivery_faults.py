@@ -2,20 +2,23 @@
 that job makes at least one completion event, every copy with the same ce-id (docs/architecture.md, "Invariants").
 
 Everything is real except time and Pub/Sub: the functions-framework apps of main.py, the local CARTO
-job API over loopback HTTP (on the same FakeClock as the app), a SQLite ledger file, and a recording
-publisher whose `fail_next` stands in for Pub/Sub being down. Tracking messages reach `poll` as
-Pub/Sub push bodies, so a raise is a 500 (nack) and a return a 2xx (ack), as in the cloud.
+job API over loopback HTTP (on the same FakeClock as the app), each ledger store (a SQLite file, and
+Firestore on its real emulator), and a recording publisher whose `fail_next` stands in for Pub/Sub
+being down. Tracking messages reach `poll` as Pub/Sub push bodies, so a raise is a 500 (nack) and a
+return a 2xx (ack), as in the cloud.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 
 import pytest
 import requests
 
-from gateway.ledger import CLAIMED, SUBMITTED, TRACKED
+from gateway.ledger import CLAIMED, SUBMITTED, TRACKED, open_ledger
+from tests.conftest import PROJECT
 from tests.rigs import (
     ACK,
     BODY,
@@ -31,6 +34,22 @@ from tests.rigs import (
     running_rig,
     served,
 )
+
+
+@pytest.fixture(params=["sqlite", "firestore"])
+def store(request, tmp_path) -> dict[str, str]:
+    """The ledger store of the test's instances: settings over the rig's (SQLite by default)."""
+    if request.param == "sqlite":
+        return {"GATEWAY_LEDGER": f"sqlite:///{tmp_path / 'ledger.sqlite3'}"}
+    request.getfixturevalue("firestore_emulator")
+    return {"GATEWAY_LEDGER": f"firestore://faults-{uuid.uuid4().hex}"}
+
+
+@pytest.fixture
+def rig(test_schemas, tmp_path, store) -> Iterator[Rig]:
+    with running_rig(test_schemas, tmp_path, **store) as built:
+        yield built
+
 
 # --- CARTO unavailable before the job exists ---------------------------------------------------
 
@@ -113,8 +132,9 @@ def test_a_retry_after_90_s_finds_the_job_in_carto_and_answers_it(rig):
 
 
 @pytest.fixture
-def crashing(test_schemas, tmp_path) -> Iterator[Rig]:
-    with running_rig(test_schemas, tmp_path, ledger=CrashingLedger(tmp_path / "ledger.sqlite3")) as built:
+def crashing(test_schemas, tmp_path, store) -> Iterator[Rig]:
+    ledger = CrashingLedger(open_ledger(store["GATEWAY_LEDGER"], project=PROJECT))
+    with running_rig(test_schemas, tmp_path, ledger=ledger, **store) as built:
         yield built
 
 
@@ -272,9 +292,9 @@ def test_50_concurrent_deliveries_of_one_key_make_one_job(rig):
     assert all(a.headers["Retry-After"] for a in answers if a.status_code == 409)
 
 
-def test_50_concurrent_deliveries_over_two_instances_sharing_the_ledger_make_one_job(test_schemas, tmp_path):
-    with running_rig(test_schemas, tmp_path) as first:
-        second = Rig.build(gateway_env(test_schemas, first.sandbox, tmp_path), first.clock, first.sandbox)
+def test_50_concurrent_deliveries_over_two_instances_sharing_the_ledger_make_one_job(test_schemas, tmp_path, store):
+    with running_rig(test_schemas, tmp_path, **store) as first:
+        second = Rig.build(gateway_env(test_schemas, first.sandbox, tmp_path, **store), first.clock, first.sandbox)
         assert second.app.carto is not first.app.carto and second.app.ledger is not first.app.ledger
         body, headers = signed_once(first, msg())
 
