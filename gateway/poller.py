@@ -8,7 +8,11 @@ Each invocation makes one status check and, while the job runs, hands the next o
 `Scheduler` (a Cloud Task due at the next point of the schedule, gateway/tasks.py), then answers:
 "still running" is a success, never a failed push. Only the first trigger (the tracking message)
 may check a few times in a row while the next check is due within `inline_s` of its start: the
-first seconds of a short job, where checks are a fraction of a second apart. A task's body carries
+first seconds of a short job, where checks are a fraction of a second apart. Only one first trigger
+of an instance waits inline at a time: under a burst of new jobs the others check what is due and
+hand the rest to tasks at once, since a subscription pushes only a few messages at a time (Pub/Sub
+ramps its push rate up with fast acknowledgements), so pushes held for seconds would keep the burst's
+later jobs — a short one among them — waiting behind them. A task's body carries
 the check count and the last check time, so a retried task resumes where it was; the ledger's
 `updated_at` moves to the next check's due time whenever that is later than the sweeper's grace
 would allow, so the sweeper finds a job whose next check is overdue (its task lost) and schedules it again.
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -39,6 +44,7 @@ from gateway.ledger import Delivery, Ledger
 log = logging.getLogger("gateway.poller")
 
 CLOCK_SKEW_S = 5.0  # how far a check's last_check_at may lie outside [submission, now]: clocks of two instances
+INLINE_FOLLOWERS = 1  # first triggers of one instance that may wait inline for their job at the same time
 
 
 class Scheduler(Protocol):
@@ -92,6 +98,7 @@ class Poller:
         self.events_topic, self.source, self.clock = events_topic, source, clock
         self.schedule, self.inline_s, self.scheduler = schedule, inline_s, scheduler
         self.quiet_s = quiet_s  # the sweeper's grace: how long past `updated_at` it leaves a tracked job alone
+        self._inline = threading.BoundedSemaphore(INLINE_FOLLOWERS)
 
     def handle(self, message: Tracking | Check) -> Delivery | None:
         """One invocation: the first trigger (a tracking message) or a scheduled check. Returns the finished
@@ -143,10 +150,21 @@ class Poller:
         job = _tracking_of(record, self.clock.now())
         if isinstance(message, Check):
             return self._follow(job, record, message.checks, message.last_check_at, inline=False)
-        return self._follow(job, record, record.checks, record.last_check_at, inline=True)
+        return self._first(job, record)
+
+    def _first(self, tracking: Tracking, record: Delivery) -> Delivery | None:
+        """The first trigger: it waits inline up to `inline_s` unless another first trigger of this instance
+        already does; then it makes only the checks already due and answers."""
+        if not self._inline.acquire(blocking=False):
+            return self._follow(tracking, record, record.checks, record.last_check_at, inline=True, budget_s=0.0)
+        try:
+            return self._follow(tracking, record, record.checks, record.last_check_at, inline=True,
+                                budget_s=self.inline_s)
+        finally:
+            self._inline.release()
 
     def _follow(self, tracking: Tracking, record: Delivery, checks: int, last_check: float | None,
-                *, inline: bool) -> Delivery | None:
+                *, inline: bool, budget_s: float = 0.0) -> Delivery | None:
         started = self.clock.now()
         task_check = not inline  # a task is this check: it is made even if the task came early
         while True:
@@ -157,7 +175,7 @@ class Poller:
             if due_at > now:
                 if task_check:
                     self.clock.sleep(min(due_at - now, self.inline_s))
-                elif not inline or due_at - started > self.inline_s:
+                elif not inline or due_at - started > budget_s:
                     self._schedule(record, Check(record.key, tracking.job_id, checks, last_check, due_at, index))
                     return None
                 else:

@@ -5,6 +5,7 @@ clock) and the recording Scheduler seam (Cloud Tasks' naming rule: a name is cre
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import replace
 
 import jsonschema
@@ -14,7 +15,7 @@ from gateway.errors import CartoUnavailable, PublishUnavailable, TasksUnavailabl
 from gateway.events import parse_check, parse_tracking
 from gateway.ledger.sqlite import SqliteLedger
 from gateway.local.sandbox import serve
-from gateway.poller import Schedule
+from gateway.poller import Clock, Schedule
 from tests.apptools import FakeClock, RecordingPublisher, RecordingScheduler, build_app, settings_env
 from tests.conftest import CARTO_TOKEN, ROOT, load_json
 from tests.rigs import BODY
@@ -148,6 +149,50 @@ def test_the_first_trigger_checks_inline_only_within_its_budget_then_schedules_o
     assert check.checks == len([s for s in clock.slept if s > 0]) and check.last_check_at == clock.now()
     assert request["task"]["schedule_time"].timestamp() == pytest.approx(
         tracking.submitted_at + Schedule().next_after(clock.now() - tracking.submitted_at))
+
+
+def test_a_first_trigger_while_another_waits_inline_answers_at_once_with_its_first_check_a_task(
+        test_schemas, sandbox, tmp_path, clock):
+    app, _, scheduler = make_app(test_schemas, sandbox, tmp_path, clock)
+    _, waiting = submit(app, key="k1")
+    _, behind = submit(app, key="k2")
+    inside, release = threading.Event(), threading.Event()
+
+    def sleep(seconds):  # the first trigger on the other thread waits inline until released
+        if threading.current_thread() is not threading.main_thread():
+            inside.set()
+            release.wait(30)
+        clock.sleep(seconds)
+
+    app.poller.clock = Clock(clock.now, sleep)
+    first = threading.Thread(target=app.poller.handle, args=(waiting,))
+    first.start()
+    try:
+        assert inside.wait(30)
+        slept = len(clock.slept)
+        assert app.poller.handle(behind) is None
+        assert len(clock.slept) == slept  # answered without waiting
+    finally:
+        release.set()
+        first.join(30)
+    [request] = [r for r in scheduler.requests if parse_check(r["task"]["http_request"]["body"]).key == behind.key]
+    check = parse_check(request["task"]["http_request"]["body"])
+    assert (check.checks, check.index) == (0, 0)  # its first check, due 1 s after submission, is a task
+    assert request["task"]["schedule_time"].timestamp() == pytest.approx(behind.submitted_at + 1.0)
+
+
+def test_the_next_first_trigger_waits_inline_again_once_the_other_has_answered(test_schemas, sandbox, tmp_path, clock):
+    app, _, scheduler = make_app(test_schemas, sandbox, tmp_path, clock, GATEWAY_POLL_INLINE_S="3")
+    _, one = submit(app, key="k1")
+    _, two = submit(app, key="k2")
+
+    assert app.poller.handle(one) is None
+    slept = len(clock.slept)
+    assert app.poller.handle(two) is None
+
+    assert len(clock.slept) > slept  # the second job's first checks were made inline too
+    second = [parse_check(r["task"]["http_request"]["body"]) for r in scheduler.requests][-1]
+    assert second.key == two.key and second.checks > 0
 
 
 @pytest.mark.parametrize("duration", [30, 300, 3600, 21600])
