@@ -15,8 +15,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--senders", type=int, default=32, help="deliveries in flight at most (default 32)")
     parser.add_argument("--seed", type=int, default=7, help="seed of the traffic mix")
     parser.add_argument("--out", default="soak/last-run.md", help="where the Markdown table goes")
+    parser.add_argument("--ledger", choices=("sqlite", "firestore"), default="sqlite",
+                        help="the ledger store: the embedded SQLite file (default) or Firestore on its emulator")
     args = parser.parse_args(argv)
-    return run(Options(minutes=args.minutes, rate=args.rate, senders=args.senders, seed=args.seed, out=args.out))
+    return run(Options(minutes=args.minutes, rate=args.rate, senders=args.senders, seed=args.seed, out=args.out,
+                       ledger=args.ledger))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ seconds, one Pub/Sub emulator restart half-way, a sweeper thread; then drain, re
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import sys
@@ -53,6 +54,7 @@ class Options:
     senders: int
     seed: int
     out: str
+    ledger: str = "sqlite"  # or "firestore": the deployed configuration's ledger, on the Firestore emulator
 
 
 class Events:
@@ -134,22 +136,29 @@ def run(options: Options) -> int:
     state = Path(tempfile.mkdtemp(prefix="soak-"))
     pubsubs = [emulators.Emulator.start("pubsub", project=PROJECT, log_dir=state)]  # the last one is current
     pubsub = pubsubs[0]
+    firestore, ledger = None, {}
+    if options.ledger == "firestore":
+        firestore = emulators.Emulator.start("firestore", log_dir=state)
+        os.environ["FIRESTORE_EMULATOR_HOST"] = firestore.host  # the soak's own instance (sweeper, reconcile)
+        ledger = {"GATEWAY_LEDGER": "firestore://soak-deliveries", "FIRESTORE_EMULATOR_HOST": firestore.host}
     sandbox_port = emulators.free_port()
     proxy = FaultProxy(("127.0.0.1", sandbox_port)).start()
     stack = LocalStack(state_dir=state, project=PROJECT, schemas_dir=_schemas(state), pubsub_host=pubsub.host,
                        sandbox_port=sandbox_port, sandbox_duration_s=1.0,
                        env={"CARTO_API_BASE_URL": proxy.url, "CARTO_API_TOKEN": DEV_TOKEN,
                             "STORE_CLUSTERS_SECRET": DEV_SECRET, "CARTO_TIMEOUT_S": "5",
-                            "GATEWAY_POLL_FIRST_S": "0.5", "GATEWAY_SWEEP_GRACE_S": "10"})
+                            "GATEWAY_POLL_FIRST_S": "0.5", "GATEWAY_SWEEP_GRACE_S": "10", **ledger})
     try:
         stack.start()
-        _say(f"stack up in {state}; {options.minutes} min at {options.rate}/s")
+        _say(f"stack up in {state} ({options.ledger} ledger); {options.minutes} min at {options.rate}/s")
         return _soak(options, stack, proxy, pubsubs)
     finally:
         stack.stop()
         proxy.stop()
         for emulator in pubsubs:
             emulator.stop()
+        if firestore is not None:
+            firestore.stop()
 
 
 def _soak(options: Options, stack: LocalStack, proxy: FaultProxy, pubsubs: list[emulators.Emulator]) -> int:
@@ -167,7 +176,8 @@ def _soak(options: Options, stack: LocalStack, proxy: FaultProxy, pubsubs: list[
     sweeping.stop()
     events.stop()
     result = reconcile(deliveries, stack.sandbox.jobs(), events.received)
-    result.rows[0:0] = [("minutes of traffic", options.minutes), ("run time incl. drain (s)", round(time.monotonic() - started)),
+    result.rows[0:0] = [("ledger", options.ledger), ("minutes of traffic", options.minutes),
+                        ("run time incl. drain (s)", round(time.monotonic() - started)),
                         *((f"fault: {name}", count) for name, count in sorted(injector.injected.items())),
                         ("requests through the fault proxy", len(proxy.stats.seen)),
                         *((f"&nbsp;&nbsp;that suffered `{kind}`", proxy.stats.count(kind))
@@ -270,6 +280,6 @@ def _report(options: Options, result: Any) -> None:
     verdict = "every promise held" if not result.problems else "BROKEN: " + "; ".join(result.problems)
     text = (f"# Soak run, {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}\n\n"
             f"`python -m soak --minutes {options.minutes:g} --rate {options.rate:g} --senders {options.senders} "
-            f"--seed {options.seed}`: {verdict}.\n\n{result.markdown()}\n")
+            f"--seed {options.seed} --ledger {options.ledger}`: {verdict}.\n\n{result.markdown()}\n")
     print(text)
     Path(options.out).write_text(text)
