@@ -483,8 +483,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'ok  ' if row['met'] else 'MISS'} {_length(row['duration_s'])} ({row['clock']}): "
               f"{row['invocation_s']:.2f} s of poll per job (bound {row['bound_s']:g} s), {row['checks']:g} checks, "
               f"end → event {row['latency_s']:.2f} s")
-    hol = result["head_of_line"] or {"met": False, "long_jobs": 0, "short_latency_s": None}
-    print(f"{'ok  ' if hol['met'] else 'MISS'} head of line ({hol['long_jobs']} long jobs): {hol['short_latency_s']} s")
+    hol = result["head_of_line"]
+    if hol is not None:
+        print(f"{'ok  ' if hol['met'] else 'MISS'} head of line ({hol['long_jobs']} long jobs): {hol['short_latency_s']} s")
     bursted = result["burst"]
     print(f"{'ok  ' if bursted['met'] else 'MISS'} burst ({bursted['long_jobs']} long jobs together): "
           f"{bursted['short_latency_s']} s")
