@@ -118,6 +118,8 @@ def run(args: argparse.Namespace, state: Path) -> dict[str, Any]:
         _say("validation rates")
         results: dict[str, Any] = {"validation": [r.as_dict() for r in validation.measure(
             repeats=3 if args.quick else 5, budget_s=0.05 if args.quick else 0.2)]}
+        if fs_env is not None:
+            stacks.warm_firestore(firestore, stack.project)
         _say(f"cold starts ({args.cold_repeats} rounds)")
         results["cold_start"] = _cold_starts(stack, state, args.cold_repeats, fs_env)
         _say(f"load runs ({args.repeats} rounds of {len(targets)} × {args.duration:g} s)")
