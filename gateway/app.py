@@ -22,6 +22,7 @@ from gateway.ledger import Ledger, open_ledger
 from gateway.outbound import Http
 from gateway.poller import Clock, Poller, Schedule, Scheduler
 from gateway.pubsub import PubSubPublisher
+from gateway.results import ResultReader, ResultSpec
 from gateway.settings import Secret, Settings
 from gateway.sweeper import Sweeper
 from gateway.tasks import CloudTasksScheduler
@@ -66,7 +67,9 @@ class App:
             source=source, emulator_host=settings.cloud_tasks_emulator_host)
         poller = Poller(carto=carto, ledger=ledger, publisher=publisher, events_topic=settings.events_topic,
                         source=source, clock=clock, schedule=Schedule(settings.poll_first_s, settings.poll_factor),
-                        inline_s=settings.poll_inline_s, scheduler=scheduler, quiet_s=settings.sweep_grace_s)
+                        inline_s=settings.poll_inline_s, scheduler=scheduler, quiet_s=settings.sweep_grace_s,
+                        results=ResultReader(carto, _result_specs(registry), budget_s=settings.result_budget_s,
+                                             max_bytes=settings.result_max_bytes))
         sweeper = Sweeper(ledger=ledger, intake=intake, poller=poller, clock=clock.now, grace_s=settings.sweep_grace_s)
         operators = Operators.from_settings(tuple(token.reveal() for token in settings.operator_tokens),
                                             settings.operators, _verifier(id_token_verifier))
@@ -80,6 +83,14 @@ class App:
         logs.configure(settings.project)
         registry = load_registry(settings.schemas_dir, settings.env, require_secrets=verify_senders)
         return cls.build(settings, registry=registry)
+
+
+def _result_specs(registry: Registry) -> Callable[[str], tuple[ResultSpec, str] | None]:
+    """Each workflow's `result` block and warehouse, for the reader."""
+    def spec(name: str) -> tuple[ResultSpec, str] | None:
+        workflow = registry.get(name)
+        return (workflow.result, workflow.warehouse) if workflow is not None and workflow.result else None
+    return spec
 
 
 def _verifier(injected: Any) -> Callable[[], Any]:

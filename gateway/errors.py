@@ -18,7 +18,8 @@
     ├── UpstreamRejected        502   CARTO refused the job; retrying will not help
     └── Unavailable             503   CARTO, Pub/Sub, Cloud Tasks or the ledger is down; retry later
         ├── CartoUnavailable
-        │   └── SubmitOutcomeUnknown  the job POST may have reached CARTO: the claim is kept
+        │   ├── SubmitOutcomeUnknown  the job POST may have reached CARTO: the claim is kept
+        │   └── QueryTimedOut   a result read did not finish within its budget (never an HTTP answer)
         ├── PublishUnavailable
         ├── TasksUnavailable
         └── LedgerUnavailable
@@ -246,6 +247,14 @@ class SubmitOutcomeUnknown(CartoUnavailable):
                      "sent); the gateway does not know whether a job was started, so it did not submit again.")
     what_to_do = ("Retry later with the same idempotency key. The gateway keeps the delivery's claim and reconciles it with "
                   "CARTO's job list, so the job runs at most once; until then a retry is answered 409 delivery-in-flight.")
+
+
+class QueryTimedOut(CartoUnavailable):
+    """A read through `/query` did not complete within its time budget."""
+
+    code = "carto-query-timeout"
+    what_happened = "A read through CARTO's /query endpoint did not complete within its time budget."
+    what_to_do = "Nothing: the completion event went out with the read's error; read the table yourself if you need it."
 
 
 class PublishUnavailable(Unavailable):

@@ -184,6 +184,7 @@ def event_data(delivery: Delivery) -> dict[str, Any]:
         "duration_s": round(max(0.0, finished - submitted), 3),
         "checks": delivery.checks,
         "parameters": delivery.parameters,
+        **({"result": delivery.result} if delivery.result is not None else {}),
     }
 
 

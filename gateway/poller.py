@@ -33,7 +33,7 @@ import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from gateway import logs
 from gateway.carto import CANCELLED, FAILED, SUCCEEDED, TIMED_OUT, CartoClient, JobStatus
@@ -87,18 +87,27 @@ class Clock:
     sleep: Callable[[float], None]
 
 
+class Results(Protocol):
+    """Reads the output rows of a job that ended SUCCEEDED, for its event (`gateway.results.ResultReader`):
+    the event's `result`, or None when the workflow asks for none. Never raises for a failed read."""
+
+    def read(self, workflow: str, base_url: str, connection: str,
+             output_table: str | None) -> dict[str, Any] | None: ...
+
+
 class Poller:
     """Checks one job once per invocation (a few times, inline, at the start) and publishes its
     completion event once it is over; schedules the next check while it runs."""
 
     def __init__(self, *, carto: CartoClient, ledger: Ledger, publisher: Publisher, events_topic: str,
                  source: str, clock: Clock, schedule: Schedule, inline_s: float, scheduler: Scheduler,
-                 quiet_s: float):
+                 quiet_s: float, results: Results | None = None):
         self.carto, self.ledger, self.publisher = carto, ledger, publisher
         self.events_topic, self.source, self.clock = events_topic, source, clock
         self.schedule, self.inline_s, self.scheduler = schedule, inline_s, scheduler
         self.quiet_s = quiet_s  # the sweeper's grace: how long past `updated_at` it leaves a tracked job alone
         self._inline = threading.BoundedSemaphore(INLINE_FOLLOWERS)
+        self.results = results
 
     def handle(self, message: Tracking | Check) -> Delivery | None:
         """One invocation: the first trigger (a tracking message) or a scheduled check. Returns the finished
@@ -240,8 +249,17 @@ class Poller:
         else:
             raise AssertionError("a job finishes with an outcome or at its deadline")
         state = status.state if status is not None else record.carto_state
-        final = self.ledger.finish(record.key, outcome, state, error, checks, now)
+        result = self._result(record, status) if outcome == SUCCEEDED else None
+        final = self.ledger.finish(record.key, outcome, state, error, checks, now, result=result)
         return self.publish(final)
+
+    def _result(self, record: Delivery, status: JobStatus | None) -> dict[str, Any] | None:
+        """The event's `result`, read before the outcome is recorded, so it is recorded with it: an event
+        published again after a crash is the same event."""
+        if self.results is None:
+            return None
+        return self.results.read(record.workflow, record.api_base_url, record.connection,
+                                 status.output_table if status is not None else None)
 
     def expire(self, record: Delivery, now: float) -> Delivery:
         """Finish a job whose tracking went silent past its deadline: its real outcome, or TIMED_OUT."""
@@ -258,7 +276,9 @@ class Poller:
         """Record a cancellation made through DELETE /jobs/{id} and publish its event; a job CARTO's
         answer shows had already succeeded or failed keeps that outcome (a cancel cannot undo it)."""
         if answer is not None and answer.outcome in (SUCCEEDED, FAILED):
-            final = self.ledger.finish(record.key, answer.outcome, answer.state, answer.error, record.checks, now)
+            result = self._result(record, answer) if answer.outcome == SUCCEEDED else None
+            final = self.ledger.finish(record.key, answer.outcome, answer.state, answer.error, record.checks, now,
+                                       result=result)
         else:
             final = self.ledger.finish(record.key, CANCELLED, "CANCELLED", None, record.checks, now)
         return self.publish(final)

@@ -64,6 +64,8 @@ class Settings:
     operator_tokens: tuple[Secret, ...]
     operators: frozenset[str]
     env: Mapping[str, str] = field(repr=False, compare=False)
+    result_budget_s: float = 20.0
+    result_max_bytes: int = 256 * 1024
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -101,6 +103,9 @@ class Settings:
             operator_tokens=reader.tokens("GATEWAY_OPERATOR_TOKENS"),
             operators=reader.emails("GATEWAY_OPERATORS"),
             env=env,
+            result_budget_s=reader.number("GATEWAY_RESULT_BUDGET_S", 20.0, minimum=0.1),
+            # Pub/Sub takes 10 MB a message; the event's other fields stay far below the rest.
+            result_max_bytes=reader.integer("GATEWAY_RESULT_MAX_BYTES", 256 * 1024, minimum=1024),
         )
         if settings.tasks_queue and not (settings.tasks_service_account or settings.cloud_tasks_emulator_host):
             reader.problems.append("GATEWAY_TASKS_SERVICE_ACCOUNT must be set with GATEWAY_TASKS_QUEUE: the tasks "

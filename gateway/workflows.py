@@ -20,6 +20,7 @@ from gateway.auth.config import build_schemes
 from gateway.auth.signatures import Scheme
 from gateway.errors import ConfigError
 from gateway.params import ParamSpec, check_spec
+from gateway.results import ResultSpec, UnsafeName, table_parts
 from gateway.warehouses import BIGQUERY, POSITIONAL, Placeholders, binding_type, family_of, scan
 
 # The product's own schemas/ folder: its meta-schema checks a schemas directory that brings none (the
@@ -51,6 +52,7 @@ class Workflow:
     paused: bool
     validator: Any = field(repr=False, compare=False)
     warehouse: str = BIGQUERY
+    result: ResultSpec | None = None  # whose rows go into the SUCCEEDED event (gateway/results.py)
 
     @property
     def positional(self) -> bool:
@@ -139,6 +141,7 @@ def load_workflow(path: Path, meta: Any, env: Mapping[str, str], *, id_token_ver
         parameters = _parameters(definition["parameters"], list(placeholders.names), problems, family)
     validator = _compile_payload(definition["payload"], problems)
     schemes = _schemes(definition["auth"], env, id_token_verifier, require_secrets, problems)
+    _check_result(definition.get("result"), family, problems)
     if problems:
         raise ConfigError("\n".join(f"{path}: {p}" for p in problems))
     idempotency = definition.get("idempotency", {})
@@ -161,6 +164,7 @@ def load_workflow(path: Path, meta: Any, env: Mapping[str, str], *, id_token_ver
         paused=definition.get("paused", False),
         validator=validator,
         warehouse=family,
+        result=ResultSpec.from_definition(definition["result"]) if "result" in definition else None,
     )
 
 
@@ -254,3 +258,12 @@ def _schemes(auth: Any, env: Mapping[str, str], verifier: Any, require_secrets: 
         if require_secrets:
             problems.append(f"$.auth: {exc}")
         return ()
+
+
+def _check_result(block: Any, family: str, problems: list[str]) -> None:
+    """A fixed `result.table` must be a plain dotted name of the warehouse (it is quoted, never pasted)."""
+    if isinstance(block, Mapping) and isinstance(block.get("table"), str):
+        try:
+            table_parts(block["table"], family)
+        except UnsafeName as exc:
+            problems.append(f"$.result.table: {exc}")

@@ -11,7 +11,7 @@ import json
 import jsonschema
 import pytest
 from workflow_gateway_client import FIELDS, OUTCOMES, MalformedEvent, parse_event
-from workflow_gateway_client._events import ERROR_FIELDS, WORKFLOW_PATTERN
+from workflow_gateway_client._events import ERROR_FIELDS, RESULT_ERROR_FIELDS, RESULT_FIELDS, WORKFLOW_PATTERN
 
 from gateway.events import completion_event
 from gateway.ledger import Delivery
@@ -41,6 +41,12 @@ def test_the_clients_fields_are_the_event_schemas():
     assert {name for name, (_, required) in ERROR_FIELDS.items() if required} == set(error["required"])
     for name, (types, _) in ERROR_FIELDS.items():
         assert set(types) == schema_types(error["properties"][name]), name
+    rows, failed = SCHEMA["properties"]["result"]["oneOf"]
+    for fields, shape in ((RESULT_FIELDS, rows), (RESULT_ERROR_FIELDS, failed)):
+        assert set(fields) == set(shape["properties"])
+        assert {name for name, (_, required) in fields.items() if required} == set(shape["required"])
+        for name, (types, _) in fields.items():
+            assert set(types) == schema_types(shape["properties"][name]), name
 
 
 def gateway_event(**changes) -> tuple[dict[str, str], dict]:
@@ -116,6 +122,12 @@ DATA_FAULTS = {
     "error without message": mutate("error.message"),
     "error with extra field": mutate("error.stack", "x"),
     "no finished_at": mutate("finished_at"),
+    "result a list": mutate("result", []),
+    "result rows not objects": mutate("result", {"table": "p.d.t", "rows": [[1]], "schema": [], "truncated": False}),
+    "result without truncated": mutate("result", {"table": "p.d.t", "rows": [], "schema": []}),
+    "result error without reason": mutate("result", {"table": "p.d.t", "error": {"message": "no"}}),
+    "result with rows and error": mutate("result", {"table": "p.d.t", "rows": [], "error": {"reason": "r",
+                                                                                             "message": "m"}}),
 }
 
 
@@ -182,3 +194,34 @@ def test_what_is_not_a_completion_event_is_a_malformed_event_never_a_key_error(r
         parse_event(received)
 
     assert isinstance(caught.value, ValueError) and str(caught.value)
+
+
+ROWS = {"table": "p.d.out", "rows": [{"store_id": 1, "score": 0.5}, {"store_id": 2, "score": None}],
+        "schema": [{"name": "store_id", "type": "INT64"}, {"name": "score", "type": "FLOAT64"}], "truncated": True}
+
+
+def test_a_result_parses_into_rows_schema_and_truncated():
+    attributes, data = gateway_event(outcome="SUCCEEDED", error=None, result=ROWS)
+    jsonschema.validate(data, SCHEMA)
+
+    result = parse_event((attributes, json.dumps(data).encode())).result
+
+    assert result.ok and result.table == "p.d.out" and result.truncated is True
+    assert [dict(row) for row in result.rows] == ROWS["rows"]
+    assert [(c.name, c.type) for c in result.schema] == [("store_id", "INT64"), ("score", "FLOAT64")]
+
+
+def test_a_failed_read_parses_into_its_error_and_no_rows():
+    failed = {"table": None, "error": {"reason": "noOutputTable", "message": "the job names no table"}}
+    attributes, data = gateway_event(outcome="SUCCEEDED", error=None, result=failed)
+    jsonschema.validate(data, SCHEMA)
+
+    result = parse_event((attributes, json.dumps(data).encode())).result
+
+    assert not result.ok and result.rows == () and result.error.reason == "noOutputTable"
+
+
+def test_an_event_without_result_has_none():
+    attributes, data = gateway_event(outcome="SUCCEEDED", error=None)
+
+    assert "result" not in data and parse_event((attributes, json.dumps(data).encode())).result is None

@@ -7,6 +7,7 @@ from gateway.carto.client import (
     MAX_RETRY_WAIT_S,
     CartoClient,
     ClientCredentials,
+    QueryTimedOut,
     StaticToken,
     SubmitOutcomeUnknown,
     TokenSource,
@@ -27,13 +28,14 @@ from gateway.carto.dialects import (
     job_id_of,
     jobs_of,
     key_hash,
+    output_table_of,
     parse_status,
     strip_secrets,
 )
 
 __all__ = [
     "CANCELLED", "DIALECTS", "FAILED", "MAX_RETRY_WAIT_S", "OUTCOMES", "SQL_API", "SUCCEEDED", "TIMED_OUT",
-    "WORKFLOWS", "CartoClient", "ClientCredentials", "JobStatus", "StaticToken", "SubmitOutcomeUnknown",
+    "WORKFLOWS", "CartoClient", "ClientCredentials", "JobStatus", "QueryTimedOut", "StaticToken", "SubmitOutcomeUnknown",
     "TokenSource", "delivery_marker", "delivery_metadata", "dialect_of", "job_id_of", "jobs_of", "key_hash",
-    "parse_status", "strip_secrets",
+    "output_table_of", "parse_status", "strip_secrets",
 ]

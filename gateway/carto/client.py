@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from urllib.parse import urlencode
 
 from gateway.carto.dialects import JobStatus, job_id_of, jobs_of, parse_status, strip_secrets
-from gateway.errors import CartoUnavailable, NotFound, SubmitOutcomeUnknown, UpstreamRejected
+from gateway.errors import CartoUnavailable, NotFound, QueryTimedOut, SubmitOutcomeUnknown, UpstreamRejected
 from gateway.outbound import Answer, Http, NeverConnected, NoAnswer
 from gateway.settings import Secret
 
@@ -139,34 +139,42 @@ class CartoClient:
         return jobs_of(self._call("GET", f"{base_url}/v3/sql/jobs", workflow))
 
     def query(self, base_url: str, connection: str, sql: str, parameters: Mapping[str, Any] | list[Any] | None = None,
-              *, workflow: str | None = None) -> dict[str, Any]:
+              *, workflow: str | None = None, budget_s: float | None = None) -> dict[str, Any]:
         """Run a read-only statement through the synchronous `/query` endpoint: `{rows, schema, meta}`.
-        A read may be repeated, so it is retried like a GET."""
+        A read may be repeated, so it is retried like a GET; with `budget_s`, every attempt and wait fits
+        in that many seconds (QueryTimedOut when they do not)."""
         body: dict[str, Any] = {"q": sql}
         if parameters is not None:
             body["queryParameters"] = parameters
-        answer = self._call("POST", f"{base_url}/v3/sql/{connection}/query", workflow, json_body=body, read=True)
+        deadline = None if budget_s is None else time.monotonic() + budget_s
+        answer = self._call("POST", f"{base_url}/v3/sql/{connection}/query", workflow, json_body=body, read=True,
+                            deadline=deadline)
         return answer if isinstance(answer, dict) else {"rows": answer if isinstance(answer, list) else []}
 
-    def _call(self, method: str, url: str, workflow: str | None, *, json_body: Any = None, read: bool = False) -> Any:
+    def _call(self, method: str, url: str, workflow: str | None, *, json_body: Any = None, read: bool = False,
+              deadline: float | None = None) -> Any:
         tokens = self._workflow_tokens.get(workflow or "", self._tokens)
         creates = method == "POST" and not read
         for attempt in range(1, self._attempts + 1):
-            wait = self._attempt(method, url, tokens, json_body, creates=creates, last=attempt == self._attempts)
+            timeout = self._timeout if deadline is None else _within(self._timeout, deadline)
+            wait = self._attempt(method, url, tokens, json_body, creates=creates, last=attempt == self._attempts,
+                                 timeout=timeout)
             if not isinstance(wait, float):
                 return wait.body
+            if deadline is not None and time.monotonic() + wait >= deadline:
+                raise QueryTimedOut("CARTO did not answer within the time budget")
             self._sleep(wait)
         raise AssertionError("unreachable")
 
     def _attempt(self, method: str, url: str, tokens: TokenSource, json_body: Any, *, creates: bool,
-                 last: bool) -> Any:
+                 last: bool, timeout: tuple[float, float]) -> Any:
         headers = {"Authorization": f"Bearer {tokens.token()}", "Accept": "application/json"}
         body = None
         if json_body is not None:
             headers["Content-Type"] = "application/json"
             body = json.dumps(json_body, allow_nan=False).encode()  # strict JSON, as requests sent it
         try:
-            answer = self._http.request(method, url, headers=headers, body=body, timeout=self._timeout)
+            answer = self._http.request(method, url, headers=headers, body=body, timeout=timeout)
         except NeverConnected as exc:
             if last:
                 raise CartoUnavailable(f"CARTO is unreachable ({exc})") from None
@@ -202,6 +210,14 @@ class CartoClient:
         if creates:  # a 2xx: the job exists even if its answer was cut short (tests/test_faults_network.py)
             return _Answer(_accepted(answer))
         return _Answer(_json(answer))
+
+
+def _within(timeout: tuple[float, float], deadline: float) -> tuple[float, float]:
+    """Connect and read timeouts cut to what is left before `deadline`; QueryTimedOut when nothing is."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise QueryTimedOut("CARTO did not answer within the time budget")
+    return min(timeout[0], left), min(timeout[1], left)
 
 
 @dataclass(frozen=True)

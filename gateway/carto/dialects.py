@@ -61,6 +61,7 @@ class JobStatus:
     state: str | None
     outcome: str | None
     error: dict[str, Any] | None
+    output_table: str | None = None  # jobMetadata.workflowOutputTableName: where the run wrote its answer
 
 
 def strip_secrets(value: Any) -> Any:
@@ -118,8 +119,17 @@ def parse_status(job_id: str, body: Mapping[str, Any]) -> JobStatus:
         return JobStatus(job_id, state, FAILED, explain(error or {"reason": None, "location": None,
                                                                    "message": f"the job ended with status {state}"}))
     if word in SUCCEEDED_WORDS:
-        return JobStatus(job_id, state, SUCCEEDED, None)
+        return JobStatus(job_id, state, SUCCEEDED, None, output_table_of(body))
     return JobStatus(job_id, state, None, None)
+
+
+def output_table_of(body: Mapping[str, Any]) -> str | None:
+    """The full name of the table the run wrote its answer to, as CARTO names it at
+    `jobMetadata.workflowOutputTableName` (a workflow whose "MCP Tool Output" component runs in Async
+    mode; seen in CARTO's public agent demos, not on the Workflows page). None when the answer names none."""
+    metadata = body.get("jobMetadata")
+    name = metadata.get("workflowOutputTableName") if isinstance(metadata, Mapping) else None
+    return name if isinstance(name, str) and name else None
 
 
 def _error_of(body: Mapping[str, Any], status: Any) -> dict[str, Any] | None:

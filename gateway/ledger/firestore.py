@@ -74,7 +74,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 _COLLECTION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _DATABASE = re.compile(r"\(default\)|[a-z][a-z0-9-]{3,62}")
-_JSON_FIELDS = {"parameters", "error", "actions"}
+_JSON_FIELDS = {"parameters", "error", "actions", "result"}  # JSON text: key order kept, so an event rebuilt is the same bytes
 _FILTERS = ("workflow", "outcome", "state")
 # The composite indexes `recent` needs: each non-empty combination of equality filters (in this
 # order), then created_at descending. deploy/deploy.sh keeps its list equal to this one
@@ -233,11 +233,11 @@ class FirestoreLedger:
                           lambda d: {"state": TRACKED, "updated_at": now, "tracked_at": d.tracked_at or now})
 
     def finish(self, key: str, outcome: str, carto_state: str | None, error: dict[str, Any] | None,
-               checks: int, finished_at: float) -> Delivery:
+               checks: int, finished_at: float, result: dict[str, Any] | None = None) -> Delivery:
         # First writer wins: a redelivered tracking message gets the outcome already recorded.
         record, _ = self._update(key, lambda d: d.outcome is None, state=FINISHED, outcome=outcome,
                                  carto_state=carto_state, error=error, checks=checks,
-                                 finished_at=finished_at, updated_at=finished_at)
+                                 finished_at=finished_at, updated_at=finished_at, result=result)
         if record is None:
             raise LedgerUnavailable(f"ledger record {key} vanished")
         return record

@@ -49,6 +49,7 @@ class Delivery:
     published_at: float | None = None
     rerun_of: str | None = None  # the key of the delivery this one re-runs (the console's re-run)
     actions: list[dict[str, Any]] = field(default_factory=list)  # operators' actions on it, oldest first
+    result: dict[str, Any] | None = None  # the event's `result`, recorded with the outcome (gateway/results.py)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,7 +95,8 @@ class Ledger(Protocol):
                        deadline_at: float, now: float) -> bool: ...
     def mark_tracked(self, key: str, now: float) -> None: ...
     def finish(self, key: str, outcome: str, carto_state: str | None, error: dict[str, Any] | None,
-               checks: int, finished_at: float) -> Delivery: ...
+               checks: int, finished_at: float, result: dict[str, Any] | None = None) -> Delivery:
+        """Record the outcome (and the event's `result`, if any) unless one is recorded: first writer wins."""
     def note_checks(self, key: str, checks: int, last_check_at: float, next_check_at: float | None = None) -> None:
         """Record progress; `updated_at` moves to `next_check_at` (when given), so `stale` returns the record
         only once that check is overdue."""

@@ -14,9 +14,10 @@ from gateway.errors import LedgerUnavailable
 from gateway.ledger.records import CLAIMED, FINISHED, SUBMITTED, TRACKED, Claim, Delivery, DeliveryQuery
 
 _COLUMNS = tuple(Delivery.__dataclass_fields__)
-_JSON_COLUMNS = {"parameters", "error", "actions"}
+_JSON_COLUMNS = {"parameters", "error", "actions", "result"}
 # Columns added after the first release: a ledger file made before them gains them on open.
-_ADDED_COLUMNS = {"tracked_at": "REAL", "published_at": "REAL", "rerun_of": "TEXT", "actions": "TEXT"}
+_ADDED_COLUMNS = {"tracked_at": "REAL", "published_at": "REAL", "rerun_of": "TEXT", "actions": "TEXT",
+                  "result": "TEXT"}
 
 
 class SqliteLedger:
@@ -105,9 +106,11 @@ class SqliteLedger:
                      "key = ? AND state IN (?, ?)", (key, SUBMITTED, TRACKED))
 
     def finish(self, key: str, outcome: str, carto_state: str | None, error: dict[str, Any] | None,
-               checks: int, finished_at: float) -> Delivery:
-        self._update("state = ?, outcome = ?, carto_state = ?, error = ?, checks = ?, finished_at = ?, updated_at = ?",
-                     (FINISHED, outcome, carto_state, json.dumps(error), checks, finished_at, finished_at),
+               checks: int, finished_at: float, result: dict[str, Any] | None = None) -> Delivery:
+        self._update("state = ?, outcome = ?, carto_state = ?, error = ?, checks = ?, finished_at = ?, updated_at = ?, "
+                     "result = ?",
+                     (FINISHED, outcome, carto_state, json.dumps(error), checks, finished_at, finished_at,
+                      json.dumps(result)),
                      "key = ? AND outcome IS NULL", (key,))
         record = self.get(key)
         if record is None:

@@ -38,6 +38,18 @@ FIELDS: Mapping[str, tuple[frozenset[str], bool]] = MappingProxyType({
     "duration_s": (frozenset({"number"}), True),
     "checks": (frozenset({"integer"}), True),
     "parameters": (frozenset({"object"}), True),
+    "result": (frozenset({"object"}), False),
+})
+# The `result` object: the rows read, or why they were not (property -> (JSON types, required)).
+RESULT_FIELDS: Mapping[str, tuple[frozenset[str], bool]] = MappingProxyType({
+    "table": (frozenset({"string"}), True),
+    "rows": (frozenset({"array"}), True),
+    "schema": (frozenset({"array"}), True),
+    "truncated": (frozenset({"boolean"}), True),
+})
+RESULT_ERROR_FIELDS: Mapping[str, tuple[frozenset[str], bool]] = MappingProxyType({
+    "table": (frozenset({"string", "null"}), True),
+    "error": (frozenset({"object"}), True),
 })
 # The `error` object: property -> (JSON types, required).
 ERROR_FIELDS: Mapping[str, tuple[frozenset[str], bool]] = MappingProxyType({
@@ -54,6 +66,32 @@ class JobError:
     message: str
     reason: str | None = None
     location: str | None = None
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a result: its name and the warehouse's type name (None when CARTO gave none)."""
+
+    name: str
+    type: str | None
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """The workflow's answer: the first rows of the table its run wrote, or why they could not be read.
+
+    `rows` are mappings of column name to value; `truncated` says the table has more than the event
+    carries. When the read failed, `rows` is empty and `error` says why (`error.reason`, `error.message`)."""
+
+    table: str | None
+    rows: tuple[Mapping[str, Any], ...]
+    schema: tuple[Column, ...]
+    truncated: bool
+    error: JobError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
 
 
 @dataclass(frozen=True)
@@ -79,6 +117,7 @@ class JobEvent:
     attributes: Mapping[str, str]
     message_id: str | None = None
     publish_time: str | None = None
+    result: JobResult | None = None  # only for a workflow whose file asks for its rows, only on SUCCEEDED
 
     @property
     def succeeded(self) -> bool:
@@ -181,7 +220,32 @@ def _data(data: Any) -> dict[str, Any]:
         _check_fields(body["error"], ERROR_FIELDS, "error.")
         if set(body["error"]) - set(ERROR_FIELDS):
             raise MalformedEvent(f"error has unknown fields {sorted(set(body['error']) - set(ERROR_FIELDS))}")
+    if "result" in body:
+        _check_result(body["result"])
     return body
+
+
+def _check_result(result: dict[str, Any]) -> None:
+    fields = RESULT_ERROR_FIELDS if "error" in result else RESULT_FIELDS
+    _check_fields(result, fields, "result.")
+    if set(result) - set(fields):
+        raise MalformedEvent(f"result has unknown fields {sorted(set(result) - set(fields))}")
+    if "error" in result:
+        if not all(isinstance(result["error"].get(k), str) for k in ("reason", "message")):
+            raise MalformedEvent("result.error must carry a reason and a message")
+    elif not all(isinstance(row, dict) for row in result["rows"]) or not all(
+            isinstance(c, dict) and isinstance(c.get("name"), str) for c in result["schema"]):
+        raise MalformedEvent("result.rows must be objects and result.schema [{name, type}]")
+
+
+def _result(result: dict[str, Any] | None) -> JobResult | None:
+    if result is None:
+        return None
+    if "error" in result:
+        error = JobError(result["error"]["message"], result["error"]["reason"])
+        return JobResult(result["table"], (), (), False, error)
+    return JobResult(result["table"], tuple(MappingProxyType(row) for row in result["rows"]),
+                     tuple(Column(c["name"], c.get("type")) for c in result["schema"]), result["truncated"])
 
 
 def _check_fields(body: Mapping[str, Any], fields: Mapping[str, tuple[frozenset[str], bool]], prefix: str) -> None:
@@ -197,6 +261,7 @@ def _is(kind: str, value: Any) -> bool:
     """Whether a decoded JSON value is of JSON Schema type `kind` (2020-12: 2.0 is an integer, true is no number)."""
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     return {"null": value is None, "string": isinstance(value, str), "object": isinstance(value, dict),
+            "array": isinstance(value, list), "boolean": isinstance(value, bool),
             "number": number, "integer": number and float(value).is_integer()}[kind]
 
 
@@ -229,4 +294,5 @@ def _event(attributes: dict[str, str], body: dict[str, Any], message_id: str | N
         submitted_at=_timestamp(body["submitted_at"], "submitted_at"),
         finished_at=_timestamp(body["finished_at"], "finished_at"),
         duration_s=float(body["duration_s"]), checks=int(body["checks"]), parameters=MappingProxyType(body["parameters"]),
-        attributes=MappingProxyType(attributes), message_id=message_id, publish_time=publish_time)
+        attributes=MappingProxyType(attributes), message_id=message_id, publish_time=publish_time,
+        result=_result(body.get("result")))

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.local.sandbox.catalog import QueryRefused, answer
+from gateway.local.sandbox.catalog import META, QueryRefused, answer
 from gateway.local.sandbox.faults import Conditions, Fault, Faults, apply_conditions, fault_from_json
 from gateway.local.sandbox.jobs import (
     WORKFLOWS,
@@ -25,6 +25,7 @@ from gateway.local.sandbox.jobs import (
 )
 from gateway.local.sandbox.procedures import Procedure
 from gateway.local.sandbox.store import JobStore
+from gateway.local.sandbox.tables import Output, TableMissing, is_read, read
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ def fault_response(fault: Fault) -> Response:
     """The answer an error or rate_limit fault gives instead of the real one."""
     if fault.kind == "rate_limit":
         return error(429, "Too many requests", {"Retry-After": str(fault.retry_after)})
+    if fault.status < 500:
+        return error(fault.status, "Forbidden: the token may not read this table (sandbox fault)")
     return error(fault.status, "Service unavailable (sandbox fault)")
 
 
@@ -64,6 +67,7 @@ class SandboxApi:
         self._default_duration_s = default_duration_s
         self._lock = threading.Lock()
         self._requests: Counter[str] = Counter()
+        self.queries: list[dict[str, Any]] = []  # every /query statement received, oldest first
 
     def authorized(self, presented: str | None) -> bool:
         """Any caller when no token is configured; otherwise exactly that bearer token."""
@@ -131,15 +135,41 @@ class SandboxApi:
         return Response(200, listed if self.dialect != WORKFLOWS else {"jobs": listed})
 
     def query(self, connection: str, payload: Any) -> Response:
-        """The synchronous `/query`: `{rows, schema, meta}` for the catalogue queries the sandbox knows."""
+        """The synchronous `/query`: `{rows, schema, meta}` for the catalogue queries the sandbox knows and
+        the bounded reads of its procedures' output tables."""
         if not self.known(connection):
             return self.unknown_connection(connection)
         if not isinstance(payload, dict) or not isinstance(payload.get("q"), str) or not payload["q"].strip():
             return error(400, "Missing q")
+        if is_read(payload["q"]):
+            try:
+                return Response(200, {**read(payload["q"], self.tables()), "meta": dict(META)})
+            except TableMissing as exc:
+                return error(404, str(exc))
+            except ValueError as exc:
+                return error(400, str(exc))
         try:
             return Response(200, answer(payload["q"], payload.get("queryParameters"), self._procedures))
         except QueryRefused as exc:
             return error(400, str(exc))
+
+    def note_query(self, connection: str, payload: Any) -> None:
+        """Keep every statement `/query` receives (faulted ones too), so tests see all SQL that reached CARTO."""
+        sql = payload.get("q") if isinstance(payload, dict) else None
+        with self._lock:
+            self.queries.append({"connection": connection, "q": sql})
+
+    def tables(self) -> dict[str, Output]:
+        """Every output table written so far: the fixed ones, and one per run of the others."""
+        written: dict[str, Output] = {}
+        for procedure in (self._procedures or {}).values():
+            if procedure.output is not None and procedure.output.table:
+                written[procedure.output.table] = procedure.output
+        for job in self.store.all():
+            procedure = (self._procedures or {}).get(job.procedure or "")
+            if procedure is not None and procedure.output is not None:
+                written[procedure.output.table_for(procedure.name, job.query_parameters)] = procedure.output
+        return written
 
     def stats(self) -> dict[str, Any]:
         """Jobs created (total, per procedure, each with its parameters), requests per route, faults."""
@@ -152,6 +182,7 @@ class SandboxApi:
             "per_procedure": dict(Counter(job.procedure or "" for job in jobs)),
             "jobs": [_summary(job, now) for job in jobs],
             "requests": requests,
+            "queries": list(self.queries),
             "faults": self.faults.pending(),
             "conditions": self.conditions.state(),
             "peak_running": peak_running(jobs),
@@ -164,6 +195,7 @@ class SandboxApi:
         self.conditions.clear()
         with self._lock:
             self._requests.clear()
+            self.queries.clear()
 
     def admin(self, method: str, path: str, payload: Any) -> Response:
         """`POST|DELETE /_sandbox/faults`, `POST|DELETE /_sandbox/conditions`, `GET /_sandbox/stats`,

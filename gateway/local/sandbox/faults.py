@@ -3,7 +3,7 @@
 Routes: `submit` (create a job), `status` (get a job), `cancel`, `list`, `query` (the synchronous
 `/query`). Kinds:
 
-    error         answer `status` (5xx) with a CARTO-style error body
+    error         answer `status` (5xx; on `query` a 4xx too, e.g. 403) with a CARTO-style error body
     rate_limit    answer 429 with `Retry-After: retry_after`
     delay         wait `delay_s`, then answer normally
     drop          close the socket without any answer
@@ -67,8 +67,8 @@ class Fault:
             raise ValueError(f"{self.kind} applies to the submit route only")
         if self.kind in ANSWER_KINDS and self.route not in ("list", "status"):
             raise ValueError(f"{self.kind} applies to the list and status routes only")
-        if not 500 <= self.status <= 599:
-            raise ValueError("status must be a 5xx")
+        if not 500 <= self.status <= 599 and not (self.route == "query" and 400 <= self.status <= 499):
+            raise ValueError("status must be a 5xx (a 4xx too on the query route: a read CARTO refuses)")
         if self.delay_s < 0 or self.retry_after < 0:
             raise ValueError("delay_s and retry_after must not be negative")
 

@@ -39,6 +39,7 @@ class SandboxJob:
     metadata: Mapping[str, Any] | None = None
     cancelled: bool = field(default=False)
     warehouse: str = "bigquery"
+    output_table: str | None = None  # announced at jobMetadata.workflowOutputTableName
 
     def state(self, now: float) -> str:
         """PENDING, RUNNING or DONE at `now`."""
@@ -63,10 +64,12 @@ def plan_job(external_id: str, connection: str, query: str, parameters: Mapping[
     procedure = _procedure(call.procedure if call else None, procedures)
     warehouse = procedure.warehouse if procedure is not None else family_of_call(query)
     rejected = _rejection(query, call, parameters, procedures, procedure, warehouse)
+    output = procedure.output if procedure is not None else None
+    announced = output.table_for(procedure.name, parameters) if output is not None and output.named else None
     base = {"external_id": external_id, "connection": connection, "query": query,
             "query_parameters": list(parameters) if isinstance(parameters, list) else dict(parameters),
             "procedure": call.procedure if call else None, "created_at": now, "metadata": metadata,
-            "warehouse": warehouse}
+            "warehouse": warehouse, "output_table": announced}
     if rejected:  # BigQuery rejects a mistyped CALL while compiling it: the job ends at once
         return SandboxJob(**base, run_at=now, done_at=now, error_result=rejected)
     duration = _duration(procedure, default_duration_s, forced)
@@ -147,6 +150,8 @@ def wire(job: SandboxJob, now: float | None, token: str | None = None, dialect: 
     body = _sql_api(job, state) if dialect == SQL_API else _workflows(job, state)
     if job.metadata is not None:
         body["metadata"] = dict(job.metadata)
+    if job.output_table is not None:  # as a workflow with an Async "MCP Tool Output" answers, in both dialects
+        body["jobMetadata"] = {"workflowOutputTableName": job.output_table}
     if token is not None:
         body["token"] = token
     return body

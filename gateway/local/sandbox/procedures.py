@@ -10,6 +10,9 @@ overrides them per procedure (the unquoted fully qualified name from the CALL):
 `parameters` are in the procedure's order, typed in the warehouse's own words (`NUMBER(38,0)`, `integer`);
 `warehouse` (bigquery, snowflake, postgresql or redshift; default bigquery) decides how a CALL binds.
 
+`output` (gateway/local/sandbox/tables.py) says what a run writes: a table with a schema and rows, and
+whether the job's answers name it at `jobMetadata.workflowOutputTableName`.
+
 `duration_s` absent: the server's default; null or negative: the job never finishes.
 `parameters` absent (and not known from a workflow): the arguments are not type-checked.
 """
@@ -25,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import ConfigError
+from gateway.local.sandbox.tables import Output, parse_output
 
 NEVER = math.inf
-_KEYS = {"parameters", "duration_s", "error", "warehouse"}
+_KEYS = {"parameters", "duration_s", "error", "warehouse", "output"}
 _WAREHOUSES = ("bigquery", "snowflake", "postgresql", "redshift")
 
 
@@ -40,6 +44,7 @@ class Procedure:
     duration_s: float | None = None
     error: str | None = None
     warehouse: str = "bigquery"
+    output: Output | None = None  # the table a run writes, if any
 
 
 def parse_procedures(raw: Mapping[str, Any]) -> dict[str, Procedure]:
@@ -69,6 +74,8 @@ def _fields(name: str, entry: Any) -> dict[str, Any]:
         if entry["warehouse"] not in _WAREHOUSES:
             raise ConfigError(f"sandbox procedures: {name}.warehouse: expected one of {', '.join(_WAREHOUSES)}")
         fields["warehouse"] = entry["warehouse"]
+    if "output" in entry:
+        fields["output"] = None if entry["output"] is None else parse_output(name, entry["output"])
     if "error" in entry:
         if entry["error"] is not None and not isinstance(entry["error"], str):
             raise ConfigError(f"sandbox procedures: {name}.error: expected a message or null")

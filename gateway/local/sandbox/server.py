@@ -88,6 +88,8 @@ class _Handler(BaseHTTPRequestHandler):
         if not route:
             return self._send(error(404, "Not found") if route is None else error(405, "Method not allowed"))
         api.count(route)
+        if route == "query":
+            api.note_query(args["connection"], _queried(self.command, query, body)[0])
         if (outage := api.conditions.outage_fault()) is not None:
             self._suffer(outage, None)
             return None

@@ -25,11 +25,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     error       TEXT,              -- errorResult JSON
     metadata    TEXT,
     cancelled   INTEGER NOT NULL DEFAULT 0,
-    warehouse   TEXT NOT NULL DEFAULT 'bigquery'
+    warehouse   TEXT NOT NULL DEFAULT 'bigquery',
+    output_table TEXT
 )
 """
 _COLUMNS = ("external_id, connection, query, parameters, procedure, created_at, run_at, done_at, error, metadata, "
-            "cancelled, warehouse")
+            "cancelled, warehouse, output_table")
 
 
 class JobStore:
@@ -39,11 +40,13 @@ class JobStore:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute(_SCHEMA)
+        if "output_table" not in {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}:
+            self._db.execute("ALTER TABLE jobs ADD COLUMN output_table TEXT")  # a file made before it
 
     def add(self, job: SandboxJob) -> None:
         """Store a new job."""
         with self._lock:
-            self._db.execute(f"INSERT INTO jobs ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", _row(job))
+            self._db.execute(f"INSERT INTO jobs ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", _row(job))
 
     def get(self, connection: str, external_id: str) -> SandboxJob | None:
         """The job, when it exists on that connection."""
@@ -90,19 +93,20 @@ def _row(job: SandboxJob) -> tuple:
     error = json.dumps(job.error_result.__dict__) if job.error_result else None
     return (job.external_id, job.connection, job.query, json.dumps(_parameters(job.query_parameters)), job.procedure,
             job.created_at, job.run_at, job.done_at if math.isfinite(job.done_at) else None, error,
-            json.dumps(dict(job.metadata)) if job.metadata is not None else None, int(job.cancelled), job.warehouse)
+            json.dumps(dict(job.metadata)) if job.metadata is not None else None, int(job.cancelled), job.warehouse,
+            job.output_table)
 
 
 def _job(row: tuple) -> SandboxJob:
     (external_id, connection, query, parameters, procedure, created_at, run_at, done_at, error, metadata,
-     cancelled, warehouse) = row
+     cancelled, warehouse, output_table) = row
     return SandboxJob(
         external_id=external_id, connection=connection, query=query, query_parameters=json.loads(parameters),
         procedure=procedure, created_at=created_at, run_at=run_at,
         done_at=math.inf if done_at is None else done_at,
         error_result=ErrorResult(**json.loads(error)) if error else None,
         metadata=json.loads(metadata) if metadata is not None else None, cancelled=bool(cancelled),
-        warehouse=warehouse)
+        warehouse=warehouse, output_table=output_table)
 
 
 def _parameters(parameters: Any) -> Any:
