@@ -38,7 +38,7 @@ def workflow(name: str, procedure_name: str, result: dict[str, Any] | None, **ex
         "query": f"CALL `{PROJECT_DS}.{procedure_name}`(@n)",
         "parameters": {"n": {"type": "INT64", "from": "/n"}},
         "payload": {"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}},
-        "auth": [{"scheme": "standard-webhooks", "secrets": "env:STORE_CLUSTERS_SECRETS"}],
+        "auth": [{"scheme": "standard-webhooks", "secrets": "env:RESULTS_SECRET"}],
         **extra,
     }
     if result is not None:
@@ -56,4 +56,4 @@ def merged(*entries: dict[str, Any]) -> dict[str, Any]:
     return {name: entry for each in entries for name, entry in each.items()}
 
 
-SECRETS = {"STORE_CLUSTERS_SECRETS": SECRET}
+SECRETS = {"RESULTS_SECRET": SECRET}  # the variable the workflows above name

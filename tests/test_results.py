@@ -18,7 +18,7 @@ from gateway.results import UnsafeName, bounded, quote_table, select_sql
 from gateway.workflows import load_registry
 from tests.apptools import FakeClock
 from tests.conftest import CARTO_TOKEN
-from tests.resulttools import HOSTILE, PROJECT_DS, SCHEMA, merged, procedure, workflow, write_workflows
+from tests.resulttools import HOSTILE, PROJECT_DS, SCHEMA, SECRETS, merged, procedure, workflow, write_workflows
 from tests.rigs import EVENT_SCHEMA, Rig, gateway_env
 
 # --- the statement -------------------------------------------------------------------------------
@@ -79,7 +79,7 @@ def test_the_result_block_loads_with_its_defaults(schemas):
     write_workflows(schemas, {"answer": workflow("answer", "p", {}),
                               "fixed": workflow("fixed", "p", {"table": "p-1.d.t", "rows": 7, "columns": ["a"]})})
 
-    registry = load_registry(schemas, {"STORE_CLUSTERS_SECRETS": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"})
+    registry = load_registry(schemas, SECRETS)
 
     assert (registry.get("answer").result.table, registry.get("answer").result.rows) == (None, 100)
     fixed = registry.get("fixed").result
@@ -94,7 +94,7 @@ def test_a_bad_result_block_stops_the_load_naming_where(schemas, result, problem
     write_workflows(schemas, {"answer": workflow("answer", "p", result)})
 
     with pytest.raises(ConfigError) as caught:
-        load_registry(schemas, {"STORE_CLUSTERS_SECRETS": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"})
+        load_registry(schemas, SECRETS)
 
     assert problem in str(caught.value)
 
@@ -114,7 +114,7 @@ def results_rig(schemas, tmp_path):
     sandbox = serve(token=CARTO_TOKEN, default_duration_s=1.0, clock=clock.now, procedures=PROCEDURES)
     ledger = CrashBeforePublish(tmp_path / "ledger.sqlite3")
     try:
-        yield Rig.build(gateway_env(schemas, sandbox, tmp_path), clock, sandbox, ledger=ledger)
+        yield Rig.build(gateway_env(schemas, sandbox, tmp_path, **SECRETS), clock, sandbox, ledger=ledger)
     finally:
         sandbox.stop()
 

@@ -16,7 +16,7 @@ import pytest
 from gateway.ledger.sqlite import SqliteLedger
 from gateway.local.devstack import LocalStack
 from tests.conftest import CARTO_TOKEN, OPERATOR_TOKEN, PROJECT, ROOT, SECRET
-from tests.resulttools import HOSTILE, PROJECT_DS, SCHEMA, merged, procedure, workflow, write_workflows
+from tests.resulttools import HOSTILE, PROJECT_DS, SCHEMA, SECRETS, merged, procedure, workflow, write_workflows
 from tests.stackutil import EventInbox, post_hook
 
 pytestmark = pytest.mark.stack
@@ -51,7 +51,7 @@ def stack(request, pubsub_emulator, schemas_factory, tmp_path_factory):
         state_dir=tmp_path_factory.mktemp("stack"), project=project, schemas_dir=schemas_factory,
         pubsub_host=pubsub_emulator.host, sandbox_duration_s=0.3, submit_port=0, sandbox_dialect=request.param,
         sandbox_procedures=PROCEDURES,
-        env={"CARTO_API_TOKEN": CARTO_TOKEN, "STORE_CLUSTERS_SECRETS": SECRET, "GATEWAY_POLL_FIRST_S": "0.2",
+        env={"CARTO_API_TOKEN": CARTO_TOKEN, **SECRETS, "GATEWAY_POLL_FIRST_S": "0.2",
              "GATEWAY_OPERATOR_TOKENS": OPERATOR_TOKEN, "GATEWAY_RESULT_BUDGET_S": str(BUDGET_S)},
     ).start()
     stack.inbox = EventInbox(project, stack.topics["events"], f"test-results-{uuid.uuid4().hex[:8]}")
