@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -259,6 +260,19 @@ def test_finish_records_the_outcome_and_returns_the_record(ledger):
     assert (final.state, final.outcome, final.carto_state, final.error, final.checks, final.finished_at,
             final.updated_at) == (FINISHED, "FAILED", "DONE", error, 5, T0 + 50, T0 + 50)
     assert ledger.get(record.key) == final
+
+
+def test_the_result_is_recorded_with_the_outcome_and_reads_back_in_its_key_order(ledger):
+    record = submitted(ledger)
+    result = {"table": "p.d.t", "rows": [{"z": 1, "a": [[1, 2], {"y": None, "b": 0.1}]}],
+              "schema": [{"name": "z", "type": "INT64"}, {"name": "a", "type": "JSON"}], "truncated": True}
+
+    ledger.finish(record.key, "SUCCEEDED", "DONE", None, 2, T0 + 9, result=result)
+    again = ledger.finish(record.key, "SUCCEEDED", "DONE", None, 3, T0 + 10, result={"table": "other", "error": {}})
+
+    stored = ledger.get(record.key)
+    assert stored.result == result and again.result == result  # first writer wins, rows included
+    assert json.dumps(stored.result) == json.dumps(result)  # the same bytes when the event is built again
 
 
 def test_a_second_finish_returns_the_first_outcome(ledger):
