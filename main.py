@@ -1,13 +1,17 @@
 """Cloud Functions entry points: webhook, poll, submit, sweep, console. Thin: the logic lives in `gateway/`.
 
-Each instance builds its clients once, on first use (`_app`), and reuses them for every request.
-Only `webhook` loads the webhook secrets: the Pub/Sub-triggered functions, `sweep` and `console` never verify one.
+The function named by FUNCTION_TARGET builds its instance when the process starts (`entrypoints.start`): a bad
+workflow file or a missing secret stops the worker before it answers anything. Only `webhook` loads the
+webhook secrets: the Pub/Sub-triggered functions, `sweep` and `console` never verify one. Whatever escapes a
+function is answered as problem+json (`entrypoints.install`), never as an HTML page.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
+import flask
 import functions_framework
 
 from gateway import entrypoints
@@ -19,10 +23,15 @@ def _app(verify_senders: bool = True) -> App:
     return App.from_env(verify_senders=verify_senders)
 
 
+if flask.has_app_context():  # loaded by functions-framework to serve FUNCTION_TARGET (not a plain import)
+    entrypoints.install(flask.current_app)
+    entrypoints.start(os.environ.get("FUNCTION_TARGET", ""), _app)
+
+
 @functions_framework.http
 def webhook(request):
     """POST /hooks/{workflow} and the rest of the HTTP surface (README, "HTTP surface")."""
-    return entrypoints.webhook(_app(), request)
+    return entrypoints.webhook(_app(verify_senders=True), request)
 
 
 @functions_framework.cloud_event

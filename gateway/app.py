@@ -1,6 +1,6 @@
 """The composition root: builds every client of one instance from its settings, once.
 
-`main.py` keeps one `App` per instance (built lazily on the first request); tests build their
+`main.py` keeps one `App` per instance (built when the process starts); tests build their
 own with injected fakes or real loopback servers.
 """
 

@@ -10,11 +10,13 @@ import base64
 import binascii
 import json
 import logging
+import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flask
+from werkzeug.exceptions import HTTPException
 
 from gateway import http, logs
 from gateway.app import App
@@ -22,11 +24,17 @@ from gateway.bodies import parse_json
 from gateway.console import app as console_app
 from gateway.errors import (
     CartoUnavailable,
+    ConfigError,
     DeliveryInFlight,
     GatewayError,
+    MalformedRequest,
+    MethodNotAllowed,
+    NotFound,
     PoisonMessage,
     PublishUnavailable,
     Unavailable,
+    UnsupportedMediaType,
+    crash,
 )
 from gateway.events import CHECK_TYPE, Check, Tracking, attributes_of, parse_check, parse_tracking
 from gateway.idempotency import message_key
@@ -34,6 +42,63 @@ from gateway.intake import Inbound
 from gateway.serving import Response
 
 log = logging.getLogger("gateway.entrypoints")
+
+# Each function of main.py, and whether its instance verifies senders (only `webhook` loads their secrets).
+VERIFY_SENDERS = {"webhook": True, "poll": False, "submit": False, "sweep": False, "console": False}
+
+
+def start(target: str, build: Callable[..., App]) -> None:
+    """Build the instance of `target` (FUNCTION_TARGET) when its process starts, so a bad workflow file or a
+    missing setting stops the worker, naming the problem, before it answers anything (Cloud Run keeps the
+    previous revision serving). Another target (a test importing main.py) builds on first use."""
+    if target not in VERIFY_SENDERS:
+        return
+    try:
+        build(verify_senders=VERIFY_SENDERS[target])
+    except ConfigError as exc:
+        line = {"severity": "CRITICAL", "event": "function.unconfigured", "message": f"{target} cannot start: {exc}"}
+        sys.stderr.write(json.dumps(line) + "\n")
+        sys.stderr.flush()
+        raise SystemExit(1) from None
+
+
+def install(flask_app: flask.Flask) -> None:
+    """Answer what escapes a function, and what the framework refuses before calling one, with problem+json:
+    never an HTML error page, never a request's bytes echoed back."""
+    flask_app.register_error_handler(HTTPException, _framework_refusal)
+    flask_app.register_error_handler(Exception, _escaped)
+
+
+def _framework_refusal(exc: HTTPException) -> tuple[str, int, dict[str, str]]:
+    """404 (robots.txt, favicon.ico), 405 (a GET to an event function), 400 (not a CloudEvent): the status
+    stays, the description (which may quote the request) does not."""
+    status = exc.code or 500
+    if status >= 500:
+        return _escaped(exc)
+    refusal = {404: NotFound("no such route"), 405: MethodNotAllowed(f"{flask.request.method} is not allowed here"),
+               400: MalformedRequest("not an event this function takes"),
+               415: UnsupportedMediaType("not an event this function takes")}.get(status)
+    if refusal is None:
+        refusal = GatewayError(exc.name)
+        refusal.status, refusal.code = status, "refused"
+    log.info("answered %s %s with %s", flask.request.method, flask.request.path, status,
+             extra=logs.event("http.answered", status=status, code=refusal.code))
+    return refusal.response()
+
+
+def _escaped(exc: BaseException) -> tuple[str, int, dict[str, str]]:
+    """An exception out of a function: a 500 (the push or the task is retried) with an incident id that is
+    also in the log line. A dependency that was down keeps its code; anything else is a bug."""
+    error = crash()
+    if isinstance(exc, GatewayError):
+        error.code, error.title, error.detail = exc.code, exc.title, f"{exc.detail} (incident {error.incident})"
+        log.warning("%s failed, to be retried: %s", flask.request.path, exc.code,
+                    extra=logs.event("function.failed", code=exc.code, incident=error.incident))
+    else:
+        log.error("unhandled error", exc_info=(type(exc), exc, exc.__traceback__),
+                  extra=logs.event("function.crashed", incident=error.incident))
+    body, _, headers = error.response()
+    return body, 500, {**headers, "X-Google-Status": "crash"}
 
 
 def webhook(app: App, request: flask.Request) -> Response:

@@ -34,6 +34,7 @@ at `/problems/{code}` (a relative `type`, RFC 9457 §3.1.1), and every code at `
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,12 +65,13 @@ class GatewayError(Exception):
                   "log has the error's type under the same trace.")
 
     def __init__(self, detail: str = "", *, errors: list[FieldError] | None = None,
-                 retry_after: int | None = None, headers: dict[str, str] | None = None):
+                 retry_after: int | None = None, headers: dict[str, str] | None = None, incident: str | None = None):
         super().__init__(detail or self.title)
         self.detail = detail or self.title
         self.errors = list(errors or [])
         self.retry_after = retry_after
         self.headers = dict(headers or {})
+        self.incident = incident
 
     def problem(self) -> dict[str, Any]:
         """The RFC 9457 body for this error."""
@@ -82,6 +84,8 @@ class GatewayError(Exception):
         }
         if self.errors:
             body["errors"] = [e.as_dict() for e in self.errors]
+        if self.incident:
+            body["incident"] = self.incident
         return body
 
     @classmethod
@@ -100,6 +104,13 @@ class GatewayError(Exception):
     def response(self) -> tuple[str, int, dict[str, str]]:
         """(body, status, headers) ready for Flask."""
         return json.dumps(self.problem()), self.status, self.response_headers()
+
+
+def crash() -> GatewayError:
+    """The 500 of an unexpected exception: a fresh incident id, in the answer and in its log line, so the
+    operator finds the line a sender quotes (the exception's values stay out of both)."""
+    incident = secrets.token_hex(8)
+    return GatewayError(f"internal error, incident {incident}: give the operator this id", incident=incident)
 
 
 class MalformedRequest(GatewayError):

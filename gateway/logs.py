@@ -61,8 +61,9 @@ def bound(**fields: Any) -> Iterator[None]:
 # What a line may say besides its context. invocation_s: how long one `poll` took; code, status: a
 # refusal's problem code and HTTP status; kind: which step failed or was re-driven; duration_s and
 # checks: a finished job's run time (submission to end) and status checks; reason, queued_s: why a
-# delivery waits and how long it waited; rows, bytes, ms: a result read.
-EVENT_FIELDS = ("event", "code", "kind", "duration_s", "checks", "reason", "queued_s", "rows", "bytes", "ms")
+# delivery waits and how long it waited; rows, bytes, ms: a result read; incident: the id a 500 answered with.
+EVENT_FIELDS = ("event", "code", "kind", "duration_s", "checks", "reason", "queued_s", "rows", "bytes", "ms",
+                "incident")
 _RECORD_FIELDS = CONTEXT_FIELDS + EVENT_FIELDS + ("trace", "invocation_s")
 _EMITTED = frozenset(CONTEXT_FIELDS + EVENT_FIELDS + ("invocation_s",))
 
@@ -76,6 +77,7 @@ EVENTS = frozenset({
     "sweep.redrive", "sweep.failed", "sweep.done",
     "result.read", "result.failed",
     "console.cancelled", "console.rerun", "console.refused", "console.crashed",
+    "function.failed", "function.crashed", "function.unconfigured",
 })
 
 

@@ -9,9 +9,11 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import functions_framework
 
+from gateway import entrypoints
 from gateway.app import App
 from gateway.errors import PublishUnavailable, TasksUnavailable
 from gateway.events import Check, Message
@@ -139,6 +141,7 @@ def build_app(env: dict[str, str], *, publisher: Any = None, clock: Clock | None
 def function_client(app: App, target: str = "webhook") -> Any:
     """The real functions-framework app for `target` of main.py, serving the given App."""
     signature = "cloudevent" if target in ("poll", "submit") else "http"
-    flask_app = functions_framework.create_app(target=target, source=str(ROOT / "main.py"), signature_type=signature)
+    with mock.patch.object(entrypoints, "start", lambda *_: None):  # the given App replaces the one built at start
+        flask_app = functions_framework.create_app(target=target, source=str(ROOT / "main.py"), signature_type=signature)
     sys.modules["main"]._app = lambda **_: app
     return flask_app.test_client()
