@@ -3,7 +3,8 @@
 # Order: APIs, topics and dead letters, service accounts, secrets, IAM, Firestore ledger and the
 # console's indexes, the Cloud Tasks queue of the status checks and submit hand-offs, the five
 # functions (poll first: its URL, the tasks' target, is known once poll exists), invokers, the tracking/requests retry policies,
-# the sweep schedule.
+# the sweep schedule, then monitoring: log-based metrics, the dashboard, the alert policies and
+# their notification channel.
 set -euo pipefail
 # shellcheck source=deploy/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -24,7 +25,7 @@ REQUIRED_APIS=(
   cloudfunctions.googleapis.com run.googleapis.com cloudbuild.googleapis.com
   artifactregistry.googleapis.com eventarc.googleapis.com pubsub.googleapis.com
   secretmanager.googleapis.com firestore.googleapis.com cloudscheduler.googleapis.com
-  iam.googleapis.com logging.googleapis.com cloudtasks.googleapis.com
+  iam.googleapis.com logging.googleapis.com cloudtasks.googleapis.com monitoring.googleapis.com
 )
 
 main() {
@@ -53,6 +54,7 @@ main() {
   apply_retry_policy poll "$JOBS_DEAD_LETTER_TOPIC" "$JOBS_MAX_DELIVERY_ATTEMPTS"
   apply_retry_policy submit "$REQUESTS_DEAD_LETTER_TOPIC" "$REQUESTS_MAX_DELIVERY_ATTEMPTS"
   schedule_sweep
+  create_monitoring
   report
 }
 
@@ -270,20 +272,22 @@ deploy_functions() {
   local known=$POLL_URL
   deploy_function poll --trigger-topic="$GATEWAY_JOBS_TOPIC" --retry \
     --trigger-service-account="$(sa_email trigger)" \
-    --memory=512Mi --cpu=1 --concurrency=40 --timeout=120s --max-instances=20
+    --memory=512Mi --cpu=1 --concurrency=40 --timeout=120s --max-instances="$POLL_MAX_INSTANCES"
   if [[ -z $known ]]; then
     POLL_URL=$(function_url poll)
     say "poll's URL is known now: the target of its check tasks (no rebuild)"
     gc run services update "$(function_name poll)" --region="$REGION" \
       --update-env-vars="GATEWAY_POLL_URL=$POLL_URL"
   fi
+  # A warm webhook instance (WEBHOOK_MIN_INSTANCES) answers senders with 3-5 s timeouts without a cold start.
   deploy_function webhook --trigger-http --allow-unauthenticated \
-    --memory=512Mi --cpu=1 --concurrency=40 --timeout=60s --max-instances=20
+    --memory=512Mi --cpu=1 --concurrency=40 --timeout=60s \
+    --min-instances="$WEBHOOK_MIN_INSTANCES" --max-instances="$WEBHOOK_MAX_INSTANCES"
   deploy_function submit --trigger-topic="$GATEWAY_REQUESTS_TOPIC" --retry \
     --trigger-service-account="$(sa_email trigger)" \
-    --memory=512Mi --cpu=1 --concurrency=20 --timeout=120s --max-instances=10
+    --memory=512Mi --cpu=1 --concurrency=20 --timeout=120s --max-instances="$SUBMIT_MAX_INSTANCES"
   deploy_function sweep --trigger-http --no-allow-unauthenticated \
-    --memory=512Mi --cpu=1 --concurrency=1 --timeout=300s --max-instances=1
+    --memory=512Mi --cpu=1 --concurrency=1 --timeout=300s --max-instances="$SWEEP_MAX_INSTANCES"
   # One instance at most: its CSRF key lives in the instance (gateway/console/csrf.py).
   deploy_function console --trigger-http --no-allow-unauthenticated \
     --memory=512Mi --cpu=1 --concurrency=20 --timeout=60s --max-instances=1
@@ -392,6 +396,7 @@ apply_retry_policy() {
     eventarc triggers describe "$trigger" --location="$REGION" \
     '--format=value(transport.pubsub.subscription)')
   [[ -n $subscription ]] || die "the trigger $trigger has no Pub/Sub subscription"
+  TRIGGER_SUBSCRIPTIONS[$fn]=${subscription##*/}  # the dashboard's and the alerts' subscription id
   gc pubsub subscriptions update "$subscription" --ack-deadline=600 \
     --min-retry-delay=10s --max-retry-delay=600s \
     --dead-letter-topic="$dead_letter_topic" --max-delivery-attempts="$attempts"
@@ -400,6 +405,8 @@ apply_retry_policy() {
   gc_retry pubsub subscriptions add-iam-policy-binding "$subscription" --member="$PUBSUB_AGENT" \
     --role=roles/pubsub.subscriber --format=none
 }
+
+declare -A TRIGGER_SUBSCRIPTIONS=()
 
 schedule_sweep() {
   say "Cloud Scheduler job calling sweep with an OIDC token"
@@ -410,6 +417,86 @@ schedule_sweep() {
     --schedule="$SWEEP_SCHEDULE" --time-zone=Etc/UTC --uri="$url" --http-method=post \
     --oidc-service-account-email="$(sa_email scheduler)" --oidc-token-audience="$url" \
     --attempt-deadline=320s --description="Re-drive gateway deliveries stuck between states"
+}
+
+# Operating it (README, "Operating it"; docs/operating.md): the configs of deploy/metrics,
+# deploy/dashboard.json and deploy/alerts rendered with this deployment's names (deploy/monitoring.py),
+# then each created or updated. A dry run keeps the rendered files (gcloud reads them) and says where.
+create_monitoring() {
+  say "monitoring: log-based metrics, the dashboard, alert policies and their notification channel"
+  local channels
+  channels=$(notification_channels)
+  MONITORING_DIR=$(mktemp -d "${TMPDIR:-/tmp}/$NAME_PREFIX-monitoring.XXXXXX")
+  if ((DRY_RUN)); then
+    say "the rendered configs are kept in $MONITORING_DIR"
+  else
+    trap 'rm -rf "$MONITORING_DIR"' EXIT
+  fi
+  python3 "$DEPLOY_DIR/monitoring.py" render "$MONITORING_DIR" "NAME_PREFIX=$NAME_PREFIX" \
+    "TRACKING_SUBSCRIPTION=${TRIGGER_SUBSCRIPTIONS[poll]}" "REQUESTS_SUBSCRIPTION=${TRIGGER_SUBSCRIPTIONS[submit]}" \
+    "JOBS_DEAD_LETTER_SUB=$JOBS_DEAD_LETTER_SUB" "REQUESTS_DEAD_LETTER_SUB=$REQUESTS_DEAD_LETTER_SUB" \
+    "TASKS_QUEUE=$TASKS_QUEUE" "NOTIFICATION_CHANNELS=$channels" \
+    "ALERT_FAILED_RATIO=$ALERT_FAILED_RATIO" "ALERT_FAILED_WINDOW_S=$ALERT_FAILED_WINDOW_S" \
+    "ALERT_WEBHOOK_5XX_RATIO=$ALERT_WEBHOOK_5XX_RATIO" "ALERT_WEBHOOK_5XX_WINDOW_S=$ALERT_WEBHOOK_5XX_WINDOW_S" \
+    "ALERT_TRACKING_AGE_S=$((ALERT_TRACKING_AGE_MIN * 60))" "ALERT_REDRIVES_PER_HOUR=$ALERT_REDRIVES_PER_HOUR" \
+    "ALERT_QUEUED_WAIT_S=$ALERT_QUEUED_WAIT_S" >/dev/null || die "cannot render the monitoring configs"
+  create_log_metrics
+  create_monitoring_config dashboard "$MONITORING_DIR/dashboard.json"
+  local file
+  for file in "$MONITORING_DIR"/alerts/*.json; do
+    create_monitoring_config policy "$file"
+  done
+}
+
+# The notification channel of the alert policies, as the JSON list they name it in: ALERT_CHANNEL
+# as it is, or the email channel of ALERT_EMAIL (created, labelled as deploy's, if absent); none
+# when neither is set (the policies still open incidents in the console).
+notification_channels() {
+  if [[ -n $ALERT_CHANNEL ]]; then
+    printf '"%s"\n' "$ALERT_CHANNEL"
+    return
+  fi
+  if [[ -z $ALERT_EMAIL ]]; then
+    say "no ALERT_EMAIL nor ALERT_CHANNEL in the settings: alerts open incidents but notify nobody"
+    return
+  fi
+  local name
+  name=$(gc_value "" beta monitoring channels list \
+    "--filter=type=\"email\" AND labels.email_address=\"$ALERT_EMAIL\"" '--format=value(name)' --limit=1)
+  if [[ -z $name ]]; then
+    name=$(gc_value "projects/$PROJECT/notificationChannels/DRY_RUN" beta monitoring channels create \
+      --display-name="$NAME_PREFIX gateway alerts" --type=email --channel-labels="email_address=$ALERT_EMAIL" \
+      --user-labels="gateway_deploy=$NAME_PREFIX" '--format=value(name)')
+  fi
+  printf '"%s"\n' "$name"
+}
+
+create_log_metrics() {
+  local kind name verb
+  while IFS=$'\t' read -r kind name; do
+    [[ $kind == metric ]] || continue
+    verb=create
+    if gc_exists logging metrics describe "$name"; then verb=update; fi
+    gc logging metrics "$verb" "$name" --config-from-file="$MONITORING_DIR/metrics/${name#*/}.yaml"
+  done < <(monitoring_names)
+}
+
+# A dashboard or an alert policy: found by its display name (its id is generated), updated in place
+# or created.
+create_monitoring_config() {
+  local kind=$1 file=$2 title existing
+  title=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["displayName"])' "$file")
+  existing=$(monitoring_lookup "$kind" "$title" "")
+  existing=${existing%%$'\n'*}
+  if [[ $kind == dashboard && -n $existing ]]; then
+    gc monitoring dashboards update "$existing" --config-from-file="$file"
+  elif [[ $kind == dashboard ]]; then
+    gc monitoring dashboards create --config-from-file="$file"
+  elif [[ -n $existing ]]; then
+    gc alpha monitoring policies update "$existing" --policy-from-file="$file"
+  else
+    gc alpha monitoring policies create --policy-from-file="$file"
+  fi
 }
 
 function_url() {

@@ -137,6 +137,22 @@ load_settings() {
   : "${GATEWAY_OPERATORS:=}"
   : "${SECRET_VERSIONS:=}"
   : "${CONSOLE_INVOKERS:=}"
+  # Instances (deploy/env.example says why each default).
+  : "${WEBHOOK_MIN_INSTANCES:=0}"
+  : "${WEBHOOK_MAX_INSTANCES:=20}"
+  : "${POLL_MAX_INSTANCES:=20}"
+  : "${SUBMIT_MAX_INSTANCES:=10}"
+  : "${SWEEP_MAX_INSTANCES:=1}"
+  # Alerts (README, "Operating it").
+  : "${ALERT_EMAIL:=}"
+  : "${ALERT_CHANNEL:=}"
+  : "${ALERT_FAILED_RATIO:=0.2}"
+  : "${ALERT_FAILED_WINDOW_S:=3600}"
+  : "${ALERT_WEBHOOK_5XX_RATIO:=0.05}"
+  : "${ALERT_WEBHOOK_5XX_WINDOW_S:=300}"
+  : "${ALERT_TRACKING_AGE_MIN:=15}"
+  : "${ALERT_REDRIVES_PER_HOUR:=20}"
+  : "${ALERT_QUEUED_WAIT_S:=900}"
   local missing=() name
   for name in PROJECT REGION CARTO_API_BASE_URL; do
     [[ -n ${!name:-} ]] || missing+=("$name")
@@ -152,6 +168,18 @@ load_settings() {
     || die "NAME_PREFIX must be 2-21 lower-case letters, digits or dashes (it prefixes service account ids)"
   [[ -z $GATEWAY_OPERATORS || $GATEWAY_OPERATORS =~ ^[^@,\;[:space:]]+@[^@,\;[:space:]]+(,[^@,\;[:space:]]+@[^@,\;[:space:]]+)*$ ]] \
     || die "GATEWAY_OPERATORS must be comma-separated email addresses, got $GATEWAY_OPERATORS"
+  for name in WEBHOOK_MIN_INSTANCES WEBHOOK_MAX_INSTANCES POLL_MAX_INSTANCES SUBMIT_MAX_INSTANCES SWEEP_MAX_INSTANCES \
+    ALERT_FAILED_WINDOW_S ALERT_WEBHOOK_5XX_WINDOW_S ALERT_TRACKING_AGE_MIN ALERT_REDRIVES_PER_HOUR ALERT_QUEUED_WAIT_S; do
+    [[ ${!name} =~ ^[0-9]+$ ]] || die "$name must be a whole number, got ${!name}"
+  done
+  for name in ALERT_FAILED_RATIO ALERT_WEBHOOK_5XX_RATIO; do
+    [[ ${!name} =~ ^(0(\.[0-9]+)?|1(\.0+)?)$ ]] || die "$name must be a share between 0 and 1, got ${!name}"
+  done
+  ((WEBHOOK_MAX_INSTANCES >= 1 && WEBHOOK_MIN_INSTANCES <= WEBHOOK_MAX_INSTANCES)) \
+    || die "WEBHOOK_MIN_INSTANCES ($WEBHOOK_MIN_INSTANCES) must not exceed WEBHOOK_MAX_INSTANCES ($WEBHOOK_MAX_INSTANCES)"
+  [[ -z $ALERT_EMAIL || $ALERT_EMAIL =~ ^[^@,\;[:space:]\"]+@[^@,\;[:space:]\"]+$ ]] || die "ALERT_EMAIL must be one email address, got $ALERT_EMAIL"
+  [[ -z $ALERT_CHANNEL || $ALERT_CHANNEL =~ ^projects/[^/]+/notificationChannels/[0-9A-Za-z_-]+$ ]] \
+    || die "ALERT_CHANNEL must be projects/PROJECT/notificationChannels/ID, got $ALERT_CHANNEL"
   parse_secret_versions
   set_names
 }
@@ -297,5 +325,23 @@ function_secret_envs() {
     unique_lines "${CARTO_SECRET_ENVS[@]}" "${AUTH_SECRET_ENVS[@]}" "$OPERATOR_SECRET_ENV"
   else
     unique_lines "${CARTO_SECRET_ENVS[@]}"
+  fi
+}
+
+# What deploy creates from the monitoring configs: "metric<TAB>ID", "dashboard<TAB>TITLE" and
+# "policy<TAB>TITLE" lines (deploy/monitoring.py).
+monitoring_names() {
+  python3 "$DEPLOY_DIR/monitoring.py" names "NAME_PREFIX=$NAME_PREFIX" || die "cannot read the monitoring configs"
+}
+
+# The ids of the dashboards (KIND dashboard) or alert policies (policy) titled TITLE; DEFAULT is what a
+# dry run prints instead. Display names are not unique: each match is one line.
+monitoring_lookup() {
+  local kind=$1 title=$2 default=$3
+  local filter="--filter=displayName=\"${title//\"/\\\"}\""
+  if [[ $kind == dashboard ]]; then
+    gc_value "$default" monitoring dashboards list "$filter" '--format=value(name.basename())'
+  else
+    gc_value "$default" alpha monitoring policies list "$filter" '--format=value(name.basename())'
   fi
 }

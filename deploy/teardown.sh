@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Remove what deploy.sh created: the sweep schedule, the five functions (their Eventarc
+# Remove what deploy.sh created: the alert policies, the notification channel deploy created, the
+# dashboard and the log-based metrics, the sweep schedule, the five functions (their Eventarc
 # triggers and subscriptions go with them), the Cloud Tasks queue of the status checks and submit
 # hand-offs (its IAM goes with it), topics and dead-letter subscriptions, IAM bindings, service accounts and,
 # with --delete-secrets, the secrets.
@@ -36,6 +37,7 @@ main() {
   collect_secrets
   confirm
   say "gateway teardown in project $PROJECT, region $REGION"
+  delete_monitoring
   gc_try scheduler jobs delete "$SCHEDULER_JOB" --location="$REGION" --quiet
   delete_functions
   say "Cloud Tasks queue $TASKS_QUEUE with its pending checks and hand-offs (its name is reserved for 7 days after)"
@@ -55,6 +57,33 @@ confirm() {
   local answer
   read -r -p "Delete the gateway from project $PROJECT? Type the project id to confirm: " answer
   [[ $answer == "$PROJECT" ]] || die "not confirmed; nothing deleted"
+}
+
+# Policies first: a channel that a policy names cannot be deleted. A dashboard or policy is found by
+# its display name (a dry run shows one of each); only a channel deploy created (its user label) goes.
+delete_monitoring() {
+  say "alert policies, the notification channel deploy created, the dashboard, log-based metrics"
+  local kind name id metrics=()
+  while IFS=$'\t' read -r kind name; do
+    case $kind in
+      metric) metrics+=("$name") ;;
+      policy)
+        for id in $(monitoring_lookup policy "$name" "DRY_RUN_POLICY"); do
+          gc_try alpha monitoring policies delete "$id" --quiet
+        done ;;
+      dashboard)
+        for id in $(monitoring_lookup dashboard "$name" "DRY_RUN_DASHBOARD"); do
+          gc_try monitoring dashboards delete "$id" --quiet
+        done ;;
+    esac
+  done < <(monitoring_names)
+  for id in $(gc_value "projects/$PROJECT/notificationChannels/DRY_RUN" beta monitoring channels list \
+    "--filter=userLabels.gateway_deploy=\"$NAME_PREFIX\"" '--format=value(name)'); do
+    gc_try beta monitoring channels delete "$id" --force --quiet
+  done
+  for name in "${metrics[@]}"; do
+    gc_try logging metrics delete "$name" --quiet
+  done
 }
 
 delete_functions() {

@@ -1,4 +1,5 @@
-"""deploy/gcloud_argcheck.py loaded as a module, for the deploy and deployed-source suites."""
+"""deploy/gcloud_argcheck.py and deploy/monitoring.py loaded as modules, for the deploy, deployed-source
+and metrics suites."""
 
 from __future__ import annotations
 
@@ -9,14 +10,13 @@ from pathlib import Path
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
 
-def _load_argcheck():
-    spec = importlib.util.spec_from_file_location(
-        "gcloud_argcheck", DEPLOY / "gcloud_argcheck.py"
-    )
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, DEPLOY / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules["gcloud_argcheck"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
 
-argcheck = _load_argcheck()
+argcheck = _load("gcloud_argcheck")
+monitoring = _load("monitoring")

@@ -8,13 +8,16 @@ CLI with a throw-away config directory and no credentials (deploy/gcloud_argchec
 
 from __future__ import annotations
 
+import atexit
 import base64
 import json
 import os
 import re
 import shlex
+import shutil
 import stat
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -79,6 +82,11 @@ case "$1 $2 $3" in
   "firestore databases describe")
     deployed || exit 1
     [[ $args == *'value(type)'* ]] && echo FIRESTORE_NATIVE ;;
+  "beta monitoring channels")
+    if [[ $4 == create ]]; then echo "projects/p/notificationChannels/123"
+    elif [[ $4 == list ]] && deployed; then echo "projects/my-gcp-project/notificationChannels/DRY_RUN"; fi ;;
+  "monitoring dashboards list") deployed && echo DRY_RUN_DASHBOARD ;;
+  "alpha monitoring policies") [[ $4 == list ]] && deployed && echo DRY_RUN_POLICY ;;
   *) if [[ $args == *" describe "* || $args == *" delete "* || $args == *remove-iam* ]] && ! deployed; then
        echo "ERROR: NOT_FOUND: $3 does not exist" >&2; exit 1
      fi ;;
@@ -88,6 +96,10 @@ exit 0
 
 
 # --- running the scripts ------------------------------------------------------------------
+
+
+RENDER_DIR = tempfile.mkdtemp(prefix="deploy-monitoring-")
+atexit.register(shutil.rmtree, RENDER_DIR, True)
 
 
 def write_source_tree(root: Path, workflows: dict = WORKFLOWS) -> Path:
@@ -106,6 +118,7 @@ def script_env(
         "PATH": path or os.environ["PATH"],
         "HOME": str(source),
         "SOURCE_DIR": str(source),
+        "TMPDIR": RENDER_DIR,  # where deploy renders the monitoring configs (a dry run keeps them)
     }
     env.update(extra or {})
     return env
@@ -228,8 +241,11 @@ def test_each_resource_is_described_before_it_is_created(deploy_commands):
     lines = [shlex.join(argv) for argv in deploy_commands]
     for index, line in enumerate(lines):
         if " create " in line:
-            # A composite index has a generated id: it is probed by listing the database's indexes.
-            probe = " indexes composite list " if " indexes composite create " in line else " describe "
+            # A composite index, a dashboard, an alert policy and a notification channel have generated
+            # ids: they are probed by listing.
+            listed = (" indexes composite create ", " monitoring dashboards create ", " monitoring policies create ",
+                      " monitoring channels create ")
+            probe = " list " if any(kind in line for kind in listed) else " describe "
             assert probe in lines[index - 1], line
 
 
@@ -885,8 +901,9 @@ def second_deploy(tmp_path_factory, source):
 
 
 def created(commands: list[tuple]) -> set[tuple]:
-    """The command path and name of each create (placeholders of a dry run differ in flags)."""
-    return {argv[:5] for argv in commands if "create" in argv}
+    """The command path and name of each create (placeholders of a dry run, and the folder of the rendered
+    monitoring configs, differ in flags)."""
+    return {tuple(word for word in argv if not word.startswith("--"))[:5] for argv in commands if "create" in argv}
 
 
 def test_first_deploy_creates_what_the_dry_run_showed(first_deploy, deploy_commands):
@@ -955,7 +972,8 @@ def test_teardown_runs_what_its_dry_run_showed(tmp_path, source, teardown_comman
 def test_teardown_of_a_removed_gateway_finds_everything_already_gone(tmp_path, source):
     fake, done = real_teardown(tmp_path, source, "empty")
     assert done.returncode == 0, done.stderr
-    assert done.stderr.count("(already gone)") == len(fake.calls())
+    deletes = [argv for argv in fake.calls() if "list" not in argv[:5]]  # lookups find nothing: no delete follows
+    assert done.stderr.count("(already gone)") == len(deletes)
 
 
 def test_replay_republishes_each_dead_letter_with_its_attributes_then_acks_it(
@@ -1159,3 +1177,166 @@ def test_the_upload_leaves_out_tests_and_the_local_stack(sdk, tmp_path):
         "gateway/http.py",
         "schemas/workflows/a.json",
     }
+
+
+# --- operating it: instances, log-based metrics, the dashboard, alert policies and their channel -----------
+
+METRIC_NAMES = {f"gateway/{path.stem}" for path in (DEPLOY / "metrics").glob("*.yaml")}
+
+
+def rendered_file(argv: tuple, flag: str) -> dict:
+    """The config a monitoring command reads (a dry run keeps the rendered files)."""
+    return json.loads(Path(flags(argv)[flag]).read_text())
+
+
+def test_webhook_keeps_the_warm_instances_and_each_function_the_max_instances_of_the_settings(tmp_path, source):
+    env_file = tmp_path / "env"
+    env_file.write_text(ENV_EXAMPLE.read_text() + "WEBHOOK_MIN_INSTANCES=1\nWEBHOOK_MAX_INSTANCES=50\n"
+                        "POLL_MAX_INSTANCES=7\nSUBMIT_MAX_INSTANCES=3\nSWEEP_MAX_INSTANCES=2\n")
+    commands = dry_run("deploy.sh", source, env_file=env_file)
+    sizes = {fn: (flags(deploy_of(commands, fn)).get("min-instances"), flags(deploy_of(commands, fn))["max-instances"])
+             for fn in FUNCTIONS}
+    assert sizes == {"webhook": ("1", "50"), "poll": (None, "7"), "submit": (None, "3"), "sweep": (None, "2"),
+                     "console": (None, "1")}
+
+
+def test_the_instance_defaults_are_those_env_example_documents(deploy_commands):
+    documented = dict(re.findall(r"^([A-Z_]+_INSTANCES)=([0-9]+)$", ENV_EXAMPLE.read_text(), re.MULTILINE))
+    lib = (DEPLOY / "lib.sh").read_text()
+    for name, value in documented.items():
+        assert f'"${{{name}:={value}}}"' in lib, f"{name}: the default in lib.sh differs from env.example"
+    webhook = flags(deploy_of(deploy_commands, "webhook"))
+    assert (webhook["min-instances"], webhook["max-instances"]) == (
+        documented["WEBHOOK_MIN_INSTANCES"], documented["WEBHOOK_MAX_INSTANCES"])
+    assert flags(deploy_of(deploy_commands, "poll"))["max-instances"] == documented["POLL_MAX_INSTANCES"]
+
+
+@pytest.mark.parametrize("settings", ["WEBHOOK_MIN_INSTANCES=30\n", "POLL_MAX_INSTANCES=many\n",
+                                      "ALERT_FAILED_RATIO=2\n", "ALERT_EMAIL=a@b.c,d@e.f\n",
+                                      "ALERT_CHANNEL=oncall\n"])
+def test_a_bad_instance_or_alert_setting_is_refused(tmp_path, source, settings):
+    name = settings.split("=")[0]
+    assert name in refused_dry_run(tmp_path, source, ENV_EXAMPLE.read_text() + settings)
+
+
+def test_each_log_metric_is_created_from_its_rendered_config(deploy_commands):
+    created = with_prefix(deploy_commands, "logging", "metrics", "create")
+    assert {argv[4] for argv in created} == METRIC_NAMES
+    for argv in created:
+        config = Path(flags(argv)["config-from-file"]).read_text()
+        assert '"^gateway-(webhook|poll|submit|sweep|console)$"' in config  # this deployment's functions only
+        assert "${" not in config
+
+
+def test_a_second_deploy_updates_the_metrics_dashboard_and_policies_in_place(second_deploy):
+    fake, _ = second_deploy
+    calls = fake.calls()
+    assert {argv[4] for argv in with_prefix(calls, "logging", "metrics", "update")} == METRIC_NAMES
+    assert [argv[4] for argv in with_prefix(calls, "monitoring", "dashboards", "update")] == ["DRY_RUN_DASHBOARD"]
+    assert len(with_prefix(calls, "alpha", "monitoring", "policies", "update")) == len(list((DEPLOY / "alerts").glob("*.json")))
+    assert with_prefix(calls, "beta", "monitoring", "channels", "create") == []  # the email's channel exists
+
+
+def test_the_alert_email_gets_a_channel_labelled_as_deploys_and_every_policy_names_it(deploy_commands):
+    (lookup,) = with_prefix(deploy_commands, "beta", "monitoring", "channels", "list")
+    (channel,) = with_prefix(deploy_commands, "beta", "monitoring", "channels", "create")
+    assert 'labels.email_address="oncall@example.com"' in flags(lookup)["filter"]
+    assert flags(channel)["type"] == "email"
+    assert flags(channel)["channel-labels"] == "email_address=oncall@example.com"
+    assert flags(channel)["user-labels"] == "gateway_deploy=gateway"
+    policies = with_prefix(deploy_commands, "alpha", "monitoring", "policies", "create")
+    assert len(policies) == len(list((DEPLOY / "alerts").glob("*.json"))) >= 6
+    for argv in policies:
+        assert rendered_file(argv, "policy-from-file")["notificationChannels"] == [
+            f"projects/{PROJECT}/notificationChannels/DRY_RUN"]
+
+
+def test_an_existing_channel_is_used_as_it_is(tmp_path, source):
+    env_file = tmp_path / "env"
+    env_file.write_text(ENV_EXAMPLE.read_text() + f"ALERT_CHANNEL=projects/{PROJECT}/notificationChannels/777\n")
+    commands = dry_run("deploy.sh", source, env_file=env_file)
+    assert with_prefix(commands, "beta", "monitoring", "channels") == []
+    for argv in with_prefix(commands, "alpha", "monitoring", "policies", "create"):
+        assert rendered_file(argv, "policy-from-file")["notificationChannels"] == [
+            f"projects/{PROJECT}/notificationChannels/777"]
+
+
+def test_the_dashboard_and_alerts_watch_this_deployments_subscriptions_and_queue(deploy_commands):
+    (dashboard,) = with_prefix(deploy_commands, "monitoring", "dashboards", "create")
+    text = json.dumps(rendered_file(dashboard, "config-from-file"))
+    # Eventarc's subscriptions of poll and submit, as deploy found them, the kept dead letters, the queue.
+    for name in ("eventarc-europe-west1-gateway-poll-000000-sub-000", "eventarc-europe-west1-gateway-submit-000000-sub-000",
+                 "workflow-jobs-dead-letter-kept", "workflow-requests-dead-letter-kept", "gateway-poll-checks"):
+        assert name in text
+
+
+def thing_created(argv: tuple) -> tuple[str, str] | None:
+    """(kind, name) of what a deploy command creates, or None."""
+    words = tuple(word for word in argv if not word.startswith("--"))
+    if words[1:3] == ("functions", "deploy"):
+        return "function", words[3]
+    if words[1:3] == ("monitoring", "dashboards") and words[3] == "create":
+        return "dashboard", rendered_file(argv, "config-from-file")["displayName"]
+    if words[1:4] == ("alpha", "monitoring", "policies") and words[4] == "create":
+        return "policy", rendered_file(argv, "policy-from-file")["displayName"]
+    if words[1:4] == ("beta", "monitoring", "channels") and words[4] == "create":
+        return "channel", flags(argv)["user-labels"]
+    if "create" not in words[:5]:
+        return None
+    at = words.index("create")
+    rest = [word for word in words[at + 1:] if word != "http"]  # scheduler jobs create http NAME
+    return " ".join(words[1:at]), rest[0] if rest else ""  # a composite index has no name
+
+
+def thing_deleted(argv: tuple, before: tuple | None) -> tuple[str, str] | None:
+    """(kind, name) of what a teardown command deletes (a dashboard or policy by the title its lookup named)."""
+    words = tuple(word for word in argv if not word.startswith("--"))
+    if "delete" not in words[:5]:
+        return None
+    at = words.index("delete")
+    kind, name = " ".join(words[1:at]), words[at + 1]
+    lookup = flags(before or ())
+    if kind == "functions":
+        return "function", name
+    if kind in ("monitoring dashboards", "alpha monitoring policies"):
+        (title,) = re.findall(r'^displayName="(.*)"$', lookup["filter"])
+        return ("dashboard" if "dashboards" in kind else "policy"), title.replace('\\"', '"')
+    if kind == "beta monitoring channels":
+        (label,) = re.findall(r'^userLabels\.gateway_deploy="(.*)"$', lookup["filter"])
+        return "channel", f"gateway_deploy={label}"
+    if kind == "iam service-accounts":
+        return kind, name.split("@")[0]
+    return kind, name
+
+
+# Kept on purpose (teardown.sh says so): the ledger's database with its indexes, and the secrets unless
+# --delete-secrets.
+KEPT = {"firestore databases", "firestore indexes composite", "secrets"}
+
+
+def test_teardown_removes_each_thing_deploy_creates(deploy_commands, teardown_commands):
+    made = {thing_created(argv) for argv in deploy_commands} - {None}
+    gone = {thing_deleted(argv, before) for before, argv in zip((None, *teardown_commands), teardown_commands,
+                                                                 strict=False)} - {None}
+    assert {kind for kind, _ in made} >= {"function", "dashboard", "policy", "channel", "logging metrics",
+                                          "pubsub topics", "tasks queues", "scheduler jobs"}
+    assert {thing for thing in made if thing[0] not in KEPT} - gone == set()
+
+
+def test_teardown_with_delete_secrets_removes_the_secrets_too(source, deploy_commands):
+    made = {thing_created(argv) for argv in deploy_commands if argv[1] == "secrets"} - {None}
+    teardown = dry_run("teardown.sh", source, "--delete-secrets")
+    assert made and made <= {thing_deleted(argv, None) for argv in teardown if argv[1] == "secrets"} - {None}
+
+
+def test_teardown_deletes_policies_before_the_channel_they_name(teardown_commands):
+    kinds = [argv[1:4] for argv in teardown_commands if "delete" in argv[:5]]
+    assert kinds.index(("beta", "monitoring", "channels")) > max(
+        index for index, kind in enumerate(kinds) if kind == ("alpha", "monitoring", "policies"))
+
+
+def test_the_monitoring_commands_parse_with_the_real_gcloud(verdicts, deploy_commands, teardown_commands):
+    monitoring = [argv for argv in [*deploy_commands, *teardown_commands]
+                  if argv[1] == "logging" or "monitoring" in argv[1:3]]
+    assert len(monitoring) > 30
+    assert failures(verdicts, monitoring) == []
