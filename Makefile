@@ -27,6 +27,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench
 	$(PY) -m bench.follow
+	$(PY) -m bench.rows
 
 soak: $(STAMP)
 	$(PY) -m soak --minutes 10

@@ -278,6 +278,8 @@ def _record_view(record: Any, live: dict[str, Any] | None) -> dict[str, Any]:
             "submitted_at": isoformat(record.submitted_at) if record.submitted_at else None,
             "finished_at": isoformat(record.finished_at) if record.finished_at else None,
             "event_published": record.published}
+    if record.result is not None:
+        view["result"] = record.result  # the rows the completion event carries, or why they could not be read
     if live is not None:
         view["live"] = live
     return view

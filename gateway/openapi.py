@@ -163,6 +163,11 @@ def _hook_description(workflow: Workflow, auth: AuthDoc) -> str:
                                                    for name, spec in workflow.parameters.items()))
     parts.append("Retries with the same idempotency key (`Idempotency-Key`, or the scheme's delivery id) "
                  "answer the original job.")
+    if workflow.result is not None:
+        table = f"`{workflow.result.table}`" if workflow.result.table else "the table the job names"
+        columns = ", ".join(f"`{c}`" for c in workflow.result.columns) if workflow.result.columns else "every column"
+        parts.append(f"Result: the SUCCEEDED completion event carries the first {workflow.result.rows} rows of "
+                     f"{table} ({columns}) in `result`.")
     if workflow.paused:
         parts.append("**Paused**: every delivery answers 503 with Retry-After until it is resumed.")
     return "\n\n".join(parts)

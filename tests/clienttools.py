@@ -1,9 +1,13 @@
 """Helpers for the client's tests: Google's token endpoint on loopback, a service account key that
-points at it, and the ID token it issues (so google-auth's real code path runs without Google)."""
+points at it, and the ID token it issues (so google-auth's real code path runs without Google); the
+client installed alone in a fresh virtualenv."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +19,25 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from tests.stackutil import answer_json
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def install_client(where: Path) -> Path:
+    """An empty virtualenv under `where` with `pip install ./client` in it (by this interpreter's pip:
+    `--python`), from a copy of client/ so the build leaves nothing in the checkout; its python.
+    OSError when no virtualenv can be made here."""
+    import venv
+
+    source = where / "client"
+    shutil.copytree(ROOT / "client", source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    venv.EnvBuilder(with_pip=False, clear=True).create(where / "venv")
+    python = where / "venv" / "bin" / "python"
+    installed = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
+                                "--disable-pip-version-check", str(source)],
+                               capture_output=True, text=True, timeout=600, check=False)
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    return python
 
 SERVICE_ACCOUNT = "caller@test-project.iam.gserviceaccount.com"
 

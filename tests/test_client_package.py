@@ -4,15 +4,12 @@ declared dependencies (from the package index), imports there, and works without
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
 import textwrap
-import venv
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.clienttools import install_client
 
 CHECK = textwrap.dedent("""
     import importlib.util, json, sys
@@ -43,21 +40,12 @@ CHECK = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def fresh_venv(tmp_path_factory):
-    """An empty virtualenv, and `pip install ./client` in it (by this interpreter's pip: `--python`), from a
-    copy of client/ so the build leaves nothing in the checkout."""
+    """An empty virtualenv with only the client installed in it (tests/clienttools.py)."""
     where = tmp_path_factory.mktemp("client-venv")
-    source = where / "client"
-    shutil.copytree(ROOT / "client", source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     try:
-        venv.EnvBuilder(with_pip=False, clear=True).create(where / "venv")
+        return install_client(where), where
     except OSError as exc:
         pytest.skip(f"cannot create a virtualenv here: {exc}")
-    python = where / "venv" / "bin" / "python"
-    installed = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
-                                "--disable-pip-version-check", str(source)],
-                               capture_output=True, text=True, timeout=600, check=False)
-    assert installed.returncode == 0, installed.stderr[-3000:]
-    return python, where
 
 
 def test_the_client_installs_alone_and_imports_without_the_gateway(fresh_venv):

@@ -5,7 +5,9 @@ tests/test_results_stack.py."""
 
 from __future__ import annotations
 
+import html
 import json
+from urllib.parse import quote
 
 import jsonschema
 import pytest
@@ -17,7 +19,7 @@ from gateway.local.sandbox import serve
 from gateway.results import UnsafeName, bounded, quote_table, select_sql
 from gateway.workflows import load_registry
 from tests.apptools import FakeClock
-from tests.conftest import CARTO_TOKEN
+from tests.conftest import CARTO_TOKEN, ROOT
 from tests.resulttools import HOSTILE, PROJECT_DS, SCHEMA, SECRETS, merged, procedure, workflow, write_workflows
 from tests.rigs import EVENT_SCHEMA, Rig, gateway_env
 
@@ -101,15 +103,23 @@ def test_a_bad_result_block_stops_the_load_naming_where(schemas, result, problem
 
 # --- the poller, on a gateway instance against the sandbox --------------------------------------
 
+XSS = "<script>alert(1)</script>"
 PROCEDURES = merged(procedure("answer_proc", count=12), procedure("fixed_proc", count=3, table=f"{PROJECT_DS}.fixed_out",
-                                                                    named=False))
+                                                                    named=False),
+                    procedure("many_proc", count=30), procedure("hostile_proc", table=f"{HOSTILE}{XSS}"),
+                    {f"{PROJECT_DS}.xss_proc": {"parameters": {"n": "INT64"}, "duration_s": 0.3, "output": {
+                        "schema": [{"name": "note", "type": "STRING"}, {"name": "extra", "type": "JSON"}],
+                        "rows": [[XSS, {"html": XSS}]]}}})
 
 
 @pytest.fixture
 def results_rig(schemas, tmp_path):
     write_workflows(schemas, {"answer": workflow("answer", "answer_proc", {"rows": 5}),
                               "plain": workflow("plain", "answer_proc", None),
-                              "fixed": workflow("fixed", "fixed_proc", {"table": f"{PROJECT_DS}.fixed_out"})})
+                              "fixed": workflow("fixed", "fixed_proc", {"table": f"{PROJECT_DS}.fixed_out"}),
+                              "many": workflow("many", "many_proc", {"rows": 25}),
+                              "hostile": workflow("hostile", "hostile_proc", {}),
+                              "xss": workflow("xss", "xss_proc", {})})
     clock = FakeClock()
     sandbox = serve(token=CARTO_TOKEN, default_duration_s=1.0, clock=clock.now, procedures=PROCEDURES)
     ledger = CrashBeforePublish(tmp_path / "ledger.sqlite3")
@@ -199,3 +209,61 @@ def test_a_publish_that_fails_after_recording_publishes_the_recorded_event_on_re
 
     (published,) = rig.publisher.on("workflow-job-events")
     assert published.data == calls[0].data and published.attributes == calls[0].attributes
+
+
+# --- where operators see it: the console's delivery page and `status` (GET /jobs/{id}) -----------
+
+def _page(rig: Rig, name: str) -> tuple[str, dict]:
+    event = _run(rig, name)
+    record = rig.app.ledger.find_job(event["data"]["job_id"])
+    answer = rig.client("console").get("/deliveries/" + quote(record.key, safe=""))
+    assert answer.status_code == 200
+    return answer.get_data(as_text=True), event
+
+
+def test_the_delivery_page_shows_the_first_20_rows_the_schema_and_truncated(results_rig):
+    text, event = _page(results_rig, "many")
+
+    section = text.split("<h2>Result</h2>", 1)[1].split("<h2>", 1)[0]
+    assert "25 rows of" in section and "truncated" in section and "the first 20 below" in section
+    assert section.count("<tr><td>") == 20 and "<td>20</td>" in section and "<td>21</td>" not in section
+    assert "store_id" in section and "INT64" in section
+
+
+def test_the_delivery_page_shows_a_failed_read_escaped(results_rig):
+    text, event = _page(results_rig, "hostile")
+
+    section = text.split("<h2>Result</h2>", 1)[1].split("<h2>", 1)[0]
+    assert "unsafeName" in section and XSS not in text and html.escape(XSS) in section
+
+
+def test_row_values_are_escaped_and_no_page_or_answer_with_a_result_holds_the_token(results_rig):
+    text, event = _page(results_rig, "xss")
+    status = results_rig.job_request("GET", event["data"]["job_id"])
+
+    assert XSS not in text and "<script" not in text.lower() and html.escape(XSS) in text
+    assert status.status_code == 200 and status.get_json()["result"] == event["data"]["result"]
+    for shown in (text, status.get_data(as_text=True), json.dumps(results_rig.publisher.events())):
+        assert CARTO_TOKEN not in shown
+
+
+def test_the_example_subscriber_logs_the_rows(results_rig, capsys):
+    import importlib.util
+    from base64 import b64encode
+
+    from cloudevents.http import CloudEvent
+
+    event = _run(results_rig, "answer")
+    spec = importlib.util.spec_from_file_location("example_subscriber", ROOT / "examples" / "subscriber" / "main.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    envelope = {"message": {"data": b64encode(json.dumps(event["data"]).encode()).decode(),
+                            "attributes": event["attributes"], "messageId": "1"}}
+    capsys.readouterr()
+
+    module.on_job_event(CloudEvent({"type": "google.cloud.pubsub.topic.v1.messagePublished", "source": "//t"},
+                                   envelope))
+
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["rows"] == event["data"]["result"]["rows"] and line["truncated"] is True
+    assert line["result_table"] == event["data"]["result"]["table"]

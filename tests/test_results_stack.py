@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import uuid
 
 import jsonschema
@@ -15,6 +16,7 @@ import pytest
 
 from gateway.ledger.sqlite import SqliteLedger
 from gateway.local.devstack import LocalStack
+from tests.clienttools import install_client
 from tests.conftest import CARTO_TOKEN, OPERATOR_TOKEN, PROJECT, ROOT, SECRET
 from tests.resulttools import HOSTILE, PROJECT_DS, SCHEMA, SECRETS, merged, procedure, workflow, write_workflows
 from tests.stackutil import EventInbox, post_hook
@@ -167,3 +169,34 @@ def test_the_token_is_in_no_event_or_log_line_with_a_result(stack):
     assert any('"result"' in text for text in texts)
     for text in texts:
         assert CARTO_TOKEN not in text and OPERATOR_TOKEN not in text
+
+
+READ_RESULT = """
+import json, sys
+from workflow_gateway_client import parse_event
+message = json.load(sys.stdin)
+event = parse_event((message["attributes"], message["data"].encode()))
+print(json.dumps({"ok": event.result.ok, "table": event.result.table, "truncated": event.result.truncated,
+                  "rows": [dict(row) for row in event.result.rows], "schema": [[c.name, c.type] for c in event.result.schema]}))
+"""
+
+
+def test_parse_event_in_a_fresh_venv_reads_the_result_of_a_real_emulator_message(stack, tmp_path_factory):
+    if stack.sandbox.api.dialect != "workflows":
+        pytest.skip("one dialect is enough: the message is the same")
+    event, _ = _event(stack, "answer")
+    where = tmp_path_factory.mktemp("client-venv")
+    try:
+        python = install_client(where)
+    except OSError as exc:
+        pytest.skip(f"cannot create a virtualenv here: {exc}")
+
+    done = subprocess.run([str(python), "-I", "-c", READ_RESULT], cwd=where, capture_output=True, text=True,
+                          input=json.dumps({"attributes": event.attributes, "data": event.raw.decode()}), timeout=120,
+                          check=False)
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    read = json.loads(done.stdout.strip().splitlines()[-1])
+    assert read["ok"] is True and read["truncated"] is True and read["table"] == event.data["result"]["table"]
+    assert read["rows"] == event.data["result"]["rows"] and len(read["rows"]) == 5
+    assert read["schema"] == [[c["name"], c["type"]] for c in SCHEMA]

@@ -38,7 +38,18 @@ def on_job_event(cloud_event):
     _log("INFO" if event.succeeded else "ERROR", f"workflow {event.workflow} job {event.job_id}: {event.outcome}",
          ce_id=event.ce_id, job_id=event.job_id, workflow=event.workflow, outcome=event.outcome,
          delivery_id=event.delivery_id, duration_s=event.duration_s,
-         error=event.error.message if event.error else None)
+         error=event.error.message if event.error else None, **_answer(event))
+
+
+def _answer(event) -> dict:
+    """The workflow's output rows, when its file asks the gateway for them (`result`): here they are logged;
+    a real subscriber acts on them (notify, store, route) without a CARTO token of its own."""
+    if event.result is None:
+        return {}
+    if not event.result.ok:
+        return {"result_table": event.result.table, "result_error": event.result.error.message}
+    return {"result_table": event.result.table, "rows": [dict(row) for row in event.result.rows],
+            "truncated": event.result.truncated}
 
 
 def _first_time(ce_id: str) -> bool:

@@ -152,11 +152,11 @@ def _workflow(args: argparse.Namespace, **kw: Any) -> Any:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from gateway.cli.lint import lint
+    from gateway.cli.lint import lint, warnings
 
     registry = _registry(args, require_secrets=False)
     problems = lint(registry)
-    for problem in problems:
+    for problem in problems + warnings(registry):
         print(problem, file=sys.stderr)
     drifted: set[str] = set()
     if args.live:

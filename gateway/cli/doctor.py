@@ -6,6 +6,8 @@
     3. for each connection the workflows use: a harmless `SELECT 1` job, with the gateway's metadata and
        marker, is followed to its end and found again in the job list; the dialect CARTO answers in, whether
        `metadata` and the marker came back (so whether crash reconciliation will work), each call's latency
+    4. whether the account's job answers name an output table (`jobMetadata.workflowOutputTableName`, what a
+       workflow file's `result` block without `table` reads): on doctor's own job or on any job in the list
 
 Exit status 0 only if all of it holds. `--save FILE` writes every answer with the token stripped.
 """
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.carto import delivery_marker, delivery_metadata, dialect_of, job_id_of, jobs_of, parse_status, strip_secrets
-from gateway.carto.dialects import carries_marker, carries_metadata
+from gateway.carto.dialects import carries_marker, carries_metadata, output_table_of
 from gateway.cli.live import tokens_from
 from gateway.errors import ConfigError, GatewayError
 from gateway.outbound import Http, NeverConnected, NoAnswer
@@ -157,6 +159,7 @@ class Target:
     connection: str
     warehouse: str
     workflows: tuple[str, ...]
+    readers: tuple[str, ...] = ()  # workflows whose result block reads the table CARTO names
 
 
 def _targets(registry: Registry, env: Mapping[str, str], names: list[str] | None) -> list[Target]:
@@ -171,7 +174,9 @@ def _targets(registry: Registry, env: Mapping[str, str], names: list[str] | None
         if not base:
             raise ConfigError(f"CARTO_API_BASE_URL is not set (workflow {name} needs it)")
         grouped.setdefault((base, workflow.token_env, workflow.connection, workflow.warehouse), []).append(name)
-    return [Target(*key, tuple(found)) for key, found in grouped.items()]
+    def readers(found: list[str]) -> tuple[str, ...]:
+        return tuple(n for n in found if registry.workflows[n].result and not registry.workflows[n].result.table)
+    return [Target(*key, tuple(found), readers(found)) for key, found in grouped.items()]
 
 
 def _by_account(targets: list[Target]) -> dict[tuple[str, str | None], list[Target]]:
@@ -234,6 +239,20 @@ def _connection(session: Session, target: Target, report: Report, timeout_s: flo
     entry = next((job for job in jobs_of(listed.body) if job_id_of(job) == job_id), None)
     final = _follow(session, target.connection, job_id, timeout_s)
     _verdict(report, where, entry, final, key, listed)
+    _output_tables(report, where, [final.body if final is not None else None, *jobs_of(listed.body)], target)
+
+
+def _output_tables(report: Report, where: str, answers: list[Any], target: Target) -> None:
+    """Whether job answers carry `jobMetadata.workflowOutputTableName`: only a run whose workflow ends in an
+    MCP Tool Output (Async) names one, so its absence on a SELECT 1 is a note, not a failure."""
+    named = next((name for body in answers if isinstance(body, dict) and (name := output_table_of(body))), None)
+    if named is not None:
+        report.good(f"{where}: job answers carry jobMetadata.workflowOutputTableName (e.g. {named}): a result block "
+                    "without table reads it")
+        return
+    readers = ", ".join(target.readers) or "none of the checked workflows"
+    report.note(f"{where}: no job answer seen carries jobMetadata.workflowOutputTableName (a workflow ending in an "
+                f"MCP Tool Output in Async mode names its output there); result blocks without table: {readers}")
 
 
 def _follow(session: Session, connection: str, job_id: str, timeout_s: float) -> Call | None:

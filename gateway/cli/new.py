@@ -242,7 +242,22 @@ def definition(paste: Paste, names: list[str], guesses: Mapping[str, Guess], cho
         built["idempotency"] = chosen.idempotency
     if base_url_override:
         built["carto"] = {"api_base_url": base_url_override}
+    if names_its_output(paste.query):
+        built["result"] = {"rows": 100}
     return built
+
+
+# CARTO names the procedure of a workflow with an API Output or MCP Tool Output component
+# `wfproc_api_<16 hex>`; that procedure writes its answer to `<procedure>_out_<16 hex>` and, in
+# Async mode, the job's answer names it at jobMetadata.workflowOutputTableName (the generated SQL
+# and the agent demos in CARTO's public repositories show both; CARTO's docs do not). The older
+# "API access" procedures, `workflow_procedure_<hash>`, write no table of their own.
+_OUTPUT_NAMING = re.compile(r"(^|\.)wfproc_api_[0-9a-f]{8,}$", re.IGNORECASE)
+
+
+def names_its_output(query: str) -> bool:
+    """Whether the CALLed procedure carries CARTO's API/MCP output naming (so its job names an output table)."""
+    return bool(_OUTPUT_NAMING.search(_procedure(query).strip('`"')))
 
 
 def _procedure(query: str) -> str:
@@ -388,6 +403,7 @@ def _report(args: Any, paste: Paste, guesses: Mapping[str, Guess], chosen: Sende
     for guess in guesses.values():
         out.append(f"  {guess.name:<{width}}  {guess.type:<9} {'guess: ' if guess.guessed else ''}{guess.reason}")
     out.append(f"auth        {chosen.auth[0]['scheme']}; idempotency key: {chosen.delivery_id}")
+    out += _result_lines(paste)
     out += ["", *_token_lines(paste), "", *_secret_lines(chosen, args.name), "", "Next:"]
     exe = _python()
     schemas = "" if args.schemas == "schemas" else f" --schemas {args.schemas}"
@@ -399,6 +415,17 @@ def _report(args: Any, paste: Paste, guesses: Mapping[str, Guess], chosen: Sende
         print("warning: the token came in a URL (access_token=…): URLs end up in server logs, proxies and shell "
               "histories. Prefer the POST form with an Authorization header, and rotate the token in CARTO "
               "if this URL was shared.", file=sys.stderr)
+
+
+def _result_lines(paste: Paste) -> list[str]:
+    if names_its_output(paste.query):
+        return ['result      {"rows": 100}: the procedure is named like CARTO\'s API/MCP output procedures '
+                "(wfproc_api_…), so its jobs name their output table; the SUCCEEDED event will carry its first "
+                "100 rows"]
+    return ["result      none: the event carries no rows. If the workflow saves its answer to a table, add "
+            '"result": {"table": "project.dataset.table", "rows": 100} (and "admission": {"max_concurrent_jobs": 1}); '
+            "with an API Output or MCP Tool Output component in Async mode, "
+            '"result": {"rows": 100} reads the table each job names']
 
 
 def _token_lines(paste: Paste) -> list[str]:

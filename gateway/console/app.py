@@ -60,8 +60,13 @@ def _seconds(value: float | None) -> str:
     return "" if value is None else f"{value:.1f} s" if value < 600 else f"{value / 60:.1f} min"
 
 
+def _cell(value: object) -> str:
+    """One value of a result row as text (autoescaped by the template): strings as they are, the rest as JSON."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
 _ENV.filters.update(when=_when, seconds=_seconds, pretty=lambda v: json.dumps(v, indent=2, ensure_ascii=False),
-                    delivery_url=lambda key: "/deliveries/" + quote(key, safe=""))
+                    delivery_url=lambda key: "/deliveries/" + quote(key, safe=""), cell=_cell)
 
 
 def handle(app: App, request: flask.Request) -> Response:

@@ -5,11 +5,11 @@ A procedure of `GATEWAY_SANDBOX_PROCEDURES` may declare what its run writes:
     "output": {"table": "proj.ds.stores_out", "schema": [{"name": "id", "type": "INT64"}, ...],
                "rows": [[1, ...], ...] or [{"id": 1, ...}, ...], "named": true}
 
-`table` is the table's full name (default `<procedure>_out_<16 hex digits of the parameters' hash>`,
-the shape CARTO's generated MCP procedures give theirs); `named` (default true) says whether the job's
-answers carry it at `jobMetadata.workflowOutputTableName`, as a workflow with an Async MCP Tool Output
-does; false is a "Save as Table" workflow whose file names the table. Without `schema` the table is
-announced but never written: reading it is a missing table.
+`table` is the table's full name (default `<procedure>_out_<first 16 hex digits of the MD5 of the
+parameter values joined by commas>`, as CARTO's generated API/MCP output procedures name theirs);
+`named` (default true) says whether the job's answers carry it at `jobMetadata.workflowOutputTableName`,
+as a workflow with an Async API or MCP Tool Output does; false is a "Save as Table" workflow whose
+file names the table. Without `schema` the table is announced but never written: reading it is a missing table.
 
 `/query` answers `SELECT <* or quoted columns> FROM <quoted table> LIMIT n` from these tables, in
 `{rows, schema, meta}`; a table that does not exist is the warehouse's own "not found" error.
@@ -49,8 +49,9 @@ class Output:
         """The table one run writes: the fixed name, else one per procedure and parameters."""
         if self.table:
             return self.table
-        digest = hashlib.md5(json.dumps(parameters, sort_keys=True).encode()).hexdigest()[:16]  # noqa: S324 (a name)
-        return f"{procedure}_out_{digest}"
+        values = parameters.values() if isinstance(parameters, Mapping) else parameters or []
+        joined = ",".join(v if isinstance(v, str) else json.dumps(v) for v in values)
+        return f"{procedure}_out_{hashlib.md5(joined.encode()).hexdigest()[:16]}"  # noqa: S324 (a name, not a secret)
 
 
 def parse_output(name: str, raw: Any) -> Output:
