@@ -280,17 +280,37 @@ deploy_functions() {
       --update-env-vars="GATEWAY_POLL_URL=$POLL_URL"
   fi
   # A warm webhook instance (WEBHOOK_MIN_INSTANCES) answers senders with 3-5 s timeouts without a cold start.
+  WEBHOOK_URL=$(existing_url webhook)
   deploy_function webhook --trigger-http --allow-unauthenticated \
     --memory=512Mi --cpu=1 --concurrency=40 --timeout=60s \
     --min-instances="$WEBHOOK_MIN_INSTANCES" --max-instances="$WEBHOOK_MAX_INSTANCES"
+  [[ -n $WEBHOOK_URL ]] || set_own_url webhook GATEWAY_OPERATOR_AUDIENCES
   deploy_function submit --trigger-topic="$GATEWAY_REQUESTS_TOPIC" --retry \
     --trigger-service-account="$(sa_email trigger)" \
     --memory=512Mi --cpu=1 --concurrency=20 --timeout=120s --max-instances="$SUBMIT_MAX_INSTANCES"
   deploy_function sweep --trigger-http --no-allow-unauthenticated \
     --memory=512Mi --cpu=1 --concurrency=1 --timeout=300s --max-instances="$SWEEP_MAX_INSTANCES"
   # One instance at most: its CSRF key lives in the instance (gateway/console/csrf.py).
+  CONSOLE_URL=$(existing_url console)
   deploy_function console --trigger-http --no-allow-unauthenticated \
     --memory=512Mi --cpu=1 --concurrency=20 --timeout=60s --max-instances=1
+  [[ -n $CONSOLE_URL ]] || set_own_url console GATEWAY_CONSOLE_HOSTS
+}
+
+# A function's URL, if it exists yet. webhook's is the audience of operators' ID tokens and the
+# console's the host it answers: each is set with the other settings once the function exists, and
+# right after its first deploy (set_own_url, no rebuild) before that.
+existing_url() {
+  if gc_exists functions describe "$(function_name "$1")" --gen2 --region="$REGION"; then
+    function_url "$1"
+  fi
+}
+
+set_own_url() {
+  local fn=$1 var=$2 url
+  url=$(function_url "$fn")
+  say "$fn's URL is known now: $var (no rebuild)"
+  gc run services update "$(function_name "$fn")" --region="$REGION" --update-env-vars="$var=$url"
 }
 
 deploy_function() {
@@ -334,6 +354,8 @@ function_env_vars() {
   for pair in "${pairs[@]}"; do
     [[ $pair != *,* ]] || die "a setting may not contain a comma: ${pair%%=*}"
   done
+  if [[ $fn == webhook && -n ${WEBHOOK_URL:-} ]]; then pairs+=("GATEWAY_OPERATOR_AUDIENCES=$WEBHOOK_URL"); fi
+  if [[ $fn == console && -n ${CONSOLE_URL:-} ]]; then pairs+=("GATEWAY_CONSOLE_HOSTS=$CONSOLE_URL"); fi
   if [[ $fn == webhook && -n $GATEWAY_OPERATORS ]]; then
     pairs+=("GATEWAY_OPERATORS=$GATEWAY_OPERATORS")
   fi

@@ -203,20 +203,12 @@ def _validate(app: App, workflow: Workflow, request: flask.Request) -> Response:
 def _operator(app: App, request: flask.Request) -> Operator:
     """The operator sending `request` (gateway.auth.operators); a webhook signature is no credential here."""
     try:
-        operator = app.operators.verify(request.headers, _own_url(request), app.clock.now())
+        operator = app.operators.verify(request.headers, app.settings.operator_audiences, app.clock.now())
     except NotAnOperator as exc:
         log.info("operator authentication refused: %s", exc.reason, extra=logs.event("operator.refused"))
         raise
     logs.bind(operator=operator.subject)
     return operator
-
-
-def _own_url(request: flask.Request) -> str:
-    """This function's URL as its callers name it, the audience of their ID tokens: Cloud Run ends TLS
-    in front of the instance and says so in X-Forwarded-Proto."""
-    forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
-    scheme = forwarded if forwarded in ("http", "https") else request.scheme
-    return f"{scheme}://{request.host}"
 
 
 def _job_record(app: App, job_id: str, request: flask.Request):

@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from gateway.errors import ConfigError
 
@@ -18,6 +19,8 @@ DEFAULT_LEDGER = "sqlite:///.state/ledger.sqlite3"
 _QUEUE = re.compile(r"projects/[^/\s]+/locations/[^/\s]+/queues/[A-Za-z0-9-]{1,100}")
 _VISIBLE = re.compile(r"[\x21-\x7e]+")
 _EMAIL = re.compile(r"[^@\s,]+@[^@\s,]+")
+_HOST = re.compile(r"(?:[a-z0-9-]+(?:\.[a-z0-9-]+)*|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?", re.ASCII)
+_URL = re.compile(r"https?://[A-Za-z0-9.:\[\]-]+(?:/[\x21-\x7e]*)?", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ class Settings:
     carto_timeout_s: float
     operator_tokens: tuple[Secret, ...]
     operators: frozenset[str]
+    console_hosts: tuple[str, ...]
+    operator_audiences: tuple[str, ...]
     env: Mapping[str, str] = field(repr=False, compare=False)
     result_budget_s: float = 20.0
     result_max_bytes: int = 256 * 1024
@@ -102,6 +107,8 @@ class Settings:
             carto_timeout_s=reader.number("CARTO_TIMEOUT_S", 30.0, minimum=0.1),
             operator_tokens=reader.tokens("GATEWAY_OPERATOR_TOKENS"),
             operators=reader.emails("GATEWAY_OPERATORS"),
+            console_hosts=reader.hosts("GATEWAY_CONSOLE_HOSTS"),
+            operator_audiences=reader.urls("GATEWAY_OPERATOR_AUDIENCES"),
             env=env,
             result_budget_s=reader.number("GATEWAY_RESULT_BUDGET_S", 20.0, minimum=0.1),
             # Pub/Sub takes 10 MB a message; the event's other fields stay far below the rest.
@@ -169,6 +176,27 @@ class _Reader:
         if bad:
             self.problems.append(f"{name} must list email addresses, got {', '.join(map(repr, bad))}")
         return frozenset(emails)
+
+    def hosts(self, name: str) -> tuple[str, ...]:
+        """Comma-separated `host[:port]` values, or URLs whose host is taken; lower case."""
+        hosts = []
+        for entry in (self.env.get(name) or "").split(","):
+            entry = entry.strip().lower()
+            if "://" in entry:
+                entry = urlsplit(entry).netloc
+            if entry and not _HOST.fullmatch(entry):
+                self.problems.append(f"{name} must list host[:port] values or URLs, got {entry[:100]!r}")
+            elif entry:
+                hosts.append(entry)
+        return tuple(hosts)
+
+    def urls(self, name: str) -> tuple[str, ...]:
+        """Comma-separated http(s) URLs, without a trailing slash."""
+        urls = tuple(url.strip().rstrip("/") for url in (self.env.get(name) or "").split(",") if url.strip())
+        bad = [url for url in urls if not _URL.fullmatch(url)]
+        if bad:
+            self.problems.append(f"{name} must list http(s) URLs, got {', '.join(repr(u[:100]) for u in bad)}")
+        return urls
 
     def ledger(self, name: str, default: str) -> str:
         raw = self.env.get(name) or default

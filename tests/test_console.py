@@ -7,6 +7,7 @@ import base64
 import html
 import json
 import re
+from dataclasses import replace
 from urllib.parse import quote
 
 import pytest
@@ -54,7 +55,10 @@ def form(text: str) -> dict[str, str]:
 
 @pytest.fixture
 def console(rig):
-    return rig.client("console")
+    """The console's test client as a browser on its own page calls it (Host localhost, that Origin on a POST)."""
+    client = rig.client("console")
+    client.environ_base["HTTP_ORIGIN"] = "http://localhost"
+    return client
 
 
 # --- the list ------------------------------------------------------------------------------------
@@ -314,6 +318,79 @@ def page_with(console, url: str, headers: dict[str, str]) -> str:
 
 def test_locally_a_caller_from_another_host_is_refused(console):
     assert console.get("/", environ_base={"REMOTE_ADDR": "10.1.2.3"}).status_code == 403
+
+
+# --- which Host and Origin ----------------------------------------------------------------------------
+
+FOREIGN = "attacker.example:8083"  # a name its owner points at 127.0.0.1 once the operator has opened its page
+
+
+def refused(answer) -> bool:
+    """A 403 error page of the console (never a 5xx)."""
+    return answer.status_code == 403 and answer.content_type.startswith("text/html")
+
+
+@pytest.mark.parametrize("url", ["/", "/workflows", "/actions/cancel?key=x", "/assets/console.css"])
+def test_a_get_naming_a_foreign_host_is_refused(console, url):
+    answer = console.get(url, headers={"Host": FOREIGN})
+    assert refused(answer), answer.status_code
+    assert "not served under the host" in answer.get_data(as_text=True) and "<table" not in answer.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("host", ["localhost", "localhost:8083", "127.0.0.1:8083", "[::1]:8083"])
+def test_loopback_hosts_on_any_port_are_served(console, host):
+    assert console.get("/", headers={"Host": host}).status_code == 200
+
+
+def test_a_cancel_posted_from_a_foreign_origin_is_refused_and_the_job_keeps_running(rig, console):
+    record = rig.app.ledger.find_job(deliver(rig, "msg_cross_site", finish=False))
+    fields = confirm(console, "cancel", record.key)
+
+    for headers in ({"Origin": "http://attacker.example"}, {"Origin": "null"},
+                    {"Origin": "http://localhost.attacker.example"},
+                    {"Origin": "", "Sec-Fetch-Site": "cross-site"}):
+        assert refused(console.post("/actions/cancel", data=fields, headers=headers)), headers
+
+    assert rig.app.ledger.get(record.key).outcome is None and not rig.sandbox.jobs()[0].cancelled
+    assert console.post("/actions/cancel", data=fields).status_code == 303  # from its own page it works
+
+
+def test_a_rebinding_style_cancel_is_refused_and_the_job_keeps_running(rig, console):
+    """What a page at attacker.example:8083 sends once that name resolves to 127.0.0.1: to the browser it is
+    a same-origin request, so its Origin and Sec-Fetch-Site are its own; only the Host tells it apart."""
+    record = rig.app.ledger.find_job(deliver(rig, "msg_rebound", finish=False))
+    fields = confirm(console, "cancel", record.key)  # even holding a valid form
+    rebound = {"Host": FOREIGN, "Origin": f"http://{FOREIGN}", "Sec-Fetch-Site": "same-origin"}
+
+    assert refused(console.get(f"/actions/cancel?key={quote(record.key)}", headers=rebound))
+    assert refused(console.post("/actions/cancel", data=fields, headers=rebound))
+    assert rig.app.ledger.get(record.key).outcome is None and not rig.sandbox.jobs()[0].cancelled
+    assert not rig.publisher.events()
+
+
+def test_a_post_without_origin_is_served_only_when_the_browser_says_same_origin(rig, console):
+    record = rig.app.ledger.find_job(deliver(rig, "msg_no_origin", finish=False))
+    fields = confirm(console, "cancel", record.key)
+    del console.environ_base["HTTP_ORIGIN"]
+
+    assert refused(console.post("/actions/cancel", data=fields))
+    assert rig.app.ledger.get(record.key).outcome is None
+    assert console.post("/actions/cancel", data=fields, headers={"Sec-Fetch-Site": "same-origin"}).status_code == 303
+
+
+def test_deployed_the_console_serves_its_configured_host_and_the_operators_proxy(rig, console, monkeypatch):
+    own = "gateway-console-abc123-uc.a.run.app"
+    monkeypatch.setattr(rig.app, "settings", replace(rig.app.settings, console_hosts=(own,)))
+    monkeypatch.setitem(rig.app.settings.env, "K_SERVICE", "gateway-console")
+    record = rig.app.ledger.find_job(deliver(rig, "msg_proxied", finish=False))
+    headers = {"Authorization": f"Bearer {id_token('ops@example.com')}", "Host": own}
+
+    assert refused(console.get("/", headers={**headers, "Host": "gateway-console.attacker.example"}))
+    fields = form(console.get(f"/actions/cancel?key={quote(record.key)}", headers=headers).get_data(as_text=True))
+    # `gcloud run services proxy` sends the service's Host and passes on the browser's loopback Origin.
+    assert refused(console.post("/actions/cancel", data=fields, headers={**headers, "Origin": "https://attacker.example"}))
+    assert console.post("/actions/cancel", data=fields,
+                        headers={**headers, "Origin": "http://localhost:8083"}).status_code == 303
 
 
 # --- what no page may do -----------------------------------------------------------------------------

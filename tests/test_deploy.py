@@ -702,6 +702,16 @@ def test_the_console_enqueues_nothing(deploy_commands):
     assert not {"GATEWAY_TASKS_QUEUE", "GATEWAY_POLL_URL"} & env_vars(deploy_of(deploy_commands, "console")).keys()
 
 
+@pytest.mark.parametrize("fn, setting", [("webhook", "GATEWAY_OPERATOR_AUDIENCES"), ("console", "GATEWAY_CONSOLE_HOSTS")])
+def test_on_a_first_deploy_a_functions_own_url_is_set_right_after_it_exists(deploy_commands, fn, setting):
+    deployed = deploy_of(deploy_commands, fn)
+    (update,) = [c for c in with_prefix(deploy_commands, "run", "services", "update") if c[4] == f"gateway-{fn}"]
+
+    assert setting not in env_vars(deployed)  # unknown before the function exists
+    assert deploy_commands.index(deployed) < deploy_commands.index(update)
+    assert flags(update)["update-env-vars"] == f"{setting}=https://gateway-{fn}-dry-run.a.run.app"
+
+
 def test_every_function_gets_the_inline_submit_budget(deploy_commands):
     for fn in FUNCTIONS:
         assert env_vars(deploy_of(deploy_commands, fn))["GATEWAY_SUBMIT_INLINE_S"] == "2"
@@ -709,7 +719,7 @@ def test_every_function_gets_the_inline_submit_budget(deploy_commands):
 
 def test_on_a_first_deploy_polls_url_is_set_once_poll_exists_and_before_anything_hands_off(deploy_commands):
     poll = deploy_of(deploy_commands, "poll")
-    (update,) = with_prefix(deploy_commands, "run", "services", "update")
+    (update,) = [c for c in with_prefix(deploy_commands, "run", "services", "update") if c[4] == "gateway-poll"]
 
     assert "GATEWAY_POLL_URL" not in env_vars(poll)  # unknown before poll exists
     assert update[4] == "gateway-poll" and flags(update)["update-env-vars"] == f"GATEWAY_POLL_URL={DRY_RUN_POLL_URL}"

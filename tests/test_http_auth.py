@@ -758,13 +758,13 @@ def test_the_documented_github_push_workflow_answers_githubs_ping_with_a_422(doc
 # --- /jobs and /openapi.json are for operators, never for a sender's signature ------------------------
 
 OPERATOR_EMAIL = "oncall@example.com"
-OWN_URL = "http://localhost"  # the test client's host: the audience an operator's ID token names
+OWN_URL = "https://gateway-webhook-abc123-uc.a.run.app"  # GATEWAY_OPERATOR_AUDIENCES: the audience ID tokens name
 
 
 @pytest.fixture
 def job_of(make_gateway):
     """(gateway, job id) for one accepted delivery per scheme, on a gateway with both operator settings."""
-    gateway = make_gateway({"GATEWAY_OPERATORS": OPERATOR_EMAIL})
+    gateway = make_gateway({"GATEWAY_OPERATORS": OPERATOR_EMAIL, "GATEWAY_OPERATOR_AUDIENCES": OWN_URL})
 
     def submit(scheme: str) -> str:
         body, headers, _ = signed_delivery(scheme)
@@ -855,15 +855,30 @@ def test_a_google_id_token_of_an_operator_email_reads_a_job_and_another_email_is
     assert not any(job.cancelled for job in gateway.jobs())
 
 
-def test_an_operator_id_token_names_the_functions_https_url_behind_cloud_runs_front_end(job_of):
+@pytest.mark.parametrize("host, proto", [
+    (None, None), ("localhost", "https"), ("attacker.example", "https"), ("attacker.example", "http"),
+    ("gateway-sweep-abc123-uc.a.run.app", "https")])
+def test_an_operator_id_token_for_another_audience_is_a_401_whatever_host_the_request_names(job_of, host, proto):
     gateway, submit = job_of
     job_id = submit("github")
-    token = cases.id_token(aud="https://localhost", email=OPERATOR_EMAIL)
+    headers = {**({"Host": host} if host else {}), **({"X-Forwarded-Proto": proto} if proto else {})}
+    others = [cases.id_token(aud=f"{proto or 'http'}://{host or 'localhost'}", email=OPERATOR_EMAIL),  # the Host's URL
+              cases.id_token(aud="https://gateway-console-abc123-uc.a.run.app", email=OPERATOR_EMAIL)]
 
-    shown = gateway.client.get(f"/jobs/{job_id}", headers={**cases.google_headers(token), "X-Forwarded-Proto": "https"})
+    for token in others:
+        assert_not_an_operator(gateway.client.get(f"/jobs/{job_id}", headers={**cases.google_headers(token), **headers}))
+    mine = cases.id_token(aud=OWN_URL, email=OPERATOR_EMAIL)
+    assert gateway.client.get(f"/jobs/{job_id}", headers={**cases.google_headers(mine), **headers}).status_code == 200
 
-    assert shown.status_code == 200
-    assert_not_an_operator(gateway.client.get(f"/jobs/{job_id}", headers=cases.google_headers(token)))
+
+def test_without_configured_audiences_no_id_token_is_an_operator(make_gateway):
+    gateway = make_gateway({"GATEWAY_OPERATORS": OPERATOR_EMAIL})
+    body, headers, _ = signed_delivery("github")
+    job_id = gateway.post("github", headers, body).get_json()["job_id"]
+
+    for audience in (OWN_URL, "http://localhost"):
+        token = cases.id_token(aud=audience, email=OPERATOR_EMAIL)
+        assert_not_an_operator(gateway.client.get(f"/jobs/{job_id}", headers=cases.google_headers(token)))
 
 
 def test_the_openapi_document_is_served_to_an_operator_only(job_of):

@@ -15,7 +15,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -49,7 +49,7 @@ class CertSource(Protocol):
 class IdTokenVerifier(Protocol):
     """Checks an ID token's signature, issuer, audience and lifetime; returns its claims."""
 
-    def verify(self, token: str, *, audience: str, now: float) -> Mapping[str, Any]: ...
+    def verify(self, token: str, *, audience: str | Sequence[str], now: float) -> Mapping[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,10 @@ class GoogleIdTokenVerifier:
     cert_source: CertSource
     clock_skew_s: int = DEFAULT_CLOCK_SKEW_S
 
-    def verify(self, token: str, *, audience: str, now: float) -> Mapping[str, Any]:
-        """The token's claims; raises SignatureError for anything that does not verify."""
+    def verify(self, token: str, *, audience: str | Sequence[str], now: float) -> Mapping[str, Any]:
+        """The token's claims (its `aud` one of `audience`); raises SignatureError for anything that does not verify."""
+        if not audience:  # google.auth would skip the audience check on None
+            raise SignatureError("no audience to check the ID token against")
         if len(token) > MAX_TOKEN_CHARS or not _JWT_SHAPE.fullmatch(token):
             raise SignatureError("ID token is malformed")
         claims = _decode(token, self.cert_source.certs(), audience)
@@ -71,7 +73,7 @@ class GoogleIdTokenVerifier:
         return claims
 
 
-def _decode(token: str, certs: Mapping[str, str], audience: str) -> Mapping[str, Any]:
+def _decode(token: str, certs: Mapping[str, str], audience: str | Sequence[str]) -> Mapping[str, Any]:
     # Imported here: google.auth.jwt pulls in `cryptography`, 55-75 ms of every instance's cold
     # start, and only google-id-token workflows ever need it.
     from google.auth import jwt

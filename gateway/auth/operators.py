@@ -5,8 +5,10 @@ job and, for schemes without a timestamp, never expires. Operators present
 `Authorization: Bearer <token>` with either
 
 - a token from `GATEWAY_OPERATOR_TOKENS` (comma-separated), compared in constant time, or
-- a Google-signed ID token (gateway.auth.idtoken: signature, issuer, lifetime, and the audience is
-  this function's URL) whose verified email is in `GATEWAY_OPERATORS` (comma-separated).
+- a Google-signed ID token (gateway.auth.idtoken: signature, issuer, lifetime, and an audience of
+  `GATEWAY_OPERATOR_AUDIENCES`, the function's URL as deploy sets it; never taken from the request's Host
+  or X-Forwarded-Proto, which a load balancer or a caller may choose) whose verified email is in
+  `GATEWAY_OPERATORS` (comma-separated).
 
 With neither setting every request is refused: the door is closed, not open. Every refusal is the
 same 401; the reason is for the log and never holds a value.
@@ -47,7 +49,7 @@ class Operators:
                       id_token_verifier: Callable[[], IdTokenVerifier]) -> Operators:
         return cls(tuple(token.encode() for token in tokens), emails, id_token_verifier)
 
-    def verify(self, headers: Mapping[str, str], audience: str, now: float) -> Operator:
+    def verify(self, headers: Mapping[str, str], audiences: tuple[str, ...], now: float) -> Operator:
         """The operator behind the request's bearer credential; NotAnOperator otherwise."""
         if not self.tokens and not self.emails:
             raise NotAnOperator("neither GATEWAY_OPERATOR_TOKENS nor GATEWAY_OPERATORS is set")
@@ -64,12 +66,14 @@ class Operators:
         if matched:
             return Operator("token")
         if self.emails and _JWT.fullmatch(match[1]):
-            return Operator(self._email(match[1], audience, now))
+            return Operator(self._email(match[1], audiences, now))
         raise NotAnOperator("the bearer credential is no operator token")
 
-    def _email(self, token: str, audience: str, now: float) -> str:
+    def _email(self, token: str, audiences: tuple[str, ...], now: float) -> str:
+        if not audiences:
+            raise NotAnOperator("GATEWAY_OPERATOR_AUDIENCES is not set: no ID token can name this function")
         try:
-            claims = self.id_token_verifier().verify(token, audience=audience, now=now)
+            claims = self.id_token_verifier().verify(token, audience=list(audiences), now=now)
         except AuthenticationFailed as exc:
             raise NotAnOperator(f"ID token refused: {exc}") from None
         except GatewayError:  # Google's certificates unavailable: an honest 503, not a 401

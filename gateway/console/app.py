@@ -9,6 +9,11 @@
 
 Jinja2 with autoescape on renders every page, so every value from a sender or CARTO is text, never
 markup. No page holds a token or secret: the ledger holds none, and settings are never rendered.
+
+Every request must name a Host the console is served under (a loopback name, or one of
+GATEWAY_CONSOLE_HOSTS), and every POST must come from the console's own pages (an Origin of its own,
+or `Sec-Fetch-Site: same-origin`): a page on another site, or one that rebinds its own name to this
+machine, can neither read the console nor act through it (docs/architecture.md, "The console").
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import json
 import logging
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import flask
 import jinja2
@@ -39,6 +44,7 @@ NOTICES = {"cancelled": "The job was cancelled; its completion event is below.",
            "rerun": "This is the re-run you asked for: a new delivery with its own job and event.",
            "rerun-again": "This re-run had already been made: here it is (no second job)."}
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+_LOOPBACK_NAMES = {"127.0.0.1", "[::1]", "localhost"}  # as a Host header names them
 # Nothing but this origin's stylesheet; no script at all; forms post only back here.
 _HEADERS = {
     "Content-Type": "text/html; charset=utf-8",
@@ -71,13 +77,61 @@ _ENV.filters.update(when=_when, seconds=_seconds, pretty=lambda v: json.dumps(v,
 
 def handle(app: App, request: flask.Request) -> Response:
     """Answer one console request; errors become an HTML page with their status, never a 500 for bad input."""
-    return serve(request, lambda: _route(app, request, caller(app, request)), _error_page, log, crashed="console.crashed")
+    return serve(request, lambda: _answer(app, request), _error_page, log, crashed="console.crashed")
+
+
+def _answer(app: App, request: flask.Request) -> Response:
+    check_host(app, request)
+    return _route(app, request, caller(app, request))
 
 
 def _error_page(exc: GatewayError) -> Response:
     response = _page("error.html", exc.status, error=exc, operator=None)
     response[2].update(exc.response_headers() | {"Content-Type": _HEADERS["Content-Type"]})
     return response
+
+
+def _name(authority: str) -> str:
+    """The host name of `host[:port]` (an IPv6 literal keeps its brackets)."""
+    if authority.startswith("["):
+        return authority.split("]", 1)[0] + "]"
+    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
+
+
+def _served_under(app: App, authority: str) -> bool:
+    """Whether the console is served under `host[:port]`: a loopback name on any port (a browser sends one
+    only for this machine), or an entry of GATEWAY_CONSOLE_HOSTS (without a port: any port)."""
+    authority = authority.lower()
+    if _name(authority) in _LOOPBACK_NAMES:
+        return True
+    return any(authority == entry or (_name(entry) == entry and _name(authority) == entry)
+               for entry in app.settings.console_hosts)
+
+
+def check_host(app: App, request: flask.Request) -> None:
+    """Refuse a request for a Host the console is not served under (DNS rebinding), and a POST that did not
+    come from the console's own pages: its Origin must be the request's Host or a Host the console is
+    served under (deployed, `gcloud run services proxy` sends the service's Host and the browser's
+    loopback Origin), else `Sec-Fetch-Site: same-origin` without an Origin."""
+    host = request.headers.get("Host", "")
+    if not _served_under(app, host):
+        _refuse("host", f"the console is not served under the host {host[:100]!r}")
+    if request.method in ("GET", "HEAD"):
+        return
+    origin = request.headers.get("Origin")
+    if origin is None:
+        if request.headers.get("Sec-Fetch-Site") != "same-origin":
+            _refuse("origin", "a console form must be posted from the console's own page (no Origin header)")
+        return
+    parts = urlsplit(origin) if origin.isascii() else None
+    authority = parts.netloc.lower() if parts is not None and parts.scheme in ("http", "https") else ""
+    if not authority or not (authority == host.lower() or _served_under(app, authority)):
+        _refuse("origin", f"a console form must be posted from the console's own page, not {origin[:100]!r}")
+
+
+def _refuse(what: str, detail: str) -> None:
+    log.warning("console request refused: %s", detail, extra=logs.event("console.refused", reason=what))
+    raise Forbidden(detail)
 
 
 def caller(app: App, request: flask.Request) -> str:
