@@ -37,7 +37,7 @@ from gateway.errors import (
     crash,
 )
 from gateway.events import CHECK_TYPE, Check, Tracking, attributes_of, parse_check, parse_tracking
-from gateway.idempotency import message_key
+from gateway.idempotency import check_length, message_key
 from gateway.intake import Inbound
 from gateway.serving import Response
 
@@ -202,6 +202,7 @@ def _submit(app: App, cloud_event: Any) -> None:
             raise PoisonMessage(f"unknown workflow {attributes.get('workflow')!r}")
         payload = parse_json(data)
         key = message_key(workflow, payload, attributes, message_id)
+        check_length(key)
         with logs.bound(workflow=workflow.name, delivery_id=key):
             accepted = app.intake.accept(Inbound(workflow, data, payload, attributes, key, key))
             log.info("request accepted", extra=logs.event(

@@ -3,6 +3,7 @@
     GatewayError                      any failure a caller is told about (status, code)
     ├── MalformedRequest        400   body is not parseable JSON
     ├── PoisonMessage           400   a Pub/Sub message that can never be processed: acked, logged
+    ├── DeliveryIdTooLong       400   a delivery id or idempotency key over 256 characters
     ├── AuthenticationFailed    401   no configured scheme accepted the request
     │   ├── SignatureError      401   a signature header is missing, malformed or wrong
     │   └── NotAnOperator       401   /jobs or /openapi.json without an operator credential
@@ -129,6 +130,14 @@ class PoisonMessage(GatewayError):
                      "it is not valid JSON or lacks a field. It was acknowledged so it is not redelivered forever.")
     what_to_do = ("Publish well-formed messages only; the function's log names the message id and what was wrong, "
                   "never its content.")
+
+
+class DeliveryIdTooLong(GatewayError):
+    status, code, title = 400, "delivery-id-too-long", "Delivery id or idempotency key too long"
+    what_happened = ("The delivery's id (the scheme's id header, e.g. webhook-id) or its idempotency key (the "
+                     "Idempotency-Key header, the workflow's configured header or body field, a request message's "
+                     "attribute) is longer than the gateway keeps: 256 characters.")
+    what_to_do = "Send an id or key of at most 256 characters; a UUID or a hash is plenty."
 
 
 class AuthenticationFailed(GatewayError):

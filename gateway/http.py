@@ -29,18 +29,18 @@ from gateway.errors import (
     problem_index,
     problem_types,
 )
-from gateway.idempotency import request_key
+from gateway.idempotency import check_length, request_key
 from gateway.intake import Inbound
 from gateway.serving import Response, serve
 from gateway.validation import render
 from gateway.workflows import Workflow
 
 log = logging.getLogger("gateway.http")
-_HOOK = re.compile(r"^/hooks/([a-z0-9][a-z0-9-]{0,62})(/validate)?/?$")
-_PROBLEM = re.compile(r"^/problems(?:/([a-z0-9-]{1,64}))?/?$")
-_JOB = re.compile(r"^/jobs/([A-Za-z0-9_.:\-]{1,200})/?$")
-_DELIVERY = re.compile(r"^/deliveries/(.{1,1000})$", re.DOTALL)  # the key, percent-decoded: any character
-_JSON_TYPE = re.compile(r"^application/([a-z0-9.+-]*\+)?json\s*(;.*)?$", re.IGNORECASE)
+_HOOK = re.compile(r"/hooks/([a-z0-9][a-z0-9-]{0,62})(/validate)?/?")
+_PROBLEM = re.compile(r"/problems(?:/([a-z0-9-]{1,64}))?/?")
+_JOB = re.compile(r"/jobs/([A-Za-z0-9_.:\-]{1,200})/?")
+_DELIVERY = re.compile(r"/deliveries/(.{1,1000})", re.DOTALL)  # the key, percent-decoded: any character
+_JSON_TYPE = re.compile(r"application/([a-z0-9.+-]*\+)?json\s*(;.*)?", re.IGNORECASE)
 _DELIVERY_EVENT = "gateway.delivery_event"  # set by _webhook: accepted, duplicate or a handshake
 
 
@@ -48,7 +48,8 @@ def handle(app: App, request: flask.Request) -> Response:
     """Answer one request; never raises, never 500s on bad input."""
     response = serve(request, lambda: _route(app, request), GatewayError.response, log, crashed="http.crashed",
                      answered=lambda code: _answer_event(request, code), trace=logs.trace_id(request.headers))
-    return _unbuffered(request, response)
+    body, status, headers = _unbuffered(request, response)
+    return body, status, {**headers, "X-Content-Type-Options": "nosniff"}  # a JSON answer is never rendered as HTML
 
 
 def _answer_event(request: flask.Request, code: str | None) -> str:
@@ -62,7 +63,7 @@ def _answer_event(request: flask.Request, code: str | None) -> str:
 
 
 def _is_delivery(path: str) -> bool:
-    hook = _HOOK.match(path)
+    hook = _HOOK.fullmatch(path)
     return hook is not None and not hook.group(2)
 
 
@@ -82,17 +83,17 @@ def _route(app: App, request: flask.Request) -> Response:
         return _only(request, "GET", lambda: _json({"status": "ok"}))
     if path == "/openapi.json":  # every workflow's schema and CALL: an operator's document
         return _only(request, "GET", lambda: _openapi_document(app, request))
-    hook = _HOOK.match(path)
+    hook = _HOOK.fullmatch(path)
     if hook:
         workflow = _workflow(app, hook.group(1))
         logs.bind(workflow=workflow.name)  # a refusal's line names the workflow too
         if hook.group(2):
             return _only(request, "POST", lambda: _validate(app, workflow, request))
         return _only(request, "POST", lambda: _webhook(app, workflow, request))
-    problem = _PROBLEM.match(path)
+    problem = _PROBLEM.fullmatch(path)
     if problem:
         return _only(request, "GET", lambda: _problem_page(problem.group(1)))
-    job = _JOB.match(path)
+    job = _JOB.fullmatch(path)
     if job:
         if request.method in ("GET", "DELETE"):
             _operator(app, request)  # before the lookup: a stranger learns not even whether the job exists
@@ -101,7 +102,7 @@ def _route(app: App, request: flask.Request) -> Response:
         if request.method == "DELETE":
             return _job_cancel(app, job.group(1), request)
         raise MethodNotAllowed(f"{request.method} is not allowed on {path}", headers={"Allow": "GET, DELETE"})
-    delivery = _DELIVERY.match(path)
+    delivery = _DELIVERY.fullmatch(path)
     if delivery:
         return _only(request, "GET", lambda: _delivery_status(app, delivery.group(1), request))
     raise NotFound(f"no route {path}")
@@ -137,7 +138,7 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
 def _json_content(request: flask.Request) -> None:
     """A payload must say it is JSON: `application/json` or any `+json` type."""
     content_type = request.content_type
-    if not content_type or not _JSON_TYPE.match(content_type):
+    if not content_type or not _JSON_TYPE.fullmatch(content_type):
         raise UnsupportedMediaType(f"expected Content-Type application/json, got {content_type or 'none'}")
 
 
@@ -171,6 +172,7 @@ def _webhook(app: App, workflow: Workflow, request: flask.Request) -> Response:
         request.environ[_DELIVERY_EVENT] = "delivery.handshake"
         return _json({"challenge": payload["challenge"]})
     key = request_key(workflow, payload, request.headers, verified.delivery_id)
+    check_length(key, verified.delivery_id)  # before either is on a log line
     logs.bind(workflow=workflow.name, delivery_id=verified.delivery_id or key)
     inbound = Inbound(workflow, body, payload, request.headers, key, verified.delivery_id or key,
                       logs.trace_id(request.headers))

@@ -9,10 +9,20 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway import pointer as json_pointer
+from gateway.errors import DeliveryIdTooLong
 from gateway.workflows import Workflow
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"  # the IETF header, the last resort of a webhook
 MESSAGE_ATTRIBUTE = "idempotency_key"  # what a request message may carry instead
+MAX_KEY_CHARS = 256  # a delivery id or key names the ledger record and every log line of the delivery
+
+
+def check_length(*values: str | None) -> None:
+    """Refuse (400) a delivery id or idempotency key longer than MAX_KEY_CHARS."""
+    for value in values:
+        if value is not None and len(value) > MAX_KEY_CHARS:
+            raise DeliveryIdTooLong(f"a delivery id or idempotency key is at most {MAX_KEY_CHARS} characters, "
+                                    f"this one has {len(value)}")
 
 
 def request_key(workflow: Workflow, payload: Any, headers: Mapping[str, str], delivery_id: str | None) -> str | None:

@@ -26,7 +26,7 @@ from gateway.warehouses import BIGQUERY, POSITIONAL, Placeholders, binding_type,
 # The product's own schemas/ folder: its meta-schema checks a schemas directory that brings none (the
 # demos of examples/, a test's folder of workflow files).
 PRODUCT_SCHEMAS_DIR = Path(__file__).resolve().parents[1] / "schemas"
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")  # used with fullmatch
 DEFAULT_DEADLINE_S = 6 * 3600
 _CALL = re.compile(r"^\s*CALL\s+(`(?P<quoted>[^`]+)`|(?P<bare>[A-Za-z0-9_.\-]+))\s*\(", re.IGNORECASE | re.DOTALL)
 
@@ -119,7 +119,7 @@ def load_workflow(path: Path, meta: Any, env: Mapping[str, str], *, id_token_ver
                   require_secrets: bool = True) -> Workflow:
     """Load one workflow file; ConfigError names the file, the JSON path and the problem."""
     name = path.stem
-    if not NAME_PATTERN.match(name):
+    if not NAME_PATTERN.fullmatch(name):
         raise ConfigError(f"{path}: file name must match {NAME_PATTERN.pattern} (it is the URL segment)")
     try:
         definition = json.loads(path.read_text(encoding="utf-8"))

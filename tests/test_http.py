@@ -374,3 +374,28 @@ def test_status_without_an_operator_token_or_with_a_wrong_one_fails_and_says_why
     assert missing.returncode == 1 and "GATEWAY_OPERATOR_TOKENS" in missing.stderr and missing.stdout == ""
     assert wrong.returncode == 1 and "HTTP 401" in wrong.stderr and "not-an-operator" in wrong.stderr
     assert "not-the-token" not in wrong.stderr
+
+
+@pytest.mark.parametrize("method, path", [("POST", "/hooks/store-clusters"), ("POST", "/hooks/nope"),
+                                          ("GET", "/healthz"), ("GET", "/jobs/x"), ("GET", "/problems")])
+def test_every_answer_tells_browsers_not_to_sniff_its_type(client, method, path):
+    answer = post(client, path, BODY) if method == "POST" else client.get(path)
+    assert answer.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_a_delivery_id_over_256_characters_is_a_400_and_reaches_nothing(client, sandbox, publisher):
+    answer = post(client, "/hooks/store-clusters", BODY, msg_id="m" * 8000)
+
+    problem = assert_problem(answer, 400)
+    assert problem["code"] == "delivery-id-too-long" and "m" * 300 not in answer.get_data(as_text=True)
+    assert not sandbox.jobs() and not publisher.messages
+    assert post(client, "/hooks/store-clusters", BODY, msg_id="m" * 256).status_code == 202  # the bound itself is fine
+
+
+def test_a_route_with_a_trailing_newline_is_no_route(client, sandbox):
+    assert post(client, "/hooks/store-clusters%0A", BODY).status_code == 404
+    assert not sandbox.jobs()
+    job_id = post(client, "/hooks/store-clusters", BODY).get_json()["job_id"]
+    assert client.get(f"/jobs/{job_id}", headers=operator_headers()).status_code == 200
+    assert client.get(f"/jobs/{job_id}%0A", headers=operator_headers()).status_code == 404
+    assert client.get("/problems%0A").status_code == 404

@@ -394,3 +394,13 @@ def test_windows_line_ends_read_like_unix_ones():
     assert "\r\n" in raw
     assert read_paste(raw) == read_paste(raw.replace("\r\n", "\n"))
     assert read_paste(raw).parameters == GOOD_PASTES["seed-windows.txt"]
+
+
+@pytest.mark.parametrize("name", ["nl\n", "seed-clusters\n", "Seed", "_x", "a" * 64])
+def test_a_name_that_is_not_a_whole_workflow_name_is_refused_and_nothing_written(capsys, dirs, name):
+    before = files_under(dirs[0].parent)
+
+    status, _, err = new(capsys, dirs, name, "seed-post.txt")
+
+    assert status == 1 and "cannot be a workflow name" in err
+    assert files_under(dirs[0].parent) == before

@@ -298,7 +298,7 @@ def run(args: Any, env: Mapping[str, str] | None = None) -> int:
 
     env = os.environ if env is None else env
     name = args.name
-    if not NAME_PATTERN.match(name):
+    if not NAME_PATTERN.fullmatch(name):
         raise ConfigError(f"{name!r} cannot be a workflow name: it is the URL segment, {NAME_PATTERN.pattern}")
     schemas_dir, examples_dir = Path(args.schemas), Path(args.examples)
     workflow_path, example_path = schemas_dir / "workflows" / f"{name}.json", examples_dir / f"{name}.json"

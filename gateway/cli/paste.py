@@ -26,8 +26,8 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 from gateway.errors import ConfigError
 
 # The job endpoint: {base}/v3/sql/{connection}/job; the base may carry a path (a proxy, an on-premise install).
-_JOB_PATH = re.compile(r"^(?P<prefix>.*?)/v3/sql/(?P<connection>[^/]+)/job/?$")
-_CONNECTION = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+_JOB_PATH = re.compile(r"(?P<prefix>.*?)/v3/sql/(?P<connection>[^/]+)/job/?")
+_CONNECTION = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 # curl options that take a value (the rest are flags such as --location, -s, --compressed).
 _DATA_OPTIONS = {"-d", "--data", "--data-raw", "--data-binary", "--data-ascii"}
 _HEADER_OPTIONS = {"-H", "--header"}
@@ -162,11 +162,11 @@ def _job_url(url: str) -> tuple[str, str, dict[str, str]]:
     shown = f"{parts.scheme}://{parts.netloc}{parts.path}"  # never the query string: it may hold the token
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise PasteError(f"{shown!r} is not an http(s) URL")
-    match = _JOB_PATH.match(parts.path)
+    match = _JOB_PATH.fullmatch(parts.path)
     if not match:
         raise PasteError(f"{shown} is not CARTO's job endpoint: expected https://…/v3/sql/CONNECTION/job")
     connection = unquote(match["connection"])
-    if not _CONNECTION.match(connection):
+    if not _CONNECTION.fullmatch(connection):
         raise PasteError(f"the connection {connection!r} in the URL is not a CARTO connection name "
                          "(letters, digits, _ . -)")
     return f"{parts.scheme}://{parts.netloc}{match['prefix']}", connection, _query_fields(parts.query)

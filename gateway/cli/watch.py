@@ -52,7 +52,7 @@ class Filters:
     outcome: str | None = None
 
     def __post_init__(self) -> None:
-        if self.workflow is not None and not NAME_PATTERN.match(self.workflow):
+        if self.workflow is not None and not NAME_PATTERN.fullmatch(self.workflow):
             raise ConfigError(f"--workflow must be a workflow name ({NAME_PATTERN.pattern})")
         if self.outcome is not None and self.outcome not in OUTCOMES:
             raise ConfigError(f"--outcome must be one of {', '.join(OUTCOMES)}")

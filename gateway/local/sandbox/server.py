@@ -22,22 +22,22 @@ from gateway.local.sandbox.store import JobStore
 
 log = logging.getLogger("gateway.local.sandbox")
 MAX_BODY_BYTES = 10 * 1024 * 1024
-_JOB = re.compile(r"^/v3/sql/(?P<connection>[^/]+)/job$")
-_ONE_JOB = re.compile(r"^/v3/sql/(?P<connection>[^/]+)/job/(?P<job>[^/]+)$")
-_QUERY = re.compile(r"^/v3/sql/(?P<connection>[^/]+)/query$")
+_JOB = re.compile(r"/v3/sql/(?P<connection>[^/]+)/job")
+_ONE_JOB = re.compile(r"/v3/sql/(?P<connection>[^/]+)/job/(?P<job>[^/]+)")
+_QUERY = re.compile(r"/v3/sql/(?P<connection>[^/]+)/query")
 
 
 def route_of(method: str, path: str, query: Mapping[str, str]) -> tuple[str | None, dict[str, str]]:
     """(route, path arguments) of a request; route None when the path is unknown, "" for a bad method."""
     if path == "/v3/sql/jobs":
         return ("list" if method == "GET" else ""), {}
-    if match := _JOB.match(path):
+    if match := _JOB.fullmatch(path):
         # CARTO documents a GET variant of job creation: /job?query=...&queryParameters=...
         submit = method == "POST" or (method == "GET" and "query" in query)
         return ("submit" if submit else ""), {"connection": unquote(match["connection"])}
-    if match := _QUERY.match(path):
+    if match := _QUERY.fullmatch(path):
         return ("query" if method in ("GET", "POST") else ""), {"connection": unquote(match["connection"])}
-    if match := _ONE_JOB.match(path):
+    if match := _ONE_JOB.fullmatch(path):
         route = {"GET": "status", "DELETE": "cancel"}.get(method, "")
         return route, {"connection": unquote(match["connection"]), "job": unquote(match["job"])}
     return None, {}
