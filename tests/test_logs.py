@@ -167,7 +167,8 @@ def test_a_request_interrupted_midway_leaks_no_log_context_into_the_next(surface
 
     monkeypatch.setattr(module, "_route", interrupted_route)
     monkeypatch.setattr(console_app, "caller", lambda app, request: "local operator")
-    with function_client(app, surface).application.test_request_context("/hooks/store-clusters", method="POST"):
+    with function_client(app, surface).application.test_request_context("/hooks/store-clusters", method="POST",
+                                                                        headers={"Origin": "http://localhost"}):
         thread = contextvars.copy_context()  # a request thread of the server, apart from the suite's own context
         with pytest.raises(Interrupted):
             thread.run(module.handle, app, flask.request)
