@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import sys
 import tempfile
 import threading
@@ -19,8 +18,8 @@ from typing import Any
 
 from gateway.app import App
 from gateway.local import emulators
-from gateway.local.demos import DEV_SECRET
-from gateway.local.devstack import DEV_TOKEN, ROOT, LocalStack
+from gateway.local.demos import DEV_SECRET, write_demo_schemas
+from gateway.local.devstack import DEV_TOKEN, LocalStack
 from gateway.settings import Settings
 from soak.faults import Injector
 from soak.reconcile import reconcile
@@ -121,8 +120,7 @@ class Sweeping:
 
 
 def _schemas(state: Path) -> Path:
-    schemas = state / "schemas"
-    shutil.copytree(ROOT / "schemas", schemas)
+    schemas = write_demo_schemas(state / "schemas")  # schemas/workflows/ ships empty: the demos, as make dev runs
     (schemas / "workflows" / f"{FAILING}.json").write_text(json.dumps(FAILING_WORKFLOW))
     return schemas
 
