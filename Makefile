@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv dev test lint bench soak screenshots deploy deploy-check teardown clean
+.PHONY: venv dev test test-fast lint bench soak screenshots deploy deploy-check teardown clean
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-emulators.txt client/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ dev: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# Everything but the tests marked `stack` (emulators, the local stack, other processes): well under a minute.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not stack"
 
 lint: $(STAMP)
 	$(PY) -m ruff check gateway tests main.py bench soak deploy client examples

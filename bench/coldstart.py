@@ -1,4 +1,4 @@
-"""Cold start (issue 6, item 3): process start to the first `202` of `webhook`, and to the first `200`
+"""Cold start: process start to the first `202` of `webhook`, and to the first `200`
 of the bare function, each a fresh functions-framework process started the same way; peak RSS of both.
 
 The first request is sent as soon as the port accepts connections (the way Cloud Functions holds the

@@ -1,4 +1,4 @@
-"""Completion detection (issue 6, item 4): for jobs of 2 s, 30 s and 5 min, the time from the job's end
+"""Completion detection: for jobs of 2 s, 30 s and 5 min, the time from the job's end
 (the local CARTO API knows its `done_at`) to the completion event's publish time on the emulator, and the
 status checks `poll` made, under the polling settings the product ships (none overridden here).
 
@@ -27,12 +27,12 @@ JOBS = {2.0: 2, 30.0: 2, 300.0: 2}
 
 
 def target_latency_s(duration_s: float) -> float:
-    """The issue's bound on job end → event: max(2 s, 25 % of the run time)."""
+    """The bound on job end → event: max(2 s, 25 % of the run time)."""
     return max(2.0, 0.25 * duration_s)
 
 
 def target_checks(duration_s: float) -> int:
-    """The issue's bound on status checks: ⌈log₁.₂₅(duration / 1 s)⌉ + 3."""
+    """The bound on status checks: ⌈log₁.₂₅(duration / 1 s)⌉ + 3."""
     return math.ceil(math.log(max(duration_s, 1.0), 1.25)) + 3
 
 

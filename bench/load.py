@@ -1,4 +1,4 @@
-"""Throughput, latency and CPU per request under a separate load-generator process (issue 6, items 1–2).
+"""Throughput, latency and CPU per request under a separate load-generator process.
 
 Every request is a webhook pre-signed with the official `standardwebhooks` package and a fresh
 `webhook-id` (a replay would be a duplicate delivery, answered 200, not a new job). The bare function

@@ -1,4 +1,4 @@
-"""`python -m bench`: every benchmark of issue 6 in one run, on loopback, in under 10 minutes on 2 cores.
+"""`python -m bench`: every benchmark in one run, on loopback, in under 10 minutes on 2 cores.
 
 Writes bench/results.json and the generated tables of BENCHMARKS.md. Medians of repeated runs with
 min–max; each ratio pairs the gateway's run with the bare function's run of the same round.

@@ -1,4 +1,4 @@
-"""Validations per second for each workflow in schemas/ (issue 6, item 5): the compiled jsonschema-rs
+"""Validations per second for each workflow in schemas/: the compiled jsonschema-rs
 validator the product builds at load time, beside pure-Python `jsonschema` for reference.
 
 Both run `iter_errors` on the workflow's example payload (examples/<name>.json), which is what

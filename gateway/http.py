@@ -1,6 +1,6 @@
 """The HTTP surface of the `webhook` function (README, "HTTP surface"): routing, body limits, strict JSON.
 
-Authentication runs on the raw body bytes before any parsing (STYLE 4); every failure is a
+Authentication runs on the raw body bytes before any parsing; every failure is a
 GatewayError rendered once, as RFC 9457 problem+json.
 """
 

@@ -20,7 +20,7 @@ from gateway.events import Check, Message
 from gateway.poller import Clock
 from gateway.settings import Settings
 from gateway.tasks import task_request
-from tests.conftest import CARTO_TOKEN, DEMO_SECRETS, OPERATOR_TOKEN, ROOT
+from tests.constants import CARTO_TOKEN, DEMO_SECRETS, OPERATOR_TOKEN, ROOT
 
 
 @dataclass

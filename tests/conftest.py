@@ -3,7 +3,6 @@ reason where the machine has none), a schemas directory with the test-only workf
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -11,8 +10,10 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from gateway.local import demos, emulators
-from gateway.local.demos import DEMO_SCHEMAS_DIR, workflow_files, write_demo_schemas
+from gateway.local import emulators
+from gateway.local.demos import write_demo_schemas
+from tests.constants import DATA, PROJECT, ROOT, TASKS_QUEUE
+from tests.stackutil import emulator_unavailable
 
 # In CI the property tests draw the same examples every run, so a red CI is a real finding that a
 # re-run reproduces; on a developer's machine they keep exploring (and remember what failed).
@@ -20,15 +21,17 @@ settings.register_profile("ci", derandomize=True, database=None)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = Path(__file__).resolve().parent / "data"
-SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-CARTO_TOKEN = "carto-token-SENTINEL-7f3a9c"  # searched for in every answer, log and message
-OPERATOR_TOKEN = "operator-token-SENTINEL-2b8e41"  # GATEWAY_OPERATOR_TOKENS of test instances; searched for too
-# The demos' webhook secret variables, all set to SECRET (one variable per workflow, as `new` names them).
-DEMO_SECRETS = dict.fromkeys(demos.DEMO_SECRETS, SECRET)
-PROJECT = "test-project"
-TASKS_QUEUE = f"projects/{PROJECT}/locations/local/queues/poll-checks"  # LocalStack's queue for PROJECT
+
+
+EMULATOR_FIXTURES = frozenset({"pubsub_emulator", "firestore_emulator", "tasks_emulator"})
+
+
+def pytest_collection_modifyitems(items):
+    """A test that needs an emulator, itself or through another fixture, is a `stack` test (`make test-fast`
+    leaves them out); modules that start the local stack or other processes say so with `pytestmark`."""
+    for item in items:
+        if EMULATOR_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.stack)
 
 
 @pytest.fixture(scope="session")
@@ -36,8 +39,8 @@ def pubsub_emulator(tmp_path_factory):
     """The real Pub/Sub emulator on a free loopback port; PUBSUB_EMULATOR_HOST points at it."""
     try:
         emulator = emulators.Emulator.start("pubsub", project=PROJECT, log_dir=tmp_path_factory.mktemp("pubsub"))
-    except emulators.EmulatorMissing as exc:
-        pytest.skip(f"Pub/Sub emulator unavailable: {exc}")
+    except (emulators.EmulatorMissing, RuntimeError, TimeoutError) as exc:
+        emulator_unavailable("Pub/Sub", exc)
     previous = os.environ.get("PUBSUB_EMULATOR_HOST")
     os.environ["PUBSUB_EMULATOR_HOST"] = emulator.host
     yield emulator
@@ -53,8 +56,8 @@ def firestore_emulator(tmp_path_factory):
     """The real Firestore emulator on a free loopback port; FIRESTORE_EMULATOR_HOST points at it."""
     try:
         emulator = emulators.Emulator.start("firestore", log_dir=tmp_path_factory.mktemp("firestore"))
-    except emulators.EmulatorMissing as exc:
-        pytest.skip(f"Firestore emulator unavailable: {exc}")
+    except (emulators.EmulatorMissing, RuntimeError, TimeoutError) as exc:
+        emulator_unavailable("Firestore", exc)
     os.environ["FIRESTORE_EMULATOR_HOST"] = emulator.host
     yield emulator
     emulator.stop()
@@ -67,7 +70,7 @@ def tasks_emulator(tmp_path_factory):
     try:
         emulator = emulators.Emulator.start("tasks", log_dir=tmp_path_factory.mktemp("tasks"), queues=(TASKS_QUEUE,))
     except (emulators.EmulatorMissing, RuntimeError, TimeoutError) as exc:
-        pytest.skip(f"Cloud Tasks emulator unavailable: {exc}")
+        emulator_unavailable("Cloud Tasks", exc)
     yield emulator
     emulator.stop()
 
@@ -94,16 +97,7 @@ def schemas(tmp_path) -> Path:
 @pytest.fixture
 def rig(test_schemas, tmp_path):
     """One gateway instance against a fresh local CARTO job API on a fake clock (tests/rigs.py)."""
-    from tests.rigs import running_rig  # rigs imports this module's constants
+    from tests.rigs import running_rig
 
     with running_rig(test_schemas, tmp_path) as built:
         yield built
-
-
-def demo_workflow_files() -> list[Path]:
-    """The demo workflows (examples/workflows/): every test that runs over "each workflow" runs over these."""
-    return workflow_files(DEMO_SCHEMAS_DIR)
-
-
-def load_json(path: Path):
-    return json.loads(path.read_text())

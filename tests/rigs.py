@@ -33,7 +33,7 @@ from tests.apptools import (
     settings_env,
     task_delivery,
 )
-from tests.conftest import CARTO_TOKEN, ROOT, load_json
+from tests.constants import CARTO_TOKEN, ROOT, load_json
 
 BODY = {"clusters": 2, "radius_m": 500, "store": {"type": "Supermarket"}}
 EVENT_SCHEMA = load_json(ROOT / "schemas" / "job-event.schema.json")

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -15,8 +16,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 import requests
 from standardwebhooks.webhooks import Webhook
+
+from gateway.local import emulators
 
 
 def signed_headers(secret: str, body: bytes, msg_id: str | None = None) -> dict[str, str]:
@@ -141,3 +145,11 @@ def delete_subscriptions(project: str, names: list[str]) -> None:
                 pass
     finally:
         subscriber.close()
+
+
+def emulator_unavailable(what: str, exc: Exception) -> None:
+    """Skip when the emulator is not installed here; fail in CI, and fail on any other start-up error: an
+    emulator that is installed but does not start is the project's bug, not the machine's."""
+    if isinstance(exc, emulators.EmulatorMissing) and not os.environ.get("CI"):
+        pytest.skip(f"{what} emulator unavailable: {exc}")
+    pytest.fail(f"{what} emulator did not start: {type(exc).__name__}: {exc}", pytrace=False)

@@ -29,8 +29,10 @@ import requests
 
 from gateway.local import emulators
 from gateway.local.sandbox import serve
-from tests.conftest import CARTO_TOKEN, DEMO_SECRETS, ROOT, SECRET
+from tests.constants import CARTO_TOKEN, DEMO_SECRETS, ROOT, SECRET
 from tests.stackutil import signed_headers
+
+pytestmark = pytest.mark.stack  # starts the local stack, an emulator or other processes
 
 LIMIT = 1024 * 1024  # GATEWAY_MAX_BODY_BYTES's default, which the server runs with
 VALID = {"clusters": 2, "radius_m": 500, "store": {"type": "Supermarket"}}

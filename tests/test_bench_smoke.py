@@ -10,6 +10,8 @@ import pytest
 from bench import coldstart, completion, follow, load, procs, report, stacks, validation
 from gateway.local import emulators
 
+pytestmark = pytest.mark.stack  # starts the local stack, an emulator or other processes
+
 
 @pytest.fixture(scope="module")
 def bare_server(tmp_path_factory):

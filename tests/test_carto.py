@@ -26,7 +26,7 @@ from gateway.errors import CartoUnavailable, NotFound, UpstreamRejected
 from gateway.local.sandbox import serve
 from gateway.outbound import Http
 from gateway.settings import Secret
-from tests.conftest import CARTO_TOKEN
+from tests.constants import CARTO_TOKEN
 
 QUERY = "CALL `p.d.proc`(@a)"
 

@@ -13,7 +13,7 @@ import pytest
 from workflow_gateway_client import GatewayError, RetryPolicy, publish_request, trigger
 
 from tests.clienttools import token_endpoint
-from tests.conftest import PROJECT
+from tests.constants import PROJECT
 from tests.stackutil import pulled_topic
 
 TOKEN = "id-token-SENTINEL-3b1e"

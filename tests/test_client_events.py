@@ -15,7 +15,7 @@ from workflow_gateway_client._events import ERROR_FIELDS, RESULT_ERROR_FIELDS, R
 
 from gateway.events import completion_event
 from gateway.ledger import Delivery
-from tests.conftest import ROOT
+from tests.constants import ROOT
 
 SCHEMA = json.loads((ROOT / "schemas" / "job-event.schema.json").read_text())
 

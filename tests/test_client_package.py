@@ -11,6 +11,8 @@ import pytest
 
 from tests.clienttools import install_client
 
+pytestmark = pytest.mark.stack  # starts the local stack, an emulator or other processes
+
 CHECK = textwrap.dedent("""
     import importlib.util, json, sys
 

@@ -26,11 +26,13 @@ from workflow_gateway_client import GatewayError, JobEvent, RetryPolicy, parse_e
 from gateway.local import emulators
 from gateway.local.devstack import LocalStack
 from tests.clienttools import token_endpoint
-from tests.conftest import CARTO_TOKEN, DATA, ROOT, SECRET
+from tests.constants import CARTO_TOKEN, DATA, ROOT, SECRET
+
+pytestmark = pytest.mark.stack  # starts the local stack, an emulator or other processes
 
 WORKFLOW = "client-trigger"
 # Its own project on the session's emulator: other stacks' topics and fixed subscription names
-# (poll-push, submit-push) live in tests.conftest.PROJECT, and an existing subscription is kept as is.
+# (poll-push, submit-push) live in tests.constants.PROJECT, and an existing subscription is kept as is.
 PROJECT = "client-test-project"
 BODY = {"clusters": 2, "radius_m": 500, "store": {"type": "Supermarket"}}
 EVENT_SCHEMA = json.loads((ROOT / "schemas" / "job-event.schema.json").read_text())

@@ -13,7 +13,7 @@ from urllib.parse import quote
 import pytest
 
 from gateway.console import csrf
-from tests.conftest import CARTO_TOKEN, SECRET
+from tests.constants import CARTO_TOKEN, SECRET
 from tests.rigs import BODY
 
 XSS = "<script>alert(1)</script>"

@@ -23,8 +23,10 @@ import pytest
 from gateway.ledger import DeliveryQuery
 from gateway.ledger.sqlite import SqliteLedger
 from gateway.local.devstack import LocalStack
-from tests.conftest import CARTO_TOKEN, SECRET
+from tests.constants import CARTO_TOKEN, SECRET
 from tests.stackutil import post_hook
+
+pytestmark = pytest.mark.stack  # starts the local stack, an emulator or other processes
 
 BODY = {"clusters": 2, "radius_m": 500, "store": {"type": "Supermarket"}}
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

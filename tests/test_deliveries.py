@@ -12,7 +12,7 @@ from urllib.parse import quote
 import pytest
 
 from tests.apptools import operator_headers
-from tests.conftest import CARTO_TOKEN, OPERATOR_TOKEN, ROOT, SECRET
+from tests.constants import CARTO_TOKEN, OPERATOR_TOKEN, ROOT, SECRET
 from tests.rigs import BODY, msg, served
 
 

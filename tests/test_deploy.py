@@ -22,8 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DEMO_SECRETS, demo_workflow_files
+from tests.constants import DEMO_SECRETS, demo_workflow_files
 from tests.deploytools import argcheck
+
+pytestmark = pytest.mark.stack  # starts the local stack, an emulator or other processes
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"

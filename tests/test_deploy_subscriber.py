@@ -13,6 +13,8 @@ import pytest
 
 from tests.deploytools import argcheck
 
+pytestmark = pytest.mark.stack  # starts the local stack, an emulator or other processes
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "deploy" / "deploy-subscriber.sh"
 TRIGGER_SA = "gateway-trigger@my-gcp-project.iam.gserviceaccount.com"  # deploy.sh's push identity (env.example)

@@ -10,8 +10,10 @@ import textwrap
 
 import pytest
 
-from tests.conftest import DEMO_SECRETS, ROOT, demo_workflow_files
+from tests.constants import DEMO_SECRETS, ROOT, demo_workflow_files
 from tests.deploytools import argcheck
+
+pytestmark = pytest.mark.stack  # starts the local stack, an emulator or other processes
 
 LEFT_OUT = ("gateway/local/", "gateway/cli/", "tests/", "bench/", "deploy/", "client/", "examples/")
 

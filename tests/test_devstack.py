@@ -7,11 +7,14 @@ import json
 import time
 from argparse import Namespace
 
+import pytest
 import requests
 
 from gateway.local import devstack, emulators
 from gateway.local.devstack import DEV_TOKEN, LocalStack
-from tests.conftest import ROOT
+from tests.constants import ROOT
+
+pytestmark = pytest.mark.stack  # starts the local stack, an emulator or other processes
 
 SEED_PROCEDURE = "carto-dw-ac-jfjjof5m.workflows_temp_x.workflow_procedure_09cc2e19ad5bbc6f"
 SEED_QUERY = f"CALL `{SEED_PROCEDURE}`(@number_of_clusters,@buffer_radius,@store_type)"

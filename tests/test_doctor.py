@@ -12,7 +12,7 @@ import pytest
 from gateway.cli import main
 from gateway.local.demos import write_demo_schemas
 from gateway.local.sandbox import load_procedures, serve
-from tests.conftest import CARTO_TOKEN, ROOT
+from tests.constants import CARTO_TOKEN, ROOT
 from tests.rigs import BODY
 from tests.stackutil import answer_json
 

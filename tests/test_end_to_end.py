@@ -19,8 +19,10 @@ import pytest
 import requests
 
 from gateway.local.devstack import LocalStack
-from tests.conftest import CARTO_TOKEN, OPERATOR_TOKEN, PROJECT, ROOT, SECRET
+from tests.constants import CARTO_TOKEN, OPERATOR_TOKEN, PROJECT, ROOT, SECRET
 from tests.stackutil import EventInbox, delete_subscriptions, post_hook
+
+pytestmark = pytest.mark.stack  # starts the local stack, an emulator or other processes
 
 BODY = {"clusters": 2, "radius_m": 500, "store": {"type": "Supermarket"}}
 EVENT_SCHEMA = json.loads((ROOT / "schemas" / "job-event.schema.json").read_text())

@@ -31,9 +31,11 @@ from gateway.local import emulators
 from gateway.local.devstack import LocalStack
 from gateway.local.sandbox import Fault as SandboxFault
 from gateway.settings import Settings
-from tests.conftest import CARTO_TOKEN, PROJECT, SECRET
+from tests.constants import CARTO_TOKEN, PROJECT, SECRET
 from tests.faultproxy import Fault, FaultProxy
 from tests.stackutil import EventInbox, post_hook
+
+pytestmark = pytest.mark.stack  # starts the local stack, an emulator or other processes
 
 BODY = {"clusters": 2, "radius_m": 500, "store": {"type": "Supermarket"}}
 WORKFLOW = "store-clusters"

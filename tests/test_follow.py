@@ -21,7 +21,9 @@ from gateway.local import emulators
 from gateway.local.demos import DEV_SECRET
 from gateway.local.devstack import LocalStack
 from gateway.settings import Settings
-from tests.stackutil import EventInbox, post_hook
+from tests.stackutil import EventInbox, emulator_unavailable, post_hook
+
+pytestmark = pytest.mark.stack  # starts the local stack, an emulator or other processes
 
 PROJECT = "follow-project"
 BODY = {"clusters": 2, "radius_m": 500, "store": {"type": "Supermarket"}}
@@ -39,7 +41,7 @@ def stack(pubsub_emulator, tmp_path_factory):
         stack.start()
     except (emulators.EmulatorMissing, RuntimeError, TimeoutError) as exc:
         stack.stop()
-        pytest.skip(f"Cloud Tasks emulator unavailable: {exc}")
+        emulator_unavailable("Cloud Tasks", exc)
     yield stack
     stack.stop()
 

@@ -11,7 +11,7 @@ import pytest
 
 from gateway.local.sandbox import serve
 from tests.apptools import RecordingPublisher, build_app, function_client, operator_headers, settings_env
-from tests.conftest import CARTO_TOKEN, OPERATOR_TOKEN, SECRET
+from tests.constants import CARTO_TOKEN, OPERATOR_TOKEN, SECRET
 from tests.stackutil import signed_headers
 
 BODY = {"clusters": 2, "radius_m": 500, "store": {"type": "Supermarket"}}
@@ -332,7 +332,7 @@ def gateway_cli(*args: str, **env: str):
     import subprocess
     import sys
 
-    from tests.conftest import ROOT
+    from tests.constants import ROOT
 
     clean = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_OPERATOR")}
     return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=ROOT, env={**clean, **env},

@@ -44,7 +44,7 @@ from gateway.settings import Settings
 from gateway.workflows import load_registry
 from tests import signature_cases as cases
 from tests.apptools import FakeClock, RecordingPublisher, function_client, operator_headers, settings_env
-from tests.conftest import CARTO_TOKEN, DATA, OPERATOR_TOKEN, ROOT
+from tests.constants import CARTO_TOKEN, DATA, OPERATOR_TOKEN, ROOT
 from tests.signature_cases import BODY, MALFORMED_CASES, NOW, SCHEMES
 
 AUTH_WORKFLOWS = DATA / "workflows" / "auth"

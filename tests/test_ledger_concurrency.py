@@ -14,7 +14,7 @@ from gateway.errors import LedgerUnavailable
 from gateway.ledger import Delivery
 from gateway.ledger.firestore import FirestoreLedger
 from gateway.ledger.sqlite import SqliteLedger
-from tests.conftest import PROJECT
+from tests.constants import PROJECT
 
 T0 = 1_700_000_000.0
 RACERS = 50
@@ -45,7 +45,7 @@ def firestore_ledgers(collection: str, instances: int) -> list[FirestoreLedger]:
     return [FirestoreLedger(collection, project=PROJECT) for _ in range(instances)]
 
 
-@pytest.fixture(params=["sqlite", "firestore"])
+@pytest.fixture(params=["sqlite", pytest.param("firestore", marks=pytest.mark.stack)])
 def make_ledgers(request, tmp_path):
     """Builds N ledger instances over one store (one file, or one collection through N clients)."""
     if request.param == "firestore":

@@ -13,12 +13,12 @@ import pytest
 from gateway.errors import ConfigError, LedgerUnavailable
 from gateway.ledger import CLAIMED, FINISHED, SUBMITTED, TRACKED, Delivery, DeliveryQuery, open_ledger
 from gateway.ledger.firestore import FirestoreLedger, document_id
-from tests.conftest import PROJECT
+from tests.constants import PROJECT
 
 T0 = 1_700_000_000.0
 
 
-@pytest.fixture(params=["sqlite", "firestore"])
+@pytest.fixture(params=["sqlite", pytest.param("firestore", marks=pytest.mark.stack)])
 def ledger(request, tmp_path):
     """A fresh, empty ledger of each kind (a new file, or a new Firestore collection per test)."""
     if request.param == "sqlite":

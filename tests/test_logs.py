@@ -16,7 +16,7 @@ from gateway import logs
 from gateway.events import parse_tracking
 from gateway.local.sandbox import serve
 from tests.apptools import FakeClock, RecordingPublisher, build_app, function_client, settings_env
-from tests.conftest import CARTO_TOKEN, SECRET
+from tests.constants import CARTO_TOKEN, SECRET
 from tests.stackutil import signed_headers
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -24,7 +24,7 @@ from gateway.local.demos import write_demo_schemas
 from gateway.sqltypes import bind
 from gateway.validation import render
 from gateway.workflows import Workflow, load_registry
-from tests.conftest import DATA, ROOT
+from tests.constants import DATA, ROOT
 from tests.strategies import Outcomes, place, valid_bodies, valid_headers
 
 EVERY_TYPE = {

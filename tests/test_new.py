@@ -18,7 +18,7 @@ from gateway.cli import main
 from gateway.cli.new import SENDERS, guess_type, secret_env_name
 from gateway.cli.paste import read_paste
 from gateway.local.sandbox import load_procedures, serve
-from tests.conftest import CARTO_TOKEN, DATA, PROJECT, ROOT
+from tests.constants import CARTO_TOKEN, DATA, PROJECT, ROOT
 
 PASTES = DATA / "pastes"
 SEED_QUERY = ("CALL `carto-dw-ac-jfjjof5m.workflows_temp_x.workflow_procedure_09cc2e19ad5bbc6f`"

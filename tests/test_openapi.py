@@ -29,7 +29,7 @@ from gateway.local.demos import write_demo_schemas
 from gateway.openapi import cached_document, document, embed_schema
 from gateway.workflows import load_registry
 from tests.apptools import operator_headers
-from tests.conftest import CARTO_TOKEN, DEMO_SECRETS, OPERATOR_TOKEN, PROJECT, ROOT
+from tests.constants import CARTO_TOKEN, DEMO_SECRETS, OPERATOR_TOKEN, PROJECT, ROOT
 
 CALL = "CALL `proj.ds.proc`({})"
 SECRETS = {**DEMO_SECRETS, "GITHUB_SECRET": "gh-secret-SENTINEL", "HMAC_SECRET": "hm-secret-SENTINEL",

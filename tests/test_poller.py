@@ -17,7 +17,7 @@ from gateway.ledger.sqlite import SqliteLedger
 from gateway.local.sandbox import serve
 from gateway.poller import Clock, Schedule
 from tests.apptools import FakeClock, RecordingPublisher, RecordingScheduler, build_app, settings_env
-from tests.conftest import CARTO_TOKEN, ROOT, load_json
+from tests.constants import CARTO_TOKEN, ROOT, load_json
 from tests.rigs import BODY
 
 EVENT_SCHEMA = load_json(ROOT / "schemas" / "job-event.schema.json")

@@ -16,7 +16,7 @@ import gateway
 from gateway.errors import GatewayError, problem_types
 from gateway.local.sandbox import serve
 from tests.apptools import build_app, function_client, settings_env
-from tests.conftest import CARTO_TOKEN, ROOT, SECRET
+from tests.constants import CARTO_TOKEN, ROOT, SECRET
 from tests.stackutil import signed_headers
 
 

@@ -20,7 +20,7 @@ import pytest
 from gateway.errors import PublishUnavailable
 from gateway.events import Message
 from gateway.pubsub import PubSubPublisher, RestPublish
-from tests.conftest import PROJECT
+from tests.constants import PROJECT
 from tests.stackutil import answer_json, pulled_topic
 
 

@@ -21,7 +21,7 @@ from gateway.local import emulators
 from gateway.local.sandbox import serve
 from gateway.tasks import CloudTasksScheduler, task_id, task_request
 from tests.apptools import POLL_URL, QUEUE, TASKS_ACCOUNT, RecordingPublisher, build_app, function_client, settings_env
-from tests.conftest import CARTO_TOKEN, TASKS_QUEUE
+from tests.constants import CARTO_TOKEN, TASKS_QUEUE
 from tests.rigs import BODY, push_body, served
 
 CHECK = Check("store-clusters:msg_1", "job_1", 9, 1_800_000_007.45, 1_800_000_009.31, 10)
@@ -193,7 +193,7 @@ def test_the_webhook_never_loads_the_cloud_tasks_client(tmp_path, test_schemas):
     import sys
     import textwrap
 
-    from tests.conftest import DEMO_SECRETS, ROOT
+    from tests.constants import DEMO_SECRETS, ROOT
 
     script = textwrap.dedent("""
         import json, sys, functions_framework

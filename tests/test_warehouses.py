@@ -11,7 +11,7 @@ from gateway.errors import ConfigError, Unprocessable
 from gateway.validation import render
 from gateway.warehouses import DATABRICKS_REFUSED, binding_type, scan
 from gateway.workflows import load_registry
-from tests.conftest import DEMO_SECRETS, ROOT
+from tests.constants import DEMO_SECRETS, ROOT
 
 SNOWFLAKE = json.loads((ROOT / "examples" / "workflows" / "store-revenue-snowflake.json").read_text())
 POSTGRES = json.loads((ROOT / "examples" / "workflows" / "parcels-postgres.json").read_text())

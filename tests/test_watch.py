@@ -14,7 +14,7 @@ from gateway.cli.watch import Event, Filters, format_json, format_line, watch
 from gateway.errors import ConfigError
 from gateway.events import completion_event, event_source
 from gateway.ledger import FINISHED, Delivery
-from tests.conftest import PROJECT
+from tests.constants import PROJECT
 
 SUBMITTED_AT = 1_714_564_800.0  # 2024-05-01T12:00:00Z
 ERROR = {"reason": "invalidQuery", "location": "query",

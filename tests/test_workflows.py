@@ -16,7 +16,7 @@ from gateway.local.demos import DEMO_SCHEMAS_DIR, local_schemas_dir
 from gateway.settings import Settings
 from gateway.warehouses import scan
 from gateway.workflows import load_registry, query_parameter_names
-from tests.conftest import ROOT, SECRET, demo_workflow_files
+from tests.constants import ROOT, SECRET, demo_workflow_files
 
 SEED = json.loads((ROOT / "examples" / "workflows" / "store-clusters.json").read_text())
 
