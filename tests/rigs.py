@@ -178,13 +178,17 @@ def events_of(*publishers: RecordingPublisher) -> list[dict[str, Any]]:
     return [event for publisher in publishers for event in publisher.events()]
 
 
-def assert_one_job_with_one_outcome(sandbox: SandboxServer, *publishers: RecordingPublisher) -> str:
-    """Exactly one CARTO job; at least one completion event, all for it, all with one ce-id; returns the job id."""
+def assert_one_job_with_one_outcome(sandbox: SandboxServer, *publishers: RecordingPublisher,
+                                    republished: bool = False) -> str:
+    """Exactly one CARTO job and exactly one completion event for it; returns the job id. `republished`: a
+    fault made the gateway publish the event again (the copies must then share its ce-id and outcome)."""
     jobs = sandbox.jobs()
     assert len(jobs) == 1, f"expected one CARTO job, got {[j.external_id for j in jobs]}"
     job_id = jobs[0].external_id
     events = events_of(*publishers)
     assert events, "the job yielded no completion event"
+    if not republished:
+        assert len(events) == 1, f"the event was published {len(events)} times"
     assert {e["attributes"]["job_id"] for e in events} == {job_id}
     outcomes = {e["attributes"]["ce-id"] for e in events}
     assert len(outcomes) == 1, f"more than one outcome for one job: {outcomes}"

@@ -29,18 +29,29 @@ def gateway_modules() -> dict[str, Path]:
     return {module_name(path): path for path in sorted(GATEWAY.rglob("*.py"))}
 
 
-def imports_of(path: Path, known: set[str]) -> set[str]:
-    """Every gateway module `path` imports, at any depth of the file (function-level imports too)."""
+def imported_modules(source: str, module: str) -> set[str]:
+    """Every module name `source` (the text of `module`) imports, at any depth of the file (function-level
+    imports too), relative ones resolved: `from ..local import x` in gateway.carto.client is gateway.local.x."""
+    is_package = module.endswith(".__init__")
+    package = module.removesuffix(".__init__").split(".")
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-        else:
-            continue
-        found |= {name for name in names if name in known}
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package if is_package else package[:-1]
+                parent = parent[:len(parent) - (node.level - 1)]
+                base = ".".join(parent + ([node.module] if node.module else []))
+            found |= {base} | {f"{base}.{alias.name}" for alias in node.names}
     return found
+
+
+def imports_of(path: Path, known: set[str]) -> set[str]:
+    """Every gateway module `path` imports."""
+    name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    return imported_modules(path.read_text(), name) & known
 
 
 @functools.cache
@@ -107,10 +118,19 @@ def test_every_gateway_module_is_in_the_code_map():
 def test_no_test_module_imports_another_test_module():
     offenders = []
     for path in sorted((ROOT / "tests").glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tests.test_"):
-                offenders.append(f"{path.name} imports {node.module}")
+        imported = imported_modules(path.read_text(), f"tests.{path.stem}")
+        offenders += [f"{path.name} imports {name}" for name in sorted(imported) if name.startswith("tests.test_")]
     assert offenders == []
+
+
+@pytest.mark.parametrize(("source", "module", "expected"), [
+    ("from ..local import devstack", "gateway.carto.client", "gateway.local.devstack"),
+    ("from .local.sandbox import serve", "gateway.http", "gateway.local.sandbox"),
+    ("from . import local", "gateway.__init__", "gateway.local"),
+    ("from .test_http import sandbox", "tests.test_poller", "tests.test_http"),
+])
+def test_relative_imports_are_resolved(source, module, expected):
+    assert expected in imported_modules(source, module)
 
 
 # What cites a document the repository does not hold: its name, an issue number, a section of "the design".

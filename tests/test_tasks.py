@@ -33,7 +33,7 @@ def test_the_task_is_an_oidc_http_call_of_poll_carrying_a_binary_cloudevent_at_t
     task = request["task"]
     http = task["http_request"]
     assert request["parent"] == QUEUE
-    assert task["name"] == f"{QUEUE}/tasks/{task_id(CHECK.key, 10)}"
+    assert task["name"] == f"{QUEUE}/tasks/31dbf5dc05e23b39f9fe61345624889b-10"
     assert task["schedule_time"].timestamp() == pytest.approx(CHECK.due_at, abs=1e-6)
     assert http["url"] == POLL_URL and http["http_method"] == "POST"
     assert http["oidc_token"] == {"service_account_email": TASKS_ACCOUNT, "audience": POLL_URL}
@@ -41,6 +41,19 @@ def test_the_task_is_an_oidc_http_call_of_poll_carrying_a_binary_cloudevent_at_t
         "ce-specversion": "1.0", "ce-type": CHECK_TYPE, "ce-source": "//src", "ce-subject": "job_1",
         "content-type": "application/json"}
     assert parse_check(http["body"]) == CHECK
+
+
+# sha256 of the key's UTF-8 bytes, written out: a name every process and every instance computes alike
+# (`echo -n KEY | sha256sum`), so a retried invocation elsewhere meets the task it created.
+PINNED_NAMES = [
+    ("store-clusters:msg_1", 10, "31dbf5dc05e23b39f9fe61345624889b-10"),
+    ("w:a", 1, "052614887028d2817a96c111b2c01c43-1"),
+]
+
+
+@pytest.mark.parametrize(("key", "index", "name"), PINNED_NAMES)
+def test_a_task_name_is_the_same_in_every_process(key, index, name):
+    assert task_id(key, index) == name
 
 
 def test_task_names_are_one_per_delivery_and_check_and_spread_by_a_hash_prefix():
