@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import SECRET
+from tests.constants import SECRET
 
 PROJECT_DS = "test-project.workflows_temp"
 HOSTILE = "x`; DROP TABLE y; --"

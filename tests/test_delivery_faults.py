@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from gateway.ledger import CLAIMED, SUBMITTED, TRACKED, open_ledger
-from tests.conftest import PROJECT
+from tests.constants import PROJECT
 from tests.rigs import (
     ACK,
     BODY,

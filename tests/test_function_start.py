@@ -20,7 +20,7 @@ from gateway.console import app as console_app
 from gateway.local import emulators
 from gateway.local.sandbox import serve
 from tests.apptools import settings_env
-from tests.conftest import CARTO_TOKEN, ROOT
+from tests.constants import CARTO_TOKEN, ROOT
 
 pytestmark = pytest.mark.stack  # starts functions-framework processes
 

@@ -33,7 +33,7 @@ from gateway.events import Message
 from gateway.local.sandbox import serve
 from tests import logquery
 from tests.apptools import RecordingPublisher, build_app, function_client, settings_env
-from tests.conftest import CARTO_TOKEN, ROOT, SECRET
+from tests.constants import CARTO_TOKEN, ROOT, SECRET
 from tests.deploytools import monitoring
 from tests.stackutil import signed_headers
 

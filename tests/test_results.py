@@ -19,7 +19,7 @@ from gateway.local.sandbox import serve
 from gateway.results import UnsafeName, bounded, quote_table, select_sql
 from gateway.workflows import load_registry
 from tests.apptools import FakeClock
-from tests.conftest import CARTO_TOKEN, ROOT
+from tests.constants import CARTO_TOKEN, ROOT
 from tests.resulttools import HOSTILE, PROJECT_DS, SCHEMA, SECRETS, merged, procedure, workflow, write_workflows
 from tests.rigs import EVENT_SCHEMA, Rig, gateway_env
 

@@ -10,7 +10,7 @@ import pytest
 
 from gateway.cli import main
 from gateway.local.sandbox import serve
-from tests.conftest import CARTO_TOKEN
+from tests.constants import CARTO_TOKEN
 from tests.resulttools import PROJECT_DS, SECRETS, merged, procedure, workflow, write_workflows
 
 MCP_QUERY = "CALL `carto-dw-ac-8l15x5rr.workflows_temp_x.wfproc_api_c3b932854a8512b2`(@area)"

@@ -17,7 +17,7 @@ import pytest
 from gateway.ledger.sqlite import SqliteLedger
 from gateway.local.devstack import LocalStack
 from tests.clienttools import install_client
-from tests.conftest import CARTO_TOKEN, OPERATOR_TOKEN, PROJECT, ROOT, SECRET
+from tests.constants import CARTO_TOKEN, OPERATOR_TOKEN, PROJECT, ROOT, SECRET
 from tests.resulttools import HOSTILE, PROJECT_DS, SCHEMA, SECRETS, merged, procedure, workflow, write_workflows
 from tests.stackutil import EventInbox, post_hook
 
