@@ -202,29 +202,48 @@ def test_the_tasks_settings_are_checked_when_they_are_read(tmp_path):
 
 
 def test_the_webhook_never_loads_the_cloud_tasks_client(tmp_path, test_schemas):
+    """Neither /healthz nor a signed delivery accepted with 202 (intake.accept: claim, submit, track)."""
     import subprocess
     import sys
     import textwrap
 
-    from tests.constants import DEMO_SECRETS, ROOT
+    from tests.constants import DEMO_SECRETS, ROOT, SECRET
+    from tests.stackutil import signed_headers
 
     script = textwrap.dedent("""
-        import json, sys, functions_framework
-        app = functions_framework.create_app(target="webhook", source="main.py")
-        answer = app.test_client().get("/healthz")
-        print(json.dumps({"status": answer.status_code,
+        import json, os, sys, functions_framework
+        from gateway.app import App
+        from gateway.settings import Settings
+
+        class Publisher:  # the tracking message is kept here: no Pub/Sub needed to reach the 202
+            def publish(self, topic, message):
+                return "1"
+
+        app = App.build(Settings.from_env(os.environ), publisher=Publisher())
+        flask_app = functions_framework.create_app(target="webhook", source="main.py")
+        sys.modules["main"]._app = lambda **_: app
+        client = flask_app.test_client()
+        health = client.get("/healthz").status_code
+        delivery = client.post("/hooks/store-clusters", data=bytes.fromhex(sys.argv[1]), headers=json.loads(sys.argv[2]))
+        print(json.dumps({"status": [health, delivery.status_code],
                           "loaded": sorted(m for m in sys.modules if m.startswith("google.cloud.tasks"))}))
     """)
-    env = {"PATH": "/usr/bin:/bin", "GATEWAY_SCHEMAS_DIR": str(test_schemas), "CARTO_API_BASE_URL": "http://127.0.0.1:9",
+    sandbox = serve(token="t", default_duration_s=60)
+    env = {"PATH": "/usr/bin:/bin", "GATEWAY_SCHEMAS_DIR": str(test_schemas), "CARTO_API_BASE_URL": sandbox.url,
            "CARTO_API_TOKEN": "t", **DEMO_SECRETS, "GOOGLE_CLOUD_PROJECT": "p",
            "GATEWAY_LEDGER": f"sqlite:///{tmp_path / 'ledger.sqlite3'}", "GATEWAY_TASKS_QUEUE": QUEUE,
            "GATEWAY_POLL_URL": POLL_URL, "GATEWAY_TASKS_SERVICE_ACCOUNT": TASKS_ACCOUNT}
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=120, check=False)
+    body = json.dumps(BODY).encode()
+    headers = signed_headers(SECRET, body, "msg_never_loads")
+    try:
+        done = subprocess.run([sys.executable, "-c", script, body.hex(), json.dumps(headers)], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120, check=False)
+    finally:
+        sandbox.stop()
 
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result == {"status": 200, "loaded": []}
+    assert result == {"status": [200, 202], "loaded": []}
 
 
 # 127.0.0.1 over IPv4, the same as an IPv4-mapped IPv6 address (gRPC's dual-stack socket), ::1.
