@@ -55,6 +55,7 @@ class Settings:
     ledger: str
     max_body_bytes: int
     poll_inline_s: float
+    submit_inline_s: float
     poll_first_s: float
     poll_factor: float
     sweep_grace_s: float
@@ -96,6 +97,7 @@ class Settings:
             ledger=reader.ledger("GATEWAY_LEDGER", DEFAULT_LEDGER),
             max_body_bytes=reader.integer("GATEWAY_MAX_BODY_BYTES", 1024 * 1024, minimum=1),
             poll_inline_s=reader.number("GATEWAY_POLL_INLINE_S", 5.0, minimum=0),
+            submit_inline_s=reader.number("GATEWAY_SUBMIT_INLINE_S", 2.0, minimum=0.1),
             poll_first_s=reader.number("GATEWAY_POLL_FIRST_S", 1.0, minimum=0.05),
             poll_factor=reader.number("GATEWAY_POLL_FACTOR", 1.25, minimum=1.01),
             sweep_grace_s=reader.number("GATEWAY_SWEEP_GRACE_S", 120.0, minimum=1),

@@ -53,6 +53,13 @@ class Workflow:
     validator: Any = field(repr=False, compare=False)
     warehouse: str = BIGQUERY
     result: ResultSpec | None = None  # whose rows go into the SUCCEEDED event (gateway/results.py)
+    max_concurrent_jobs: int | None = None  # `admission`: at most this many jobs at once (None: no cap)
+    when_busy: str = "queue"  # `admission`: queue | replace | refuse
+
+    @property
+    def admitted(self) -> bool:
+        """Whether deliveries go through the workflow's admission line (a cap, or paused)."""
+        return self.max_concurrent_jobs is not None or self.paused
 
     @property
     def positional(self) -> bool:
@@ -146,6 +153,7 @@ def load_workflow(path: Path, meta: Any, env: Mapping[str, str], *, id_token_ver
         raise ConfigError("\n".join(f"{path}: {p}" for p in problems))
     idempotency = definition.get("idempotency", {})
     carto = definition.get("carto", {})
+    admission = definition.get("admission", {})
     return Workflow(
         name=name,
         description=definition.get("description", ""),
@@ -165,6 +173,8 @@ def load_workflow(path: Path, meta: Any, env: Mapping[str, str], *, id_token_ver
         validator=validator,
         warehouse=family,
         result=ResultSpec.from_definition(definition["result"]) if "result" in definition else None,
+        max_concurrent_jobs=int(admission["max_concurrent_jobs"]) if "max_concurrent_jobs" in admission else None,
+        when_busy=admission.get("when_busy", "queue"),
     )
 
 

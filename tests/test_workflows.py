@@ -157,3 +157,31 @@ def test_settings_report_every_problem_together_and_hide_secrets():
     assert "GATEWAY_MAX_BODY_BYTES" in message and "GATEWAY_LEDGER" in message and "CARTO_CLIENT_SECRET" in message
     settings = Settings.from_env({"CARTO_API_TOKEN": "tok-SENTINEL"})
     assert "tok-SENTINEL" not in repr(settings)
+
+
+@pytest.mark.parametrize(("admission", "field", "problem"), [
+    ({"max_concurrent_jobs": 2.5}, "$.admission.max_concurrent_jobs", "integer"),
+    ({"max_concurrent_jobs": "2"}, "$.admission.max_concurrent_jobs", "integer"),
+    ({"max_concurrent_jobs": True}, "$.admission.max_concurrent_jobs", "integer"),
+    ({"max_concurrent_jobs": 0}, "$.admission.max_concurrent_jobs", "minimum of 1"),
+    ({"max_concurrent_jobs": -3}, "$.admission.max_concurrent_jobs", "minimum of 1"),
+    ({"max_concurrent_jobs": 1, "when_busy": "drop"}, "$.admission.when_busy", "queue"),
+    ({"when_busy": "queue"}, "$.admission", "max_concurrent_jobs"),
+    ({"max_concurrent_jobs": 1, "wait": True}, "$.admission", "wait"),
+], ids=["fraction", "string", "boolean", "zero", "negative", "unknown-when-busy", "when-busy-without-cap",
+        "unknown-field"])
+def test_a_bad_admission_block_names_the_file_and_the_field(schemas, admission, field, problem):
+    write(schemas, "capped", {**SEED, "admission": admission})
+    message = load_error(schemas)
+    line = next(line for line in message.splitlines() if "capped.json" in line)
+    assert f"{field}:" in line and problem in line
+
+
+def test_an_admission_block_loads_with_queue_as_the_default(schemas):
+    write(schemas, "capped", {**SEED, "admission": {"max_concurrent_jobs": 2}})
+    write(schemas, "refusing", {**SEED, "admission": {"max_concurrent_jobs": 1, "when_busy": "refuse"}})
+    registry = load_registry(schemas, {"STORE_CLUSTERS_SECRETS": SECRET})
+    capped, refusing = registry.get("capped"), registry.get("refusing")
+    assert (capped.max_concurrent_jobs, capped.when_busy, capped.admitted) == (2, "queue", True)
+    assert (refusing.max_concurrent_jobs, refusing.when_busy) == (1, "refuse")
+    assert registry.get("store-clusters") is None or not registry.get("store-clusters").admitted

@@ -65,8 +65,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import gateway.ledger.firestore_rest as rest
+import gateway.ledger.moves as moves
 from gateway.errors import ConfigError, LedgerUnavailable
-from gateway.ledger.records import CLAIMED, FINISHED, SUBMITTED, TRACKED, Claim, Delivery, DeliveryQuery
+from gateway.ledger.moves import Workspace
+from gateway.ledger.records import CLAIMED, FINISHED, SUBMITTED, TRACKED, Admitted, Claim, Delivery, DeliveryQuery
+from gateway.ledger.slots import Line, Rule
 
 if TYPE_CHECKING:
     from google.cloud import firestore
@@ -74,7 +77,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 _COLLECTION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _DATABASE = re.compile(r"\(default\)|[a-z][a-z0-9-]{3,62}")
-_JSON_FIELDS = {"parameters", "error", "actions", "result"}  # JSON text: key order kept, so an event rebuilt is the same bytes
+_JSON_FIELDS = {"parameters", "error", "actions", "result", "last_answer", "handed_to"}  # JSON text: key order kept
+_LINES_SUFFIX = "-admission"  # the collection of the workflows' admission lines, beside the deliveries
 _FILTERS = ("workflow", "outcome", "state")
 # The composite indexes `recent` needs: each non-empty combination of equality filters (in this
 # order), then created_at descending. deploy/deploy.sh keeps its list equal to this one
@@ -163,6 +167,9 @@ class FirestoreLedger:
     def _ref(self, key: str) -> firestore.DocumentReference:
         return self.client.collection(self.collection).document(document_id(key))
 
+    def _line_ref(self, workflow: str) -> firestore.DocumentReference:
+        return self.client.collection(self.collection + _LINES_SUFFIX).document(workflow)
+
     def claim(self, delivery: Delivery) -> Claim:
         stored = replace(delivery, updated_at=delivery.created_at)
         for _ in range(_CLAIM_ATTEMPTS):
@@ -213,7 +220,10 @@ class FirestoreLedger:
         return _from_doc(found[0]) if found else None
 
     def release(self, key: str, claim_token: str) -> bool:
-        return self._guarded(key, lambda d: _holds(d, claim_token), None)[1]
+        record, released = self._guarded(key, lambda d: _holds(d, claim_token) and not d.capped, None)
+        if not released and record is not None and record.capped and _holds(record, claim_token):
+            return self._move(record.workflow, lambda ws: moves.release(ws, key, claim_token))  # its slot with it
+        return released
 
     def take_over(self, key: str, claim_token: str, new_token: str, now: float) -> bool:
         return self._update(key, lambda d: _holds(d, claim_token), claim_token=new_token, updated_at=now)[1]
@@ -221,7 +231,8 @@ class FirestoreLedger:
     def mark_submitted(self, key: str, claim_token: str, job_id: str, submitted_at: float,
                        deadline_at: float, now: float) -> bool:
         return self._update(key, lambda d: _holds(d, claim_token), state=SUBMITTED, job_id=job_id,
-                            submitted_at=submitted_at, deadline_at=deadline_at, updated_at=now)[1]
+                            submitted_at=submitted_at, deadline_at=deadline_at, updated_at=now,
+                            hand_off_at=None, unknown=False)[1]
 
     def purge_expired(self, now: float) -> int:
         """Nothing to do: Firestore's TTL policy on `expires_at` deletes expired records."""
@@ -235,9 +246,12 @@ class FirestoreLedger:
     def finish(self, key: str, outcome: str, carto_state: str | None, error: dict[str, Any] | None,
                checks: int, finished_at: float, result: dict[str, Any] | None = None) -> Delivery:
         # First writer wins: a redelivered tracking message gets the outcome already recorded.
-        record, _ = self._update(key, lambda d: d.outcome is None, state=FINISHED, outcome=outcome,
+        record, _ = self._update(key, lambda d: d.outcome is None and not d.capped, state=FINISHED, outcome=outcome,
                                  carto_state=carto_state, error=error, checks=checks,
                                  finished_at=finished_at, updated_at=finished_at, result=result)
+        if record is not None and record.capped and record.outcome is None:  # its slot is handed on with it
+            record = self._move(record.workflow, lambda ws: moves.finish(ws, key, outcome, carto_state, error,
+                                                                          checks, finished_at, result))
         if record is None:
             raise LedgerUnavailable(f"ledger record {key} vanished")
         return record
@@ -249,6 +263,74 @@ class FirestoreLedger:
     def mark_published(self, key: str, now: float) -> None:
         self._update_with(key, lambda d: True,
                           lambda d: {"published": True, "updated_at": now, "published_at": d.published_at or now})
+
+    # Admission: each move reads and writes records and the workflow's line in one transaction of the
+    # client library (several documents at once; a single record's changes stay guarded REST writes).
+
+    def claim_admitted(self, delivery: Delivery, rule: Rule, now: float) -> Admitted:
+        return self._move(delivery.workflow, lambda ws: moves.claim_admitted(ws, delivery, rule, now))
+
+    def queue(self, key: str, claim_token: str, *, reason: str, hand_off_at: float, answer: dict[str, Any] | None,
+              unknown: bool, now: float) -> bool:
+        return self._move(key, lambda ws: moves.queue(ws, key, claim_token, reason=reason, hand_off_at=hand_off_at,
+                                                      answer=answer, unknown=unknown, now=now))
+
+    def dequeue(self, key: str, attempt: int, new_token: str, now: float) -> Delivery | None:
+        return self._move(key, lambda ws: moves.dequeue(ws, key, attempt, new_token, now))
+
+    def reschedule(self, key: str, attempt: int, hand_off_at: float, now: float) -> Delivery | None:
+        return self._move(key, lambda ws: moves.reschedule(ws, key, attempt, hand_off_at, now))
+
+    def end_queued(self, key: str, outcome: str, error: dict[str, Any] | None, now: float, *,
+                   claim_token: str | None = None) -> Delivery | None:
+        return self._move(key.partition(":")[0],
+                          lambda ws: moves.end_queued(ws, key, outcome, error, now, claim_token=claim_token))
+
+    def refill(self, workflow: str, rule: Rule, now: float) -> list[str]:
+        return self._move(workflow, lambda ws: moves.refill(ws, workflow, rule, now))
+
+    def line(self, workflow: str) -> Line | None:
+        with _unavailable():
+            snapshot = self._line_ref(workflow).get(**self._call)
+        return Line.from_dict(snapshot.to_dict()) if snapshot.exists else None
+
+    def _move(self, stripe_of: str, move: Callable[[Workspace], T]) -> T:
+        """Run a move of gateway/ledger/moves.py in one transaction: every read first (the workspace
+        buffers the writes), then the writes; Firestore retries it whole on contention. The records it
+        wrote are forgotten, so the next guarded write of one reads it again."""
+        from google.cloud import firestore
+
+        client = self.client
+        stripe = self._stripes[int(hashlib.sha256(stripe_of.encode()).hexdigest()[:8], 16) % _STRIPES]
+        written: list[str] = []
+
+        @firestore.transactional
+        def run(transaction: firestore.Transaction) -> T:
+            def read_record(key: str) -> Delivery | None:
+                snapshot = self._ref(key).get(transaction=transaction, **self._call)
+                return _from_doc(snapshot.to_dict()) if snapshot.exists else None
+
+            def read_line(workflow: str) -> Line | None:
+                snapshot = self._line_ref(workflow).get(transaction=transaction, **self._call)
+                return Line.from_dict(snapshot.to_dict()) if snapshot.exists else None
+
+            workspace = Workspace(read_record, read_line)
+            result = move(workspace)
+            for key, record in workspace.records.items():
+                if record is None:
+                    transaction.delete(self._ref(key))
+                else:
+                    transaction.set(self._ref(key), _to_doc(record))
+            for line in workspace.lines.values():
+                transaction.set(self._line_ref(line.workflow), line.as_dict())
+            written[:] = list(workspace.records)
+            return result
+
+        with stripe, _unavailable():
+            result = run(client.transaction())
+        for key in written:
+            self._forget(key)
+        return result
 
     def recent(self, query: DeliveryQuery) -> list[Delivery]:
         found = self.client.collection(self.collection)
@@ -416,7 +498,7 @@ def _from_doc(doc: dict[str, Any]) -> Delivery:
 
 
 def _empty(name: str) -> Any:
-    return {} if name == "parameters" else [] if name == "actions" else None
+    return {} if name == "parameters" else [] if name in ("actions", "handed_to") else None
 
 
 @contextmanager

@@ -5,19 +5,26 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import gateway.ledger.moves as moves
 from gateway.errors import LedgerUnavailable
-from gateway.ledger.records import CLAIMED, FINISHED, SUBMITTED, TRACKED, Claim, Delivery, DeliveryQuery
+from gateway.ledger.moves import Workspace
+from gateway.ledger.records import CLAIMED, FINISHED, SUBMITTED, TRACKED, Admitted, Claim, Delivery, DeliveryQuery
+from gateway.ledger.slots import Line, Rule
 
+T = TypeVar("T")
 _COLUMNS = tuple(Delivery.__dataclass_fields__)
-_JSON_COLUMNS = {"parameters", "error", "actions", "result"}
+_JSON_COLUMNS = {"parameters", "error", "actions", "result", "last_answer", "handed_to"}
+_BOOL_COLUMNS = ("published", "unknown", "capped")
 # Columns added after the first release: a ledger file made before them gains them on open.
 _ADDED_COLUMNS = {"tracked_at": "REAL", "published_at": "REAL", "rerun_of": "TEXT", "actions": "TEXT",
-                  "result": "TEXT"}
+                  "result": "TEXT", "queued_at": "REAL", "queue_reason": "TEXT", "hand_off_at": "REAL",
+                  "attempts": "INTEGER NOT NULL DEFAULT 0", "last_answer": "TEXT", "unknown": "INTEGER NOT NULL DEFAULT 0",
+                  "capped": "INTEGER NOT NULL DEFAULT 0", "superseded_by": "TEXT", "handed_to": "TEXT"}
 
 
 class SqliteLedger:
@@ -86,9 +93,14 @@ class SqliteLedger:
 
     def release(self, key: str, claim_token: str) -> bool:
         with self._guard():
-            cursor = self._db.execute("DELETE FROM deliveries WHERE key = ? AND claim_token = ? AND state = ?",
-                                      (key, claim_token, CLAIMED))
-        return cursor.rowcount == 1
+            cursor = self._db.execute("DELETE FROM deliveries WHERE key = ? AND claim_token = ? AND state = ? "
+                                      "AND capped = 0", (key, claim_token, CLAIMED))
+        if cursor.rowcount == 1:
+            return True
+        record = self.get(key)
+        if record is None or not record.capped:
+            return False
+        return self._move(lambda ws: moves.release(ws, key, claim_token))
 
     def take_over(self, key: str, claim_token: str, new_token: str, now: float) -> bool:
         return self._update("claim_token = ?, updated_at = ?", (new_token, now),
@@ -96,8 +108,8 @@ class SqliteLedger:
 
     def mark_submitted(self, key: str, claim_token: str, job_id: str, submitted_at: float,
                        deadline_at: float, now: float) -> bool:
-        return self._update("state = ?, job_id = ?, submitted_at = ?, deadline_at = ?, updated_at = ?",
-                            (SUBMITTED, job_id, submitted_at, deadline_at, now),
+        return self._update("state = ?, job_id = ?, submitted_at = ?, deadline_at = ?, updated_at = ?, "
+                            "hand_off_at = NULL, unknown = 0", (SUBMITTED, job_id, submitted_at, deadline_at, now),
                             "key = ? AND claim_token = ? AND state = ?", (key, claim_token, CLAIMED))
 
     def mark_tracked(self, key: str, now: float) -> None:
@@ -111,11 +123,70 @@ class SqliteLedger:
                      "result = ?",
                      (FINISHED, outcome, carto_state, json.dumps(error), checks, finished_at, finished_at,
                       json.dumps(result)),
-                     "key = ? AND outcome IS NULL", (key,))
+                     "key = ? AND outcome IS NULL AND capped = 0", (key,))
         record = self.get(key)
+        if record is not None and record.capped and record.outcome is None:  # its slot is handed on with it
+            record = self._move(lambda ws: moves.finish(ws, key, outcome, carto_state, error, checks, finished_at,
+                                                         result))
         if record is None:
             raise LedgerUnavailable(f"ledger record {key} vanished")
         return record
+
+    # Admission: each move reads and writes records and lines in one BEGIN IMMEDIATE transaction.
+
+    def claim_admitted(self, delivery: Delivery, rule: Rule, now: float) -> Admitted:
+        return self._move(lambda ws: moves.claim_admitted(ws, delivery, rule, now))
+
+    def queue(self, key: str, claim_token: str, *, reason: str, hand_off_at: float, answer: dict[str, Any] | None,
+              unknown: bool, now: float) -> bool:
+        return self._move(lambda ws: moves.queue(ws, key, claim_token, reason=reason, hand_off_at=hand_off_at,
+                                                 answer=answer, unknown=unknown, now=now))
+
+    def dequeue(self, key: str, attempt: int, new_token: str, now: float) -> Delivery | None:
+        return self._move(lambda ws: moves.dequeue(ws, key, attempt, new_token, now))
+
+    def reschedule(self, key: str, attempt: int, hand_off_at: float, now: float) -> Delivery | None:
+        return self._move(lambda ws: moves.reschedule(ws, key, attempt, hand_off_at, now))
+
+    def end_queued(self, key: str, outcome: str, error: dict[str, Any] | None, now: float, *,
+                   claim_token: str | None = None) -> Delivery | None:
+        return self._move(lambda ws: moves.end_queued(ws, key, outcome, error, now, claim_token=claim_token))
+
+    def refill(self, workflow: str, rule: Rule, now: float) -> list[str]:
+        return self._move(lambda ws: moves.refill(ws, workflow, rule, now))
+
+    def line(self, workflow: str) -> Line | None:
+        with self._guard():
+            return self._line(workflow)
+
+    def _line(self, workflow: str) -> Line | None:
+        row = self._db.execute("SELECT line FROM admission WHERE workflow = ?", (workflow,)).fetchone()
+        return Line.from_dict(json.loads(row[0])) if row else None
+
+    def _move(self, move: Callable[[Workspace], T]) -> T:
+        """Run a move of gateway/ledger/moves.py in one write transaction (BEGIN IMMEDIATE takes the
+        write lock first, so two processes' moves on one line run one after the other)."""
+        with self._guard():
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                workspace = Workspace(self._get, self._line)
+                result = move(workspace)
+                for key, record in workspace.records.items():
+                    if record is None:
+                        db.execute("DELETE FROM deliveries WHERE key = ?", (key,))
+                    else:
+                        row = _to_row(record)
+                        db.execute(f"INSERT OR REPLACE INTO deliveries ({', '.join(_COLUMNS)}) "
+                                   f"VALUES ({', '.join('?' * len(_COLUMNS))})", [row[c] for c in _COLUMNS])
+                for line in workspace.lines.values():
+                    db.execute("INSERT OR REPLACE INTO admission (workflow, line) VALUES (?, ?)",
+                               (line.workflow, json.dumps(line.as_dict())))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return result
 
     def note_checks(self, key: str, checks: int, last_check_at: float, next_check_at: float | None = None) -> None:
         updated_at = last_check_at if next_check_at is None else next_check_at
@@ -203,7 +274,8 @@ def _to_row(delivery: Delivery) -> dict[str, Any]:
     row = {column: getattr(delivery, column) for column in _COLUMNS}  # shallow: the JSON columns are dumped
     for column in _JSON_COLUMNS:
         row[column] = json.dumps(row[column])
-    row["published"] = int(row["published"])
+    for column in _BOOL_COLUMNS:
+        row[column] = int(row[column])
     return row
 
 
@@ -211,12 +283,13 @@ def _from_row(row: tuple[Any, ...]) -> Delivery:
     data = dict(zip(_COLUMNS, row, strict=True))
     for column in _JSON_COLUMNS:
         data[column] = json.loads(data[column]) if data[column] else _empty(column)
-    data["published"] = bool(data["published"])
+    for column in _BOOL_COLUMNS:
+        data[column] = bool(data[column])
     return Delivery.from_dict(data)
 
 
 def _empty(column: str) -> Any:
-    return {} if column == "parameters" else [] if column == "actions" else None
+    return {} if column == "parameters" else [] if column in ("actions", "handed_to") else None
 
 
 _SCHEMA = """
@@ -229,6 +302,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 """
 _INDEXES = """
+CREATE TABLE IF NOT EXISTS admission (workflow TEXT PRIMARY KEY, line TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS deliveries_job ON deliveries (job_id);
 CREATE INDEX IF NOT EXISTS deliveries_updated ON deliveries (updated_at);
 CREATE INDEX IF NOT EXISTS deliveries_created ON deliveries (created_at DESC, key DESC);
