@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway import logs
+from gateway.admission import Admission
 from gateway.auth.config import default_id_token_verifier
 from gateway.auth.operators import Operators
 from gateway.carto import CartoClient, ClientCredentials, StaticToken, TokenSource
@@ -44,6 +45,7 @@ class App:
     clock: Clock
     scheduler: Scheduler
     operators: Operators
+    admission: Admission
 
     @classmethod
     def build(cls, settings: Settings, *, registry: Registry | None = None, http: Http | None = None,
@@ -58,9 +60,6 @@ class App:
                             sleep=clock.sleep, workflow_tokens=_workflow_tokens(settings, registry))
         ledger = ledger or open_ledger(settings.ledger, project=settings.project)
         publisher = publisher or PubSubPublisher(settings.project)
-        intake = Intake(carto=carto, ledger=ledger, publisher=publisher, jobs_topic=settings.jobs_topic,
-                        default_base_url=settings.carto_api_base_url, retention_s=settings.retention_s,
-                        clock=clock.now)
         source = event_source(settings.project)
         scheduler = scheduler or CloudTasksScheduler(
             queue=settings.tasks_queue, poll_url=settings.poll_url, service_account=settings.tasks_service_account,
@@ -70,10 +69,17 @@ class App:
                         inline_s=settings.poll_inline_s, scheduler=scheduler, quiet_s=settings.sweep_grace_s,
                         results=ResultReader(carto, _result_specs(registry), budget_s=settings.result_budget_s,
                                              max_bytes=settings.result_max_bytes))
-        sweeper = Sweeper(ledger=ledger, intake=intake, poller=poller, clock=clock.now, grace_s=settings.sweep_grace_s)
+        intake = Intake(carto=carto, ledger=ledger, publisher=publisher, jobs_topic=settings.jobs_topic,
+                        default_base_url=settings.carto_api_base_url, retention_s=settings.retention_s,
+                        clock=clock.now, poller=poller, inline_s=settings.submit_inline_s,
+                        reconcile_after_s=carto.longest_post_s)
+        admission = Admission(ledger=ledger, intake=intake, poller=poller, registry=registry, clock=clock.now)
+        sweeper = Sweeper(ledger=ledger, intake=intake, poller=poller, admission=admission, registry=registry,
+                          clock=clock.now, grace_s=settings.sweep_grace_s)
         operators = Operators.from_settings(tuple(token.reveal() for token in settings.operator_tokens),
                                             settings.operators, _verifier(id_token_verifier))
-        return cls(settings, registry, carto, ledger, publisher, intake, poller, sweeper, clock, scheduler, operators)
+        return cls(settings, registry, carto, ledger, publisher, intake, poller, sweeper, clock, scheduler, operators,
+                   admission)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, verify_senders: bool = True) -> App:

@@ -36,7 +36,16 @@ from gateway.errors import (
     UnsupportedMediaType,
     crash,
 )
-from gateway.events import CHECK_TYPE, Check, Tracking, attributes_of, parse_check, parse_tracking
+from gateway.events import (
+    CHECK_TYPE,
+    SUBMIT_TYPE,
+    Check,
+    Tracking,
+    attributes_of,
+    parse_check,
+    parse_handoff,
+    parse_tracking,
+)
 from gateway.idempotency import check_length, message_key
 from gateway.intake import Inbound
 from gateway.serving import Response
@@ -127,11 +136,33 @@ def pubsub_message(cloud_event: Any) -> tuple[bytes, dict[str, str], str | None]
 
 
 def poll(app: App, cloud_event: Any) -> None:
-    """Check one job (the tracking message's push, or a check task from Cloud Tasks). Returning is a
-    2xx, also while the job runs (its next check is scheduled); raising (a dependency down) makes the
-    subscription or the queue retry."""
+    """Check one job (the tracking message's push, or a check task from Cloud Tasks), or submit a queued
+    delivery (a submit task). Returning is a 2xx, also while the job runs or the delivery waits (its next
+    task is scheduled); raising (a dependency down) makes the subscription or the queue retry."""
     with logs.invocation():
-        _poll(app, cloud_event)
+        if _event_type(cloud_event) == SUBMIT_TYPE:
+            _hand_off(app, cloud_event)
+        else:
+            _poll(app, cloud_event)
+
+
+def _hand_off(app: App, cloud_event: Any) -> None:
+    try:
+        data = cloud_event.data if hasattr(cloud_event, "data") else None
+        if not isinstance(data, Mapping | bytes | str):
+            raise PoisonMessage("the submit task carries no JSON body")
+        handoff = parse_handoff(data.encode() if isinstance(data, str) else data)
+    except PoisonMessage as exc:
+        log.error("poison submit task acked: %s", exc.detail)
+        return
+    with logs.bound(workflow=handoff.workflow, key=handoff.key):
+        try:
+            record = app.admission.handle(handoff)
+            log.info("submit task done", extra={"state": record.state if record else None,
+                                                "job_id": record.job_id if record else None})
+        except Unavailable as exc:
+            log.warning("submit task failed, to be retried: %s", exc.detail)
+            raise
 
 
 def poll_trigger(cloud_event: Any) -> Tracking | Check:

@@ -14,6 +14,7 @@
     ├── ActionRefused           409   the console: the action does not apply to the delivery as it stands
     ├── PayloadTooLarge         413   body over GATEWAY_MAX_BODY_BYTES
     ├── UnsupportedMediaType    415   not application/json
+    ├── WorkflowBusy            429   the workflow is at its cap and its `when_busy` is `refuse`
     ├── Unprocessable           422   schema or type violation (carries `errors`)
     │   └── IdempotencyKeyReused 422  same key, different body
     ├── UpstreamRejected        502   CARTO refused the job; retrying will not help
@@ -220,6 +221,17 @@ class UnsupportedMediaType(GatewayError):
     what_to_do = "Send the body with `Content-Type: application/json`."
 
 
+class WorkflowBusy(GatewayError):
+    status, code, title = 429, "workflow-busy", "The workflow is busy, retry later"
+    what_happened = ("The workflow already runs as many jobs as its `admission.max_concurrent_jobs` allows, and its "
+                     "`when_busy` is `refuse`: the delivery was not recorded and nothing will run for it.")
+    what_to_do = ("Send it again after `Retry-After` seconds (same idempotency key); it is accepted once a running job of "
+                  "the workflow has ended.")
+
+    def __init__(self, detail: str = "", *, retry_after: int | None = 30, **kw: Any):
+        super().__init__(detail, retry_after=retry_after, **kw)
+
+
 class Unprocessable(GatewayError):
     status, code, title = 422, "validation-failed", "Payload does not match the workflow"
     what_happened = ("The JSON is well formed but does not match the workflow: its schema, a parameter's type, or a required "
@@ -246,7 +258,8 @@ class UpstreamRejected(GatewayError):
 
 class Unavailable(GatewayError):
     status, code, title = 503, "unavailable", "Service unavailable, retry later"
-    what_happened = "A service the gateway needs is unavailable right now, or the workflow is paused; nothing was half-done."
+    what_happened = ("A service the gateway needs to record the delivery (its ledger, Pub/Sub or Cloud Tasks) is unavailable "
+                     "right now; nothing was half-done.")
     what_to_do = "Retry after `Retry-After` seconds; the same request will be accepted once the service is back."
 
     def __init__(self, detail: str = "", *, retry_after: int | None = 5, **kw: Any):

@@ -4,11 +4,14 @@ CloudEvents (README, "Completion events").
 Completion events use the CloudEvents Pub/Sub protocol binding in binary mode: context attributes
 travel as `ce-` message attributes, the data is the JSON body
 (https://github.com/googleapis/google-cloudevents/blob/main/docs/spec/pubsub.md). `ce-id` is
-`{job_id}:{outcome}`, stable across redeliveries, so subscribers can de-duplicate.
+`{job_id}:{outcome}`, stable across redeliveries, so subscribers can de-duplicate; a delivery that
+never got a job (superseded, cancelled or refused while queued, or unsubmitted at its deadline) has
+`job_id: null` and the id `delivery-{sha256(key)[:32]}:{outcome}`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Mapping
@@ -18,13 +21,14 @@ from typing import Any, Protocol
 
 from gateway.carto import CANCELLED, FAILED, SUCCEEDED, TIMED_OUT
 from gateway.errors import PoisonMessage
-from gateway.ledger import Delivery
+from gateway.ledger import SUPERSEDED, Delivery
 
 EVENT_TYPES = {
     SUCCEEDED: "com.carto.workflows.job.succeeded",
     FAILED: "com.carto.workflows.job.failed",
     TIMED_OUT: "com.carto.workflows.job.timed_out",
     CANCELLED: "com.carto.workflows.job.cancelled",
+    SUPERSEDED: "com.carto.workflows.job.superseded",
 }
 
 
@@ -146,25 +150,73 @@ def _number(value: Any) -> float:
     return float(value)
 
 
+def subject_of(delivery: Delivery) -> str:
+    """The event's subject: the job id, or for a delivery without a job a stable id from its key."""
+    if delivery.job_id:
+        return delivery.job_id
+    return f"delivery-{hashlib.sha256(delivery.key.encode()).hexdigest()[:32]}"
+
+
+SUBMIT_TYPE = "com.carto.workflows.job.submit"
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """One submit hand-off of a queued delivery: the task body `poll` receives. Everything else is read
+    from the ledger; `attempt` (the record's `attempts` when it was scheduled) names the task, so a task
+    that finds the record moved on is recognised as stale."""
+
+    key: str
+    workflow: str
+    attempt: int
+    due_at: float
+
+
+def handoff_body(handoff: Handoff) -> bytes:
+    return json.dumps(handoff.__dict__, separators=(",", ":")).encode()
+
+
+def parse_handoff(data: bytes | Mapping[str, Any]) -> Handoff:
+    """Read a submit task's body (bytes, or JSON already parsed); PoisonMessage if it is not one."""
+    try:
+        body = dict(data) if isinstance(data, Mapping) else json.loads(data)
+        handoff = Handoff(str(body["key"]), str(body["workflow"]), int(body["attempt"]), float(body["due_at"]))
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError, AttributeError) as exc:
+        raise PoisonMessage(f"not a submit task: {type(exc).__name__}") from None
+    if not handoff.key or handoff.attempt < 0:
+        raise PoisonMessage("not a submit task: no key or a negative attempt")
+    return handoff
+
+
 def completion_event(delivery: Delivery, *, source: str) -> Message:
-    """The one CloudEvent that says how a finished job ended."""
-    assert delivery.outcome in EVENT_TYPES and delivery.job_id and delivery.finished_at is not None
+    """The one CloudEvent that says how a finished delivery ended (with its job, or without one)."""
+    assert delivery.outcome in EVENT_TYPES and delivery.finished_at is not None
     data = event_data(delivery)
+    subject = subject_of(delivery)
     attributes = {
         "ce-specversion": "1.0",
-        "ce-id": f"{delivery.job_id}:{delivery.outcome}",
+        "ce-id": f"{subject}:{delivery.outcome}",
         "ce-source": source,
         "ce-type": EVENT_TYPES[delivery.outcome],
         "ce-time": isoformat(delivery.finished_at),
-        "ce-subject": delivery.job_id,
+        "ce-subject": subject,
         "content-type": "application/json",
         "workflow": delivery.workflow,
         "outcome": delivery.outcome,
-        "job_id": delivery.job_id,
     }
+    if delivery.job_id:
+        attributes["job_id"] = delivery.job_id
     if delivery.trace:
         attributes["trace"] = delivery.trace
     return Message(json.dumps(data, separators=(",", ":")).encode(), attributes)
+
+
+def queued_s(delivery: Delivery) -> float:
+    """Acceptance to submission (to the end, for a delivery that never got a job); 0 when submitted inline."""
+    if delivery.queued_at is None:
+        return 0.0
+    until = delivery.submitted_at if delivery.submitted_at is not None else delivery.finished_at
+    return round(max(0.0, (until if until is not None else delivery.queued_at) - delivery.created_at), 3)
 
 
 def event_data(delivery: Delivery) -> dict[str, Any]:
@@ -185,6 +237,8 @@ def event_data(delivery: Delivery) -> dict[str, Any]:
         "checks": delivery.checks,
         "parameters": delivery.parameters,
         **({"result": delivery.result} if delivery.result is not None else {}),
+        "queued_s": queued_s(delivery),
+        "superseded_by": delivery.superseded_by,
     }
 
 

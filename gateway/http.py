@@ -11,6 +11,7 @@ import logging
 import re
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 import flask
 
@@ -179,7 +180,7 @@ def _webhook(app: App, workflow: Workflow, request: flask.Request) -> Response:
     accepted = app.intake.accept(inbound)
     logs.bind(job_id=accepted.job_id)
     request.environ[_DELIVERY_EVENT] = "delivery.duplicate" if accepted.duplicate else "delivery.accepted"
-    status_url = f"/jobs/{accepted.job_id}"
+    status_url = f"/jobs/{accepted.job_id}" if accepted.job_id else f"/deliveries/{quote(accepted.key, safe='')}"
     status = 200 if accepted.duplicate else 202
     return _json(accepted.as_dict(status_url), status, {"Location": status_url})
 

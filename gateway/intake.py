@@ -2,12 +2,15 @@
 
 Shared by the `webhook` (HTTP) and `submit` (Pub/Sub) entry points. The order of the steps is
 the guarantee: a claim before the job, the job id in the ledger before the 202, and every way
-out of the middle either releases the claim (nothing happened) or leaves a record the sweeper
-and the sender's retry can finish.
+out of the middle either releases the claim (nothing happened), leaves the delivery queued with
+its submit hand-off (CARTO could not take it now: accepted all the same), or leaves a record the
+sweeper can finish. A capped or paused workflow's deliveries claim through its admission line
+(docs/architecture.md, "Admission").
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 from collections.abc import Callable, Mapping
@@ -15,9 +18,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway import idempotency, logs
-from gateway.carto import CartoClient, delivery_marker, delivery_metadata
+from gateway.carto import FAILED, CartoClient, delivery_marker, delivery_metadata
 from gateway.carto.dialects import connection_of, find_by_marker, find_by_metadata, job_id_of
 from gateway.errors import (
+    CartoUnavailable,
     DeliveryInFlight,
     FieldError,
     GatewayError,
@@ -25,16 +29,21 @@ from gateway.errors import (
     NotFound,
     PublishUnavailable,
     SubmitOutcomeUnknown,
+    TasksUnavailable,
     Unavailable,
+    UpstreamRejected,
+    WorkflowBusy,
 )
-from gateway.events import Publisher, tracking_message
-from gateway.ledger import CLAIMED, SUBMITTED, Delivery, Ledger
+from gateway.events import Handoff, Publisher, queued_s, tracking_message
+from gateway.ledger import BUSY, CLAIMED, QUEUED, SUBMITTED, WAIT, Admitted, Delivery, Ledger, Rule
+from gateway.poller import Poller
 from gateway.validation import Rendered, render
 from gateway.workflows import Workflow
 
 log = logging.getLogger("gateway.intake")
 CLAIM_MARGIN_S = 30.0  # beyond the longest CARTO submit (CartoClient.longest_submit_s) before a claim is stale
 RECONCILE_FETCHES = 20  # listed jobs without metadata fetched one by one, newest first, before the marker is tried
+BACKOFF_FIRST_S, BACKOFF_MAX_S = 2.0, 120.0  # a queued delivery's submit attempts: 2 s, 4 s, … at most 2 min apart
 
 
 @dataclass(frozen=True)
@@ -52,37 +61,53 @@ class Inbound:
 
 @dataclass(frozen=True)
 class Accepted:
-    """The answer to a delivery: its job, and whether it was a replay."""
+    """The answer to a delivery: its job (None while it is queued), and whether it was a replay."""
 
-    job_id: str
+    job_id: str | None
     workflow: str
     delivery_id: str | None
     duplicate: bool
     key: str
+    queued: bool = False
 
     def as_dict(self, status_url: str) -> dict[str, Any]:
         return {"job_id": self.job_id, "workflow": self.workflow, "status_url": status_url,
-                "delivery_id": self.delivery_id, "duplicate": self.duplicate}
+                "delivery_id": self.delivery_id, "duplicate": self.duplicate, "queued": self.queued}
+
+
+def rule_of(workflow: Workflow) -> Rule:
+    """The admission rule a workflow file states."""
+    return Rule(workflow.max_concurrent_jobs, workflow.when_busy, workflow.paused)
+
+
+def backoff_s(attempts: int, retry_after: float | None, key: str) -> float:
+    """The wait before a queued delivery's next submit attempt: doubling from BACKOFF_FIRST_S up to BACKOFF_MAX_S,
+    never sooner than CARTO's Retry-After, spread by up to a quarter by the key (deliveries queued in one
+    burst do not all come back in the same second)."""
+    base = max(min(BACKOFF_FIRST_S * 2 ** max(attempts - 1, 0), BACKOFF_MAX_S), float(retry_after or 0))
+    spread = int(hashlib.sha256(key.encode()).hexdigest()[:4], 16) / 0xFFFF
+    return base * (1 + spread / 4)
 
 
 class Intake:
     """Turns inbound deliveries into CARTO jobs exactly once."""
 
     def __init__(self, *, carto: CartoClient, ledger: Ledger, publisher: Publisher, jobs_topic: str,
-                 default_base_url: str | None, retention_s: int, clock: Callable[[], float],
-                 claim_stale_s: float | None = None):
-        self.carto, self.ledger, self.publisher = carto, ledger, publisher
+                 default_base_url: str | None, retention_s: int, clock: Callable[[], float], poller: Poller,
+                 inline_s: float, reconcile_after_s: float, claim_stale_s: float | None = None):
+        self.carto, self.ledger, self.publisher, self.poller = carto, ledger, publisher, poller
         self.claim_stale_s = claim_stale_s if claim_stale_s is not None else carto.longest_submit_s + CLAIM_MARGIN_S
         self.jobs_topic, self.default_base_url = jobs_topic, default_base_url
         self.retention_s, self.clock = retention_s, clock
+        # The inline budget; and how long after a POST of unknown outcome its job is looked for (the POST may
+        # still be landing at CARTO until then).
+        self.inline_s, self.reconcile_after_s = inline_s, reconcile_after_s
 
     def accept(self, inbound: Inbound) -> Accepted:
-        """Validate, map, claim, submit and track one delivery; replays answer the original job."""
-        workflow = inbound.workflow
-        if workflow.paused:
-            raise Unavailable(f"workflow {workflow.name} is paused", retry_after=300)
-        rendered = render(workflow, inbound.payload, inbound.headers)
-        return self._claim(self._new_delivery(inbound, rendered), workflow)
+        """Validate, map, claim, submit and track one delivery; replays answer the original job. CARTO
+        unable to take the job now, or the workflow at its cap or paused: accepted all the same, queued."""
+        rendered = render(inbound.workflow, inbound.payload, inbound.headers)
+        return self._claim(self._new_delivery(inbound, rendered), inbound.workflow)
 
     def rerun(self, original: Delivery, workflow: Workflow, attempt: int, *, trace: str | None = None) -> Accepted:
         """Run a delivery again as a new one, `{key}:rerun-{attempt}`, with the CALL and parameters that
@@ -101,10 +126,47 @@ class Intake:
             parameters=original.parameters, deadline_at=now + workflow.deadline_s, rerun_of=original.key))
 
     def _claim(self, delivery: Delivery, workflow: Workflow) -> Accepted:
-        claim = self.ledger.claim(delivery)
+        if workflow.admitted:
+            return self._admit(delivery, workflow)
+        claim = self.ledger.claim(delivery)  # the fast path: no line, no transaction beyond the claim
         if claim.created:
             return self._submit(claim.delivery, workflow)
         return self._replay(claim.delivery, delivery.fingerprint, workflow)
+
+    def _admit(self, delivery: Delivery, workflow: Workflow) -> Accepted:
+        """Claim through the workflow's line: a slot (submit now), a place (queued) or busy (refused)."""
+        admitted = self.ledger.claim_admitted(delivery, rule_of(workflow), self.clock())
+        self.after_arrival(admitted)
+        if admitted.verdict == BUSY:
+            raise WorkflowBusy(f"workflow {workflow.name} already runs {workflow.max_concurrent_jobs} job(s)")
+        if not admitted.created:
+            return self._replay(admitted.delivery, delivery.fingerprint, workflow)
+        if admitted.verdict == WAIT:
+            record = admitted.delivery
+            log.info("delivery queued", extra=logs.event("delivery.queued", workflow=record.workflow,
+                                                              reason=record.queue_reason, key=record.key))
+            return self._accepted(record, duplicate=False)
+        return self._submit(admitted.delivery, workflow)
+
+    def after_arrival(self, admitted: Admitted) -> None:
+        """The events of the deliveries an arrival replaced, and the hand-offs of those it let through.
+        Neither may fail the arrival: the sweeper publishes and hands off whatever is left over."""
+        for key in admitted.replaced:
+            record = self.ledger.get(key)
+            if record is None or record.outcome is None:
+                continue
+            log.info("delivery superseded", extra=logs.event("delivery.superseded", workflow=record.workflow,
+                                                                  key=key))
+            try:
+                self.poller.publish(record)
+            except PublishUnavailable as exc:
+                log.warning("superseded event not published; the sweeper will: %s", exc.detail, extra={"key": key})
+        self.poller.hand_off(admitted.granted)
+
+    @staticmethod
+    def _accepted(record: Delivery, *, duplicate: bool) -> Accepted:
+        queued = record.job_id is None and record.outcome is None
+        return Accepted(record.job_id, record.workflow, record.delivery_id, duplicate, record.key, queued)
 
     def _new_delivery(self, inbound: Inbound, rendered: Rendered) -> Delivery:
         now = self.clock()
@@ -124,29 +186,94 @@ class Intake:
             raise Unavailable("no CARTO_API_BASE_URL configured for this workflow")
         return base
 
-    def _submit(self, delivery: Delivery, workflow: Workflow) -> Accepted:
+    def _post(self, delivery: Delivery, workflow: Workflow, budget_s: float | None) -> str:
         query = f"{delivery.query}\n{delivery_marker(delivery.key)}"
+        return self.carto.submit(delivery.api_base_url, delivery.connection, query,
+                                 workflow.wire(delivery.parameters or {}), workflow=delivery.workflow,
+                                 metadata=delivery_metadata(delivery.key, delivery.workflow, delivery.delivery_id),
+                                 budget_s=budget_s)
+
+    def _submit(self, delivery: Delivery, workflow: Workflow) -> Accepted:
+        """The inline try, within the budget; CARTO unable to take the job now → queued (202 all the same)."""
         try:
-            job_id = self.carto.submit(delivery.api_base_url, delivery.connection, query,
-                                       workflow.wire(delivery.parameters or {}),
-                                       workflow=delivery.workflow,
-                                       metadata=delivery_metadata(delivery.key, delivery.workflow, delivery.delivery_id))
-        except SubmitOutcomeUnknown:
-            # The job may exist: keep the claim, so neither a retry nor the sweeper submits it twice
-            # before reconciling with CARTO's job list.
-            log.warning("job submission outcome unknown",
+            job_id = self._post(delivery, workflow, self.inline_s)
+        except SubmitOutcomeUnknown as exc:
+            # The job may exist: it is looked for (metadata, then marker) before anything is posted again.
+            log.warning("job submission outcome unknown; queued",
                         extra=logs.event("carto.failed", kind="submit_unknown", key=delivery.key))
-            raise
-        except GatewayError as exc:  # unavailable or refused before any job exists: undo the claim
+            return self._queue(delivery, exc, unknown=True)
+        except CartoUnavailable as exc:
+            log.warning("job not submitted: %s; queued", exc.detail, extra=logs.event("carto.failed", kind="submit"))
+            return self._queue(delivery, exc, unknown=False)
+        except GatewayError:  # refused before any job exists: undo the claim (and hand its slot on)
             self.ledger.release(delivery.key, delivery.claim_token)
-            if isinstance(exc, Unavailable):
-                log.warning("job not submitted: %s", exc.detail, extra=logs.event("carto.failed", kind="submit"))
+            if delivery.capped and (workflow := self._workflow_of(delivery, workflow)) is not None:
+                self.poller.hand_off(self.ledger.refill(delivery.workflow, rule_of(workflow), self.clock()))
             raise
         return self._record_job(delivery, job_id, duplicate=False)
 
+    @staticmethod
+    def _workflow_of(delivery: Delivery, workflow: Workflow | None) -> Workflow | None:
+        return workflow if workflow is not None and workflow.name == delivery.workflow else None
+
+    def _queue(self, delivery: Delivery, exc: CartoUnavailable, *, unknown: bool) -> Accepted:
+        """Record that CARTO could not take the job now and hand the delivery to a submit task due later."""
+        now = self.clock()
+        slow = unknown and "Timeout" in exc.detail  # ReadTimeoutError: CARTO is slow, not down
+        reason = "carto_slow" if slow else "carto_unavailable"
+        delay = self.reconcile_after_s if unknown else backoff_s(delivery.attempts + 1, exc.retry_after, delivery.key)
+        answer = {"status": _status_in(exc.detail), "message": exc.detail[:300]}
+        if not self.ledger.queue(delivery.key, delivery.claim_token, reason=reason, hand_off_at=now + delay,
+                                 answer=answer, unknown=unknown, now=now):
+            raise DeliveryInFlight("the same delivery is being resumed elsewhere", retry_after=2)
+        due = now + delay if delivery.deadline_at is None else min(now + delay, delivery.deadline_at)
+        if delivery.queued_at is None:
+            log.info("delivery queued", extra=logs.event("delivery.queued", workflow=delivery.workflow,
+                                                              reason=reason, key=delivery.key))
+        self.hand_off(Handoff(delivery.key, delivery.workflow, delivery.attempts + 1, due))
+        return Accepted(None, delivery.workflow, delivery.delivery_id, False, delivery.key, queued=True)
+
+    def hand_off(self, handoff: Handoff) -> None:
+        """Schedule a submit task; when Cloud Tasks cannot take it now the delivery stays queued with its
+        hand-off due, and the sweeper re-drives it."""
+        try:
+            self.poller.scheduler.hand_off(handoff)
+        except TasksUnavailable as exc:
+            log.warning("submit hand-off not scheduled; the sweeper will re-drive it: %s", exc.detail,
+                        extra={"key": handoff.key})
+
+    def submit_queued(self, delivery: Delivery, workflow: Workflow) -> Delivery:
+        """A submit task's work on a queued delivery it has dequeued (claimed under its own token): find
+        the job of a POST whose outcome was unknown, else post (no budget: a task may wait for CARTO).
+        CARTO unable → queued again, with backoff; refused for good → one FAILED event, no job."""
+        try:
+            job_id = self.find_submitted_job(delivery) if delivery.unknown else None
+            if job_id is None:
+                job_id = self._post(delivery, workflow, None)
+        except SubmitOutcomeUnknown as exc:
+            self._queue(delivery, exc, unknown=True)
+            return self.ledger.get(delivery.key) or delivery
+        except CartoUnavailable as exc:
+            self._queue(delivery, exc, unknown=delivery.unknown)
+            return self.ledger.get(delivery.key) or delivery
+        except (UpstreamRejected, NotFound) as exc:
+            ended = self.ledger.end_queued(delivery.key, FAILED, {"reason": "notAccepted", "location": None,
+                                                                   "message": exc.detail[:1000]},
+                                           self.clock(), claim_token=delivery.claim_token)
+            return self.poller.publish(ended) if ended is not None else (self.ledger.get(delivery.key) or delivery)
+        self._record_job(delivery, job_id, duplicate=False)
+        submitted = self.ledger.get(delivery.key) or delivery
+        log.info("queued delivery submitted", extra=logs.event("delivery.dequeued", workflow=delivery.workflow,
+                                                                    key=delivery.key, job_id=job_id,
+                                                                    queued_s=queued_s(submitted)))
+        return submitted
+
     def _record_job(self, delivery: Delivery, job_id: str, *, duplicate: bool) -> Accepted:
         now = self.clock()
-        deadline = now + ((delivery.deadline_at or now) - delivery.created_at)
+        if delivery.queued_at is not None and delivery.deadline_at is not None:
+            deadline = delivery.deadline_at  # counted from acceptance
+        else:
+            deadline = now + ((delivery.deadline_at or now) - delivery.created_at)
         if not self.ledger.mark_submitted(delivery.key, delivery.claim_token, job_id, now, deadline, now):
             # Another instance took the claim over meanwhile; it records and tracks the job.
             raise DeliveryInFlight("the same delivery is being resumed elsewhere", retry_after=2)
@@ -170,12 +297,13 @@ class Intake:
             raise IdempotencyKeyReused(
                 "this idempotency key was already used with a different body",
                 errors=[FieldError("idempotency-key", "reused with a different body")])
+        if existing.state == QUEUED or (existing.state == CLAIMED and existing.queued_at is not None):
+            return self._accepted(existing, duplicate=True)  # accepted already: a submit task owns it
         if existing.state == CLAIMED:
             return self._resume_claim(existing, workflow)
-        assert existing.job_id is not None
         if existing.state == SUBMITTED:
             self.track(existing)
-        return Accepted(existing.job_id, existing.workflow, existing.delivery_id, True, existing.key)
+        return self._accepted(existing, duplicate=True)
 
     def _resume_claim(self, existing: Delivery, workflow: Workflow) -> Accepted:
         """A twin is in flight; if it has been silent too long, its instance died: reconcile and resume."""
@@ -220,3 +348,8 @@ class Intake:
                 return job_id
         return None
 
+
+def _status_in(detail: str) -> int | None:
+    """The HTTP status a CartoUnavailable's detail names ("CARTO answered 503"), if any."""
+    words = detail.replace("(", " ").replace(")", " ").split()
+    return next((int(w) for w in words if w.isdigit() and len(w) == 3), None)

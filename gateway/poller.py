@@ -37,9 +37,9 @@ from typing import Any, Protocol
 
 from gateway import logs
 from gateway.carto import CANCELLED, FAILED, SUCCEEDED, TIMED_OUT, CartoClient, JobStatus
-from gateway.errors import GatewayError, NotFound, Unavailable
-from gateway.events import Check, Publisher, Tracking, completion_event
-from gateway.ledger import Delivery, Ledger
+from gateway.errors import GatewayError, NotFound, TasksUnavailable, Unavailable
+from gateway.events import Check, Handoff, Publisher, Tracking, completion_event
+from gateway.ledger import QUEUED, Delivery, Ledger
 
 log = logging.getLogger("gateway.poller")
 
@@ -53,6 +53,9 @@ class Scheduler(Protocol):
     TasksUnavailable (an Unavailable) when the queue cannot take it."""
 
     def schedule(self, check: Check) -> None: ...
+
+    def hand_off(self, handoff: Handoff) -> None:
+        """Schedule the submit task of a queued delivery, named after (delivery key, attempt)."""
 
 
 @dataclass(frozen=True)
@@ -284,13 +287,29 @@ class Poller:
         return self.publish(final)
 
     def publish(self, record: Delivery) -> Delivery:
-        """Publish the completion event of a finished record (again, if need be); PublishUnavailable propagates."""
+        """Publish the completion event of a finished record (again, if need be), and hand its slot's
+        successors their submit tasks; PublishUnavailable propagates."""
         if not record.published:
             self.publisher.publish(self.events_topic, completion_event(record, source=self.source))
+            self.hand_off(record.handed_to)
             self.ledger.mark_published(record.key, self.clock.now())
             record = replace(record, published=True)
             _log_finished(record)
         return record
+
+    def hand_off(self, keys: list[str] | tuple[str, ...]) -> None:
+        """Schedule the submit task of each queued delivery among `keys` that is due a hand-off (named: a
+        repeated hand-off is one task). A task that cannot be created now is left to the sweeper, which
+        re-drives every queued delivery whose hand-off is overdue."""
+        for key in keys:
+            record = self.ledger.get(key)
+            if record is None or record.state != QUEUED or record.hand_off_at is None:
+                continue
+            try:
+                self.scheduler.hand_off(Handoff(key, record.workflow, record.attempts, record.hand_off_at))
+            except TasksUnavailable as exc:
+                log.warning("submit hand-off not scheduled; the sweeper will re-drive it: %s", exc.detail,
+                            extra={"key": key})
 
 
 def _log_finished(record: Delivery) -> None:

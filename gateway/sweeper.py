@@ -1,7 +1,12 @@
 """Re-driving deliveries stuck between two states (docs/architecture.md, "Invariants"): run by Cloud Scheduler via `sweep`.
 
     claimed, silent past the grace   → find the job in CARTO's list by its metadata or marker: adopt it, or
-                                       release the claim so the sender's retry can submit it
+                                       release the claim so the sender's retry can submit it (queued again
+                                       instead, when it was accepted already: its submitter died)
+    queued, hand-off overdue         → schedule its submit task again (the next attempt); waiting for a slot
+                                       past its deadline → one TIMED_OUT event (notSubmitted)
+    every capped or paused workflow  → free the slots of ended jobs, give free slots to the oldest waiting
+                                       (a workflow no longer paused releases its deliveries here)
     submitted (tracking unpublished) → publish the tracking message
     tracked, next check overdue      → schedule the next check again (its task was lost, or creating it
                                        failed); past the deadline, check once and finish (TIMED_OUT if
@@ -16,10 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway import logs
+from gateway.admission import Admission
 from gateway.errors import GatewayError
-from gateway.intake import Intake
-from gateway.ledger import CLAIMED, FINISHED, SUBMITTED, TRACKED, Delivery, Ledger
+from gateway.intake import Intake, rule_of
+from gateway.ledger import CLAIMED, FINISHED, QUEUED, SUBMITTED, TRACKED, Delivery, Ledger, Rule
 from gateway.poller import Poller
+from gateway.workflows import Registry
 
 log = logging.getLogger("gateway.sweeper")
 
@@ -35,6 +42,9 @@ class SweepReport:
     timed_out: int = 0
     published: int = 0
     purged: int = 0
+    requeued: int = 0  # accepted deliveries whose submitter died, queued again
+    handed_off: int = 0  # queued deliveries whose submit task was scheduled again, or a slot given
+    not_submitted: int = 0  # ended TIMED_OUT without a job
     failed: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
@@ -44,15 +54,17 @@ class SweepReport:
 class Sweeper:
     """Finds stuck deliveries and moves each one step on."""
 
-    def __init__(self, *, ledger: Ledger, intake: Intake, poller: Poller, clock: Callable[[], float],
-                 grace_s: float, claim_stale_s: float | None = None):
+    def __init__(self, *, ledger: Ledger, intake: Intake, poller: Poller, admission: Admission, registry: Registry,
+                 clock: Callable[[], float], grace_s: float, claim_stale_s: float | None = None):
         self.ledger, self.intake, self.poller, self.clock = ledger, intake, poller, clock
+        self.admission, self.registry = admission, registry
         self.grace_s = grace_s
         self.claim_stale_s = intake.claim_stale_s if claim_stale_s is None else claim_stale_s
 
     def sweep(self, limit: int = 200) -> SweepReport:
         report = SweepReport()
         now = self.clock()
+        self._refill(now, report)
         for delivery in self.ledger.stale(now - self.grace_s, limit):
             try:
                 self._redrive(delivery, now, report)
@@ -64,12 +76,32 @@ class Sweeper:
         report.purged = self.ledger.purge_expired(now)
         return report
 
+    def _refill(self, now: float, report: SweepReport) -> None:
+        """Each workflow's line takes its file's rule: slots of ended jobs freed, free slots to the oldest
+        waiting. A workflow without a cap or pause is looked at only if it still has a line."""
+        for workflow in self.registry.workflows.values():
+            rule = rule_of(workflow)
+            try:
+                if not workflow.admitted:
+                    line = self.ledger.line(workflow.name)
+                    if line is None or not (line.running or line.waiting):
+                        continue
+                    rule = Rule(None)
+                granted = self.ledger.refill(workflow.name, rule, now)
+                self.poller.hand_off(granted)
+                report.handed_off += len(granted)
+            except GatewayError as exc:
+                log.warning("sweep could not refill %s: %s", workflow.name, exc.detail)
+                report.failed.append(workflow.name)
+
     def _redrive(self, delivery: Delivery, now: float, report: SweepReport) -> None:
         if delivery.state == CLAIMED:
             # A younger claim may still have its job POST in flight: releasing it now would let the
             # sender's retry submit a second job (tests/test_faults_network.py). Same rule as a replay's.
             if now - delivery.updated_at >= self.claim_stale_s:
                 self._reconcile(delivery, report)
+        elif delivery.state == QUEUED:
+            self._queued(delivery, now, report)
         elif delivery.state == SUBMITTED:
             if self.intake.track(delivery):
                 _redriven(report, "tracked", delivery)
@@ -81,12 +113,29 @@ class Sweeper:
 
     def _reconcile(self, delivery: Delivery, report: SweepReport) -> None:
         job_id = self.intake.find_submitted_job(delivery)
-        if job_id is None:
-            if self.ledger.release(delivery.key, delivery.claim_token):
-                _redriven(report, "released", delivery)
-            return
-        self.intake.adopt(delivery, job_id)
-        _redriven(report, "adopted", delivery, job_id)
+        if job_id is not None:
+            self.intake.adopt(delivery, job_id)
+            _redriven(report, "adopted", delivery, job_id)
+        elif delivery.queued_at is not None:  # accepted: its submitter died before CARTO took the job
+            now = self.clock()
+            if self.ledger.queue(delivery.key, delivery.claim_token, reason=delivery.queue_reason or "carto_unavailable",
+                                 hand_off_at=now, answer=delivery.last_answer, unknown=False, now=now):
+                self.poller.hand_off([delivery.key])
+                _redriven(report, "requeued", delivery)
+        elif self.ledger.release(delivery.key, delivery.claim_token):
+            _redriven(report, "released", delivery)
+            workflow = self.registry.get(delivery.workflow)
+            if delivery.capped and workflow is not None:
+                self.poller.hand_off(self.ledger.refill(delivery.workflow, rule_of(workflow), self.clock()))
+
+    def _queued(self, delivery: Delivery, now: float, report: SweepReport) -> None:
+        """A waiting delivery is stale only at its deadline; one with a hand-off due, when its task is lost."""
+        if delivery.deadline_at is not None and now >= delivery.deadline_at:
+            self.admission.not_submitted(delivery, now)
+            _redriven(report, "not_submitted", delivery)
+        elif delivery.hand_off_at is not None and self.ledger.reschedule(delivery.key, delivery.attempts, now, now):
+            self.poller.hand_off([delivery.key])
+            _redriven(report, "handed_off", delivery)
 
     def _tracked(self, delivery: Delivery, now: float, report: SweepReport) -> None:
         # A tracked record's updated_at is its next check's due time (or when it was tracked), so being

@@ -22,13 +22,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.errors import TasksUnavailable
-from gateway.events import CHECK_TYPE, Check, check_body
+from gateway.events import CHECK_TYPE, SUBMIT_TYPE, Check, Handoff, check_body, handoff_body
 
 CREATE_TIMEOUT_S = 10.0
 
 
-def task_id(key: str, index: int) -> str:
-    """The task's id: 32 hex digits of sha256(delivery key), then the check's index on the schedule."""
+def task_id(key: str, index: int | str) -> str:
+    """The task's id: 32 hex digits of sha256(delivery key), then the check's index on the schedule
+    (or `s{attempt}` for a submit hand-off)."""
     return f"{hashlib.sha256(key.encode()).hexdigest()[:32]}-{index}"
 
 
@@ -36,15 +37,28 @@ def task_request(check: Check, *, queue: str, poll_url: str, service_account: st
                  source: str) -> dict[str, Any]:
     """The CreateTaskRequest of one check, as plain data (google-cloud-tasks accepts it as is)."""
     name = task_id(check.key, check.index)
-    headers = {"ce-specversion": "1.0", "ce-type": CHECK_TYPE, "ce-source": source, "ce-id": name,
-               "ce-subject": check.job_id, "content-type": "application/json"}
-    http_request: dict[str, Any] = {"url": poll_url, "http_method": "POST", "headers": headers,
-                                    "body": check_body(check)}
+    return _request(name, CHECK_TYPE, check.job_id, check_body(check), check.due_at, queue=queue,
+                    poll_url=poll_url, service_account=service_account, source=source)
+
+
+def handoff_request(handoff: Handoff, *, queue: str, poll_url: str, service_account: str | None,
+                    source: str) -> dict[str, Any]:
+    """The CreateTaskRequest of one submit hand-off (ce-type com.carto.workflows.job.submit)."""
+    name = task_id(handoff.key, f"s{handoff.attempt}")
+    return _request(name, SUBMIT_TYPE, name, handoff_body(handoff), handoff.due_at, queue=queue,
+                    poll_url=poll_url, service_account=service_account, source=source)
+
+
+def _request(name: str, ce_type: str, subject: str, body: bytes, due_at: float, *, queue: str, poll_url: str,
+             service_account: str | None, source: str) -> dict[str, Any]:
+    headers = {"ce-specversion": "1.0", "ce-type": ce_type, "ce-source": source, "ce-id": name,
+               "ce-subject": subject, "content-type": "application/json"}
+    http_request: dict[str, Any] = {"url": poll_url, "http_method": "POST", "headers": headers, "body": body}
     if service_account:
         http_request["oidc_token"] = {"service_account_email": service_account, "audience": poll_url}
     return {"parent": queue,
             "task": {"name": f"{queue}/tasks/{name}",
-                     "schedule_time": datetime.fromtimestamp(check.due_at, tz=UTC),
+                     "schedule_time": datetime.fromtimestamp(due_at, tz=UTC),
                      "http_request": http_request}}
 
 
@@ -60,18 +74,25 @@ class CloudTasksScheduler:
         self._lock = threading.Lock()
 
     def schedule(self, check: Check) -> None:
+        self._create(lambda queue, url: task_request(check, queue=queue, poll_url=url,
+                                                     service_account=self.service_account, source=self.source))
+
+    def hand_off(self, handoff: Handoff) -> None:
+        """Schedule the submit hand-off of a queued delivery (the same queue and target as the checks)."""
+        self._create(lambda queue, url: handoff_request(handoff, queue=queue, poll_url=url,
+                                                        service_account=self.service_account, source=self.source))
+
+    def _create(self, build: Any) -> None:
         if not (self.queue and self.poll_url):
-            raise TasksUnavailable("GATEWAY_TASKS_QUEUE and GATEWAY_POLL_URL must be set for poll to schedule checks")
+            raise TasksUnavailable("GATEWAY_TASKS_QUEUE and GATEWAY_POLL_URL must be set to schedule tasks")
         from google.api_core import exceptions
 
-        request = task_request(check, queue=self.queue, poll_url=self.poll_url,
-                               service_account=self.service_account, source=self.source)
         try:
-            self.client().create_task(request=request, timeout=self.timeout_s)
+            self.client().create_task(request=build(self.queue, self.poll_url), timeout=self.timeout_s)
         except exceptions.AlreadyExists:
-            return  # the same check, scheduled by an earlier try of this invocation (or a twin)
+            return  # the same task, scheduled by an earlier try of this invocation (or a twin)
         except (exceptions.GoogleAPIError, OSError) as exc:
-            raise TasksUnavailable(f"could not schedule the next check: {type(exc).__name__}: {exc}") from None
+            raise TasksUnavailable(f"could not schedule a task: {type(exc).__name__}: {exc}") from None
 
     def client(self) -> Any:
         with self._lock:

@@ -16,10 +16,10 @@ import functions_framework
 from gateway import entrypoints
 from gateway.app import App
 from gateway.errors import PublishUnavailable, TasksUnavailable
-from gateway.events import Check, Message
+from gateway.events import Check, Handoff, Message
 from gateway.poller import Clock
 from gateway.settings import Settings
-from gateway.tasks import task_request
+from gateway.tasks import handoff_request, task_request
 from tests.constants import CARTO_TOKEN, DEMO_SECRETS, OPERATOR_TOKEN, ROOT
 
 
@@ -67,8 +67,14 @@ class RecordingScheduler:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def schedule(self, check: Check) -> None:
-        request = task_request(check, queue=QUEUE, poll_url=POLL_URL, service_account=TASKS_ACCOUNT,
-                               source="//carto-workflows-gateway/projects/test-project")
+        self._add(task_request(check, queue=QUEUE, poll_url=POLL_URL, service_account=TASKS_ACCOUNT,
+                               source="//carto-workflows-gateway/projects/test-project"))
+
+    def hand_off(self, handoff: Handoff) -> None:
+        self._add(handoff_request(handoff, queue=QUEUE, poll_url=POLL_URL, service_account=TASKS_ACCOUNT,
+                                  source="//carto-workflows-gateway/projects/test-project"))
+
+    def _add(self, request: dict[str, Any]) -> None:
         with self.lock:
             if self.fail_next > 0:
                 self.fail_next -= 1

@@ -60,6 +60,25 @@ class CrashingLedger:
         return self.store.mark_submitted(*args, **kwargs)
 
 
+class FaultyLedger(SqliteLedger):
+    """A SQLite ledger whose next calls of a method fail, as if the instance died there: `crash("queue")`
+    makes the next `queue` raise (the instance died after CARTO's answer, before the ledger heard of it)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.crashes: dict[str, int] = {}
+
+    def crash(self, method: str, times: int = 1) -> None:
+        self.crashes[method] = times
+
+    def __getattribute__(self, name: str) -> Any:
+        crashes = object.__getattribute__(self, "__dict__").get("crashes", {})
+        if crashes.get(name, 0) > 0:
+            crashes[name] -= 1
+            raise LedgerUnavailable(f"injected crash in {name}")
+        return object.__getattribute__(self, name)
+
+
 @dataclass
 class Rig:
     """One gateway instance (webhook, poll, submit, sweep) wired to a sandbox, a ledger file and a fake clock."""
@@ -71,6 +90,7 @@ class Rig:
     tasks: RecordingScheduler
     clients: dict[str, Any] = field(default_factory=dict)
     failed_tasks: list[dict[str, Any]] = field(default_factory=list)
+    _delivered: int = 0  # tracking messages poll_all has pushed so far
 
     @classmethod
     def build(cls, env: dict[str, str], clock: FakeClock, sandbox: SandboxServer, *,
@@ -113,11 +133,17 @@ class Rig:
         return self.client(target).post("/", json=push_body(message, message_id)).status_code
 
     def poll_all(self) -> list[int]:
-        """Deliver every tracking message published so far to `poll`, then run the check tasks they
-        scheduled until none is left; the statuses are those of the tracking messages' pushes."""
-        statuses = [self.deliver(message, str(n)) for n, message in enumerate(self.tracking())]
-        self.run_tasks()
-        return statuses
+        """Deliver every tracking message published so far to `poll`, then run the tasks (checks and
+        submit hand-offs) they scheduled, and so on until nothing is left; the statuses are those of
+        the tracking messages' pushes."""
+        statuses: list[int] = []
+        while True:
+            fresh = self.tracking()[self._delivered:]
+            self._delivered += len(fresh)
+            statuses.extend(self.deliver(message, str(len(statuses))) for message in fresh)
+            self.run_tasks()
+            if len(self.tracking()) == self._delivered:
+                return statuses
 
     def run_task(self, request: dict[str, Any]) -> int:
         """Cloud Tasks' call of one task on `poll`, at its due time on the fake clock; the HTTP status."""
@@ -162,6 +188,7 @@ def running_rig(schemas: Path, state: Path, *, ledger: Ledger | None = None, **e
     """A rig with a fresh sandbox on the rig's fake clock (jobs run 10 s of that clock)."""
     clock = FakeClock()
     sandbox = serve(token=CARTO_TOKEN, default_duration_s=10.0, clock=clock.now)
+    ledger = ledger if ledger is not None else FaultyLedger(state / "ledger.sqlite3")
     try:
         yield Rig.build(gateway_env(schemas, sandbox, state, **extra), clock, sandbox, ledger=ledger)
     finally:

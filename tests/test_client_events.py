@@ -77,6 +77,25 @@ def test_a_gateway_event_parses_into_its_typed_fields():
         event.parameters["n"] = 3  # read-only view
 
 
+def test_an_event_without_a_job_parses_with_its_delivery_id_and_time_in_the_queue():
+    attributes, data = gateway_event(job_id=None, outcome="SUPERSEDED", carto_state=None, error=None,
+                                     submitted_at=None, queued_at=1_800_000_000.0, finished_at=1_800_000_042.0,
+                                     superseded_by="order-2", checks=0)
+    jsonschema.validate(data, SCHEMA)
+
+    event = parse_event((attributes, json.dumps(data).encode()))
+
+    assert event.job_id is None and event.superseded and event.superseded_by == "order-2"
+    assert event.ce_id.startswith("delivery-") and event.ce_id.endswith(":SUPERSEDED") and "job_id" not in attributes
+    assert event.queued_s == 42.0 and event.type == "com.carto.workflows.job.superseded"
+
+
+def test_an_event_submitted_inline_was_queued_for_no_time():
+    attributes, data = gateway_event()
+
+    assert parse_event((attributes, json.dumps(data).encode())).queued_s == 0
+
+
 def push(attributes: dict, data: bytes) -> dict:
     return {"message": {"data": base64.b64encode(data).decode(), "attributes": attributes, "messageId": "m1"},
             "subscription": "projects/p/subscriptions/s"}

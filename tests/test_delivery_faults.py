@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from gateway.ledger import CLAIMED, SUBMITTED, TRACKED, open_ledger
+from gateway.ledger import CLAIMED, QUEUED, SUBMITTED, TRACKED, open_ledger
 from tests.constants import PROJECT
 from tests.rigs import (
     ACK,
@@ -53,82 +53,71 @@ def rig(test_schemas, tmp_path, store) -> Iterator[Rig]:
 
 # --- CARTO unavailable before the job exists ---------------------------------------------------
 
-def test_carto_503_on_submit_then_the_senders_retry_makes_the_one_job(rig):
-    rig.sandbox.faults.error("submit", status=503, count=3)  # every attempt of the first delivery
+def test_carto_503_on_submit_is_accepted_queued_and_its_submit_task_makes_the_one_job(rig):
+    rig.sandbox.faults.error("submit", status=503, count=1)
     delivery = msg()
 
-    refused = rig.post("store-clusters", BODY, msg_id=delivery)
-    retried = rig.post("store-clusters", BODY, msg_id=delivery)
+    queued = rig.post("store-clusters", BODY, msg_id=delivery)
+    record = rig.app.ledger.get(f"store-clusters:{delivery}")
     statuses = rig.poll_all()
+    replay = rig.post("store-clusters", BODY, msg_id=delivery)
 
-    assert refused.status_code == 503 and refused.headers["Retry-After"]
-    assert rig.app.ledger.get(f"store-clusters:{delivery}").job_id == retried.get_json()["job_id"]
-    assert retried.status_code == 202 and statuses == [ACK]
-    assert assert_one_job_with_one_outcome(rig.sandbox, rig.publisher) == retried.get_json()["job_id"]
+    assert queued.status_code == 202 and queued.get_json()["queued"] is True and queued.get_json()["job_id"] is None
+    assert record.state == QUEUED and record.queue_reason == "carto_unavailable"
+    assert record.last_answer["status"] == 503 and statuses == [ACK]
+    job_id = assert_one_job_with_one_outcome(rig.sandbox, rig.publisher)
+    assert replay.status_code == 200 and replay.get_json()["job_id"] == job_id and not replay.get_json()["queued"]
+    assert rig.publisher.events()[0]["data"]["queued_s"] > 0
 
 
-def test_carto_503_once_is_retried_inside_the_request(rig):
+def test_carto_503_is_not_retried_inside_the_request(rig):
     rig.sandbox.faults.error("submit", status=503, count=1)
 
     accepted = rig.post("store-clusters", BODY)
+    jobs_then = len(rig.sandbox.jobs())
     rig.poll_all()
 
-    assert accepted.status_code == 202
+    assert accepted.status_code == 202 and jobs_then == 0
     assert_one_job_with_one_outcome(rig.sandbox, rig.publisher)
 
 
 # --- a crash after CARTO accepted the job, before the ledger knew ---------------------------------
 
-def test_a_lost_submit_answer_is_a_503_and_keeps_the_claim(rig):
+def test_a_lost_submit_answer_is_accepted_queued_with_its_outcome_unknown(rig):
     rig.sandbox.faults.drop("submit", after=True)  # the job is created; the gateway never hears
     delivery = msg()
 
-    refused = rig.post("store-clusters", BODY, msg_id=delivery)
+    queued = rig.post("store-clusters", BODY, msg_id=delivery)
 
-    assert refused.status_code == 503 and refused.headers["Retry-After"]
+    record = rig.app.ledger.get(f"store-clusters:{delivery}")
+    assert queued.status_code == 202 and queued.get_json()["queued"] is True
     assert len(rig.sandbox.jobs()) == 1
-    assert rig.app.ledger.get(f"store-clusters:{delivery}").state == CLAIMED
+    assert record.state == QUEUED and record.unknown and record.queue_reason == "carto_unavailable"
 
 
-def test_the_sweeper_adopts_the_job_whose_answer_was_lost_instead_of_submitting_again(rig):
+def test_the_submit_task_adopts_the_job_whose_answer_was_lost_instead_of_submitting_again(rig):
     rig.sandbox.faults.drop("submit", after=True)
     delivery = msg()
     rig.post("store-clusters", BODY, msg_id=delivery)
-    rig.clock.advance(GRACE_S + 1)
 
-    report = rig.client("sweep").post("/").get_json()
     statuses = rig.poll_all()
     replay = rig.post("store-clusters", BODY, msg_id=delivery)
 
     job_id = assert_one_job_with_one_outcome(rig.sandbox, rig.publisher)
-    assert report["adopted"] == 1 and statuses == [ACK]
+    assert statuses == [ACK]
     assert replay.status_code == 200 and replay.get_json()["job_id"] == job_id
 
 
-def test_a_retry_soon_after_a_lost_answer_is_told_to_wait(rig):
+def test_a_retry_soon_after_a_lost_answer_is_told_it_is_queued(rig):
     rig.sandbox.faults.drop("submit", after=True)
     delivery = msg()
     rig.post("store-clusters", BODY, msg_id=delivery)
-    rig.clock.advance(30)
+    rig.clock.advance(3)
 
     retried = rig.post("store-clusters", BODY, msg_id=delivery)
 
-    assert retried.status_code == 409 and retried.headers["Retry-After"]
+    assert retried.status_code == 200 and retried.get_json()["queued"] is True
     assert len(rig.sandbox.jobs()) == 1
-
-
-def test_a_retry_after_90_s_finds_the_job_in_carto_and_answers_it(rig):
-    rig.sandbox.faults.drop("submit", after=True)
-    delivery = msg()
-    rig.post("store-clusters", BODY, msg_id=delivery)
-    rig.clock.advance(91)
-
-    retried = rig.post("store-clusters", BODY, msg_id=delivery)
-    statuses = rig.poll_all()
-
-    job_id = assert_one_job_with_one_outcome(rig.sandbox, rig.publisher)
-    assert retried.status_code == 200 and retried.get_json()["job_id"] == job_id
-    assert statuses == [ACK]
 
 
 @pytest.fixture

@@ -188,16 +188,19 @@ def test_the_same_key_with_another_body_is_a_422(client, sandbox):
     assert problem["code"] == "idempotency-key-reused" and len(sandbox.jobs()) == 1
 
 
-def test_carto_down_before_the_job_exists_is_a_503_and_the_retry_goes_through(client, sandbox):
+def test_carto_down_before_the_job_exists_is_accepted_queued_and_a_replay_says_so(client, sandbox):
     sandbox.faults.error("submit", status=503, count=3)
     msg_id = f"msg_{uuid.uuid4().hex}"
 
-    refused = post(client, "/hooks/store-clusters", BODY, msg_id=msg_id)
-    retried = post(client, "/hooks/store-clusters", BODY, msg_id=msg_id)
+    queued = post(client, "/hooks/store-clusters", BODY, msg_id=msg_id)
+    replayed = post(client, "/hooks/store-clusters", BODY, msg_id=msg_id)
 
-    problem = assert_problem(refused, 503)
-    assert refused.headers["Retry-After"] and problem["code"] == "carto-unavailable"
-    assert retried.status_code == 202 and len(sandbox.jobs()) == 1
+    answer = queued.get_json()
+    assert queued.status_code == 202 and answer["job_id"] is None and answer["queued"] is True
+    assert answer["status_url"] == f"/deliveries/store-clusters%3A{msg_id}" == queued.headers["Location"]
+    assert answer["duplicate"] is False and answer["delivery_id"] == msg_id
+    assert replayed.status_code == 200 and replayed.get_json()["queued"] is True
+    assert replayed.get_json()["duplicate"] is True and sandbox.jobs() == []
 
 
 def test_carto_refusing_the_job_is_a_502(test_schemas, sandbox, tmp_path):
@@ -208,7 +211,7 @@ def test_carto_refusing_the_job_is_a_502(test_schemas, sandbox, tmp_path):
     assert "not-the-token" not in json.dumps(problem)
 
 
-def test_a_paused_workflow_answers_503_so_senders_keep_retrying(test_schemas, sandbox, tmp_path):
+def test_a_paused_workflow_accepts_and_holds(test_schemas, sandbox, tmp_path):
     paused = tmp_path / "paused-schemas"
     import shutil
 
@@ -219,7 +222,7 @@ def test_a_paused_workflow_answers_503_so_senders_keep_retrying(test_schemas, sa
 
     response = post(function_client(app), "/hooks/store-clusters", BODY)
 
-    assert_problem(response, 503)
+    assert response.status_code == 202 and response.get_json()["queued"] is True
     assert sandbox.jobs() == []
 
 

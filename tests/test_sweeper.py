@@ -1,7 +1,9 @@
 """The sweeper (gateway/sweeper.py): each re-drive path of its docstring, on a FakeClock,
 through the real `sweep` function app, the local CARTO job API (same clock) and a SQLite ledger.
 
-    claimed, silent past the grace   → adopt the job CARTO has for it, or release the claim
+    claimed, silent past the grace   → adopt the job CARTO has for it, or release the claim (queue it
+                                       again when it was accepted)
+    queued, hand-off overdue         → its submit task again; waiting past the deadline → TIMED_OUT
     submitted (tracking unpublished) → publish the tracking message
     tracked, next check overdue      → schedule it again; past the deadline, check once and finish
     finished, event unpublished      → publish the completion event
@@ -23,7 +25,7 @@ from tests.rigs import (
 )
 
 NOTHING = {"adopted": 0, "released": 0, "tracked": 0, "rescheduled": 0, "timed_out": 0, "published": 0, "purged": 0,
-           "failed": []}
+           "requeued": 0, "handed_off": 0, "not_submitted": 0, "failed": []}
 
 
 def sweep(rig: Rig) -> dict[str, Any]:
@@ -45,6 +47,7 @@ def state_of(rig: Rig, key: str) -> str | None:
 
 def test_a_silent_claim_whose_job_carto_has_is_adopted_not_submitted_again(rig):
     rig.sandbox.faults.drop("submit", after=True)
+    rig.app.ledger.crash("queue")  # the instance dies before it could queue the delivery
     delivery = msg()
     rig.post("store-clusters", BODY, msg_id=delivery)
     rig.clock.advance(GRACE_S + 1)
@@ -59,6 +62,7 @@ def test_a_silent_claim_whose_job_carto_has_is_adopted_not_submitted_again(rig):
 
 def test_a_silent_claim_with_no_job_in_carto_is_released_for_the_senders_retry(rig):
     rig.sandbox.faults.drop("submit")  # the connection dies before CARTO read the request: no job
+    rig.app.ledger.crash("queue")  # and the instance before it could queue the delivery
     delivery = msg()
     lost = rig.post("store-clusters", BODY, msg_id=delivery)
     rig.clock.advance(GRACE_S + 1)
@@ -75,6 +79,7 @@ def test_a_silent_claim_with_no_job_in_carto_is_released_for_the_senders_retry(r
 
 def test_a_claim_within_the_grace_is_left_alone(rig):
     rig.sandbox.faults.drop("submit", after=True)
+    rig.app.ledger.crash("queue")
     delivery = msg()
     rig.post("store-clusters", BODY, msg_id=delivery)
     rig.clock.advance(GRACE_S - 1)
@@ -85,6 +90,7 @@ def test_a_claim_within_the_grace_is_left_alone(rig):
 
 def test_a_claim_is_kept_while_carto_cannot_list_its_jobs(rig):
     rig.sandbox.faults.drop("submit")
+    rig.app.ledger.crash("queue")
     delivery = msg()
     rig.post("store-clusters", BODY, msg_id=delivery)
     rig.clock.advance(GRACE_S + 1)

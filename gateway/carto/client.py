@@ -106,17 +106,26 @@ class CartoClient:
         per_attempt = self._connect_timeout_s + self._read_timeout_s
         return self._attempts * per_attempt + (self._attempts - 1) * MAX_RETRY_WAIT_S
 
+    @property
+    def longest_post_s(self) -> float:
+        """The longest one job POST can stay in flight (connect and read timeouts): after that, a POST of
+        unknown outcome has landed or never will, and CARTO's job list tells which."""
+        return self._connect_timeout_s + self._read_timeout_s
+
     def submit(self, base_url: str, connection: str, query: str, parameters: Mapping[str, Any] | list[Any], *,
-               workflow: str | None = None, metadata: Mapping[str, Any] | None = None) -> str:
+               workflow: str | None = None, metadata: Mapping[str, Any] | None = None,
+               budget_s: float | None = None) -> str:
         """Create the job; return its id. CartoUnavailable: safe to retry; UpstreamRejected: it never will work.
 
         `parameters` is an object of named parameters (BigQuery) or an array in placeholder order
-        (Snowflake, PostgreSQL, Redshift); `metadata` is stored with the job by CARTO's SQL API."""
+        (Snowflake, PostgreSQL, Redshift); `metadata` is stored with the job by CARTO's SQL API.
+        With `budget_s` (the webhook's inline try) there is one attempt, and no answer within the
+        budget is SubmitOutcomeUnknown: the caller queues the delivery instead of waiting."""
         body: dict[str, Any] = {"query": query,
                                 "queryParameters": list(parameters) if isinstance(parameters, list) else dict(parameters)}
         if metadata is not None:
             body["metadata"] = dict(metadata)
-        answer = self._call("POST", f"{base_url}/v3/sql/{connection}/job", workflow, json_body=body)
+        answer = self._call("POST", f"{base_url}/v3/sql/{connection}/job", workflow, json_body=body, budget_s=budget_s)
         job_id = job_id_of(answer)
         if not job_id:  # accepted, so the job may exist: only the job list can tell
             raise SubmitOutcomeUnknown("CARTO accepted the job but its answer carries no externalId or jobId")
@@ -152,12 +161,15 @@ class CartoClient:
         return answer if isinstance(answer, dict) else {"rows": answer if isinstance(answer, list) else []}
 
     def _call(self, method: str, url: str, workflow: str | None, *, json_body: Any = None, read: bool = False,
-              deadline: float | None = None) -> Any:
+              deadline: float | None = None, budget_s: float | None = None) -> Any:
         tokens = self._workflow_tokens.get(workflow or "", self._tokens)
         creates = method == "POST" and not read
-        for attempt in range(1, self._attempts + 1):
+        attempts = 1 if budget_s is not None else self._attempts
+        for attempt in range(1, attempts + 1):
             timeout = self._timeout if deadline is None else _within(self._timeout, deadline)
-            wait = self._attempt(method, url, tokens, json_body, creates=creates, last=attempt == self._attempts,
+            if budget_s is not None:  # the webhook's inline try: one attempt within the budget
+                timeout = (min(self._connect_timeout_s, budget_s / 2), min(self._read_timeout_s, budget_s))
+            wait = self._attempt(method, url, tokens, json_body, creates=creates, last=attempt == attempts,
                                  timeout=timeout)
             if not isinstance(wait, float):
                 return wait.body

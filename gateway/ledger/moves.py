@@ -178,7 +178,7 @@ def refill(ws: Workspace, workflow: str, rule: Rule, now: float) -> list[str]:
     line = ws.line(workflow)
     before = line.as_dict()
     line.cap, line.paused = rule.cap, rule.paused
-    for key in list(line.running) + list(line.waiting):
+    for key in list(line.running):  # a waiting key leaves the line in the same move as its record ends
         record = ws.record(key)
         if record is None or record.outcome is not None:
             leave(line, key)

@@ -22,11 +22,11 @@ from typing import Any
 
 from workflow_gateway_client.errors import MalformedEvent
 
-OUTCOMES = ("SUCCEEDED", "FAILED", "TIMED_OUT", "CANCELLED")
+OUTCOMES = ("SUCCEEDED", "FAILED", "TIMED_OUT", "CANCELLED", "SUPERSEDED")
 WORKFLOW_PATTERN = "^[a-z0-9][a-z0-9-]{0,62}$"
 # Each property of the event's data: the JSON types it may have, and whether it is required.
 FIELDS: Mapping[str, tuple[frozenset[str], bool]] = MappingProxyType({
-    "job_id": (frozenset({"string"}), True),
+    "job_id": (frozenset({"string", "null"}), True),
     "workflow": (frozenset({"string"}), True),
     "outcome": (frozenset({"string"}), True),
     "state": (frozenset({"string", "null"}), True),
@@ -38,6 +38,8 @@ FIELDS: Mapping[str, tuple[frozenset[str], bool]] = MappingProxyType({
     "duration_s": (frozenset({"number"}), True),
     "checks": (frozenset({"integer"}), True),
     "parameters": (frozenset({"object"}), True),
+    "queued_s": (frozenset({"number"}), True),
+    "superseded_by": (frozenset({"string", "null"}), False),
     "result": (frozenset({"object"}), False),
 })
 # The `result` object: the rows read, or why they were not (property -> (JSON types, required)).
@@ -96,13 +98,14 @@ class JobResult:
 
 @dataclass(frozen=True)
 class JobEvent:
-    """One completion event. `ce_id` (`{job_id}:{outcome}`) is the same on every redelivery: de-duplicate on it."""
+    """One completion event. `ce_id` (`{job_id}:{outcome}`) is the same on every redelivery: de-duplicate on it.
+    `job_id` is None for a delivery that never got a job (then `ce_id` is built from the delivery's key)."""
 
     ce_id: str
     type: str
     source: str | None
     time: str | None
-    job_id: str
+    job_id: str | None
     workflow: str
     outcome: str
     state: str | None
@@ -118,6 +121,12 @@ class JobEvent:
     message_id: str | None = None
     publish_time: str | None = None
     result: JobResult | None = None  # only for a workflow whose file asks for its rows, only on SUCCEEDED
+    queued_s: float = 0.0  # acceptance to submission; 0 when submitted inline
+    superseded_by: str | None = None  # outcome SUPERSEDED: the delivery that replaced this one
+
+    @property
+    def superseded(self) -> bool:
+        return self.outcome == "SUPERSEDED"
 
     @property
     def succeeded(self) -> bool:
@@ -210,12 +219,12 @@ def _data(data: Any) -> dict[str, Any]:
     _check_fields(body, FIELDS, "")
     if body["outcome"] not in OUTCOMES:
         raise MalformedEvent(f"outcome {body['outcome']!r} is not one of {', '.join(OUTCOMES)}")
-    if not body["job_id"]:
+    if body["job_id"] is not None and not body["job_id"]:
         raise MalformedEvent("job_id is empty")
     if not re.fullmatch(WORKFLOW_PATTERN, body["workflow"]):
         raise MalformedEvent(f"workflow {body['workflow']!r} is not a workflow name")
-    if body["duration_s"] < 0 or body["checks"] < 0:
-        raise MalformedEvent("duration_s and checks must not be negative")
+    if body["duration_s"] < 0 or body["checks"] < 0 or body["queued_s"] < 0:
+        raise MalformedEvent("duration_s, checks and queued_s must not be negative")
     if body["error"] is not None:
         _check_fields(body["error"], ERROR_FIELDS, "error.")
         if set(body["error"]) - set(ERROR_FIELDS):
@@ -280,8 +289,9 @@ def _event(attributes: dict[str, str], body: dict[str, Any], message_id: str | N
     ce_id, ce_type = attributes.get("ce-id"), attributes.get("ce-type")
     if not ce_id or not ce_type:
         raise MalformedEvent("the message has no ce-id or ce-type attribute: not a CloudEvent in binary mode")
-    if ce_id != f"{body['job_id']}:{body['outcome']}":
-        raise MalformedEvent(f"ce-id {ce_id!r} does not name the job and outcome of the data")
+    subject = body["job_id"] if body["job_id"] is not None else attributes.get("ce-subject", "")
+    if ce_id != f"{subject}:{body['outcome']}" or (body["job_id"] is None and not subject.startswith("delivery-")):
+        raise MalformedEvent(f"ce-id {ce_id!r} does not name the job (or delivery) and outcome of the data")
     for name in ("job_id", "workflow", "outcome"):
         if name in attributes and attributes[name] != body[name]:
             raise MalformedEvent(f"attribute {name} {attributes[name]!r} disagrees with the data's {body[name]!r}")
@@ -295,4 +305,4 @@ def _event(attributes: dict[str, str], body: dict[str, Any], message_id: str | N
         finished_at=_timestamp(body["finished_at"], "finished_at"),
         duration_s=float(body["duration_s"]), checks=int(body["checks"]), parameters=MappingProxyType(body["parameters"]),
         attributes=MappingProxyType(attributes), message_id=message_id, publish_time=publish_time,
-        result=_result(body.get("result")))
+        result=_result(body.get("result")), queued_s=float(body["queued_s"]), superseded_by=body.get("superseded_by"))
