@@ -27,7 +27,7 @@ CHECK = textwrap.dedent("""
     attributes = {"ce-id": "job-1:SUCCEEDED", "ce-type": "com.carto.workflows.job.succeeded", "job_id": "job-1"}
     data = {"job_id": "job-1", "workflow": "w", "outcome": "SUCCEEDED", "state": "DONE", "error": None,
             "delivery_id": None, "submitted_at": "2026-12-01T10:00:00.000Z", "finished_at": "2026-12-01T10:00:01.500Z",
-            "duration_s": 1.5, "checks": 1, "parameters": {}}
+            "duration_s": 1.5, "checks": 1, "parameters": {}, "queued_s": 0}
     event = client.parse_event((attributes, json.dumps(data).encode()))
     print(json.dumps({
         "file": client.__file__,

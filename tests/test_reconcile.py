@@ -53,6 +53,7 @@ def test_no_job_of_this_delivery_is_none(rig):
 
 def test_a_sweep_adopts_a_lost_job_even_when_the_list_drops_metadata(rig):
     rig.sandbox.faults.drop("submit", after=True)
+    rig.app.ledger.crash("queue")  # the instance dies before it could queue the delivery
     msg_id = f"msg_{uuid.uuid4().hex}"
     rig.post("store-clusters", BODY, msg_id=msg_id)
     rig.clock.advance(GRACE_S + 1)

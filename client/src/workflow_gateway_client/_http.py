@@ -64,9 +64,11 @@ NO_RETRY = RetryPolicy(attempts=1)
 
 @dataclass(frozen=True)
 class Triggered:
-    """The gateway took the request: its 202 (a new job) or 200 (the replay of an earlier one)."""
+    """The gateway took the request: its 202 (a new job, or `queued`) or 200 (the replay of an earlier one).
+    A queued delivery (CARTO busy, or the workflow at its cap or paused) has no job yet: `job_id` is None
+    and `status_url` is its delivery's; its completion event still comes."""
 
-    job_id: str
+    job_id: str | None
     workflow: str
     status_url: str | None
     delivery_id: str | None
@@ -75,6 +77,7 @@ class Triggered:
     status: int
     attempts: int
     body: Mapping[str, Any]
+    queued: bool = False
 
 
 def trigger(url: str, workflow: str, payload: Any, *, idempotency_key: str | None = None,
@@ -136,13 +139,14 @@ def _accepted(answer: requests.Response, workflow: str, key: str, attempts: int)
         body = answer.json()
     except ValueError:
         body = None
-    if not isinstance(body, dict) or not isinstance(body.get("job_id"), str):
+    queued = isinstance(body, dict) and body.get("queued") is True and body.get("job_id") is None
+    if not isinstance(body, dict) or not (isinstance(body.get("job_id"), str) or queued):
         raise GatewayError(f"workflow {workflow}: HTTP {answer.status_code} without a job id", retryable=False,
                            status=answer.status_code, code="unexpected-answer", idempotency_key=key)
     return Triggered(job_id=body["job_id"], workflow=str(body.get("workflow") or workflow),
                      status_url=body.get("status_url"), delivery_id=body.get("delivery_id"),
                      duplicate=bool(body.get("duplicate")), idempotency_key=key, status=answer.status_code,
-                     attempts=attempts, body=MappingProxyType(body))
+                     attempts=attempts, body=MappingProxyType(body), queued=queued)
 
 
 def _token(fetch: TokenFetcher, audience: str, key: str) -> str:
