@@ -180,7 +180,7 @@ def test_a_bad_admission_block_names_the_file_and_the_field(schemas, admission, 
 def test_an_admission_block_loads_with_queue_as_the_default(schemas):
     write(schemas, "capped", {**SEED, "admission": {"max_concurrent_jobs": 2}})
     write(schemas, "refusing", {**SEED, "admission": {"max_concurrent_jobs": 1, "when_busy": "refuse"}})
-    registry = load_registry(schemas, {"STORE_CLUSTERS_SECRETS": SECRET})
+    registry = load_registry(schemas, {"STORE_CLUSTERS_SECRET": SECRET})
     capped, refusing = registry.get("capped"), registry.get("refusing")
     assert (capped.max_concurrent_jobs, capped.when_busy, capped.admitted) == (2, "queue", True)
     assert (refusing.max_concurrent_jobs, refusing.when_busy) == (1, "refuse")
