@@ -21,7 +21,7 @@ from werkzeug.serving import make_server
 from gateway.app import App
 from gateway.errors import LedgerUnavailable
 from gateway.events import Message
-from gateway.ledger import Ledger
+from gateway.ledger import Ledger, open_ledger
 from gateway.local.sandbox import SandboxServer, serve
 from gateway.settings import Settings
 from tests.apptools import (
@@ -60,23 +60,22 @@ class CrashingLedger:
         return self.store.mark_submitted(*args, **kwargs)
 
 
-class FaultyLedger(SqliteLedger):
-    """A SQLite ledger whose next calls of a method fail, as if the instance died there: `crash("queue")`
+class FaultyLedger:
+    """A ledger store (either) whose next calls of a method fail, as if the instance died there: `crash("queue")`
     makes the next `queue` raise (the instance died after CARTO's answer, before the ledger heard of it)."""
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+    def __init__(self, store: Ledger):
+        self.store = store
         self.crashes: dict[str, int] = {}
 
     def crash(self, method: str, times: int = 1) -> None:
         self.crashes[method] = times
 
-    def __getattribute__(self, name: str) -> Any:
-        crashes = object.__getattribute__(self, "__dict__").get("crashes", {})
-        if crashes.get(name, 0) > 0:
-            crashes[name] -= 1
+    def __getattr__(self, name: str) -> Any:
+        if self.crashes.get(name, 0) > 0:
+            self.crashes[name] -= 1
             raise LedgerUnavailable(f"injected crash in {name}")
-        return object.__getattribute__(self, name)
+        return getattr(self.store, name)
 
 
 @dataclass
@@ -188,9 +187,11 @@ def running_rig(schemas: Path, state: Path, *, ledger: Ledger | None = None, **e
     """A rig with a fresh sandbox on the rig's fake clock (jobs run 10 s of that clock)."""
     clock = FakeClock()
     sandbox = serve(token=CARTO_TOKEN, default_duration_s=10.0, clock=clock.now)
-    ledger = ledger if ledger is not None else FaultyLedger(state / "ledger.sqlite3")
+    env = gateway_env(schemas, sandbox, state, **extra)
+    if ledger is None:
+        ledger = FaultyLedger(open_ledger(env["GATEWAY_LEDGER"], project=env.get("GOOGLE_CLOUD_PROJECT")))
     try:
-        yield Rig.build(gateway_env(schemas, sandbox, state, **extra), clock, sandbox, ledger=ledger)
+        yield Rig.build(env, clock, sandbox, ledger=ledger)
     finally:
         sandbox.stop()
 
