@@ -29,6 +29,7 @@ from gateway.poller import Poller
 from gateway.workflows import Registry
 
 log = logging.getLogger("gateway.sweeper")
+HAND_OFF_OVERDUE_S = 30.0  # a submit task this late was lost (or never created): hand it off again
 
 
 @dataclass
@@ -90,9 +91,25 @@ class Sweeper:
                 granted = self.ledger.refill(workflow.name, rule, now)
                 self.poller.hand_off(granted)
                 report.handed_off += len(granted)
+                self._slot_holders(workflow.name, set(granted), now, report)
             except GatewayError as exc:
                 log.warning("sweep could not refill %s: %s", workflow.name, exc.detail)
                 report.failed.append(workflow.name)
+
+    def _slot_holders(self, workflow: str, granted: set[str], now: float, report: SweepReport) -> None:
+        """A slot must not sit idle past one sweep once its holder cannot be moving: a holder due a
+        hand-off for a while gets its submit task again (the same name: one task), and a holder claimed
+        past the stale-claim time (its submitter died) is reconciled now, not after the grace."""
+        line = self.ledger.line(workflow)
+        for key in line.running if line is not None else ():
+            record = None if key in granted else self.ledger.get(key)
+            if record is None:
+                continue
+            if record.state == QUEUED and record.hand_off_at is not None and now - record.hand_off_at >= HAND_OFF_OVERDUE_S:
+                self.poller.hand_off([key])
+                _redriven(report, "handed_off", record)
+            elif record.state == CLAIMED and now - record.updated_at >= self.claim_stale_s:
+                self._reconcile(record, report)
 
     def _redrive(self, delivery: Delivery, now: float, report: SweepReport) -> None:
         if delivery.state == CLAIMED:

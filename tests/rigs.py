@@ -196,6 +196,33 @@ def running_rig(schemas: Path, state: Path, *, ledger: Ledger | None = None, **e
         sandbox.stop()
 
 
+def write_admission_schemas(test_schemas: Path, target: Path) -> Path:
+    """`test_schemas` plus one copy of store-clusters per admission block the admission tests use:
+    capped (2, queue), one-at-a-time (1, queue), replacing (1, replace), refusing (1, refuse), held (paused)."""
+    import shutil
+
+    shutil.copytree(test_schemas, target)
+    seed = json.loads((target / "workflows" / "store-clusters.json").read_text())
+    blocks = {"capped": {"max_concurrent_jobs": 2}, "one-at-a-time": {"max_concurrent_jobs": 1},
+              "replacing": {"max_concurrent_jobs": 1, "when_busy": "replace"},
+              "refusing": {"max_concurrent_jobs": 1, "when_busy": "refuse"},
+              "capped-3": {"max_concurrent_jobs": 3}}
+    for name, block in blocks.items():
+        (target / "workflows" / f"{name}.json").write_text(json.dumps({**seed, "admission": block}))
+    (target / "workflows" / "held.json").write_text(json.dumps({**seed, "paused": True}))
+    return target
+
+
+def peak_running(jobs: list[Any]) -> int:
+    """The most jobs CARTO ran at once, each from its creation to its end (the sandbox's jobs)."""
+    edges = sorted([(job.created_at, 1) for job in jobs] + [(job.done_at, -1) for job in jobs])
+    running = peak = 0
+    for _, step in edges:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
 def msg() -> str:
     return f"msg_{uuid.uuid4().hex}"
 

@@ -5,7 +5,6 @@ paused workflows, the end of deliveries that never got a job, and the fast path 
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -18,41 +17,20 @@ from gateway.carto import StaticToken
 from gateway.ledger import QUEUED
 from gateway.ledger.sqlite import SqliteLedger
 from gateway.settings import Secret
-from tests.rigs import ACK, BODY, EVENT_SCHEMA, Rig, msg, running_rig
+from tests.rigs import ACK, BODY, EVENT_SCHEMA, Rig, msg, peak_running, running_rig, write_admission_schemas
 
 CAPPED = "capped"
 
 
 @pytest.fixture
 def admission_schemas(test_schemas, tmp_path) -> Path:
-    """The test schemas plus one copy of store-clusters per admission block the tests use."""
-    target = tmp_path / "schemas"
-    shutil.copytree(test_schemas, target)
-    seed = json.loads((target / "workflows" / "store-clusters.json").read_text())
-    blocks = {"capped": {"max_concurrent_jobs": 2}, "one-at-a-time": {"max_concurrent_jobs": 1},
-              "replacing": {"max_concurrent_jobs": 1, "when_busy": "replace"},
-              "refusing": {"max_concurrent_jobs": 1, "when_busy": "refuse"}}
-    for name, block in blocks.items():
-        (target / "workflows" / f"{name}.json").write_text(json.dumps({**seed, "admission": block}))
-    (target / "workflows" / "held.json").write_text(json.dumps({**seed, "paused": True}))
-    return target
+    return write_admission_schemas(test_schemas, tmp_path / "schemas")
 
 
 @pytest.fixture
 def rig(admission_schemas, tmp_path) -> Iterator[Rig]:
     with running_rig(admission_schemas, tmp_path / "state") as built:
         yield built
-
-
-def peak_running(rig: Rig) -> int:
-    """The most jobs CARTO ran at once: each job from its creation to its end."""
-    edges = sorted([(job.created_at, 1) for job in rig.sandbox.jobs()] + [(job.done_at, -1) for job in rig.sandbox.jobs()],
-                   key=lambda edge: (edge[0], edge[1]))
-    running = peak = 0
-    for _, step in edges:
-        running += step
-        peak = max(peak, running)
-    return peak
 
 
 def events_by_outcome(rig: Rig) -> dict[str, list[dict[str, Any]]]:
@@ -152,7 +130,7 @@ def test_a_cap_of_two_runs_eight_deliveries_two_at_a_time_in_arrival_order(rig):
 
     assert [a.get_json()["queued"] for a in answers] == [False, False] + [True] * 6
     assert all(a.status_code == 202 for a in answers)
-    assert peak_running(rig) == 2
+    assert peak_running(rig.sandbox.jobs()) == 2
     assert [delivery_of(rig, job) for job in rig.sandbox.jobs()] == deliveries
     assert len(events_by_outcome(rig)["SUCCEEDED"]) == 8
     assert rig.app.ledger.line(CAPPED).running == [] and rig.app.ledger.line(CAPPED).waiting == []
