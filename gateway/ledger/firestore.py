@@ -53,9 +53,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import re
 import sys
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -89,6 +91,7 @@ _SWEEP_AT = "sweep_at"
 _CLAIM_ATTEMPTS = 3
 _STRIPES = 64
 _WRITE_ATTEMPTS = 10  # guarded writes that lost to another writer, each after a fresh read
+_MOVE_ATTEMPTS = 50  # optimistic admission moves that lost to another writer, each on fresh reads
 _KNOWN = 4096  # records remembered with their update time (a few MiB at most)
 
 
@@ -166,9 +169,6 @@ class FirestoreLedger:
 
     def _ref(self, key: str) -> firestore.DocumentReference:
         return self.client.collection(self.collection).document(document_id(key))
-
-    def _line_ref(self, workflow: str) -> firestore.DocumentReference:
-        return self.client.collection(self.collection + _LINES_SUFFIX).document(workflow)
 
     def claim(self, delivery: Delivery) -> Claim:
         stored = replace(delivery, updated_at=delivery.created_at)
@@ -264,8 +264,7 @@ class FirestoreLedger:
         self._update_with(key, lambda d: True,
                           lambda d: {"published": True, "updated_at": now, "published_at": d.published_at or now})
 
-    # Admission: each move reads and writes records and the workflow's line in one transaction of the
-    # client library (several documents at once; a single record's changes stay guarded REST writes).
+    # Admission: each move reads records and the workflow's line, then writes them in one guarded commit.
 
     def claim_admitted(self, delivery: Delivery, rule: Rule, now: float) -> Admitted:
         return self._move(delivery.workflow, lambda ws: moves.claim_admitted(ws, delivery, rule, now))
@@ -291,46 +290,60 @@ class FirestoreLedger:
 
     def line(self, workflow: str) -> Line | None:
         with _unavailable():
-            snapshot = self._line_ref(workflow).get(**self._call)
-        return Line.from_dict(snapshot.to_dict()) if snapshot.exists else None
+            found = self.documents.read(self.collection + _LINES_SUFFIX, workflow)
+        return Line.from_dict(found[0]) if found else None
 
     def _move(self, stripe_of: str, move: Callable[[Workspace], T]) -> T:
-        """Run a move of gateway/ledger/moves.py in one transaction: every read first (the workspace
-        buffers the writes), then the writes; Firestore retries it whole on contention. The records it
-        wrote are forgotten, so the next guarded write of one reads it again."""
-        from google.cloud import firestore
-
-        client = self.client
+        """Run a move of gateway/ledger/moves.py as an optimistic transaction: read what it reads (each
+        document with its update time), then commit every write at once, each guarded by the update time
+        it was read at (or by its absence). Another writer in between fails a guard, and the move runs
+        again on fresh reads. Firestore's own transactions lock what they read and, on one hot document
+        (a busy workflow's line), queue and abort each other for seconds; guarded commits do not wait."""
         stripe = self._stripes[int(hashlib.sha256(stripe_of.encode()).hexdigest()[:8], 16) % _STRIPES]
-        written: list[str] = []
-
-        @firestore.transactional
-        def run(transaction: firestore.Transaction) -> T:
-            def read_record(key: str) -> Delivery | None:
-                snapshot = self._ref(key).get(transaction=transaction, **self._call)
-                return _from_doc(snapshot.to_dict()) if snapshot.exists else None
-
-            def read_line(workflow: str) -> Line | None:
-                snapshot = self._line_ref(workflow).get(transaction=transaction, **self._call)
-                return Line.from_dict(snapshot.to_dict()) if snapshot.exists else None
-
-            workspace = Workspace(read_record, read_line)
-            result = move(workspace)
-            for key, record in workspace.records.items():
-                if record is None:
-                    transaction.delete(self._ref(key))
-                else:
-                    transaction.set(self._ref(key), _to_doc(record))
-            for line in workspace.lines.values():
-                transaction.set(self._line_ref(line.workflow), line.as_dict())
-            written[:] = list(workspace.records)
-            return result
-
         with stripe, _unavailable():
-            result = run(client.transaction())
-        for key in written:
-            self._forget(key)
+            for attempt in range(_MOVE_ATTEMPTS):
+                try:
+                    return self._move_once(move)
+                except rest.Conflict:
+                    time.sleep(random.uniform(0, 0.02 * (attempt + 1)))
+        raise LedgerUnavailable("the ledger is busy (an admission line kept changing)")
+
+    def _move_once(self, move: Callable[[Workspace], T]) -> T:
+        """One try of `_move`; rest.Conflict when another writer came first."""
+        lines = self.collection + _LINES_SUFFIX
+        seen: dict[tuple[str, str], str | None] = {}
+
+        def read(collection: str, doc_id: str) -> dict[str, Any] | None:
+            found = self.documents.read(collection, doc_id)
+            seen[(collection, doc_id)] = found[1] if found else None
+            return found[0] if found else None
+
+        def read_record(key: str) -> Delivery | None:
+            doc = read(self.collection, document_id(key))
+            return _from_doc(doc) if doc is not None else None
+
+        def read_line(workflow: str) -> Line | None:
+            doc = read(lines, workflow)
+            return Line.from_dict(doc) if doc is not None else None
+
+        workspace = Workspace(read_record, read_line)
+        result = move(workspace)
+        writes = [self._write(self.collection, document_id(key), record and _to_doc(record), seen)
+                  for key, record in workspace.records.items()]
+        writes += [self._write(lines, line.workflow, line.as_dict(), seen) for line in workspace.lines.values()]
+        if writes:
+            self.documents.commit(writes)
+            for key in workspace.records:
+                self._forget(key)
         return result
+
+    def _write(self, collection: str, doc_id: str, fields: dict[str, Any] | None,
+               seen: dict[tuple[str, str], str | None]) -> dict[str, Any]:
+        update_time = seen.get((collection, doc_id))
+        if fields is None:
+            assert update_time is not None, "a move deletes only what it read"
+            return self.documents.drop(collection, doc_id, update_time)
+        return self.documents.put(collection, doc_id, fields, update_time)
 
     def recent(self, query: DeliveryQuery) -> list[Delivery]:
         found = self.client.collection(self.collection)

@@ -83,6 +83,32 @@ class DocumentsRest:
         """Delete the document if it is still at `update_time`; Conflict when it is not (or is gone)."""
         self._commit({"delete": self._name(doc_id), "currentDocument": {"updateTime": update_time}})
 
+    def read(self, collection: str, doc_id: str) -> tuple[dict[str, Any], str] | None:
+        """`get` in another collection of the same database (the admission lines beside the deliveries)."""
+        try:
+            answer = self._call("GET", f"{self._parent}/{collection}/{doc_id}", None)
+        except Conflict:  # NOT_FOUND
+            return None
+        return decode_fields(answer.get("fields", {})), answer["updateTime"]
+
+    def put(self, collection: str, doc_id: str, fields: Mapping[str, Any], update_time: str | None) -> dict[str, Any]:
+        """A write (for `commit`) replacing the whole document if it is still at `update_time`, or creating it
+        if `update_time` is None and it does not exist."""
+        precondition = {"updateTime": update_time} if update_time else {"exists": False}
+        return {"update": {"name": f"{self._parent}/{collection}/{doc_id}", "fields": encode_fields(fields)},
+                "currentDocument": precondition}
+
+    def drop(self, collection: str, doc_id: str, update_time: str) -> dict[str, Any]:
+        """A write (for `commit`) deleting the document if it is still at `update_time`."""
+        return {"delete": f"{self._parent}/{collection}/{doc_id}", "currentDocument": {"updateTime": update_time}}
+
+    def commit(self, writes: list[dict[str, Any]]) -> None:
+        """Several writes, all or none; Conflict when a precondition fails (another writer came first)."""
+        try:
+            self._call("POST", f"{self._parent}:commit", {"writes": writes})
+        except AlreadyExists:
+            raise Conflict("ALREADY_EXISTS") from None
+
     def _commit(self, write: dict[str, Any]) -> str:
         """One write through `documents:commit` (whose body carries the precondition as a message); its update time."""
         answer = self._call("POST", f"{self._parent}:commit", {"writes": [write]})
