@@ -132,17 +132,18 @@ class Rig:
         return self.client(target).post("/", json=push_body(message, message_id)).status_code
 
     def poll_all(self) -> list[int]:
-        """Deliver every tracking message published so far to `poll`, then run the tasks (checks and
-        submit hand-offs) they scheduled, and so on until nothing is left; the statuses are those of
-        the tracking messages' pushes."""
-        statuses: list[int] = []
+        """Deliver every tracking message published so far to `poll` (again, for those delivered before: Pub/Sub
+        redelivers), then run the tasks (checks and submit hand-offs), delivering the tracking messages those
+        publish, until nothing is left; the statuses are those of the tracking messages' pushes."""
+        statuses = [self.deliver(message, str(n)) for n, message in enumerate(self.tracking())]
+        self._delivered = len(self.tracking())
         while True:
+            self.run_tasks()
             fresh = self.tracking()[self._delivered:]
+            if not fresh:
+                return statuses
             self._delivered += len(fresh)
             statuses.extend(self.deliver(message, str(len(statuses))) for message in fresh)
-            self.run_tasks()
-            if len(self.tracking()) == self._delivered:
-                return statuses
 
     def run_task(self, request: dict[str, Any]) -> int:
         """Cloud Tasks' call of one task on `poll`, at its due time on the fake clock; the HTTP status."""
