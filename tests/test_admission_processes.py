@@ -16,7 +16,7 @@ import requests
 from gateway.ledger import open_ledger
 from gateway.local import emulators
 from gateway.local.devstack import LocalStack
-from tests.conftest import CARTO_TOKEN, SECRET, TASKS_QUEUE
+from tests.constants import CARTO_TOKEN, SECRET, TASKS_QUEUE
 from tests.rigs import BODY, peak_running, write_admission_schemas
 from tests.stackutil import EventInbox, signed_headers
 

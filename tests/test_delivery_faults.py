@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from gateway.ledger import CLAIMED, QUEUED, SUBMITTED, TRACKED, open_ledger
+from gateway.ledger import QUEUED, SUBMITTED, TRACKED, open_ledger
 from tests.constants import PROJECT
 from tests.rigs import (
     ACK,

@@ -23,7 +23,7 @@ from gateway.ledger import (
     Rule,
     open_ledger,
 )
-from tests.conftest import PROJECT
+from tests.constants import PROJECT
 
 T0 = 1_700_000_000.0
 CAP1 = Rule(cap=1)
