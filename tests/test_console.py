@@ -8,6 +8,7 @@ import html
 import json
 import re
 from dataclasses import replace
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -395,38 +396,43 @@ def test_deployed_the_console_serves_its_configured_host_and_the_operators_proxy
 
 # --- what no page may do -----------------------------------------------------------------------------
 
-def all_pages(rig, console) -> dict[str, str]:
-    """Every page of the console over deliveries whose sender text is a script tag."""
+def all_pages(rig, console) -> dict[str, Any]:
+    """Every page of the console over deliveries whose sender text is a script tag: url → (answer, the status it
+    must have, whether it shows the sender's text)."""
     hostile = {**BODY, "store": {"type": XSS}}
     rig.sandbox.faults.fail_jobs(f"Query error: {XSS}")
     failed = rig.app.ledger.find_job(deliver(rig, XSS, hostile))
     running = rig.app.ledger.find_job(deliver(rig, f"{XSS}-2", hostile, finish=False))
-    urls = ["/", "/workflows", f"/?q={quote(XSS)}", f"/?q={quote(failed.job_id)}", key_url(failed.key),
-            key_url(running.key), f"/actions/rerun?key={quote(failed.key)}", f"/actions/cancel?key={quote(running.key)}",
-            f"/deliveries/{quote(XSS)}", f"/?workflow={quote(XSS)}"]
-    return {url: console.get(url).get_data(as_text=True) for url in urls}
+    expected = {"/": (200, True), "/workflows": (200, False), f"/?q={quote(XSS)}": (200, True),
+                f"/?q={quote(failed.job_id)}": (200, True), key_url(failed.key): (200, True),
+                key_url(running.key): (200, True), f"/actions/rerun?key={quote(failed.key)}": (200, True),
+                f"/actions/cancel?key={quote(running.key)}": (200, True),
+                f"/deliveries/{quote(XSS)}": (404, True),  # an unknown key, named in the answer as text
+                f"/?workflow={quote(XSS)}": (400, False)}  # an unknown workflow filter, not echoed
+    return {url: (console.get(url), status, shown) for url, (status, shown) in expected.items()}
 
 
 def test_a_payload_script_tag_is_shown_as_text_everywhere(rig, console):
-    pages = all_pages(rig, console)
-    for url, text in pages.items():
-        assert XSS not in text, url
-        assert "<script" not in text.lower(), url
     escaped = html.escape(XSS)
-    for url in ("/", "/deliveries/", "/actions/"):
-        assert any(escaped in text for u, text in pages.items() if u.startswith(url)), url
+    for url, (answer, status, shown) in all_pages(rig, console).items():
+        text = answer.get_data(as_text=True)
+        assert answer.status_code == status, url
+        assert XSS not in text and "<script" not in text.lower(), url
+        assert (escaped in text) == shown, url
+
+
+def test_every_page_forbids_scripts_and_framing(rig, console):
+    for url, (answer, _, _) in all_pages(rig, console).items():
+        policy = answer.headers["Content-Security-Policy"]
+        assert "default-src 'none'" in policy and "script-src" not in policy and "frame-ancestors 'none'" in policy, url
+        assert answer.headers["X-Content-Type-Options"] == "nosniff", url
 
 
 def test_no_page_holds_the_carto_token_or_a_webhook_secret(rig, console):
-    for url, text in all_pages(rig, console).items():
+    for url, (answer, _, _) in all_pages(rig, console).items():
+        text = answer.get_data(as_text=True)
         assert CARTO_TOKEN not in text and SECRET not in text, url
         assert SECRET.removeprefix("whsec_") not in text, url
-
-
-def test_pages_forbid_scripts_and_framing(console):
-    answer = console.get("/")
-    policy = answer.headers["Content-Security-Policy"]
-    assert "default-src 'none'" in policy and "script-src" not in policy and "frame-ancestors 'none'" in policy
 
 
 def test_the_stylesheet_is_served(console):
