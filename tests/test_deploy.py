@@ -71,7 +71,7 @@ case "$1 $2 $3" in
   "eventarc triggers describe") echo "projects/p/subscriptions/${4##*/}-sub" ;;
   "firestore indexes fields")
     [[ $4 == list ]] && deployed && printf 'projects/p/databases/d/collectionGroups/c/fields/%s\n' expires_at parameters \
-      query error last_answer updated_at submitted_at deadline_at last_check_at finished_at queued_at ;;
+      query error last_answer result updated_at submitted_at deadline_at last_check_at finished_at queued_at ;;
   "firestore indexes composite")
     if [[ $4 == list ]] && deployed; then
       for fields in workflow outcome workflow:ASCENDING:outcome state workflow:ASCENDING:state outcome:ASCENDING:state \
@@ -537,7 +537,7 @@ def test_ledger_fields_never_queried_are_not_indexed(deploy_commands):
     updates = with_prefix(deploy_commands, "firestore", "indexes", "fields", "update")
     # Large fields, and every timestamp no query uses: an indexed field whose values only grow caps
     # the collection's writes at about 500 per second.
-    assert {argv[5] for argv in updates} == {"parameters", "query", "error", "last_answer"} | LEDGER_TIMESTAMPS
+    assert {argv[5] for argv in updates} == {"parameters", "query", "error", "last_answer", "result"} | LEDGER_TIMESTAMPS
     assert all(flags(argv)["disable-indexes"] is True for argv in updates)
     assert all(flags(argv)["collection-group"] == "deliveries" for argv in updates)
 
