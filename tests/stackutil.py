@@ -49,6 +49,7 @@ class Event:
     attributes: dict[str, str]
     data: dict[str, Any]
     raw: bytes
+    message_id: str = ""  # Pub/Sub's: every publish gets its own, a redelivery of one keeps it
 
 
 class EventInbox:
@@ -71,7 +72,8 @@ class EventInbox:
         ack_ids = []
         for received in answer.received_messages:
             message = received.message
-            self.events.append(Event(dict(message.attributes), json.loads(message.data), bytes(message.data)))
+            self.events.append(Event(dict(message.attributes), json.loads(message.data), bytes(message.data),
+                                     message.message_id))
             ack_ids.append(received.ack_id)
         if ack_ids:
             self.subscriber.acknowledge(request={"subscription": self.path, "ack_ids": ack_ids})
