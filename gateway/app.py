@@ -66,7 +66,7 @@ class App:
             source=source, emulator_host=settings.cloud_tasks_emulator_host)
         poller = Poller(carto=carto, ledger=ledger, publisher=publisher, events_topic=settings.events_topic,
                         source=source, clock=clock, schedule=Schedule(settings.poll_first_s, settings.poll_factor),
-                        inline_s=settings.poll_inline_s, scheduler=scheduler, quiet_s=settings.sweep_grace_s,
+                        inline_s=settings.poll_inline_s, scheduler=scheduler, sweep_grace_s=settings.sweep_grace_s,
                         results=ResultReader(carto, _result_specs(registry), budget_s=settings.result_budget_s,
                                              max_bytes=settings.result_max_bytes))
         intake = Intake(carto=carto, ledger=ledger, publisher=publisher, jobs_topic=settings.jobs_topic,
@@ -75,7 +75,7 @@ class App:
                         reconcile_after_s=carto.longest_post_s)
         admission = Admission(ledger=ledger, intake=intake, poller=poller, registry=registry, clock=clock.now)
         sweeper = Sweeper(ledger=ledger, intake=intake, poller=poller, admission=admission, registry=registry,
-                          clock=clock.now, grace_s=settings.sweep_grace_s)
+                          clock=clock.now, sweep_grace_s=settings.sweep_grace_s)
         operators = Operators.from_settings(tuple(token.reveal() for token in settings.operator_tokens),
                                             settings.operators, _verifier(id_token_verifier))
         return cls(settings, registry, carto, ledger, publisher, intake, poller, sweeper, clock, scheduler, operators,

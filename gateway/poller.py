@@ -104,11 +104,11 @@ class Poller:
 
     def __init__(self, *, carto: CartoClient, ledger: Ledger, publisher: Publisher, events_topic: str,
                  source: str, clock: Clock, schedule: Schedule, inline_s: float, scheduler: Scheduler,
-                 quiet_s: float, results: Results | None = None):
+                 sweep_grace_s: float, results: Results | None = None):
         self.carto, self.ledger, self.publisher = carto, ledger, publisher
         self.events_topic, self.source, self.clock = events_topic, source, clock
         self.schedule, self.inline_s, self.scheduler = schedule, inline_s, scheduler
-        self.quiet_s = quiet_s  # the sweeper's grace: how long past `updated_at` it leaves a tracked job alone
+        self.sweep_grace_s = sweep_grace_s  # GATEWAY_SWEEP_GRACE_S: how long past `updated_at` it leaves a tracked job alone
         self._inline = threading.BoundedSemaphore(INLINE_FOLLOWERS)
         self.results = results
 
@@ -144,7 +144,7 @@ class Poller:
         """Why the record makes the check's progress impossible, or None when it fits."""
         now = self.clock.now()
         job = _tracking_of(record, now)
-        last_index = self.schedule.index_after(job.deadline_at - job.submitted_at + self.quiet_s)
+        last_index = self.schedule.index_after(job.deadline_at - job.submitted_at + self.sweep_grace_s)
         if check.index > last_index:
             return f"check index {check.index} past the schedule's last ({last_index})"
         # At most one check per point of the schedule, plus one per task that came early.
@@ -211,7 +211,7 @@ class Poller:
         self.scheduler.schedule(check)
         # The ledger is written only when the next check falls past what the sweeper tolerates
         # (updated_at + its grace): short gaps early in a job cost no write.
-        if check.due_at > record.updated_at + self.quiet_s:
+        if check.due_at > record.updated_at + self.sweep_grace_s:
             self.ledger.note_checks(record.key, check.checks, check.last_check_at or _submitted_at(record),
                                     next_check_at=check.due_at)
 

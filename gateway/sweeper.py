@@ -56,17 +56,17 @@ class Sweeper:
     """Finds stuck deliveries and moves each one step on."""
 
     def __init__(self, *, ledger: Ledger, intake: Intake, poller: Poller, admission: Admission, registry: Registry,
-                 clock: Callable[[], float], grace_s: float, claim_stale_s: float | None = None):
+                 clock: Callable[[], float], sweep_grace_s: float, claim_stale_s: float | None = None):
         self.ledger, self.intake, self.poller, self.clock = ledger, intake, poller, clock
         self.admission, self.registry = admission, registry
-        self.grace_s = grace_s
+        self.sweep_grace_s = sweep_grace_s
         self.claim_stale_s = intake.claim_stale_s if claim_stale_s is None else claim_stale_s
 
     def sweep(self, limit: int = 200) -> SweepReport:
         report = SweepReport()
         now = self.clock()
         self._refill(now, report)
-        for delivery in self.ledger.stale(now - self.grace_s, limit):
+        for delivery in self.ledger.stale(now - self.sweep_grace_s, limit):
             try:
                 self._redrive(delivery, now, report)
             except GatewayError as exc:
@@ -157,7 +157,7 @@ class Sweeper:
     def _tracked(self, delivery: Delivery, now: float, report: SweepReport) -> None:
         # A tracked record's updated_at is its next check's due time (or when it was tracked), so being
         # in `stale` means that check is overdue by more than the grace: its task is lost.
-        if delivery.deadline_at is not None and now >= delivery.deadline_at + self.grace_s:
+        if delivery.deadline_at is not None and now >= delivery.deadline_at + self.sweep_grace_s:
             self.poller.expire(delivery, now)
             _redriven(report, "timed_out", delivery)
         else:

@@ -98,7 +98,7 @@ def rig(test_schemas, tasks_emulator, tmp_path_factory) -> Iterator[Rig]:
         app = App.build(Settings.from_env(stack.function_env()))
         # The tests sweep only after the sender was answered, so no job POST can still be in flight:
         # this sweeper may take claims over at once (the deployed one waits for CLAIM_STALE_S).
-        app.sweeper.claim_stale_s, app.sweeper.grace_s = 0.0, 0.1
+        app.sweeper.claim_stale_s, app.sweeper.sweep_grace_s = 0.0, 0.1
         built = Rig(stack, proxy, pubsub, app, QuickInbox(PROJECT, stack.topics["events"], "faults-events"))
         yield built
     finally:
@@ -264,7 +264,7 @@ def test_a_latency_spike_below_the_timeout_is_just_slower(rig):
 
 def test_a_sweep_while_a_submit_tasks_post_is_held_at_carto_leaves_its_claim_alone(rig):
     production = App.build(Settings.from_env(rig.stack.function_env()))  # the sweeper as deployed
-    production.sweeper.grace_s = 0.0  # every record is past its grace: only the claim rule may hold it back
+    production.sweeper.sweep_grace_s = 0.0  # every record is past its grace: only the claim rule may hold it back
     rig.sandbox.faults.rate_limit("submit", retry_after=1)  # the inline POST: 429, so the delivery is queued
     retried = rig.sandbox.faults.hold("submit")  # and its submit task's POST waits at CARTO until the sweep is over
     delivery = new_delivery()
@@ -278,7 +278,7 @@ def test_a_sweep_while_a_submit_tasks_post_is_held_at_carto_leaves_its_claim_alo
 
     # The sweep met a claim past its grace with no job in CARTO yet (the POST is held) and left it alone.
     assert_queued(queued)
-    assert claim.state == CLAIMED and time.time() - claim.updated_at > production.sweeper.grace_s
+    assert claim.state == CLAIMED and time.time() - claim.updated_at > production.sweeper.sweep_grace_s
     assert jobs_meanwhile == [] and after is not None and after.claim_token == claim.claim_token
     assert report.released == 0 and report.adopted == 0 and report.requeued == 0
     assert_exactly_once_queued(rig, delivery)
