@@ -51,7 +51,7 @@ class QuickInbox(EventInbox):
 
 
 @dataclass
-class Rig:
+class NetworkRig:
     """The running stack, the proxy in front of CARTO, the module's emulator, an in-process sweeper."""
 
     stack: LocalStack
@@ -78,7 +78,7 @@ class Rig:
 
 
 @pytest.fixture(scope="module")
-def rig(test_schemas, tasks_emulator, tmp_path_factory) -> Iterator[Rig]:
+def rig(test_schemas, tasks_emulator, tmp_path_factory) -> Iterator[NetworkRig]:
     state = tmp_path_factory.mktemp("faults")
     try:
         pubsub = emulators.Emulator.start("pubsub", project=PROJECT, log_dir=state)
@@ -92,14 +92,14 @@ def rig(test_schemas, tasks_emulator, tmp_path_factory) -> Iterator[Rig]:
         tasks_host=tasks_emulator.host, sandbox_port=sandbox_port, sandbox_duration_s=0.3,
         env={"CARTO_API_BASE_URL": proxy.url, "CARTO_API_TOKEN": CARTO_TOKEN, "STORE_CLUSTERS_SECRET": SECRET,
              "CARTO_TIMEOUT_S": "1", "GATEWAY_POLL_FIRST_S": "0.2", "GATEWAY_SWEEP_GRACE_S": "1"})
-    built: Rig | None = None
+    built: NetworkRig | None = None
     try:
         stack.start()
         app = App.build(Settings.from_env(stack.function_env()))
         # The tests sweep only after the sender was answered, so no job POST can still be in flight:
         # this sweeper may take claims over at once (the deployed one waits for CLAIM_STALE_S).
         app.sweeper.claim_stale_s, app.sweeper.sweep_grace_s = 0.0, 0.1
-        built = Rig(stack, proxy, pubsub, app, QuickInbox(PROJECT, stack.topics["events"], "faults-events"))
+        built = NetworkRig(stack, proxy, pubsub, app, QuickInbox(PROJECT, stack.topics["events"], "faults-events"))
         yield built
     finally:
         stack.stop()
@@ -120,7 +120,7 @@ def new_delivery() -> str:
     return f"msg_{uuid.uuid4().hex}"
 
 
-def retry_until_accepted(rig: Rig, delivery: str, body: Any = BODY, attempts: int = 30) -> requests.Response:
+def retry_until_accepted(rig: NetworkRig, delivery: str, body: Any = BODY, attempts: int = 30) -> requests.Response:
     """The sender's retries with the same webhook-id, the sweeper running between them."""
     for _ in range(attempts):
         rig.app.sweeper.sweep()
@@ -132,7 +132,7 @@ def retry_until_accepted(rig: Rig, delivery: str, body: Any = BODY, attempts: in
     raise AssertionError(f"delivery {delivery} was never accepted")
 
 
-def assert_exactly_once(rig: Rig, delivery: str, accepted: requests.Response) -> str:
+def assert_exactly_once(rig: NetworkRig, delivery: str, accepted: requests.Response) -> str:
     """One CARTO job for the delivery, the one the sender was told; its events carry one outcome."""
     jobs = rig.jobs_of(delivery)
     assert [job.external_id for job in jobs] == [accepted.json()["job_id"]]
@@ -156,7 +156,7 @@ def assert_queued(answer: requests.Response) -> None:
     assert answer.json()["queued"] is True and answer.json()["job_id"] is None
 
 
-def job_of(rig: Rig, delivery: str, timeout_s: float = 60.0) -> str:
+def job_of(rig: NetworkRig, delivery: str, timeout_s: float = 60.0) -> str:
     """The job id the ledger records for a queued delivery once its submit task has run."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -167,7 +167,7 @@ def job_of(rig: Rig, delivery: str, timeout_s: float = 60.0) -> str:
     raise AssertionError(f"delivery {delivery} never got a job")
 
 
-def assert_exactly_once_queued(rig: Rig, delivery: str) -> str:
+def assert_exactly_once_queued(rig: NetworkRig, delivery: str) -> str:
     """`assert_exactly_once` for a delivery answered `queued`: a replay now answers the one job."""
     job_of(rig, delivery)
     return assert_exactly_once(rig, delivery, rig.post(delivery))
@@ -357,7 +357,7 @@ class LedgerLock:
         return self.process.stdout.readline().strip()
 
 
-def _ledger_path(rig: Rig) -> str:
+def _ledger_path(rig: NetworkRig) -> str:
     return rig.stack.function_env()["GATEWAY_LEDGER"].removeprefix("sqlite:///")
 
 
