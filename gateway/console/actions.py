@@ -1,6 +1,8 @@
-"""What an operator can do from the console: cancel a running job, re-run a finished delivery.
+"""What an operator can do from the console: cancel a running job or a delivery still waiting for one,
+re-run a finished delivery.
 
-Both take the gateway's own paths (the poller's cancel, as `DELETE /jobs/{id}` does; the intake's claim,
+Both take the gateway's own paths (admission's cancel: the poller's, as `DELETE /jobs/{id}` does, for a
+job; for a delivery without one, its end without a job and its place handed on; the intake's claim,
 submit and track for a re-run), are recorded on the delivery in the ledger (`note_action`) and are logged
 with who did it.
 """
@@ -14,7 +16,7 @@ from typing import Any
 from gateway import logs
 from gateway.app import App
 from gateway.errors import ActionRefused, NotFound
-from gateway.ledger import FINISHED, Delivery
+from gateway.ledger import FINISHED, QUEUED, Delivery
 
 log = logging.getLogger("gateway.console")
 CANCEL, RERUN = "cancel", "rerun"
@@ -36,7 +38,8 @@ def delivery(app: App, key: str) -> Delivery:
 
 
 def can_cancel(record: Delivery) -> bool:
-    return record.outcome is None and record.job_id is not None
+    """A running job, or a delivery waiting (queued) for CARTO or for a slot of its workflow."""
+    return record.outcome is None and (record.job_id is not None or record.state == QUEUED)
 
 
 def can_rerun(record: Delivery) -> bool:
@@ -50,15 +53,16 @@ def next_attempt(record: Delivery) -> int:
 
 
 def cancel(app: App, key: str, operator: str) -> Done:
-    """Cancel the job at CARTO and publish its one CANCELLED event (or the outcome it had already reached)."""
+    """Cancel the job at CARTO, or the waiting delivery before it has one, and publish its one CANCELLED
+    event (or the outcome it had already reached)."""
     record = delivery(app, key)
     if record.outcome is not None:
         raise ActionRefused(f"the job has already finished ({record.outcome}); there is nothing to cancel")
-    if record.job_id is None:
-        raise ActionRefused("the delivery has no CARTO job yet; there is nothing to cancel")
+    if not can_cancel(record):
+        raise ActionRefused("the delivery is being submitted to CARTO right now; open it again in a moment")
     with logs.bound(workflow=record.workflow, delivery_id=record.delivery_id, job_id=record.job_id,
                     key=record.key, operator=operator, action=CANCEL):
-        final = app.poller.cancel(record)
+        final = app.admission.cancel(key)
         _note(app, key, CANCEL, operator, outcome=final.outcome)
         log.info("job cancelled from the console", extra=logs.event("console.cancelled", outcome=final.outcome))
     return Done(key, "cancelled")

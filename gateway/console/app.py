@@ -209,13 +209,15 @@ def _list(app: App, request: flask.Request, operator: str) -> Response:
 def _delivery(app: App, key: str, operator: str, done: str | None = None) -> Response:
     record = actions.delivery(app, key)
     event = None
-    if record.outcome is not None and record.job_id and record.finished_at is not None:
+    if record.outcome is not None and record.finished_at is not None:
         # Rebuilt by the function that published it, from the same record: the event as it went out.
         message = completion_event(record, source=event_source(app.settings.project))
         event = {"attributes": message.attributes, "data": json.loads(message.data)}
     return _page("delivery.html", record=record, steps=queries.timeline(record), event=event, operator=operator, done=done,
                  duration=queries.duration_s(record), logs_url=_logs_url(app, record),
-                 can_cancel=actions.can_cancel(record), can_rerun=actions.can_rerun(record))
+                 can_cancel=actions.can_cancel(record), can_rerun=actions.can_rerun(record),
+                 waiting=queries.queued_detail(record),
+                 waited_s=app.clock.now() - record.created_at)
 
 
 def _logs_url(app: App, record: Any) -> str | None:
@@ -232,7 +234,8 @@ def _workflows(app: App, operator: str) -> Response:
     cards = []
     for name in sorted(app.registry.workflows):
         summary = queries.workflow_summary(app.ledger, name, now)
-        cards.append({"summary": summary, "outcomes": charts.outcome_bars(summary.by_outcome),
+        cards.append({"summary": summary, "waiting": queries.waiting(app.ledger, name, now),
+                      "outcomes": charts.outcome_bars(summary.by_outcome),
                       "durations": charts.duration_histogram(summary.durations, summary.p50, summary.p95)})
     return _page("workflows.html", cards=cards, operator=operator, since=now - queries.DAY_S)
 

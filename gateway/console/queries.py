@@ -14,9 +14,9 @@ from urllib.parse import urlencode
 
 from gateway.carto import CANCELLED, FAILED, SUCCEEDED, TIMED_OUT
 from gateway.errors import FieldError, MalformedRequest
-from gateway.ledger import STATES, Delivery, DeliveryQuery, Ledger
+from gateway.ledger import QUEUED, STATES, SUPERSEDED, Delivery, DeliveryQuery, Ledger
 
-OUTCOMES = (SUCCEEDED, FAILED, TIMED_OUT, CANCELLED)
+OUTCOMES = (SUCCEEDED, FAILED, TIMED_OUT, CANCELLED, SUPERSEDED)
 RUNNING = "RUNNING"  # how the pictures name deliveries that have no outcome yet
 PAGE_SIZE, MAX_PAGE_SIZE = 50, 200
 DAY_S = 86400.0
@@ -171,19 +171,69 @@ class Step:
 
 
 def timeline(record: Delivery) -> list[Step]:
-    """Claimed, submitted, tracked, the checks, finished, event published: when each happened."""
+    """Claimed, queued (when it waited), submitted, tracked, the checks, finished, event published: when each
+    happened."""
     reached = {state: n for n, state in enumerate(STATES)}[record.state]
+    submitted, tracked, finished = (STATES.index(state) for state in ("submitted", "tracked", "finished"))
     checks = f"{record.checks} status check{'' if record.checks == 1 else 's'}"
-    steps = [
-        Step("claimed", record.created_at, True, f"idempotency key {record.idempotency_key}"),
-        Step("submitted", record.submitted_at, reached >= 1, f"CARTO job {record.job_id}" if record.job_id else ""),
-        Step("tracked", record.tracked_at, reached >= 2, "tracking message published"),
+    steps = [Step("claimed", record.created_at, True, f"idempotency key {record.idempotency_key}")]
+    if record.queued_at is not None:
+        steps.append(Step("queued", record.queued_at, True, waiting_detail(record)))
+    steps += [
+        Step("submitted", record.submitted_at, reached >= submitted and record.job_id is not None,
+             f"CARTO job {record.job_id}" if record.job_id else ""),
+        Step("tracked", record.tracked_at, reached >= tracked and record.job_id is not None,
+             "tracking message published"),
         Step("checks", record.last_check_at, record.checks > 0, checks + (", the last at" if record.last_check_at else "")),
-        Step("finished", record.finished_at, reached >= 3,
-             f"{record.outcome} (CARTO state {record.carto_state})" if record.outcome else ""),
+        Step("finished", record.finished_at, reached >= finished, _ending(record)),
         Step("event published", record.published_at, record.published, "completion event on the events topic"),
     ]
     return steps
+
+
+_REASONS = {"carto_unavailable": "CARTO could not take the job", "carto_slow": "CARTO did not answer in time",
+            "busy": "the workflow was at its cap", "paused": "the workflow is paused"}
+
+
+def waiting_detail(record: Delivery) -> str:
+    """Why a delivery waited (or waits), and CARTO's last answer meanwhile."""
+    parts = [_REASONS.get(record.queue_reason or "", record.queue_reason or "")]
+    if record.last_answer:
+        status = record.last_answer.get("status")
+        parts.append(f"CARTO's last answer: {status if status is not None else 'none'} "
+                     f"{record.last_answer.get('message') or ''}".strip())
+    return "; ".join(part for part in parts if part)
+
+
+def queued_detail(record: Delivery) -> str | None:
+    """Why a queued delivery waits; None for one that does not."""
+    return waiting_detail(record) if record.state == QUEUED else None
+
+
+def _ending(record: Delivery) -> str:
+    if not record.outcome:
+        return ""
+    if record.outcome == SUPERSEDED:
+        return f"{SUPERSEDED} by {record.superseded_by}: a newer delivery took its place, no job"
+    if record.job_id is None:
+        return f"{record.outcome}, no job"
+    return f"{record.outcome} (CARTO state {record.carto_state})"
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A workflow's deliveries accepted and not yet submitted: how many, and how long the oldest has waited."""
+
+    count: int
+    oldest_s: float | None
+    truncated: bool
+
+
+def waiting(ledger: Ledger, workflow: str, now: float) -> Waiting:
+    """The workflow's `queued` deliveries (waiting for CARTO or for a slot)."""
+    rows = ledger.recent(DeliveryQuery(workflow=workflow, state=QUEUED, limit=SUMMARY_LIMIT))
+    oldest = min((record.created_at for record in rows), default=None)
+    return Waiting(len(rows), None if oldest is None else max(0.0, now - oldest), len(rows) >= SUMMARY_LIMIT)
 
 
 @dataclass(frozen=True)
