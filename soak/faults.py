@@ -1,8 +1,14 @@
 """The soak's fault schedule: one fault every few seconds, cycling through CARTO's own failures (the
-local job API's fault queue) and the network's (tests/faultproxy.py in front of it)."""
+local job API's fault queue) and the network's (tests/faultproxy.py in front of it); and CARTO's
+longer troubles, each once at its point of the run (`Episodes`): an outage answering 503, an outage
+refusing connections (behind the proxy the gateway sees its connection reset), a burst against a
+limit of 15 job creations a minute, and a CARTO taking 10 s to create each job."""
 
 from __future__ import annotations
 
+import random
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,3 +70,60 @@ class Injector:
         """Nothing pending any more, so the drain runs on a healthy CARTO."""
         self.proxy.clear()
         self.sandbox.faults.clear()
+
+
+OUTAGE_S = (30.0, 90.0)  # an outage lasts this long (drawn from the run's seed), at most a fifth of a short run
+RATE_LIMIT_PER_MINUTE, RATE_LIMIT_S = 15, 60.0
+SLOW_CREATION_S, SLOW_S = 10.0, 30.0
+
+
+class Episodes:
+    """CARTO's longer troubles at set fractions of the run; `tick()` starts those that are due."""
+
+    def __init__(self, sandbox: Any, run_s: float, rng: random.Random, note: Callable[[str], None],
+                 say: Callable[[str], None]):
+        self.sandbox, self._note, self._say = sandbox, note, say
+        self._started = time.monotonic()
+        self._timers: list[threading.Timer] = []
+        longest = max(OUTAGE_S[0], min(OUTAGE_S[1], run_s / 5))
+        self._plan: list[tuple[float, str, Callable[[], None]]] = [
+            (0.05 * run_s, "CARTO outage: every call answered 503", lambda s=rng.uniform(OUTAGE_S[0], longest):
+                self._outage(s, "error")),
+            (0.27 * run_s, "CARTO outage: connections refused", lambda s=rng.uniform(OUTAGE_S[0], longest):
+                self._outage(s, "refuse")),
+            (0.60 * run_s, f"CARTO rate limit: {RATE_LIMIT_PER_MINUTE} job creations a minute for "
+                           f"{RATE_LIMIT_S:.0f} s (429 + Retry-After beyond)", self._rate_limit),
+            (0.80 * run_s, f"slow CARTO: {SLOW_CREATION_S:.0f} s per job creation for {SLOW_S:.0f} s", self._slow),
+        ]
+
+    def tick(self) -> None:
+        elapsed = time.monotonic() - self._started
+        while self._plan and self._plan[0][0] <= elapsed:
+            _, name, start = self._plan.pop(0)
+            start()
+            self._note(name)
+
+    def _outage(self, seconds: float, kind: str) -> None:
+        self._say(f"CARTO outage ({kind}) for {seconds:.0f} s")
+        self.sandbox.outage(seconds, kind=kind)
+
+    def _rate_limit(self) -> None:
+        self.sandbox.conditions.rate_limit(RATE_LIMIT_PER_MINUTE)
+        self._later(RATE_LIMIT_S, lambda: self.sandbox.conditions.rate_limit(None))
+
+    def _slow(self) -> None:
+        self.sandbox.conditions.slow_creation(SLOW_CREATION_S)
+        self._later(SLOW_S, lambda: self.sandbox.conditions.slow_creation(0.0))
+
+    def _later(self, seconds: float, action: Callable[[], None]) -> None:
+        timer = threading.Timer(seconds, action)
+        timer.daemon = True
+        timer.start()
+        self._timers.append(timer)
+
+    def clear(self) -> None:
+        """No episode left pending or running, so the drain runs on a healthy CARTO."""
+        for timer in self._timers:
+            timer.cancel()
+        self._plan.clear()
+        self.sandbox.conditions.clear()

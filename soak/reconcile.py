@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.intake import delivery_marker
-from soak.traffic import EXPECTED, Delivery
+from gateway.local.sandbox.jobs import peak_running
+from soak.traffic import CAP, EXPECTED, NEVER_RETRIED, Delivery
 
-OUTCOME_OF = {"valid": "SUCCEEDED", "failing": "FAILED"}
+OUTCOME_OF = {"valid": "SUCCEEDED", "once": "SUCCEEDED", "capped": "SUCCEEDED", "failing": "FAILED"}
+CARTO_CAUSED = "carto-unavailable"  # the problem code of a 503 answered because CARTO could not take the job
 
 
 @dataclass
@@ -28,8 +30,10 @@ class Reconciliation:
         return "\n".join(lines)
 
 
-def reconcile(deliveries: list[Delivery], jobs: list[Any], events: list[dict[str, str]]) -> Reconciliation:
-    """Every 202 has exactly one CARTO job and one distinct outcome; every 4xx has no job; no job is anyone else's."""
+def reconcile(deliveries: list[Delivery], jobs: list[Any], events: list[dict[str, str]],
+              capped_procedure: str | None = None) -> Reconciliation:
+    """Every 202 has exactly one CARTO job and one distinct outcome; every 4xx has no job; no job is anyone else's;
+    no 503 because of CARTO; the capped workflow never ran more than CAP jobs at once."""
     result = Reconciliation()
     jobs_by_marker: dict[str, list[Any]] = defaultdict(list)
     for job in jobs:
@@ -37,8 +41,9 @@ def reconcile(deliveries: list[Delivery], jobs: list[Any], events: list[dict[str
         jobs_by_marker[marker].append(job)
     outcomes: dict[str, set[str]] = defaultdict(set)
     for event in events:
-        outcomes[event["job_id"]].add(event["outcome"])
+        outcomes[event.get("job_id") or ""].add(event["outcome"])
     _traffic(result, deliveries)
+    _admission(result, deliveries, jobs, capped_procedure)
     owned = _accepted(result, deliveries, jobs_by_marker, outcomes)
     _refused(result, deliveries, jobs_by_marker)
     orphans = [job.external_id for job in jobs if job.external_id not in owned]
@@ -66,6 +71,25 @@ def _traffic(result: Reconciliation, deliveries: list[Delivery]) -> None:
         result.problems.append(f"{delivery.kind} {delivery.webhook_id}: answers {delivery.statuses}")
 
 
+def _admission(result: Reconciliation, deliveries: list[Delivery], jobs: list[Any], capped: str | None) -> None:
+    """CARTO's outages, rate limits and slowness are the gateway's to absorb: never a 503 to the sender."""
+    carto_503 = sum(code == CARTO_CAUSED for d in deliveries for code in d.codes)
+    once = [d for d in deliveries if d.kind in NEVER_RETRIED]
+    result.row("503 answers caused by CARTO (carto-unavailable)", carto_503)
+    result.row("answered 202 queued (accepted before CARTO had a job)", sum(d.queued for d in deliveries))
+    result.row("deliveries from senders that never retry", len(once))
+    result.row("&nbsp;&nbsp;answered 2xx", sum(d.accepted for d in once))
+    result.row("&nbsp;&nbsp;answered 503 (the gateway could not record it: Pub/Sub or the ledger down)",
+               sum(d.final == 503 for d in once))
+    if carto_503:
+        result.problems.append(f"{carto_503} answers were 503 because of CARTO")
+    if capped is not None:
+        peak = peak_running(jobs).get(capped, 0)
+        result.row(f"capped workflow: most jobs running at CARTO at once (cap {CAP})", peak)
+        if peak > CAP:
+            result.problems.append(f"the capped workflow ran {peak} jobs at once (cap {CAP})")
+
+
 def _accepted(result: Reconciliation, deliveries: list[Delivery], jobs_by_marker: dict[str, list[Any]],
               outcomes: dict[str, set[str]]) -> set[str]:
     accepted = [d for d in deliveries if d.accepted]
@@ -78,15 +102,16 @@ def _accepted(result: Reconciliation, deliveries: list[Delivery], jobs_by_marker
             lost.append(delivery.webhook_id)
         elif len(jobs) > 1:
             doubled.append(delivery.webhook_id)
-        elif jobs[0].external_id != delivery.job_id:
+        elif delivery.job_id is not None and jobs[0].external_id != delivery.job_id:
             wrong_id.append(delivery.webhook_id)
-        if delivery.job_id and not outcomes.get(delivery.job_id):
-            silent.append(delivery.job_id)
-        if delivery.job_id and len(outcomes.get(delivery.job_id, ())) > 1:
-            twice.append(delivery.job_id)
+        job_id = delivery.job_id or (jobs[0].external_id if len(jobs) == 1 else None)  # queued: its job came later
+        if job_id and not outcomes.get(job_id):
+            silent.append(job_id)
+        if job_id and len(outcomes.get(job_id, ())) > 1:
+            twice.append(job_id)
         expected = OUTCOME_OF.get(delivery.kind)
-        if expected and outcomes.get(delivery.job_id or "") not in (None, {expected}):
-            wrong_outcome.append(delivery.job_id)
+        if expected and outcomes.get(job_id or "") not in (None, {expected}):
+            wrong_outcome.append(job_id)
     replays = [d for d in deliveries if d.kind == "replay" and d.accepted]
     result.row("accepted (202, or 200 for a replay)", len(accepted))
     result.row("replays answered with the original job", sum(d.job_id == d.original.job_id for d in replays if d.original))

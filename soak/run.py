@@ -1,5 +1,7 @@
 """Running a soak: the local stack behind a fault proxy, senders at a bounded rate, a fault every few
-seconds, one Pub/Sub emulator restart half-way, a sweeper thread; then drain, reconcile, report."""
+seconds, CARTO's longer troubles at set points of the run (an outage answering 503, an outage refusing
+connections, a creation rate limit, slow creation: soak/faults.py), one Pub/Sub emulator restart
+half-way, a sweeper thread; then drain, reconcile, report."""
 
 from __future__ import annotations
 
@@ -21,9 +23,9 @@ from gateway.local import emulators
 from gateway.local.demos import DEV_SECRET, write_demo_schemas
 from gateway.local.devstack import DEV_TOKEN, LocalStack
 from gateway.settings import Settings
-from soak.faults import Injector
+from soak.faults import Episodes, Injector
 from soak.reconcile import reconcile
-from soak.traffic import FAILING, MIX, Delivery, Sender, make_delivery
+from soak.traffic import CAP, CAPPED, FAILING, MIX, Delivery, Sender, make_delivery
 from tests.faultproxy import FaultProxy
 
 PROJECT = "soak-project"
@@ -44,7 +46,8 @@ FAILING_WORKFLOW = {
     "payload": {"type": "object", "required": ["clusters", "radius_m", "store"]},
     "auth": [{"scheme": "standard-webhooks", "secrets": "env:STORE_CLUSTERS_SECRET"}],
 }
-
+CAPPED_PROCEDURE = "soak-project.soak.capped_procedure"
+CAPPED_JOB_S = 3.0  # long enough for deliveries to wait their turn at the cap
 
 @dataclass(frozen=True)
 class Options:
@@ -80,7 +83,8 @@ class Events:
                 answer = subscriber.pull(request={"subscription": path, "max_messages": 500,
                                                   "return_immediately": True}, timeout=10)
                 ack = [m.ack_id for m in answer.received_messages]
-                self.received.extend(dict(m.message.attributes) for m in answer.received_messages)
+                self.received.extend({**m.message.attributes, "delivery_id": _delivery_id(m.message.data)}
+                                     for m in answer.received_messages)
                 if ack:
                     subscriber.acknowledge(request={"subscription": path, "ack_ids": ack})
                 else:
@@ -91,6 +95,14 @@ class Events:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def _delivery_id(data: bytes) -> str | None:
+    """The event's delivery id: how an event names a delivery that was queued before it had a job."""
+    try:
+        return json.loads(data).get("delivery_id")
+    except (ValueError, AttributeError):
+        return None
 
 
 class Sweeping:
@@ -122,6 +134,12 @@ class Sweeping:
 def _schemas(state: Path) -> Path:
     schemas = write_demo_schemas(state / "schemas")  # schemas/workflows/ ships empty: the demos, as make dev runs
     (schemas / "workflows" / f"{FAILING}.json").write_text(json.dumps(FAILING_WORKFLOW))
+    capped = json.loads((schemas / "workflows" / "store-clusters.json").read_text())
+    capped.update(description="Soak only: store-clusters through its own procedure, at most CAP jobs at once.",
+                  query=capped["query"].replace(capped["query"][capped["query"].index("`"):capped["query"].rindex("`") + 1],
+                                                f"`{CAPPED_PROCEDURE}`"),
+                  admission={"max_concurrent_jobs": CAP, "when_busy": "queue"})
+    (schemas / "workflows" / f"{CAPPED}.json").write_text(json.dumps(capped))
     return schemas
 
 
@@ -143,9 +161,11 @@ def run(options: Options) -> int:
     proxy = FaultProxy(("127.0.0.1", sandbox_port)).start()
     stack = LocalStack(state_dir=state, project=PROJECT, schemas_dir=_schemas(state), pubsub_host=pubsub.host,
                        sandbox_port=sandbox_port, sandbox_duration_s=1.0,
+                       sandbox_procedures={CAPPED_PROCEDURE: {"duration_s": CAPPED_JOB_S}},
                        env={"CARTO_API_BASE_URL": proxy.url, "CARTO_API_TOKEN": DEV_TOKEN,
                             "STORE_CLUSTERS_SECRET": DEV_SECRET, "CARTO_TIMEOUT_S": "5",
-                            "GATEWAY_POLL_FIRST_S": "0.5", "GATEWAY_SWEEP_GRACE_S": "10", **ledger})
+                            "GATEWAY_SUBMIT_INLINE_S": "2", "GATEWAY_POLL_FIRST_S": "0.5",
+                            "GATEWAY_SWEEP_GRACE_S": "10", **ledger})
     try:
         stack.start()
         _say(f"stack up in {state} ({options.ledger} ledger); {options.minutes} min at {options.rate}/s")
@@ -164,16 +184,18 @@ def _soak(options: Options, stack: LocalStack, proxy: FaultProxy, pubsubs: list[
     events = Events(stack.topics["events"])
     sweeping = Sweeping(app)
     injector = Injector(stack.sandbox, proxy)
+    episodes = Episodes(stack.sandbox, options.minutes * 60, random.Random(options.seed), injector.note, _say)
     sender = Sender(stack.url("webhook"), DEV_SECRET)
     started = time.monotonic()
-    deliveries = _traffic(options, sender, injector, lambda: _restart(stack, pubsubs, events, sweeping),
+    deliveries = _traffic(options, sender, injector, episodes, lambda: _restart(stack, pubsubs, events, sweeping),
                           lambda sent: _settle(sent, events))
     _say(f"traffic done: {len(deliveries)} deliveries, {sender.requests} requests; draining")
     injector.clear()
+    episodes.clear()
     _drain(deliveries, events, sweeping)
     sweeping.stop()
     events.stop()
-    result = reconcile(deliveries, stack.sandbox.jobs(), events.received)
+    result = reconcile(deliveries, stack.sandbox.jobs(), events.received, CAPPED_PROCEDURE)
     result.rows[0:0] = [("ledger", options.ledger), ("minutes of traffic", options.minutes),
                         ("run time incl. drain (s)", round(time.monotonic() - started)),
                         *((f"fault: {name}", count) for name, count in sorted(injector.injected.items())),
@@ -184,7 +206,8 @@ def _soak(options: Options, stack: LocalStack, proxy: FaultProxy, pubsubs: list[
     return 1 if result.problems else 0
 
 
-def _traffic(options: Options, sender: Sender, injector: Injector, restart: Any, settle: Any) -> list[Delivery]:
+def _traffic(options: Options, sender: Sender, injector: Injector, episodes: Episodes, restart: Any,
+             settle: Any) -> list[Delivery]:
     """Start deliveries at `rate` per second (at most `senders` in flight) for `minutes`; inject faults."""
     rng = random.Random(options.seed)
     kinds, weights = zip(*MIX.items(), strict=False)
@@ -198,7 +221,7 @@ def _traffic(options: Options, sender: Sender, injector: Injector, restart: Any,
     def send(delivery: Delivery) -> None:
         try:
             sender.send(delivery)
-            if delivery.accepted and delivery.kind in ("valid", "failing"):
+            if delivery.accepted and delivery.kind in ("valid", "once", "failing"):
                 accepted.append(delivery)
         finally:
             in_flight.release()
@@ -208,6 +231,7 @@ def _traffic(options: Options, sender: Sender, injector: Injector, restart: Any,
             if now >= next_fault:
                 injector.tick()
                 next_fault += FAULT_EVERY_S
+            episodes.tick()
             if now >= restart_at and restarter.ident is None:
                 # The emulator keeps messages in memory only and loses them when it stops; real Pub/Sub never
                 # drops a message it acknowledged. So let the sends in flight finish and every event already
@@ -233,12 +257,17 @@ def _settle(deliveries: list[Delivery], events: Events, limit_s: float = 120.0) 
     """Wait until every accepted job so far has its event (at most `limit_s`); the seconds it took."""
     started = time.monotonic()
     while time.monotonic() - started < limit_s:
-        heard = {e["job_id"] for e in events.received}
-        if all(d.job_id in heard for d in deliveries if d.accepted):
+        if not _unheard(deliveries, events):
             break
         time.sleep(0.5)
     _say(f"settled before the Pub/Sub restart in {time.monotonic() - started:.1f} s")
     return time.monotonic() - started
+
+
+def _unheard(deliveries: list[Delivery], events: Events) -> list[Delivery]:
+    """Accepted deliveries with no completion event yet (by job id, or by delivery id for one queued)."""
+    heard = {e.get("job_id") for e in events.received} | {e.get("delivery_id") for e in events.received}
+    return [d for d in deliveries if d.accepted and d.job_id not in heard and d.webhook_id not in heard]
 
 
 def _restart(stack: LocalStack, pubsubs: list[emulators.Emulator], events: Events, sweeping: Sweeping) -> None:
@@ -265,8 +294,7 @@ def _drain(deliveries: list[Delivery], events: Events, sweeping: Sweeping) -> No
         time.sleep(SWEEP_EVERY_S)
         report = sweeping.sweep()
         busy = any(v for v in report.values())
-        heard = {e["job_id"] for e in events.received}
-        waiting = [d for d in deliveries if d.accepted and d.job_id not in heard]
+        waiting = _unheard(deliveries, events)
         quiet = 0 if busy or waiting else quiet + 1
         if quiet >= 2:
             return

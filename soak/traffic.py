@@ -1,5 +1,6 @@
 """The soak's senders: what each kind of delivery sends, and a sender that behaves like a webhook
-provider (retries 503 and 409 with the same webhook-id, honouring Retry-After, for a few minutes)."""
+provider (retries 503 and 409 with the same webhook-id, honouring Retry-After, for a few minutes) —
+or, for the `once` and `capped` kinds, like GitHub: one attempt, never retried."""
 
 from __future__ import annotations
 
@@ -18,11 +19,17 @@ import requests
 
 VALID = "store-clusters"
 FAILING = "soak-failing"  # declares FLOAT64 where the procedure takes INT64: CARTO fails the job
+CAPPED = "soak-capped"  # at most CAP jobs at once, the rest wait in the ledger (when_busy: queue)
+CAP = 2
+NEVER_RETRIED = ("once", "capped")  # sent once, as GitHub sends: a 2xx must run, anything else is lost
 # Kind -> weight in the mix. Accepted kinds expect a job; the others expect a 4xx and no job.
-MIX = {"valid": 50, "failing": 12, "replay": 10, "conflict": 3, "invalid": 8, "bad-signature": 5,
-       "malformed": 5, "not-json": 3, "unknown-workflow": 2, "too-large": 1}
+MIX = {"valid": 40, "once": 12, "capped": 8, "failing": 10, "replay": 10, "conflict": 3, "invalid": 8,
+       "bad-signature": 5, "malformed": 5, "not-json": 3, "unknown-workflow": 2, "too-large": 1}
 # The documented final answers: a retried delivery whose first answer was lost is answered 200 "duplicate".
-EXPECTED = {"valid": {202, 200}, "failing": {202, 200}, "replay": {200}, "conflict": {422}, "invalid": {422},
+# A sender that never retries may be told 503 only when the gateway itself could not record the delivery
+# (the soak stops Pub/Sub once); never because of CARTO (reconcile counts those 503s apart).
+EXPECTED = {"valid": {202, 200}, "once": {202, 200, 503}, "capped": {202, 200, 503},
+            "failing": {202, 200}, "replay": {200}, "conflict": {422}, "invalid": {422},
             "bad-signature": {401}, "malformed": {400}, "not-json": {415}, "unknown-workflow": {404}, "too-large": {413}}
 RETRYABLE = (409, 503)
 GIVE_UP_AFTER_S = 360.0
@@ -41,7 +48,9 @@ class Delivery:
     secret_ok: bool = True
     original: Delivery | None = None  # what a replay or a conflict reuses the webhook-id of
     statuses: list[int] = field(default_factory=list)
+    codes: list[str | None] = field(default_factory=list)  # each answer's problem code (None for a 2xx)
     job_id: str | None = None
+    queued: bool = False  # answered 202 before CARTO had a job for it
     duplicate: bool | None = None
     gave_up: bool = False
 
@@ -52,6 +61,10 @@ class Delivery:
     @property
     def accepted(self) -> bool:
         return self.final in (200, 202)
+
+    @property
+    def retries(self) -> bool:
+        return self.kind not in NEVER_RETRIED
 
 
 def _valid_body(rng: random.Random) -> dict[str, Any]:
@@ -73,6 +86,8 @@ def make_delivery(kind: str, rng: random.Random, earlier: Delivery | None) -> De
         return Delivery(kind, earlier.workflow, earlier.webhook_id, valid, original=earlier)
     bodies = {
         "valid": (VALID, valid),
+        "once": (VALID, valid),
+        "capped": (CAPPED, valid),
         "failing": (FAILING, json.dumps({**_valid_body(rng), "clusters": 2.5}).encode()),
         "invalid": (VALID, json.dumps({"clusters": "two", "radius_m": -1}).encode()),
         "bad-signature": (VALID, valid),
@@ -111,14 +126,17 @@ class Sender:
                 "webhook-signature": "v1," + base64.b64encode(mac).decode(), "Content-Type": delivery.content_type}
 
     def send(self, delivery: Delivery) -> Delivery:
-        """Post until a final answer, retrying 503/409 with the same webhook-id for GIVE_UP_AFTER_S."""
+        """Post until a final answer, retrying 503/409 with the same webhook-id for GIVE_UP_AFTER_S (once
+        only for a kind whose sender never retries)."""
         give_up_at = time.monotonic() + GIVE_UP_AFTER_S
         while True:
             status, answer, retry_after = self._post(delivery)
             delivery.statuses.append(status)
+            delivery.codes.append(answer.get("code") if answer is not None and status >= 400 else None)
             if status in (200, 202) and answer is not None:
                 delivery.job_id, delivery.duplicate = answer.get("job_id"), answer.get("duplicate")
-            if status not in RETRYABLE and status != 0:
+                delivery.queued = bool(answer.get("queued"))
+            if (status not in RETRYABLE and status != 0) or not delivery.retries:
                 return delivery
             if time.monotonic() > give_up_at:
                 delivery.gave_up = True
