@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(PY) -m bench
 	$(PY) -m bench.follow
 	$(PY) -m bench.rows
+	$(PY) -m bench.admission
 
 soak: $(STAMP)
 	$(PY) -m soak --minutes 10
