@@ -32,9 +32,9 @@ CLOUD_EVENT = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "//pubsub",
 
 # --- a bad configuration stops the worker at start ---------------------------------------------------
 
-def _start_webhook(env: dict[str, str], port: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "functions_framework", "--target", "webhook", "--source", "main.py",
-                             "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env,
+def _start_webhook(env: dict[str, str], port: int, cwd=ROOT) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "functions_framework", "--target", "webhook",
+                             "--source", str(ROOT / "main.py"), "--host", "127.0.0.1", "--port", str(port)], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
@@ -70,6 +70,20 @@ def test_a_workflow_naming_an_unset_secret_stops_the_webhook_at_start_naming_it(
     assert process.returncode not in (0, None)
     assert "STORE_CLUSTERS_SECRET" in output and "function.unconfigured" in output
     assert answered == []  # it never served: no 500, no answer at all
+
+
+def test_the_deployed_webhook_never_reads_a_local_dotenv(deployed_env, tmp_path):
+    env = {k: v for k, v in deployed_env.items() if k != "STORE_CLUSTERS_SECRET"}
+    (tmp_path / ".env").write_text(f"STORE_CLUSTERS_SECRET='{deployed_env['STORE_CLUSTERS_SECRET']}'\n")
+    (tmp_path / "schemas").mkdir()  # the local secrets file sits beside a schemas directory, as `new` writes it
+    port = emulators.free_port()
+    process = _start_webhook(env, port, cwd=tmp_path)
+    try:
+        answered = _answers_until_exit(process, port)
+        output = process.communicate(timeout=30)[0]
+    finally:
+        emulators.stop_process_group(process)
+    assert process.returncode not in (0, None) and "STORE_CLUSTERS_SECRET" in output and answered == []
 
 
 def test_the_same_webhook_with_the_secret_set_serves(deployed_env):

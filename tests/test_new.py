@@ -172,13 +172,14 @@ def test_without_a_deployment_base_url_the_output_says_which_to_set(capsys, dirs
 def test_each_sender_gets_its_block_a_named_secret_printed_once_and_signing_works(capsys, dirs, scheme):
     status, out, _ = new(capsys, dirs, "seed-clusters", "seed-post.txt", "--sender", scheme)
     assert status == 0
-    secret = re.search(r"export SEED_CLUSTERS_SECRET=(\S+)", out)[1]
+    secret = re.search(r"^  SEED_CLUSTERS_SECRET=(\S+)", out, re.MULTILINE)[1]
     written = json.loads((dirs[0] / "workflows" / "seed-clusters.json").read_text())
 
     assert written["auth"][0]["scheme"] == scheme
     assert written["auth"][0].get("secrets", written["auth"][0].get("tokens")) == "env:SEED_CLUSTERS_SECRET"
     assert "idempotency" in written
-    assert out.count(secret) == 1 and all(secret.encode() not in data for data in files_under(dirs[0].parent).values())
+    holding = [path for path, data in files_under(dirs[0].parent).items() if secret.encode() in data]
+    assert out.count(secret) == 1 and holding == [".env"]  # the git-ignored local secrets file only
     schemes = build_schemes(written["auth"], {"SEED_CLUSTERS_SECRET": secret})
     body = json.dumps(SEED_PARAMETERS).encode()
     headers = schemes[0].sign(body, time.time(), "delivery-1")
@@ -194,7 +195,7 @@ def test_a_standard_webhooks_secret_is_whsec_base64():
 
 def test_google_id_token_needs_no_secret_and_says_what_to_fill_in(capsys, dirs):
     status, out, _ = new(capsys, dirs, "seed-clusters", "seed-post.txt", "--sender", "google-id-token")
-    assert status == 0 and "export " not in out and "audience" in out
+    assert status == 0 and "SECRET=" not in out and "audience" in out and not (dirs[0].parent / ".env").exists()
     assert gateway(capsys, dirs, "check")[0] == 0
 
 
@@ -349,7 +350,7 @@ def test_paste_new_check_render_send_runs_on_the_local_stack(capsys, dirs, pubsu
     from tests.stackutil import EventInbox
 
     out = new(capsys, dirs, "seed-clusters", "seed-post.txt")[1]
-    secret = re.search(r"export SEED_CLUSTERS_SECRET=(\S+)", out)[1]
+    secret = re.search(r"^  SEED_CLUSTERS_SECRET=(\S+)", out, re.MULTILINE)[1]
     assert gateway(capsys, dirs, "check")[0] == 0
     example = str(dirs[1] / "seed-clusters.json")
     assert typed(json.loads(gateway(capsys, dirs, "render", "seed-clusters", example)[1])["queryParameters"]) == \

@@ -27,11 +27,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return sandbox_main(argv[1:])
     args = _parser().parse_args(argv)
+    from gateway.cli import localenv
+
+    demo_secrets = _demos_unless_yours(args)
     try:
-        return int(args.run(args) or 0)
+        with localenv.loaded(localenv.env_file(args.schemas), demo_secrets):
+            return int(args.run(args) or 0)
     except (ConfigError, GatewayError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+# The verbs that work on the local stack's workflows: with none of yours in schemas/workflows/, the demos.
+_LOCAL_VERBS = ("check", "render", "sign", "send", "openapi")
+
+
+def _demos_unless_yours(args: argparse.Namespace) -> dict[str, str]:
+    """Point `args.schemas` at the demos when a local verb finds no workflow of yours; their dev secrets."""
+    from gateway.local.demos import DEMO_SCHEMAS_DIR, DEMO_SECRETS, local_schemas_dir
+
+    if args.verb not in _LOCAL_VERBS or getattr(args, "live", False):
+        return {}  # doctor and check --live talk to a real account: only your workflows
+    chosen = local_schemas_dir(args.schemas)
+    if chosen != DEMO_SCHEMAS_DIR:
+        return {}
+    args.schemas = str(chosen)
+    return dict(DEMO_SECRETS)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="who sends the webhook: its auth scheme and delivery id (default: standard-webhooks)")
     new.add_argument("--live", action="store_true", help="take the types from the procedure's real signature")
     new.add_argument("--force", action="store_true", help="replace an existing workflow of that name")
+    new.add_argument("--rotate-secret", action="store_true",
+                     help="only make a fresh secret for the existing workflow NAME and write it to .env "
+                          "(the workflow file is not touched; no paste is read)")
     new.add_argument("--examples", default="examples", help="where the example body goes (default: examples)")
     new.add_argument("--connection", help="the connection, when the paste is a bare JSON body without a URL")
     new.set_defaults(run=_new)
@@ -115,6 +139,8 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--sandbox-port", type=int, default=8090)
     dev.add_argument("--pubsub-port", type=int, default=8085)
     dev.add_argument("--tasks-port", type=int, default=8123, help="the Cloud Tasks emulator (check tasks for `poll`)")
+    dev.add_argument("--state-dir", type=Path, default=None,
+                     help="where the ledger, the local CARTO job API's jobs and the logs go (default: .state)")
     dev.add_argument("--demos", action="store_true",
                      help="run the demo workflows of examples/workflows/ (the default when schemas/workflows/ "
                           "holds no workflow file)")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.cli.localenv import env_file, remember
 from gateway.cli.paste import Paste, PasteError, read_paste
 from gateway.errors import ConfigError
 
@@ -302,6 +303,8 @@ def run(args: Any, env: Mapping[str, str] | None = None) -> int:
         raise ConfigError(f"{name!r} cannot be a workflow name: it is the URL segment, {NAME_PATTERN.pattern}")
     schemas_dir, examples_dir = Path(args.schemas), Path(args.examples)
     workflow_path, example_path = schemas_dir / "workflows" / f"{name}.json", examples_dir / f"{name}.json"
+    if getattr(args, "rotate_secret", False):
+        return rotate_secret(name, workflow_path, env_file(schemas_dir))
     existing = [str(p) for p in (workflow_path, example_path) if p.exists()]
     if existing and not args.force:
         raise ConfigError(f"{' and '.join(existing)} already exist{'s' if len(existing) == 1 else ''}: "
@@ -320,8 +323,31 @@ def run(args: Any, env: Mapping[str, str] | None = None) -> int:
     verify(built, name, schemas_dir)
     _write(workflow_path, json.dumps(built, indent=2, ensure_ascii=False) + "\n")
     _write(example_path, json.dumps({n: paste.parameters[n] for n in names}, indent=2, ensure_ascii=False) + "\n")
-    _report(args, paste, guesses, chosen, override, workflow_path, example_path)
+    kept = chosen.secret is not None and not remember(env_file(schemas_dir), str(chosen.secret_env), chosen.secret)
+    _report(args, paste, guesses, chosen, override, workflow_path, example_path, kept=kept)
     return 0
+
+
+def rotate_secret(name: str, workflow_path: Path, secrets_file: Path) -> int:
+    """A fresh secret for an existing workflow's variable, written to `.env`; the workflow file stays as it is."""
+    try:
+        auth = json.loads(workflow_path.read_text(encoding="utf-8")).get("auth")
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--rotate-secret needs the workflow {workflow_path}: {exc}") from None
+    blocks = [b for b in (auth if isinstance(auth, list) else []) if isinstance(b, dict) and b.get("scheme") in SENDERS]
+    fresh = next((sender(b["scheme"], name) for b in blocks if b["scheme"] != "google-id-token"), None)
+    named = {ref[4:] for b in blocks for ref in _refs(b.get("secrets") or b.get("tokens"))}
+    if fresh is None or fresh.secret_env not in named:
+        raise ConfigError(f"{workflow_path} names no secret variable {secret_env_name(name)} to rotate")
+    remember(secrets_file, str(fresh.secret_env), str(fresh.secret), replace=True)
+    print(f"wrote a fresh {fresh.secret_env} to {secrets_file} ({workflow_path} unchanged)\n"
+          f"  {fresh.secret_env}={fresh.secret}\n"
+          "Give the sender the same value; restart make dev to load it (the stack reads secrets when it starts).")
+    return 0
+
+
+def _refs(value: Any) -> list[str]:
+    return [v for v in ([value] if isinstance(value, str) else value or []) if isinstance(v, str) and v.startswith("env:")]
 
 
 def live_types(paste: Paste, names: list[str], base_url: str | None, env: Mapping[str, str]) -> dict[str, Guess]:
@@ -386,7 +412,7 @@ def _write(path: Path, text: str) -> None:
 
 
 def _report(args: Any, paste: Paste, guesses: Mapping[str, Guess], chosen: Sender, override: str | None,
-            workflow_path: Path, example_path: Path) -> None:
+            workflow_path: Path, example_path: Path, *, kept: bool = False) -> None:
     read = {"post": "the POST curl", "get": "the GET URL", "json": "the JSON body"}[paste.form]
     out: list[str] = [f"wrote {workflow_path} and {example_path} from {read}", "",
                       f"connection  {paste.connection}" + ("  (from the URL)" if paste.base_url else "")]
@@ -404,7 +430,7 @@ def _report(args: Any, paste: Paste, guesses: Mapping[str, Guess], chosen: Sende
         out.append(f"  {guess.name:<{width}}  {guess.type:<9} {'guess: ' if guess.guessed else ''}{guess.reason}")
     out.append(f"auth        {chosen.auth[0]['scheme']}; idempotency key: {chosen.delivery_id}")
     out += _result_lines(paste)
-    out += ["", *_token_lines(paste), "", *_secret_lines(chosen, args.name), "", "Next:"]
+    out += ["", *_token_lines(paste), "", *_secret_lines(chosen, args.name, env_file(args.schemas), kept), "", "Next:"]
     exe = _python()
     schemas = "" if args.schemas == "schemas" else f" --schemas {args.schemas}"
     out += [f"  {exe} -m gateway{schemas} check",
@@ -436,12 +462,15 @@ def _token_lines(paste: Paste) -> list[str]:
             "CARTO_API_TOKEN"]
 
 
-def _secret_lines(chosen: Sender, name: str) -> list[str]:
+def _secret_lines(chosen: Sender, name: str, secrets_file: Path, kept: bool) -> list[str]:
     if chosen.secret is None:
         return ["google-id-token needs no secret: set audience to the webhook's URL and service_accounts to the "
                 f"callers in {name}.json (docs/authentication.md); send cannot sign such a token locally."]
-    return [f"A fresh secret for {chosen.secret_env} (shown once, saved nowhere). Export it before make dev and send:",
-            f"  export {chosen.secret_env}={chosen.secret}",
+    if kept:
+        return [f"{chosen.secret_env} is already in {secrets_file}: kept (new --rotate-secret {name} makes a fresh one)."]
+    return [f"A fresh secret for {chosen.secret_env}, written to {secrets_file} (git-ignored; make dev and every "
+            "python -m gateway verb read it, nothing deployed does):",
+            f"  {chosen.secret_env}={chosen.secret}",
             f"Give the sender the same value; in the cloud {chosen.secret_env}='…' deploy/deploy.sh puts it in "
             "Secret Manager."]
 

@@ -8,10 +8,12 @@ kept out of the deployed source by .gcloudignore.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,7 +189,8 @@ class LocalStack:
 
 
 def run(args: Any) -> int:
-    """`python -m gateway dev`: start everything, print how to send a webhook, sweep until Ctrl-C."""
+    """`python -m gateway dev`: check the workflows, start everything, print how to send a webhook, sweep
+    until Ctrl-C. Secrets come from the environment, where the CLI has put `.env`'s."""
     try:
         emulators.find("pubsub")
         emulators.find("tasks")
@@ -195,27 +198,92 @@ def run(args: Any) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     env = {k: v for k, v in os.environ.items() if k.startswith(("GATEWAY_", "CARTO_")) or "_SECRET" in k}
-    stack = LocalStack(state_dir=ROOT / ".state", project=os.environ.get("GOOGLE_CLOUD_PROJECT", "local-project"),
-                       schemas_dir=local_schemas_dir(os.environ.get("GATEWAY_SCHEMAS_DIR") or ROOT / "schemas",
-                                                     demos=args.demos),
+    state = Path(getattr(args, "state_dir", None) or ROOT / ".state").resolve()
+    stack = LocalStack(state_dir=state, project=os.environ.get("GOOGLE_CLOUD_PROJECT", "local-project"),
+                       schemas_dir=local_schemas_dir(getattr(args, "schemas", None) or ROOT / "schemas",
+                                                     demos=args.demos).resolve(),
                        webhook_port=args.webhook_port, poll_port=args.poll_port, submit_port=args.submit_port,
                        console_port=args.console_port, sandbox_port=args.sandbox_port,
                        pubsub_port=args.pubsub_port, tasks_port=args.tasks_port, env=env)
+    problem = check_workflows(stack)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
     import signal
 
     def _interrupt(*_: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` and `timeout` stop the children too
+    _log_sandbox_to(state / "carto.log")
     stack.start()
     try:
         _print_banner(stack)
+        threading.Thread(target=_echo_refusals, args=(stack.log_dir / "webhook.log",), daemon=True).start()
         _sweep_forever(stack)
     except KeyboardInterrupt:
         pass
     finally:
         stack.stop()
     return 0
+
+
+def check_workflows(stack: LocalStack) -> str | None:
+    """What stops the functions from starting, said before anything starts: a bad workflow file, an unset secret."""
+    from gateway.errors import ConfigError
+    from gateway.workflows import load_registry
+
+    try:
+        load_registry(stack.schemas_dir, {**os.environ, **stack.function_env()})
+    except ConfigError as exc:
+        return (f"{exc}\nA secret of your workflow: `python -m gateway new NAME --rotate-secret` writes a fresh one to "
+                ".env, which make dev reads.")
+    return None
+
+
+def _log_sandbox_to(path: Path) -> None:
+    """The local CARTO job API's request lines go to a file, not over the terminal."""
+    import logging
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    sandbox = logging.getLogger("gateway.local.sandbox")
+    sandbox.addHandler(handler)
+    sandbox.setLevel(logging.INFO)
+    sandbox.propagate = False
+
+
+REFUSALS = ("auth.refused", "delivery.refused", "operator.refused")
+
+
+def refusal_line(line: str) -> str | None:
+    """The terminal's line for one webhook log line that refused a request (its reason, never a secret: the
+    log holds none), else None."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(entry, dict) or entry.get("event") not in REFUSALS:
+        return None
+    if entry["event"] == "delivery.refused" and entry.get("code") in ("unauthenticated", "bad-signature"):
+        return None  # its auth.refused line said why
+    where = " ".join(str(entry[k]) for k in ("route", "status", "code") if entry.get(k) is not None)
+    return f"refused  {where}: {entry.get('message', '')}"
+
+
+def _echo_refusals(path: Path, every_s: float = 0.5) -> None:
+    """Follow the webhook's log and print why a request was refused."""
+    with open(path, encoding="utf-8", errors="replace") as log:
+        log.seek(0, os.SEEK_END)
+        while True:
+            line = log.readline()
+            if not line:
+                time.sleep(every_s)
+                continue
+            shown = refusal_line(line)
+            if shown:
+                print(shown, flush=True)
 
 
 def _banner_workflow(stack: LocalStack) -> tuple[str, str]:
@@ -233,7 +301,9 @@ def _print_banner(stack: LocalStack) -> None:
     demos = " (the demos of examples/workflows/: schemas/workflows/ holds none)" \
         if stack.schemas_dir == DEMO_SCHEMAS_DIR else ""
     print(f"""
-Local stack is up (logs in {stack.log_dir}), workflows from {stack.schemas_dir}/workflows{demos}:
+Local stack is up, workflows from {stack.schemas_dir}/workflows{demos}.
+Logs in {stack.log_dir}/ (webhook.log, poll.log, submit.log, console.log, carto.log); refused webhooks are
+printed here with their reason.
   webhook   {stack.url('webhook')}      (functions-framework, target webhook)
   poll      {stack.url('poll')}      (push subscription poll-push on {env['GATEWAY_JOBS_TOPIC']})
   submit    {stack.url('submit')}      (push subscription submit-push on {env['GATEWAY_REQUESTS_TOPIC']})
@@ -242,11 +312,10 @@ Local stack is up (logs in {stack.log_dir}), workflows from {stack.schemas_dir}/
   Pub/Sub   {stack.pubsub_host}       (emulator, project {stack.project})
   Tasks     {stack.tasks_host}        (Cloud Tasks emulator, queue {stack.tasks_queue})
 
-In another terminal, send a signed webhook and watch its completion event:
-  export PUBSUB_EMULATOR_HOST={stack.pubsub_host} GOOGLE_CLOUD_PROJECT={stack.project} \\
-    {secret_env}={env.get(secret_env, '...')}
-  .venv/bin/python -m gateway events &
+In another terminal, send a signed webhook ({secret_env} comes from .env, or the demos' own):
   .venv/bin/python -m gateway send {workflow} examples/{workflow}.json --url {stack.url('webhook')}
+and watch the completion events:
+  PUBSUB_EMULATOR_HOST={stack.pubsub_host} GOOGLE_CLOUD_PROJECT={stack.project} .venv/bin/python -m gateway events
 Follow or cancel a job as an operator (the token of GATEWAY_OPERATOR_TOKENS):
   GATEWAY_OPERATOR_TOKENS={env['GATEWAY_OPERATOR_TOKENS'].split(',')[0]} \
     .venv/bin/python -m gateway status JOB_ID --url {stack.url('webhook')}
