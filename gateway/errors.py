@@ -11,7 +11,7 @@
     ├── NotFound                404   unknown workflow, job or route
     ├── MethodNotAllowed        405
     ├── DeliveryInFlight        409   the same idempotency key is still being processed
-    ├── ActionRefused           409   the console: the action does not apply to the delivery as it stands
+    ├── ActionRefused           409   a cancel or re-run that does not apply to the delivery as it stands
     ├── PayloadTooLarge         413   body over GATEWAY_MAX_BODY_BYTES
     ├── UnsupportedMediaType    415   not application/json
     ├── WorkflowBusy            429   the workflow is at its cap and its `when_busy` is `refuse`
@@ -204,8 +204,8 @@ class DeliveryInFlight(GatewayError):
 
 class ActionRefused(GatewayError):
     status, code, title = 409, "action-refused", "The action does not apply"
-    what_happened = ("The console's action does not apply to the delivery as it stands: a cancel of a job that has already "
-                     "finished (or has no job yet), or a re-run of a delivery that has not finished.")
+    what_happened = ("The action (the console's, or DELETE /jobs/{id}) does not apply to the delivery as it stands: a cancel "
+                     "of a job that has already ended (or has no job yet), or a re-run of a delivery that has not finished.")
     what_to_do = "Reload the delivery's page to see its current state; nothing was changed."
 
 

@@ -21,6 +21,7 @@ from gateway.auth.operators import Operator
 from gateway.auth.signatures import verify_request
 from gateway.bodies import body_was_read, parse_json, read_body
 from gateway.errors import (
+    ActionRefused,
     AuthenticationFailed,
     GatewayError,
     MethodNotAllowed,
@@ -236,8 +237,9 @@ def _job_status(app: App, job_id: str, request: flask.Request) -> Response:
 
 def _job_cancel(app: App, job_id: str, request: flask.Request) -> Response:
     record = _job_record(app, job_id, request)
-    if record.outcome is None:
-        record = app.poller.cancel(record)
+    if record.outcome is not None:
+        raise ActionRefused(f"the job already ended ({record.outcome}); nothing was cancelled")
+    record = app.poller.cancel(record)
     return _json(_record_view(record, None))
 
 

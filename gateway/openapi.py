@@ -39,7 +39,7 @@ PROBLEMS: dict[int, tuple[str, str]] = {
 }
 _HOOK_ERRORS = (400, 401, 404, 409, 413, 415, 422, 502, 503)
 _VALIDATE_ERRORS = (400, 401, 404, 413, 415, 422)
-_JOB_ERRORS = {"get": (401, 404, 503), "delete": (401, 404, 502, 503)}
+_JOB_ERRORS = {"get": (401, 404, 503), "delete": (401, 404, 409, 502, 503)}
 # The operators' door (gateway.auth.operators): /jobs and this document, never a sender's signature.
 OPERATOR_SCHEME = "bearerAuth"
 _OPERATOR_SECURITY_SCHEME = {

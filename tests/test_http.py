@@ -249,7 +249,8 @@ def test_cancelling_a_job_cancels_it_in_carto_and_publishes_one_cancelled_event(
     again = client.delete(f"/jobs/{job_id}", headers=operator_headers())
 
     assert response.status_code == 200 and response.get_json()["outcome"] == "CANCELLED"
-    assert again.status_code == 200
+    assert_problem(again, 409)  # it already ended: nothing was cancelled
+    assert "already ended (CANCELLED)" in again.get_json()["detail"]
     assert [e["attributes"]["ce-id"] for e in publisher.events()] == [f"{job_id}:CANCELLED"]
     assert sandbox.jobs()[0].cancelled
 
@@ -402,3 +403,27 @@ def test_a_route_with_a_trailing_newline_is_no_route(client, sandbox):
     assert client.get(f"/jobs/{job_id}", headers=operator_headers()).status_code == 200
     assert client.get(f"/jobs/{job_id}%0A", headers=operator_headers()).status_code == 404
     assert client.get("/problems%0A").status_code == 404
+
+
+def test_the_cancel_verb_of_an_ended_job_exits_non_zero_saying_nothing_was_cancelled(client, capsys, monkeypatch):
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from gateway.cli import main
+
+    job_id = post(client, "/hooks/store-clusters", BODY).get_json()["job_id"]
+    server = make_server("127.0.0.1", 0, client.application, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("GATEWAY_OPERATOR_TOKENS", operator_headers()["Authorization"].split(" ", 1)[1])
+    monkeypatch.delenv("GATEWAY_OPERATOR_TOKEN", raising=False)
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        first = main(["cancel", job_id, "--url", url])
+        capsys.readouterr()
+        second = main(["cancel", job_id, "--url", url])
+        err = capsys.readouterr().err
+    finally:
+        server.shutdown()
+    assert first == 0
+    assert second == 1 and "HTTP 409" in err and "nothing was cancelled" in err
