@@ -119,7 +119,8 @@ def _only(request: flask.Request, method: str, answer: Callable[[], Response]) -
 def _workflow(app: App, name: str) -> Workflow:
     workflow = app.registry.get(name)
     if workflow is None:
-        raise NotFound(f"no workflow named {name}")
+        raise NotFound(f"no workflow named {name}: workflow files are loaded when the function starts; "
+                       "after adding one, restart it (make dev) or deploy again")
     return workflow
 
 

@@ -427,3 +427,8 @@ def test_the_cancel_verb_of_an_ended_job_exits_non_zero_saying_nothing_was_cance
         server.shutdown()
     assert first == 0
     assert second == 1 and "HTTP 409" in err and "nothing was cancelled" in err
+
+
+def test_an_unknown_workflow_says_files_are_loaded_when_the_function_starts(client):
+    problem = assert_problem(client.post("/hooks/added-while-running", json={}), 404)
+    assert "no workflow named added-while-running" in problem["detail"] and "loaded when the function starts" in problem["detail"]
