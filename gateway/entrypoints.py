@@ -69,6 +69,9 @@ def start(target: str, build: Callable[..., App]) -> None:
         sys.stderr.write(json.dumps(line) + "\n")
         sys.stderr.flush()
         raise SystemExit(1) from None
+    except Unavailable as exc:  # a dependency busy at start (a shared SQLite file locked): built on first use
+        log.warning("%s: instance not built at start, %s; building on first use", target, exc.detail,
+                    extra=logs.event("function.failed", code=exc.code))
 
 
 def install(flask_app: flask.Flask) -> None:

@@ -194,3 +194,18 @@ def test_a_dependency_down_in_poll_is_a_500_keeping_its_code(functions, monkeypa
     answer = apps["poll"].post("/", headers=CLOUD_EVENT, data=json.dumps({"message": {}}))
     assert answer.status_code == 500  # the push or the task is retried; never a 503 that throttles the queue
     assert assert_problem(answer, recorder)["code"] == CartoUnavailable.code
+
+
+def test_a_dependency_busy_at_start_builds_on_first_use_but_a_bad_configuration_stops(capsys):
+    from gateway.errors import ConfigError, LedgerUnavailable
+
+    def busy(**_):
+        raise LedgerUnavailable("the ledger is unavailable (OperationalError)")
+
+    def bad(**_):
+        raise ConfigError("env:MY_STORES_SECRET is missing or empty")
+
+    entrypoints.start("poll", busy)  # five local functions opening one SQLite file at once: not a bad config
+    with pytest.raises(SystemExit) as stopped:
+        entrypoints.start("webhook", bad)
+    assert stopped.value.code == 1 and "MY_STORES_SECRET" in capsys.readouterr().err
