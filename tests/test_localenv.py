@@ -20,7 +20,7 @@ import requests
 from gateway.cli import main
 from gateway.local import emulators
 from gateway.local.devstack import refusal_line
-from tests.conftest import ROOT
+from tests.constants import ROOT
 
 PASTE = ROOT / "tests" / "data" / "pastes" / "seed-post.txt"
 VARIABLE = "SEED_CLUSTERS_SECRET"
