@@ -128,10 +128,7 @@ deploy_subscriber() {
   local name=$1 source=$2 entry=$3
   local args=(functions deploy "$name" --gen2 --region="$REGION" --runtime="$RUNTIME" --source="$source"
     --entry-point="$entry" --trigger-http --no-allow-unauthenticated --service-account="$(sa_email sub)"
-    --memory=256Mi --cpu=1 --concurrency=20 --timeout=60s --max-instances=10)
-  if [[ -n $BUILD_SERVICE_ACCOUNT ]]; then
-    args+=(--build-service-account="projects/$PROJECT/serviceAccounts/$BUILD_SERVICE_ACCOUNT")
-  fi
+    --memory=256Mi --cpu=1 --concurrency=20 --timeout=60s --max-instances=10 "$(build_sa_flag)")
   gc "${args[@]}"
 }
 

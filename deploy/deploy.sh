@@ -43,6 +43,7 @@ main() {
   PUBSUB_AGENT=$(pubsub_service_agent)
   create_topics
   create_service_accounts
+  grant_build_roles
   create_secrets
   grant_runtime_roles
   create_firestore_ledger
@@ -147,13 +148,26 @@ grant_runtime_roles() {
   done
   # console: a re-run publishes its tracking message, a cancel its completion event.
   grant_publishers "$GATEWAY_JOBS_TOPIC" webhook submit poll sweep console
-  grant_publishers "$GATEWAY_EVENTS_TOPIC" poll sweep console
+  # webhook: DELETE /jobs/{id} publishes the cancelled job's event.
+  grant_publishers "$GATEWAY_EVENTS_TOPIC" webhook poll sweep console
   for fn in "${FUNCTIONS[@]}"; do
     mapfile -t secrets < <(secret_names $(function_secret_envs "$fn"))
     for name in "${secrets[@]}"; do
       gc_retry secrets add-iam-policy-binding "$name" --member="$(sa_member "$fn")" \
         --role=roles/secretmanager.secretAccessor --format=none
     done
+  done
+}
+
+# Builds run as their own identity: since 2024 Cloud Build's default one (the Compute Engine default
+# account) is no longer an Editor in new organisations, and its warning is a prompt this script turns off.
+grant_build_roles() {
+  [[ -z $BUILD_SERVICE_ACCOUNT ]] || { say "builds run as $BUILD_SERVICE_ACCOUNT (its roles are yours to grant)"; return; }
+  say "IAM for the build service account"
+  local role
+  for role in "${BUILD_ROLES[@]}"; do
+    gc_retry projects add-iam-policy-binding "$PROJECT" --member="serviceAccount:$(build_sa_email)" \
+      --role="$role" --condition=None --format=none
   done
 }
 
@@ -281,10 +295,11 @@ deploy_functions() {
   fi
   # A warm webhook instance (WEBHOOK_MIN_INSTANCES) answers senders with 3-5 s timeouts without a cold start.
   WEBHOOK_URL=$(existing_url webhook)
-  deploy_function webhook --trigger-http --allow-unauthenticated \
+  deploy_function webhook --trigger-http "$(webhook_access_flag)" \
     --memory=512Mi --cpu=1 --concurrency=40 --timeout=60s \
     --min-instances="$WEBHOOK_MIN_INSTANCES" --max-instances="$WEBHOOK_MAX_INSTANCES"
   [[ -n $WEBHOOK_URL ]] || set_own_url webhook GATEWAY_OPERATOR_AUDIENCES
+  open_webhook_without_all_users
   deploy_function submit --trigger-topic="$GATEWAY_REQUESTS_TOPIC" --retry \
     --trigger-service-account="$(sa_email trigger)" \
     --memory=512Mi --cpu=1 --concurrency=20 --timeout=120s --max-instances="$SUBMIT_MAX_INSTANCES"
@@ -295,6 +310,20 @@ deploy_functions() {
   deploy_function console --trigger-http --no-allow-unauthenticated \
     --memory=512Mi --cpu=1 --concurrency=20 --timeout=60s --max-instances=1
   [[ -n $CONSOLE_URL ]] || set_own_url console GATEWAY_CONSOLE_HOSTS
+}
+
+# Senders hold no Google credentials: the webhook is public. Where domain-restricted sharing forbids
+# the allUsers binding that --allow-unauthenticated adds (gcloud then fails and nothing after webhook
+# is deployed), WEBHOOK_ACCESS=no-invoker-iam-check deploys it private and turns Cloud Run's invoker
+# check off instead (https://cloud.google.com/run/docs/securing/managing-access#invoker_check).
+webhook_access_flag() {
+  if [[ $WEBHOOK_ACCESS == public ]]; then echo --allow-unauthenticated; else echo --no-allow-unauthenticated; fi
+}
+
+open_webhook_without_all_users() {
+  [[ $WEBHOOK_ACCESS == no-invoker-iam-check ]] || return 0
+  say "webhook: no allUsers binding (domain-restricted sharing); Cloud Run's invoker IAM check off instead"
+  gc run services update "$(function_name webhook)" --region="$REGION" --no-invoker-iam-check
 }
 
 # A function's URL, if it exists yet. webhook's is the audience of operators' ID tokens and the
@@ -313,19 +342,21 @@ set_own_url() {
   gc run services update "$(function_name "$fn")" --region="$REGION" --update-env-vars="$var=$url"
 }
 
+# THREADS: functions-framework serves with one gunicorn worker of THREADS threads (default 4 per CPU,
+# 4 here); Cloud Run sends up to --concurrency requests at once, so an instance serves as many as it
+# is sent instead of queueing all but 4 of them.
 deploy_function() {
-  local fn=$1 env_vars secrets
+  local fn=$1 env_vars secrets arg threads=""
   shift
+  for arg in "$@"; do [[ $arg != --concurrency=* ]] || threads=${arg#--concurrency=}; done
+  [[ -n $threads ]] || die "deploy_function $fn: no --concurrency"
   env_vars=$(function_env_vars "$fn")
+  if [[ $env_vars == '^;^'* ]]; then env_vars+=";THREADS=$threads"; else env_vars+=",THREADS=$threads"; fi
   secrets=$(function_secrets "$fn")
-  local args=(functions deploy "$(function_name "$fn")" --gen2 --region="$REGION"
-    --runtime="$RUNTIME" --source="$SOURCE_DIR" --entry-point="$fn"
-    --service-account="$(sa_email "$fn")"
-    --set-env-vars="$env_vars" --set-secrets="$secrets" "$@")
-  if [[ -n $BUILD_SERVICE_ACCOUNT ]]; then
-    args+=(--build-service-account="projects/$PROJECT/serviceAccounts/$BUILD_SERVICE_ACCOUNT")
-  fi
-  gc "${args[@]}"
+  gc functions deploy "$(function_name "$fn")" --gen2 --region="$REGION" \
+    --runtime="$RUNTIME" --source="$SOURCE_DIR" --entry-point="$fn" \
+    --service-account="$(sa_email "$fn")" "$(build_sa_flag)" \
+    --set-env-vars="$env_vars" --set-secrets="$secrets" "$@"
 }
 
 # The settings of README "Settings": the same for every function, plus the Cloud Tasks settings for
@@ -395,14 +426,33 @@ grant_invokers() {
     --member="$(sa_member scheduler)"
   # The operators who may open the console (CONSOLE_INVOKERS in deploy/env: user:, group: or
   # serviceAccount: members, comma-separated).
+  # `gcloud run services proxy` reads the service first (run.services.get, not in run.invoker).
   local member
   for member in ${CONSOLE_INVOKERS//,/ }; do
     gc_retry functions add-invoker-policy-binding "$(function_name console)" --region="$REGION" \
       --member="$member"
+    gc_retry run services add-iam-policy-binding "$(function_name console)" --region="$REGION" \
+      --member="$member" --role=roles/run.viewer --format=none
   done
+  revoke_former_console_members
   # Pub/Sub mints the OIDC token of the trigger identity for each push.
   gc_retry iam service-accounts add-iam-policy-binding "$(sa_email trigger)" \
     --member="$PUBSUB_AGENT" --role=roles/iam.serviceAccountTokenCreator --format=none
+}
+
+# Someone taken out of CONSOLE_INVOKERS loses both roles on the console: its bindings are read back
+# and every member not listed any more is removed. (A dry run pretends one former member.)
+revoke_former_console_members() {
+  local role members member
+  for role in roles/run.invoker roles/run.viewer; do
+    members=$(gc_value "user:former-operator@example.com" run services get-iam-policy "$(function_name console)" \
+      --region="$REGION" --flatten=bindings[].members "--filter=bindings.role:$role" '--format=value(bindings.members)')
+    for member in $members; do
+      [[ ",$CONSOLE_INVOKERS," != *",$member,"* ]] || continue
+      gc_retry run services remove-iam-policy-binding "$(function_name console)" --region="$REGION" \
+        --member="$member" --role="$role" --format=none
+    done
+  done
 }
 
 # The trigger's subscription is created by Eventarc: find it, then set backoff bounds and the

@@ -134,6 +134,7 @@ load_settings() {
   : "${CARTO_CLIENT_ID:=}"
   : "${EXTRA_ENV_VARS:=}"
   : "${BUILD_SERVICE_ACCOUNT:=}"
+  : "${WEBHOOK_ACCESS:=public}"
   : "${GATEWAY_OPERATORS:=}"
   : "${SECRET_VERSIONS:=}"
   : "${CONSOLE_INVOKERS:=}"
@@ -180,6 +181,10 @@ load_settings() {
   [[ -z $ALERT_EMAIL || $ALERT_EMAIL =~ ^[^@,\;[:space:]\"]+@[^@,\;[:space:]\"]+$ ]] || die "ALERT_EMAIL must be one email address, got $ALERT_EMAIL"
   [[ -z $ALERT_CHANNEL || $ALERT_CHANNEL =~ ^projects/[^/]+/notificationChannels/[0-9A-Za-z_-]+$ ]] \
     || die "ALERT_CHANNEL must be projects/PROJECT/notificationChannels/ID, got $ALERT_CHANNEL"
+  [[ $WEBHOOK_ACCESS == public || $WEBHOOK_ACCESS == no-invoker-iam-check ]] \
+    || die "WEBHOOK_ACCESS must be public or no-invoker-iam-check, got $WEBHOOK_ACCESS"
+  [[ -z $BUILD_SERVICE_ACCOUNT || $BUILD_SERVICE_ACCOUNT =~ ^[^@[:space:]]+@[^@[:space:]]+$ ]] \
+    || die "BUILD_SERVICE_ACCOUNT must be a service account's email, got $BUILD_SERVICE_ACCOUNT"
   parse_secret_versions
   set_names
 }
@@ -195,7 +200,15 @@ set_names() {
     "$JOBS_DEAD_LETTER_TOPIC" "$REQUESTS_DEAD_LETTER_TOPIC")
   # Runtime identities (one per function), the scheduler's and the Eventarc triggers'.
   SERVICE_ACCOUNT_ROLES=(webhook poll submit sweep console scheduler trigger)
+  # Cloud Build's identity for the functions' builds: ours unless BUILD_SERVICE_ACCOUNT names one.
+  [[ -n $BUILD_SERVICE_ACCOUNT ]] || SERVICE_ACCOUNT_ROLES+=(build)
 }
+# What a build needs (https://cloud.google.com/functions/docs/securing/build-custom-sa): the builder
+# role, build logs, the image in Artifact Registry, and reading the uploaded source.
+BUILD_ROLES=(roles/cloudbuild.builds.builder roles/logging.logWriter roles/artifactregistry.writer
+  roles/storage.objectViewer)
+build_sa_email() { printf '%s\n' "${BUILD_SERVICE_ACCOUNT:-$(sa_email build)}"; }
+build_sa_flag() { printf -- '--build-service-account=projects/%s/serviceAccounts/%s\n' "$PROJECT" "$(build_sa_email)"; }
 function_name() { printf '%s-%s\n' "$NAME_PREFIX" "$1"; }
 sa_email() { printf '%s-%s@%s.iam.gserviceaccount.com\n' "$NAME_PREFIX" "$1" "$PROJECT"; }
 sa_member() { printf 'serviceAccount:%s\n' "$(sa_email "$1")"; }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Remove what deploy.sh created: the alert policies, the notification channel deploy created, the
+# Remove what deploy.sh (and deploy-subscriber.sh) created: the alert policies, the notification channel deploy created, the
 # dashboard and the log-based metrics, the sweep schedule, the five functions (their Eventarc
 # triggers and subscriptions go with them), the Cloud Tasks queue of the status checks and submit
 # hand-offs (its IAM goes with it), topics and dead-letter subscriptions, IAM bindings, service accounts and,
@@ -40,6 +40,7 @@ main() {
   delete_monitoring
   gc_try scheduler jobs delete "$SCHEDULER_JOB" --location="$REGION" --quiet
   delete_functions
+  delete_subscriber
   say "Cloud Tasks queue $TASKS_QUEUE with its pending checks and hand-offs (its name is reserved for 7 days after)"
   gc_try tasks queues delete "$TASKS_QUEUE" --location="$TASKS_LOCATION" --quiet
   delete_topics
@@ -94,6 +95,16 @@ delete_functions() {
   done
 }
 
+# What deploy/deploy-subscriber.sh made under its default name (a subscriber deployed with --name:
+# deploy-subscriber.sh --name NAME --delete): the push subscription and the function; its identity
+# goes with the service accounts.
+delete_subscriber() {
+  local name="$NAME_PREFIX-subscriber"
+  say "event subscriber $name (deploy/deploy-subscriber.sh), if any"
+  gc_try pubsub subscriptions delete "$name-push" --quiet
+  gc_try functions delete "$name" --gen2 --region="$REGION" --quiet
+}
+
 delete_topics() {
   say "dead-letter subscriptions and topics (undelivered messages are lost)"
   gc_try pubsub subscriptions delete "$JOBS_DEAD_LETTER_SUB" --quiet
@@ -107,7 +118,13 @@ delete_topics() {
 # Bindings on the project and on kept secrets would outlive the accounts as "deleted:" members.
 revoke_runtime_roles() {
   say "IAM bindings of the runtime service accounts"
-  local fn name secrets
+  local fn name secrets role
+  if [[ -z $BUILD_SERVICE_ACCOUNT ]]; then
+    for role in "${BUILD_ROLES[@]}"; do
+      gc_try projects remove-iam-policy-binding "$PROJECT" --member="serviceAccount:$(build_sa_email)" \
+        --role="$role" --all --format=none
+    done
+  fi
   for fn in "${FUNCTIONS[@]}"; do
     gc_try projects remove-iam-policy-binding "$PROJECT" --member="$(sa_member "$fn")" \
       --role=roles/datastore.user --all --format=none
@@ -123,7 +140,7 @@ revoke_runtime_roles() {
 delete_service_accounts() {
   say "service accounts"
   local role
-  for role in "${SERVICE_ACCOUNT_ROLES[@]}"; do
+  for role in "${SERVICE_ACCOUNT_ROLES[@]}" sub; do  # sub: deploy-subscriber.sh's subscribers
     gc_try iam service-accounts delete "$(sa_email "$role")" --quiet
   done
 }

@@ -446,7 +446,7 @@ def expected_grants() -> set[tuple[str, str, str]]:
     }
     grants |= {
         (sa(fn), "topic:workflow-job-events", "roles/pubsub.publisher")
-        for fn in ("poll", "sweep", "console")
+        for fn in ("webhook", "poll", "sweep", "console")  # webhook: DELETE /jobs/{id} publishes the event
     }
     grants |= {
         (sa(fn), f"secret:{name}", "roles/secretmanager.secretAccessor")
@@ -464,7 +464,12 @@ def expected_grants() -> set[tuple[str, str, str]]:
     grants |= {(sa(fn), f"queue:{QUEUE}", "roles/cloudtasks.enqueuer") for fn in TASK_SCHEDULERS}
     grants |= {(sa(fn), f"service-account:{POLL_SA}", "roles/iam.serviceAccountUser") for fn in TASK_SCHEDULERS}
     grants |= {(sa("poll"), "function:gateway-poll", "roles/run.invoker")}
+    grants |= {(sa("build"), f"project:{PROJECT}", role) for role in BUILD_ROLES}
     return grants
+
+
+BUILD_ROLES = ("roles/cloudbuild.builds.builder", "roles/logging.logWriter", "roles/artifactregistry.writer",
+               "roles/storage.objectViewer")
 
 
 def granted(commands: list[tuple]) -> set[tuple[str, str, str]]:
@@ -498,7 +503,7 @@ def test_a_service_account_is_created_for_each_identity(deploy_commands):
         for argv in with_prefix(deploy_commands, "iam", "service-accounts", "create")
     }
     assert created == {
-        f"gateway-{name}" for name in (*FUNCTIONS, "scheduler", "trigger")
+        f"gateway-{name}" for name in (*FUNCTIONS, "scheduler", "trigger", "build")
     }
 
 
@@ -574,6 +579,10 @@ def test_the_console_is_private_and_opened_by_the_operators_listed(tmp_path, sou
     bindings = [argv for argv in with_prefix(commands, "functions", "add-invoker-policy-binding")
                 if argv[3] == "gateway-console"]
     assert {flags(argv)["member"] for argv in bindings} == {"user:ops@example.com", "group:oncall@example.com"}
+    viewers = [argv for argv in with_prefix(commands, "run", "services", "add-iam-policy-binding") if argv[4] == "gateway-console"]
+    # `gcloud run services proxy` needs run.services.get, which run.invoker lacks
+    assert {(flags(argv)["member"], flags(argv)["role"]) for argv in viewers} == {
+        ("user:ops@example.com", "roles/run.viewer"), ("group:oncall@example.com", "roles/run.viewer")}
     console = flags(deploy_of(commands, "console"))
     assert console["max-instances"] == "1"  # its CSRF key lives in the one instance
 
@@ -824,7 +833,7 @@ def test_teardown_deletes_the_functions_schedule_topics_and_accounts(teardown_co
     def deleted(*path: str, at: int) -> set[str]:
         return {argv[at] for argv in with_prefix(teardown_commands, *path, "delete")}
 
-    assert deleted("functions", at=3) == {f"gateway-{fn}" for fn in FUNCTIONS}
+    assert deleted("functions", at=3) == {f"gateway-{fn}" for fn in (*FUNCTIONS, "subscriber")}
     assert deleted("scheduler", "jobs", at=4) == {"gateway-sweep"}
     assert deleted("pubsub", "topics", at=4) == {
         "workflow-jobs",
@@ -836,10 +845,11 @@ def test_teardown_deletes_the_functions_schedule_topics_and_accounts(teardown_co
     assert deleted("pubsub", "subscriptions", at=4) == {
         "workflow-jobs-dead-letter-kept",
         "workflow-requests-dead-letter-kept",
+        "gateway-subscriber-push",  # deploy-subscriber.sh's
     }
     assert deleted("iam", "service-accounts", at=4) == {
         sa(name).removeprefix("serviceAccount:")
-        for name in (*FUNCTIONS, "scheduler", "trigger")
+        for name in (*FUNCTIONS, "scheduler", "trigger", "build", "sub")
     }
     (queue,) = with_prefix(teardown_commands, "tasks", "queues", "delete")
     assert queue[4] == QUEUE and flags(queue)["location"] == "europe-west1"
@@ -1049,7 +1059,8 @@ BAD_VALUE = tuple(
 
 
 @pytest.fixture(scope="module")
-def verdicts(sdk, source, deploy_commands, teardown_commands, rotating, console_invokers) -> dict[tuple, object]:
+def verdicts(sdk, source, deploy_commands, teardown_commands, rotating, console_invokers,
+             private_webhook) -> dict[tuple, object]:
     replay = dry_run("replay-dead-letters.sh", source) + dry_run(
         "replay-dead-letters.sh", source, "--requests"
     )
@@ -1057,7 +1068,7 @@ def verdicts(sdk, source, deploy_commands, teardown_commands, rotating, console_
     commands = list(
         dict.fromkeys(
             [*deploy_commands, *teardown_commands, *replay, *rotation_deploy, *rotation_teardown,
-             *console_invokers, MISSPELT, BAD_VALUE]
+             *console_invokers, *private_webhook, *dry_run("deploy-subscriber.sh", source), MISSPELT, BAD_VALUE]
         )
     )
     return {verdict.argv: verdict for verdict in argcheck.check(commands, sdk)}
@@ -1069,7 +1080,15 @@ def console_invokers(tmp_path_factory, source) -> list[tuple]:
     env_file = tmp_path_factory.mktemp("invokers") / "env"
     env_file.write_text(ENV_EXAMPLE.read_text() + "CONSOLE_INVOKERS=user:ops@example.com\n")
     commands = dry_run("deploy.sh", source, env_file=env_file)
-    return [argv for argv in with_prefix(commands, "functions", "add-invoker-policy-binding") if argv[3] == "gateway-console"]
+    return [argv for argv in commands if "gateway-console" in argv[3:5] and "policy-binding" in " ".join(argv[2:4])]
+
+
+@pytest.fixture(scope="module")
+def private_webhook(tmp_path_factory, source) -> list[tuple]:
+    """A deploy for a project with domain-restricted sharing."""
+    env_file = tmp_path_factory.mktemp("drs") / "env"
+    env_file.write_text(ENV_EXAMPLE.read_text() + "WEBHOOK_ACCESS=no-invoker-iam-check\n")
+    return dry_run("deploy.sh", source, env_file=env_file)
 
 
 def failures(verdicts: dict, commands: list[tuple]) -> list[str]:
@@ -1090,8 +1109,13 @@ def test_every_rotation_and_operator_command_parses_with_the_real_gcloud(verdict
 
 
 def test_the_consoles_invoker_bindings_parse_with_the_real_gcloud(verdicts, console_invokers):
-    assert len(console_invokers) == 1
+    # run.invoker and run.viewer for the one operator; both removed from the pretended former one
+    assert len(console_invokers) == 4
     assert failures(verdicts, console_invokers) == []
+
+
+def test_the_domain_restricted_deploy_parses_with_the_real_gcloud(verdicts, private_webhook):
+    assert failures(verdicts, private_webhook) == []
 
 
 def test_every_teardown_command_parses_with_the_real_gcloud(
@@ -1352,3 +1376,80 @@ def test_the_monitoring_commands_parse_with_the_real_gcloud(verdicts, deploy_com
                   if argv[1] == "logging" or "monitoring" in argv[1:3]]
     assert len(monitoring) > 30
     assert failures(verdicts, monitoring) == []
+
+
+# --- build identity, webhook access, threads, former console members ---------------------------------
+
+def test_every_function_is_built_by_the_gateways_build_account_with_the_builder_role(deploy_commands):
+    account = f"projects/{PROJECT}/serviceAccounts/{sa('build').removeprefix('serviceAccount:')}"
+    for fn in FUNCTIONS:
+        assert flags(deploy_of(deploy_commands, fn))["build-service-account"] == account
+    roles = {flags(a)["role"] for a in with_prefix(deploy_commands, "projects", "add-iam-policy-binding")
+             if flags(a)["member"] == sa("build")}
+    assert roles == set(BUILD_ROLES)
+
+
+def test_a_named_build_account_is_used_as_is(tmp_path, source):
+    env_file = tmp_path / "env"
+    env_file.write_text(ENV_EXAMPLE.read_text() + "BUILD_SERVICE_ACCOUNT=builder@other-project.iam.gserviceaccount.com\n")
+    commands = dry_run("deploy.sh", source, env_file=env_file)
+    assert flags(deploy_of(commands, "webhook"))["build-service-account"] == (
+        f"projects/{PROJECT}/serviceAccounts/builder@other-project.iam.gserviceaccount.com")
+    assert "gateway-build" not in {a[4] for a in with_prefix(commands, "iam", "service-accounts", "create")}
+    assert not [a for a in commands if "builder@other-project" in str(flags(a).get("member", ""))]
+
+
+@pytest.mark.parametrize("fn, concurrency", [("webhook", "40"), ("poll", "40"), ("submit", "20"), ("sweep", "1"),
+                                             ("console", "20")])
+def test_each_function_serves_as_many_requests_at_once_as_it_is_sent(deploy_commands, fn, concurrency):
+    deployed = deploy_of(deploy_commands, fn)
+    assert flags(deployed)["concurrency"] == concurrency and env_vars(deployed)["THREADS"] == concurrency
+
+
+def test_threads_join_the_alternate_delimiter_when_operators_are_listed(rotating):
+    deploy, _ = rotating
+    assert env_vars(deploy_of(deploy, "webhook"))["THREADS"] == "40"
+
+
+def test_a_domain_restricted_project_gets_a_private_webhook_without_the_invoker_check(tmp_path, source):
+    env_file = tmp_path / "env"
+    env_file.write_text(ENV_EXAMPLE.read_text() + "WEBHOOK_ACCESS=no-invoker-iam-check\n")
+    commands = dry_run("deploy.sh", source, env_file=env_file)
+    webhook = deploy_of(commands, "webhook")
+    (opened,) = [a for a in with_prefix(commands, "run", "services", "update") if a[4] == "gateway-webhook"
+                 and "no-invoker-iam-check" in flags(a)]
+    assert flags(webhook).get("no-allow-unauthenticated") is True and "allow-unauthenticated" not in flags(webhook)
+    assert commands.index(webhook) < commands.index(opened)
+    assert not [a for a in commands if flags(a).get("member") == "allUsers"]
+
+
+def test_an_unknown_webhook_access_is_refused(tmp_path, source):
+    assert "WEBHOOK_ACCESS must be" in refused_dry_run(tmp_path, source, ENV_EXAMPLE.read_text() + "WEBHOOK_ACCESS=open\n")
+
+
+def test_someone_no_longer_in_console_invokers_loses_both_console_roles(deploy_commands):
+    # the dry run pretends user:former-operator@example.com was granted by an earlier deploy
+    removed = {(flags(a)["member"], flags(a)["role"]) for a in with_prefix(deploy_commands, "run", "services",
+                                                                           "remove-iam-policy-binding")
+               if a[4] == "gateway-console"}
+    assert removed == {("user:former-operator@example.com", "roles/run.invoker"),
+                       ("user:former-operator@example.com", "roles/run.viewer")}
+
+
+def test_a_listed_console_invoker_is_not_revoked(tmp_path, source):
+    env_file = tmp_path / "env"
+    env_file.write_text(ENV_EXAMPLE.read_text() + "CONSOLE_INVOKERS=user:former-operator@example.com\n")
+    commands = dry_run("deploy.sh", source, env_file=env_file)
+    assert with_prefix(commands, "run", "services", "remove-iam-policy-binding") == []
+
+
+def test_teardown_removes_the_default_subscriber_deploy_subscriber_makes(teardown_commands, source):
+    subscriber = dry_run("deploy-subscriber.sh", source)
+    created = {a[3] for a in with_prefix(subscriber, "functions", "deploy")}
+    created_subscriptions = {a[4] for a in with_prefix(subscriber, "pubsub", "subscriptions", "create")}
+    created_accounts = {a[4] for a in with_prefix(subscriber, "iam", "service-accounts", "create")}
+
+    assert created <= {a[3] for a in with_prefix(teardown_commands, "functions", "delete")}
+    assert created_subscriptions <= {a[4] for a in with_prefix(teardown_commands, "pubsub", "subscriptions", "delete")}
+    assert {f"{n}@{PROJECT}.iam.gserviceaccount.com" for n in created_accounts} <= {
+        a[4] for a in with_prefix(teardown_commands, "iam", "service-accounts", "delete")}
