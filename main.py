@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 
 import flask
 import functions_framework
@@ -17,10 +18,19 @@ import functions_framework
 from gateway import entrypoints
 from gateway.app import App
 
+_building = threading.Lock()
+
 
 @functools.cache
-def _app(verify_senders: bool = True) -> App:
+def _build(verify_senders: bool) -> App:
     return App.from_env(verify_senders=verify_senders)
+
+
+def _app(verify_senders: bool = True) -> App:
+    """This instance's App, built once: concurrent first requests wait for one build instead of racing
+    (functools.cache alone lets each of them build one, and their ledgers open the same file at once)."""
+    with _building:
+        return _build(verify_senders)
 
 
 if flask.has_app_context():  # loaded by functions-framework to serve FUNCTION_TARGET (not a plain import)

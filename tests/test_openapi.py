@@ -309,9 +309,9 @@ def live(pubsub_emulator, tmp_path_factory):
         ensure_topics(PROJECT, [topic])
         client = functions_framework.create_app(target="webhook", source=str(ROOT / "main.py")).test_client()
         main = sys.modules["main"]
-        main._app.cache_clear()  # an App cached by an earlier test would carry another environment
+        main._build.cache_clear()  # an App cached by an earlier test would carry another environment
         yield client, main._app()
-        main._app.cache_clear()
+        main._build.cache_clear()
     sandbox.stop()
 
 
