@@ -1181,7 +1181,7 @@ def test_the_upload_leaves_out_tests_and_the_local_stack(sdk, tmp_path):
         "gateway/local/sandbox/__init__.py",
         "gateway/local/sandbox/server.py",
         "gateway/cli/__init__.py",
-        "gateway/cli/lint.py",
+        "gateway/cli/check.py",
         "examples/store-clusters.json",
         "schemas/workflows/a.json",
         "tests/test_a.py",

@@ -35,7 +35,7 @@ from werkzeug.serving import make_server
 
 from gateway.app import App
 from gateway.auth.signatures import REJECTED
-from gateway.cli.lint import lint
+from gateway.cli.check import lint
 from gateway.errors import ConfigError
 from gateway.local.demos import write_demo_schemas
 from gateway.local.sandbox import serve

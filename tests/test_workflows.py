@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from gateway.cli.lint import lint
+from gateway.cli.check import lint
 from gateway.cli.new import secret_env_name
 from gateway.errors import ConfigError
 from gateway.local.demos import DEMO_SCHEMAS_DIR, local_schemas_dir

@@ -178,7 +178,7 @@ def _workflow(args: argparse.Namespace, **kw: Any) -> Any:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from gateway.cli.lint import lint, warnings
+    from gateway.cli.check import lint, warnings
 
     registry = _registry(args, require_secrets=False)
     problems = lint(registry)
@@ -294,7 +294,7 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _events(args: argparse.Namespace) -> int:
-    from gateway.cli.watch import watch
+    from gateway.cli.events import watch
 
     return watch(args)
 

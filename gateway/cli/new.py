@@ -275,7 +275,7 @@ def base_url_override(paste: Paste, env: Mapping[str, str]) -> str | None:
 
 def verify(built: Mapping[str, Any], name: str, schemas_dir: Path) -> None:
     """Load and lint the file exactly as `check` will, before anything is written."""
-    from gateway.cli.lint import lint_workflow
+    from gateway.cli.check import lint_workflow
     from gateway.workflows import load_workflow, meta_validator
 
     meta = meta_validator(schemas_dir)

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from gateway.cli.watch import Event, Filters, format_json, format_line, watch
+from gateway.cli.events import Event, Filters, format_json, format_line, watch
 from gateway.errors import ConfigError
 from gateway.events import completion_event, event_source
 from gateway.ledger import FINISHED, Delivery
