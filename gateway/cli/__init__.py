@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import quote
 
 from gateway.errors import ConfigError, GatewayError
+from gateway.events import EVENT_TYPES
 
 DEFAULT_WEBHOOK_URL = "http://127.0.0.1:8080"
 OPERATOR_TOKEN_HELP = ("the bearer credential is GATEWAY_OPERATOR_TOKEN if set (an operator token, or "
@@ -126,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     events = verbs.add_parser("events", help="print completion events as they arrive")
     events.add_argument("--json", action="store_true", help="print raw JSON")
     events.add_argument("--workflow")
-    events.add_argument("--outcome", choices=["SUCCEEDED", "FAILED", "TIMED_OUT", "CANCELLED"])
+    events.add_argument("--outcome", choices=sorted(EVENT_TYPES))
     events.add_argument("--subscription", help="existing subscription to read (default: a new one)")
     events.add_argument("--max", type=int, default=0, help="stop after N events (0: run until Ctrl-C)")
     events.set_defaults(run=_events)

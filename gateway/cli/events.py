@@ -19,9 +19,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from gateway.carto import OUTCOMES
 from gateway.errors import ConfigError
+from gateway.events import EVENT_TYPES
 from gateway.workflows import NAME_PATTERN
+
+OUTCOMES = tuple(EVENT_TYPES)  # every outcome an event can carry, SUPERSEDED included
 
 PULL_BATCH = 50
 PULL_TIMEOUT_S = 30.0
