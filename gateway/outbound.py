@@ -113,3 +113,33 @@ def _proxy_for(url: str) -> str | None:
     import requests.utils
 
     return requests.utils.select_proxy(url, requests.utils.get_environ_proxies(url))
+
+
+class GoogleToken:
+    """Authorization headers from the instance's default Google credentials for one OAuth scope: loaded on
+    first use (google-auth, never on an import path), refreshed when due. `unavailable` is the error raised
+    when there are no credentials or no token can be had, so each caller keeps its own answer (a 503)."""
+
+    def __init__(self, scope: str, service: str, unavailable: type[Exception]):
+        self.scope, self.service, self.unavailable = scope, service, unavailable
+        self._credentials: Any = None
+        self._request: Any = None
+        self._lock = threading.Lock()
+
+    def headers(self, url: str) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        with self._lock:
+            if self._credentials is None:
+                import google.auth
+                import google.auth.transport.urllib3
+
+                try:
+                    self._credentials, _ = google.auth.default(scopes=[self.scope])
+                except Exception as exc:
+                    raise self.unavailable(f"no credentials for {self.service} ({type(exc).__name__})") from None
+                self._request = google.auth.transport.urllib3.Request(urllib3.PoolManager(maxsize=2))
+            try:
+                self._credentials.before_request(self._request, "POST", url, headers)  # refreshes when due
+            except Exception as exc:
+                raise self.unavailable(f"could not get a {self.service} access token ({type(exc).__name__})") from None
+        return headers

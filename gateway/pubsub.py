@@ -31,7 +31,7 @@ from typing import Any
 
 from gateway.errors import PublishUnavailable
 from gateway.events import Message
-from gateway.outbound import Http, NeverConnected, NoAnswer
+from gateway.outbound import GoogleToken, Http, NeverConnected, NoAnswer
 
 MAX_BATCH = 100  # messages per Publish call (Pub/Sub takes up to 1,000 and 10 MB; ours are < 1 KiB)
 PUBSUB_SCOPE = "https://www.googleapis.com/auth/pubsub"
@@ -63,9 +63,7 @@ class RestPublish:
         emulator = os.environ.get("PUBSUB_EMULATOR_HOST")
         self._base = (endpoint or (f"http://{emulator}" if emulator else "https://pubsub.googleapis.com")).rstrip("/")
         self._needs_auth = not emulator if authenticate is None else authenticate
-        self._credentials: Any = None
-        self._auth_request: Any = None
-        self._auth_lock = threading.Lock()
+        self._token = GoogleToken(PUBSUB_SCOPE, "Pub/Sub", PublishUnavailable)
 
     def __call__(self, topic_path: str, messages: Sequence[Message]) -> list[str]:
         body = json.dumps({"messages": [
@@ -101,25 +99,7 @@ class RestPublish:
         return ids
 
     def _authorization(self, url: str) -> dict[str, str]:
-        if not self._needs_auth:
-            return {}
-        headers: dict[str, str] = {}
-        with self._auth_lock:
-            if self._credentials is None:
-                import google.auth
-                import google.auth.transport.urllib3
-                import urllib3
-
-                try:
-                    self._credentials, _ = google.auth.default(scopes=[PUBSUB_SCOPE])
-                except Exception as exc:
-                    raise PublishUnavailable(f"no credentials for Pub/Sub ({type(exc).__name__})") from None
-                self._auth_request = google.auth.transport.urllib3.Request(urllib3.PoolManager(maxsize=2))
-            try:
-                self._credentials.before_request(self._auth_request, "POST", url, headers)  # refreshes when due
-            except Exception as exc:
-                raise PublishUnavailable(f"could not get a Pub/Sub access token ({type(exc).__name__})") from None
-        return headers
+        return self._token.headers(url) if self._needs_auth else {}
 
 
 class GrpcPublish:

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from gateway.outbound import Http, NeverConnected, NoAnswer
+from gateway.outbound import GoogleToken, Http, NeverConnected, NoAnswer
 
 SCOPE = "https://www.googleapis.com/auth/datastore"
 _RETRIED_STATUSES = {429, 500, 502, 503, 504}
@@ -53,9 +52,7 @@ class DocumentsRest:
         self._parent = f"projects/{project}/databases/{database or '(default)'}/documents"
         self._collection = collection
         self._http, self._timeout_s, self._sleep = http or Http(pool_size=16), timeout_s, sleep
-        self._credentials: Any = None
-        self._auth_request: Any = None
-        self._auth_lock = threading.Lock()
+        self._token = GoogleToken(SCOPE, "Firestore", Unavailable)
 
     def create(self, doc_id: str, fields: Mapping[str, Any]) -> str:
         """Create the document; its update time. AlreadyExists when it exists."""
@@ -145,25 +142,7 @@ class DocumentsRest:
             wait = min(1.0, wait * 2)
 
     def _authorization(self, url: str) -> dict[str, str]:
-        if self._emulator:
-            return {"Authorization": "Bearer owner"}
-        headers: dict[str, str] = {}
-        with self._auth_lock:
-            if self._credentials is None:
-                import google.auth
-                import google.auth.transport.urllib3
-                import urllib3
-
-                try:
-                    self._credentials, _ = google.auth.default(scopes=[SCOPE])
-                except Exception as exc:
-                    raise Unavailable(f"no credentials for Firestore ({type(exc).__name__})") from None
-                self._auth_request = google.auth.transport.urllib3.Request(urllib3.PoolManager(maxsize=2))
-            try:
-                self._credentials.before_request(self._auth_request, "POST", url, headers)  # refreshes when due
-            except Exception as exc:
-                raise Unavailable(f"could not get a Firestore access token ({type(exc).__name__})") from None
-        return headers
+        return {"Authorization": "Bearer owner"} if self._emulator else self._token.headers(url)
 
 
 def _status(data: bytes) -> str:
