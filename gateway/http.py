@@ -20,6 +20,7 @@ from gateway.app import App
 from gateway.auth.operators import Operator
 from gateway.auth.signatures import verify_request
 from gateway.bodies import body_was_read, parse_json, read_body
+from gateway.carto import CANCELLED
 from gateway.errors import (
     ActionRefused,
     AuthenticationFailed,
@@ -241,6 +242,8 @@ def _job_cancel(app: App, job_id: str, request: flask.Request) -> Response:
     if record.outcome is not None:
         raise ActionRefused(f"the job already ended ({record.outcome}); nothing was cancelled")
     record = app.poller.cancel(record)
+    if record.outcome != CANCELLED:  # CARTO had finished it before the cancel reached it: recorded as it ended
+        raise ActionRefused(f"the job had already ended at CARTO ({record.outcome}); nothing was cancelled")
     return _json(_record_view(record, None))
 
 

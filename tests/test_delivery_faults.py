@@ -321,7 +321,7 @@ def test_cancelling_a_job_poll_already_finished_changes_nothing(rig):
 
     answer = rig.job_request("DELETE", job_id)
 
-    assert answer.status_code == 200 and answer.get_json()["outcome"] == "SUCCEEDED"
+    assert answer.status_code == 409 and "already ended (SUCCEEDED); nothing was cancelled" in answer.get_json()["detail"]
     assert [e["attributes"]["ce-id"] for e in rig.publisher.events()] == [f"{job_id}:SUCCEEDED"]
     assert not rig.sandbox.jobs()[0].cancelled
 
@@ -333,7 +333,9 @@ def test_cancelling_a_job_that_already_ended_in_carto_reports_how_it_ended(rig):
     answer = rig.job_request("DELETE", job_id)
     statuses = rig.poll_all()
 
-    assert answer.status_code == 200 and answer.get_json()["outcome"] == "SUCCEEDED" and statuses == [ACK]
+    assert answer.status_code == 409 and statuses == [ACK]
+    assert "already ended at CARTO (SUCCEEDED); nothing was cancelled" in answer.get_json()["detail"]
+    assert rig.app.ledger.find_job(job_id).outcome == "SUCCEEDED"  # recorded as it ended, by the cancel
     assert [e["attributes"]["ce-id"] for e in rig.publisher.events()] == [f"{job_id}:SUCCEEDED"]
     assert not rig.sandbox.jobs()[0].cancelled
 
@@ -346,7 +348,7 @@ def test_a_poll_that_sees_the_cancel_in_carto_first_reports_it_as_cancelled(rig)
     statuses = rig.poll_all()
     answer = rig.job_request("DELETE", job_id)
 
-    assert statuses == [ACK] and answer.get_json()["outcome"] == "CANCELLED"
+    assert statuses == [ACK] and answer.status_code == 409 and "already ended (CANCELLED)" in answer.get_json()["detail"]
     assert [e["attributes"]["ce-id"] for e in rig.publisher.events()] == [f"{job_id}:CANCELLED"]
 
 
