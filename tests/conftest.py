@@ -12,6 +12,8 @@ from hypothesis import settings
 
 from gateway.local import emulators
 from gateway.local.demos import write_demo_schemas
+from gateway.local.sandbox import serve
+from tests.apptools import FakeClock
 from tests.constants import DATA, PROJECT, ROOT, TASKS_QUEUE
 from tests.stackutil import emulator_unavailable
 
@@ -101,3 +103,33 @@ def rig(test_schemas, tmp_path):
 
     with running_rig(test_schemas, tmp_path) as built:
         yield built
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """The test's clock: time that moves only when slept on or advanced."""
+    return FakeClock()
+
+
+@pytest.fixture
+def make_sandbox(clock):
+    """Starts a local CARTO job API (`gateway.local.sandbox.serve(**options)`) that stops when the test ends;
+    `on_clock=True` runs its jobs on the test's `clock`."""
+    servers = []
+
+    def make(*, on_clock: bool = False, **options):
+        server = serve(**options, **({"clock": clock.now} if on_clock else {}))
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def sandbox(request, make_sandbox):
+    """The test's local CARTO job API, with the options of its nearest `@pytest.mark.sandbox(...)` (the test's,
+    else its module's `pytestmark`): those of `make_sandbox`."""
+    marker = request.node.get_closest_marker("sandbox")
+    return make_sandbox(**(marker.kwargs if marker else {}))

@@ -23,10 +23,11 @@ from gateway.carto import (
     strip_secrets,
 )
 from gateway.errors import CartoUnavailable, NotFound, UpstreamRejected
-from gateway.local.sandbox import serve
 from gateway.outbound import Http
 from gateway.settings import Secret
 from tests.constants import CARTO_TOKEN
+
+pytestmark = pytest.mark.sandbox(token=CARTO_TOKEN, default_duration_s=0.2)
 
 QUERY = "CALL `p.d.proc`(@a)"
 
@@ -57,13 +58,6 @@ def test_a_failed_job_carries_reason_location_and_message():
 def test_the_echoed_token_is_stripped_at_any_depth():
     body = {"externalId": "j", "token": "t", "nested": [{"access_token": "t", "ok": 1}]}
     assert strip_secrets(body) == {"externalId": "j", "nested": [{"ok": 1}]}
-
-
-@pytest.fixture
-def sandbox():
-    server = serve(token=CARTO_TOKEN, default_duration_s=0.2)
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -255,11 +249,9 @@ def test_other_failures_get_no_such_hint():
 
 
 @pytest.fixture(params=["workflows", "sql-api"])
-def dialect_sandbox(request):
-    server = serve(token=CARTO_TOKEN, default_duration_s=0.2, dialect=request.param,
-                   procedures={"p.d.proc": {"parameters": {"a": "INT64"}}})
-    yield server
-    server.stop()
+def dialect_sandbox(request, make_sandbox):
+    return make_sandbox(token=CARTO_TOKEN, default_duration_s=0.2, dialect=request.param,
+                        procedures={"p.d.proc": {"parameters": {"a": "INT64"}}})
 
 
 def test_the_client_follows_a_job_in_either_dialect(client, dialect_sandbox):

@@ -9,19 +9,13 @@ import uuid
 
 import pytest
 
-from gateway.local.sandbox import serve
 from tests.apptools import RecordingPublisher, build_app, function_client, operator_headers, settings_env
 from tests.constants import CARTO_TOKEN, OPERATOR_TOKEN, SECRET
 from tests.stackutil import signed_headers
 
+pytestmark = pytest.mark.sandbox(token=CARTO_TOKEN, default_duration_s=0.5)
+
 BODY = {"clusters": 2, "radius_m": 500, "store": {"type": "Supermarket"}}
-
-
-@pytest.fixture
-def sandbox():
-    server = serve(token=CARTO_TOKEN, default_duration_s=0.5)
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -271,7 +265,7 @@ IDS_WORKFLOW = {
 
 
 @pytest.fixture
-def typed(test_schemas, tmp_path):
+def typed(test_schemas, tmp_path, make_sandbox):
     """A gateway whose CARTO is a sandbox that checks every argument's type against the procedure's signature."""
     import shutil
 
@@ -282,9 +276,8 @@ def typed(test_schemas, tmp_path):
     (schemas / "workflows" / "cluster-ids.json").write_text(json.dumps(IDS_WORKFLOW))
     procedures = load_procedures(schemas)
     assert procedures["proj.ds.cluster_ids"].parameters == {"number_of_clusters": "INT64", "ids": "ARRAY<INT64>"}
-    server = serve(token=CARTO_TOKEN, procedures=procedures, default_duration_s=60)
-    yield function_client(build_app(settings_env(schemas, server.url, tmp_path))), server
-    server.stop()
+    server = make_sandbox(token=CARTO_TOKEN, procedures=procedures, default_duration_s=60)
+    return function_client(build_app(settings_env(schemas, server.url, tmp_path))), server
 
 
 @pytest.mark.parametrize("text, clusters, ids", [
@@ -344,11 +337,10 @@ def gateway_cli(*args: str, **env: str):
 
 
 @pytest.fixture
-def slow(test_schemas, tmp_path):
+def slow(test_schemas, tmp_path, make_sandbox):
     """A gateway whose jobs run for a minute: long enough to cancel one."""
-    server = serve(token=CARTO_TOKEN, default_duration_s=60)
-    yield function_client(build_app(settings_env(test_schemas, server.url, tmp_path))), server
-    server.stop()
+    server = make_sandbox(token=CARTO_TOKEN, default_duration_s=60)
+    return function_client(build_app(settings_env(test_schemas, server.url, tmp_path))), server
 
 
 def test_status_and_cancel_print_the_record_with_the_operator_token_from_the_environment(slow):

@@ -38,7 +38,6 @@ from gateway.auth.signatures import REJECTED
 from gateway.cli.check import lint
 from gateway.errors import ConfigError
 from gateway.local.demos import write_demo_schemas
-from gateway.local.sandbox import serve
 from gateway.logs import JsonFormatter
 from gateway.settings import Settings
 from gateway.workflows import load_registry
@@ -60,6 +59,8 @@ SECRET_ENV = {scheme: ENV_NAMES[entry.get("secrets", entry.get("tokens", ""))[4:
 HMAC_SCHEMES = ("standard-webhooks", "github", "stripe", "shopify", "slack", "hmac")
 SECRET_SCHEMES = (*HMAC_SCHEMES, "bearer")
 TABLE_ENV = {ENV_NAMES[name]: value for name, value in cases.SECRETS.items()}
+
+pytestmark = pytest.mark.sandbox(token=CARTO_TOKEN, default_duration_s=60)  # jobs outlive every test
 
 
 def workflow(scheme: str) -> str:
@@ -103,14 +104,6 @@ def auth_schemas(tmp_path_factory) -> Path:
     for path in AUTH_WORKFLOWS.glob("auth-*.json"):
         shutil.copy(path, target / "workflows" / path.name)
     return target
-
-
-@pytest.fixture(scope="module")
-def sandbox():
-    """One local CARTO job API for the module; each Gateway sees only the jobs it submitted."""
-    server = serve(token=CARTO_TOKEN, default_duration_s=60)
-    yield server
-    server.stop()
 
 
 @dataclass

@@ -142,40 +142,30 @@ class RecordingTransport:
         return response
 
 
-@dataclass
-class FakeClock:
-    now: float = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def certs_response(certs: dict[str, str], cache_control: str = "public, max-age=600") -> FakeResponse:
     return FakeResponse(200, json.dumps(certs).encode(), {"cache-control": cache_control})
 
 
-def test_certificates_are_fetched_once_from_google_and_cached():
+def test_certificates_are_fetched_once_from_google_and_cached(clock):
     transport = RecordingTransport([certs_response({"k1": "pem1"})])
-    source = GoogleCerts(transport, clock=FakeClock())
+    source = GoogleCerts(transport, clock=clock.now)
     assert source.certs() == source.certs() == {"k1": "pem1"}
     assert transport.calls == [(GOOGLE_CERTS_URL, "GET", GoogleCerts.TIMEOUT_S)]
 
 
-def test_certificates_are_fetched_again_after_their_max_age():
+def test_certificates_are_fetched_again_after_their_max_age(clock):
     transport = RecordingTransport([certs_response({"k1": "pem1"}), certs_response({"k2": "pem2"})])
-    clock = FakeClock()
-    source = GoogleCerts(transport, clock=clock)
+    source = GoogleCerts(transport, clock=clock.now)
     source.certs()
-    clock.now += 600
+    clock.advance(600)
     assert source.certs() == {"k2": "pem2"}
 
 
-def test_without_cache_control_certificates_are_kept_an_hour():
+def test_without_cache_control_certificates_are_kept_an_hour(clock):
     transport = RecordingTransport([certs_response({"k1": "pem1"}, cache_control="no-transform")])
-    clock = FakeClock()
-    source = GoogleCerts(transport, clock=clock)
+    source = GoogleCerts(transport, clock=clock.now)
     source.certs()
-    clock.now += 3599
+    clock.advance(3599)
     assert source.certs() == {"k1": "pem1"}
     assert len(transport.calls) == 1
 
@@ -184,38 +174,37 @@ def test_without_cache_control_certificates_are_kept_an_hour():
     FakeResponse(503, b"unavailable"), FakeResponse(200, b"not json"), FakeResponse(200, b"[]"),
     FakeResponse(200, b'{"k1": 1}'),
 ])
-def test_no_certificates_at_all_is_unavailable_not_an_authentication_failure(failure):
-    source = GoogleCerts(RecordingTransport([failure]), clock=FakeClock())
+def test_no_certificates_at_all_is_unavailable_not_an_authentication_failure(failure, clock):
+    source = GoogleCerts(RecordingTransport([failure]), clock=clock.now)
     with pytest.raises(Unavailable):
         source.certs()
 
 
-def test_transport_error_with_no_certificates_is_unavailable():
+def test_transport_error_with_no_certificates_is_unavailable(clock):
     from google.auth.exceptions import TransportError
 
-    source = GoogleCerts(RecordingTransport([TransportError("connection refused")]), clock=FakeClock())
+    source = GoogleCerts(RecordingTransport([TransportError("connection refused")]), clock=clock.now)
     with pytest.raises(Unavailable):
         source.certs()
 
 
-def test_failed_refresh_keeps_serving_the_previous_certificates_and_retries_a_minute_later():
+def test_failed_refresh_keeps_serving_the_previous_certificates_and_retries_a_minute_later(clock):
     transport = RecordingTransport([certs_response({"k1": "pem1"}), FakeResponse(500, b""),
                                     certs_response({"k2": "pem2"})])
-    clock = FakeClock()
-    source = GoogleCerts(transport, clock=clock)
+    source = GoogleCerts(transport, clock=clock.now)
     source.certs()
-    clock.now += 600
+    clock.advance(600)
     assert source.certs() == {"k1": "pem1"}
-    clock.now += 59
+    clock.advance(59)
     assert source.certs() == {"k1": "pem1"}
-    clock.now += 1
+    clock.advance(1)
     assert source.certs() == {"k2": "pem2"}
     assert len(transport.calls) == 3
 
 
-def test_verifier_over_google_certs_accepts_a_token_signed_by_a_published_key():
+def test_verifier_over_google_certs_accepts_a_token_signed_by_a_published_key(clock):
     transport = RecordingTransport([certs_response({KEY_ID: signing_key().cert_pem})])
-    verifier = GoogleIdTokenVerifier(GoogleCerts(transport, clock=FakeClock()))
+    verifier = GoogleIdTokenVerifier(GoogleCerts(transport, clock=clock.now))
     assert verifier.verify(id_token(), audience=AUDIENCE, now=NOW)["email"] == SERVICE_ACCOUNT
 
 

@@ -14,11 +14,12 @@ import pytest
 from gateway.errors import CartoUnavailable, PublishUnavailable, TasksUnavailable
 from gateway.events import parse_check, parse_tracking
 from gateway.ledger.sqlite import SqliteLedger
-from gateway.local.sandbox import serve
 from gateway.poller import Clock, Schedule
-from tests.apptools import FakeClock, RecordingPublisher, RecordingScheduler, build_app, settings_env
+from tests.apptools import RecordingPublisher, RecordingScheduler, build_app, settings_env
 from tests.constants import CARTO_TOKEN, ROOT, load_json
 from tests.rigs import BODY
+
+pytestmark = pytest.mark.sandbox(token=CARTO_TOKEN, default_duration_s=10.0, on_clock=True)
 
 EVENT_SCHEMA = load_json(ROOT / "schemas" / "job-event.schema.json")
 
@@ -41,18 +42,6 @@ def test_next_after_is_strictly_later_and_on_the_grid():
     assert schedule.next_after(-1) == 1.0
     assert schedule.next_after(1.0) == 1.25
     assert schedule.next_after(1.3) == pytest.approx(1.5625)
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
-
-
-@pytest.fixture
-def sandbox(clock):
-    server = serve(token=CARTO_TOKEN, default_duration_s=10.0, clock=clock.now)
-    yield server
-    server.stop()
 
 
 class CountingLedger(SqliteLedger):
@@ -196,14 +185,12 @@ def test_the_next_first_trigger_waits_inline_again_once_the_other_has_answered(t
 
 
 @pytest.mark.parametrize("duration", [30, 300, 3600, 21600])
-def test_detection_and_checks_stay_within_bounds_for_long_jobs(test_schemas, tmp_path, clock, duration):
-    sandbox = serve(token=CARTO_TOKEN, default_duration_s=float(duration), clock=clock.now)
-    try:
-        app, publisher, scheduler = make_app(test_schemas, sandbox, tmp_path, clock)
-        _, tracking = submit(app)
-        record, invocations = follow(app, tracking, scheduler, clock, limit=500)
-    finally:
-        sandbox.stop()
+def test_detection_and_checks_stay_within_bounds_for_long_jobs(test_schemas, tmp_path, clock, make_sandbox,
+                                                                duration):
+    sandbox = make_sandbox(token=CARTO_TOKEN, default_duration_s=float(duration), on_clock=True)
+    app, publisher, scheduler = make_app(test_schemas, sandbox, tmp_path, clock)
+    _, tracking = submit(app)
+    record, invocations = follow(app, tracking, scheduler, clock, limit=500)
 
     ended = tracking.submitted_at + duration
     assert record.outcome == "SUCCEEDED" and len(publisher.events()) == 1
@@ -318,15 +305,12 @@ def test_carto_down_during_polling_is_retried_and_does_not_end_the_job(test_sche
 
 @pytest.mark.parametrize("duration, most_notes", [(10, 0), (3600, 16)])
 def test_following_a_job_writes_the_ledger_only_when_its_next_check_is_past_the_sweepers_grace(
-        test_schemas, tmp_path, clock, duration, most_notes):
-    sandbox = serve(token=CARTO_TOKEN, default_duration_s=float(duration), clock=clock.now)
+        test_schemas, tmp_path, clock, make_sandbox, duration, most_notes):
+    sandbox = make_sandbox(token=CARTO_TOKEN, default_duration_s=float(duration), on_clock=True)
     ledger = CountingLedger(tmp_path / "counted.sqlite3")
-    try:
-        app, _, scheduler = make_app(test_schemas, sandbox, tmp_path, clock, ledger=ledger)
-        _, tracking = submit(app)
-        record, invocations = follow(app, tracking, scheduler, clock, limit=500)
-    finally:
-        sandbox.stop()
+    app, _, scheduler = make_app(test_schemas, sandbox, tmp_path, clock, ledger=ledger)
+    _, tracking = submit(app)
+    record, invocations = follow(app, tracking, scheduler, clock, limit=500)
 
     assert record.outcome == "SUCCEEDED"
     notes = ledger.writes.pop("note_checks", 0)

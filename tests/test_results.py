@@ -15,10 +15,8 @@ import pytest
 from gateway.errors import ConfigError, LedgerUnavailable, PublishUnavailable
 from gateway.ledger import DeliveryQuery
 from gateway.ledger.sqlite import SqliteLedger
-from gateway.local.sandbox import serve
 from gateway.results import UnsafeName, bounded, quote_table, select_sql
 from gateway.workflows import load_registry
-from tests.apptools import FakeClock
 from tests.constants import CARTO_TOKEN, ROOT
 from tests.resulttools import HOSTILE, PROJECT_DS, SCHEMA, SECRETS, merged, procedure, workflow, write_workflows
 from tests.rigs import EVENT_SCHEMA, Rig, gateway_env
@@ -113,20 +111,16 @@ PROCEDURES = merged(procedure("answer_proc", count=12), procedure("fixed_proc", 
 
 
 @pytest.fixture
-def results_rig(schemas, tmp_path):
+def results_rig(schemas, tmp_path, clock, make_sandbox):
     write_workflows(schemas, {"answer": workflow("answer", "answer_proc", {"rows": 5}),
                               "plain": workflow("plain", "answer_proc", None),
                               "fixed": workflow("fixed", "fixed_proc", {"table": f"{PROJECT_DS}.fixed_out"}),
                               "many": workflow("many", "many_proc", {"rows": 25}),
                               "hostile": workflow("hostile", "hostile_proc", {}),
                               "xss": workflow("xss", "xss_proc", {})})
-    clock = FakeClock()
-    sandbox = serve(token=CARTO_TOKEN, default_duration_s=1.0, clock=clock.now, procedures=PROCEDURES)
+    sandbox = make_sandbox(token=CARTO_TOKEN, default_duration_s=1.0, on_clock=True, procedures=PROCEDURES)
     ledger = CrashBeforePublish(tmp_path / "ledger.sqlite3")
-    try:
-        yield Rig.build(gateway_env(schemas, sandbox, tmp_path, **SECRETS), clock, sandbox, ledger=ledger)
-    finally:
-        sandbox.stop()
+    return Rig.build(gateway_env(schemas, sandbox, tmp_path, **SECRETS), clock, sandbox, ledger=ledger)
 
 
 class CrashBeforePublish(SqliteLedger):

@@ -35,30 +35,7 @@ TOKEN = "sandbox-test-token-7f3a"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 DURATION_S = 10.0
 
-
-class FakeClock:
-    """Epoch seconds that only move when a test says so."""
-
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def sandbox(clock):
-    server = serve(token=TOKEN, procedures=SIGNATURES, default_duration_s=DURATION_S, clock=clock)
-    yield server
-    server.stop()
+pytestmark = pytest.mark.sandbox(token=TOKEN, procedures=SIGNATURES, default_duration_s=DURATION_S, on_clock=True)
 
 
 def submit(server, params=None, *, query=SEED_QUERY, headers=AUTH, connection="carto_dw", **extra):
@@ -111,7 +88,7 @@ def test_status_echoes_the_callers_token_too(sandbox):
 
 
 def test_create_time_is_rfc3339_utc_from_the_clock(sandbox):
-    assert submit(sandbox).json()["createdAt"] == "2023-11-14T22:13:20.000Z"
+    assert submit(sandbox).json()["createdAt"] == "2027-01-15T08:00:00.000Z"
 
 
 def test_carto_get_variant_creates_a_job(sandbox):
@@ -169,7 +146,7 @@ def test_access_token_query_parameter_authenticates_like_carto(sandbox):
 
 
 def test_any_token_is_accepted_when_none_is_configured(clock):
-    with serve(procedures=SIGNATURES, clock=clock) as server:
+    with serve(procedures=SIGNATURES, clock=clock.now) as server:
         response = submit(server, headers={"Authorization": "Bearer whatever"})
 
     assert response.status_code == 200
@@ -218,7 +195,7 @@ def test_error_column_is_where_the_parameter_starts_in_the_query(sandbox, name):
 
 def test_error_position_counts_lines_of_a_multi_line_call(clock):
     query = "CALL `p.d.proc`(\n  @a,\n  @b)"
-    with serve(procedures={"p.d.proc": {"parameters": {"a": "INT64", "b": "DATE"}}}, clock=clock) as server:
+    with serve(procedures={"p.d.proc": {"parameters": {"a": "INT64", "b": "DATE"}}}, clock=clock.now) as server:
         external_id = submitted_id(server, {"a": 1, "b": "tomorrow"}, query=query)
 
         message = status_of(server, external_id)["errorResult"]["message"]
@@ -257,7 +234,7 @@ def test_unknown_procedure_fails_like_bigquery(sandbox):
 
 
 def test_unknown_procedure_runs_when_no_signatures_are_configured(clock):
-    with serve(clock=clock, default_duration_s=1) as server:
+    with serve(clock=clock.now, default_duration_s=1) as server:
         external_id = submitted_id(server, {"a": 1.5}, query="CALL `proj.ds.nope`(@a)")
         clock.advance(1)
 
@@ -339,7 +316,7 @@ def test_list_carries_query_parameters_creation_time_and_metadata_but_no_token(s
     assert [job["externalId"] for job in jobs] == [second, first]  # newest first
     assert jobs[1]["metadata"] == {"delivery_id": "d-1"} and "metadata" not in jobs[0]
     assert jobs[1]["queryParameters"] == SEED_PARAMS and jobs[1]["query"] == SEED_QUERY
-    assert jobs[1]["createdAt"] == "2023-11-14T22:13:20.000Z"
+    assert jobs[1]["createdAt"] == "2027-01-15T08:00:00.000Z"
     assert all("token" not in job for job in jobs)
 
 
@@ -543,7 +520,7 @@ def test_override_file_sets_signature_duration_and_outcome(tmp_path, clock):
     path = tmp_path / "procedures.json"
     override = {"parameters": {"a": "INT64"}, "duration_s": 2, "error": "Query error: x"}
     path.write_text(json.dumps({"p.d.proc": override}))
-    with serve(procedures=load_procedures(overrides_path=path), clock=clock) as server:
+    with serve(procedures=load_procedures(overrides_path=path), clock=clock.now) as server:
         external_id = submitted_id(server, {"a": 1}, query="CALL `p.d.proc`(@a)")
         clock.advance(1.9)
         running = status_of(server, external_id)
@@ -556,7 +533,7 @@ def test_override_file_sets_signature_duration_and_outcome(tmp_path, clock):
 def test_override_duration_null_never_finishes(tmp_path, clock):
     path = tmp_path / "procedures.json"
     path.write_text(json.dumps({"p.d.proc": {"duration_s": None}}))
-    with serve(procedures=load_procedures(overrides_path=path), clock=clock) as server:
+    with serve(procedures=load_procedures(overrides_path=path), clock=clock.now) as server:
         external_id = submitted_id(server, {}, query="CALL `p.d.proc`()")
         clock.advance(10**9)
 
@@ -624,11 +601,9 @@ FAMILIES = {
 
 
 @pytest.fixture
-def families(clock):
-    server = serve(token=TOKEN, procedures=FAMILIES, default_duration_s=DURATION_S, clock=clock, dialect="sql-api",
-                   connections=["carto_dw", "snowflake_demo", "postgres_demo"])
-    yield server
-    server.stop()
+def families(make_sandbox):
+    return make_sandbox(token=TOKEN, procedures=FAMILIES, default_duration_s=DURATION_S, on_clock=True,
+                        dialect="sql-api", connections=["carto_dw", "snowflake_demo", "postgres_demo"])
 
 
 def sql_api_job(server, external_id, connection):

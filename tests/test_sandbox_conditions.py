@@ -16,23 +16,10 @@ from gateway.local.sandbox import serve
 from gateway.local.sandbox.faults import Conditions
 from gateway.local.sandbox.jobs import SandboxJob, peak_running
 
+pytestmark = pytest.mark.sandbox(default_duration_s=0.5)
+
 QUERY = "CALL `p.d.proc`(@a)"
 OTHER = "CALL `p.d.other`(@a)"
-
-
-class FakeMonotonic:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def sandbox():
-    server = serve(default_duration_s=0.5)
-    yield server
-    server.stop()
 
 
 def create(server, query: str = QUERY, timeout: float = 5) -> requests.Response:
@@ -81,13 +68,12 @@ def test_an_outage_ends_by_itself_after_its_window(sandbox):
     assert len(sandbox.jobs()) == 1
 
 
-def test_an_outage_window_is_measured_on_its_own_clock():
-    clock = FakeMonotonic()
-    conditions = Conditions(clock=clock)
+def test_an_outage_window_is_measured_on_its_own_clock(clock):
+    conditions = Conditions(clock=clock.now)
     conditions.outage(30, status=502)
-    clock.now += 29.9
+    clock.advance(29.9)
     assert conditions.outage_fault().status == 502
-    clock.now += 0.1
+    clock.advance(0.1)
     assert conditions.outage_fault() is None
 
 
@@ -146,16 +132,15 @@ def test_creations_beyond_the_rate_limit_answer_429_with_retry_after(sandbox):
     assert len(sandbox.jobs()) == 15
 
 
-def test_the_rate_limit_window_slides_the_oldest_creation_frees_a_place_after_60_s():
-    clock = FakeMonotonic()
-    conditions = Conditions(clock=clock)
+def test_the_rate_limit_window_slides_the_oldest_creation_frees_a_place_after_60_s(clock):
+    conditions = Conditions(clock=clock.now)
     conditions.rate_limit(2)
     assert conditions.admit_creation() is None
-    clock.now += 10
+    clock.advance(10)
     assert conditions.admit_creation() is None
-    clock.now += 5
+    clock.advance(5)
     assert conditions.admit_creation() == 45  # the first creation leaves the window 45 s from now
-    clock.now += 45
+    clock.advance(45)
     assert conditions.admit_creation() is None
     assert conditions.admit_creation() == 10
 
