@@ -13,8 +13,12 @@ from urllib.parse import quote
 
 import pytest
 
-from gateway.console import csrf
-from tests.constants import CARTO_TOKEN, SECRET
+from gateway.console import app as console_app
+from gateway.console import charts, csrf, queries
+from gateway.events import isoformat
+from gateway.ledger import Delivery
+from gateway.workflows import load_registry
+from tests.constants import CARTO_TOKEN, DEMO_SECRETS, ROOT, SECRET
 from tests.rigs import BODY
 
 XSS = "<script>alert(1)</script>"
@@ -161,11 +165,114 @@ def test_a_delivery_page_shows_its_timeline_call_parameters_and_event(rig, conso
     assert shown == published["data"]  # the event as it went out, rebuilt from the record
 
 
-def test_a_failed_delivery_shows_cartos_error(rig, console):
+def test_a_failed_delivery_shows_cartos_error_beside_its_state_above_the_timeline(rig, console):
     rig.sandbox.faults.fail_jobs("Query error: the table was dropped")
     record = rig.app.ledger.find_job(deliver(rig, "msg_fails"))
     text = page(console, key_url(record.key))
-    assert "<h2>CARTO's error</h2>" in text and "Query error: the table was dropped" in text
+    state = text.split("<dt>State</dt><dd>", 1)[1].split("</dd>", 1)[0]
+    assert 'FAILED</span><div class="why" id="error">CARTO\'s error: Query error: the table was dropped' in state
+    assert text.index('id="error"') < text.index("<h2>Timeline</h2>")
+
+
+def test_a_failed_deliverys_list_row_shows_cartos_message_escaped_and_clipped(rig, console):
+    long = "Query error: " + XSS + " " + "x" * 300
+    rig.sandbox.faults.fail_jobs(long)
+    deliver(rig, "msg_fails")
+    row = page(console, "/").split("<tbody>", 1)[1].split("</tr>", 1)[0]
+    why = re.search(r'<div class="why">([^<]*)</div>', row)
+    assert why, row
+    shown = html.unescape(why.group(1))
+    assert shown.startswith("Query error: " + XSS) and shown.endswith("…")
+    assert len(shown) == queries.ERROR_CLIP and XSS not in row
+
+
+def test_a_succeeded_deliverys_row_shows_no_error(rig, console):
+    deliver(rig, "msg_fine")
+    assert 'class="why"' not in page(console, "/")
+
+
+# --- is it stuck: running deliveries -------------------------------------------------------------
+
+REFRESH = '<meta http-equiv="refresh"'
+POLICY = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+          "base-uri 'none'")
+
+
+def test_a_running_deliverys_page_shows_elapsed_time_and_the_next_check_and_refreshes(rig, console):
+    record = rig.app.ledger.find_job(deliver(rig, "msg_long", finish=False))
+    rig.clock.advance(7)
+    answer = console.get(key_url(record.key))
+    text = answer.get_data(as_text=True)
+    running = html.unescape(text.split('<dd id="progress">', 1)[1].split("</dd>", 1)[0])
+    # The schedule's checks after submission: 1 s, 1.25 s, …, 1.25**9 = 7.45 s: the next after 7 s.
+    next_at = isoformat(record.submitted_at + 1.25 ** 9).replace("T", " ")
+    assert running.startswith(f"for 7.0 s · next status check at {next_at} (in 0.5 s) · deadline ")
+    assert f'{REFRESH} content="{console_app.REFRESH_S}">' in text
+    assert answer.headers["Content-Security-Policy"] == POLICY and "<script" not in text
+
+
+def test_a_finished_deliverys_page_does_not_refresh(rig, console):
+    record = rig.app.ledger.find_job(deliver(rig, "msg_done"))
+    text = page(console, key_url(record.key))
+    assert REFRESH not in text and 'id="progress"' not in text
+    assert re.search(r"<dt>Duration</dt><dd>[0-9.]+ s</dd>", text)
+
+
+def test_the_list_refreshes_while_a_listed_delivery_runs_and_shows_its_elapsed_time(rig, console):
+    deliver(rig, "msg_over")
+    assert REFRESH not in page(console, "/") and REFRESH not in page(console, "/workflows")
+    deliver(rig, "msg_going", finish=False)
+    rig.clock.advance(3)
+    text = page(console, "/")
+    assert f'{REFRESH} content="{console_app.LIST_REFRESH_S}">' in text and '<span class="running">3.0 s so far</span>' in text
+    assert REFRESH in page(console, "/workflows")
+    assert REFRESH not in page(console, "/?outcome=SUCCEEDED")  # only what the page shows counts
+
+
+def test_a_refreshing_page_keeps_the_policy_that_forbids_scripts(rig, console):
+    deliver(rig, "msg_going", finish=False)
+    for url in ("/", "/workflows"):
+        answer = console.get(url)
+        assert REFRESH in answer.get_data(as_text=True)
+        assert answer.headers["Content-Security-Policy"] == POLICY, url
+
+
+def test_the_tables_wrap_long_keys_instead_of_widening(console):
+    css = console.get("/assets/console.css").get_data(as_text=True)
+    rule = re.search(r"#deliveries td, dl\.facts dd, h1 code \{ overflow-wrap: anywhere; \}", css)
+    assert rule, "the rule that wraps a long key inside its cell is gone (the browser test measures its effect)"
+
+
+# --- parameters as the CALL names them ----------------------------------------------------------------
+
+@pytest.mark.parametrize(("workflow", "labels"), [
+    ("parcels-postgres", [("$1", "city"), ("$2", "radius_m"), ("$3", "max_parcels"), ("$4", "zonings")]),
+    ("store-revenue-snowflake", [(":1", "store_type"), (":2", "top_n"), (":3", "min_revenue"), (":4", "since")]),
+])
+def test_positional_parameters_are_labelled_as_the_call_writes_them(rig, console, workflow, labels):
+    payload = json.loads((ROOT / "examples" / f"{workflow}.json").read_text())
+    answer = rig.post(workflow, payload, msg_id="msg_positional")
+    assert answer.status_code == 202, answer.get_json()
+    text = page(console, key_url(f"{workflow}:msg_positional"))
+    table = text.split('<table class="params">', 1)[1].split("</table>", 1)[0]
+    assert re.findall(r'<td><code>([^<]*)</code> <span class="muted">([^<]*)</span></td>', table) == labels
+    assert "<code>@" not in table
+
+
+def test_positional_parameters_follow_their_placeholder_numbers_whatever_order_the_ledger_keeps():
+    registry = load_registry(ROOT / "examples", DEMO_SECRETS)
+    record = Delivery(key="k", workflow="parcels-postgres", idempotency_key="k", fingerprint="", claim_token="",
+                      created_at=0.0, expires_at=0.0, query=registry.get("parcels-postgres").query,
+                      parameters={"zonings": [], "city": "Madrid", "max_parcels": 20, "radius_m": 750.0})
+    shown = [(p.label, p.name) for p in queries.parameters(record, registry.get("parcels-postgres"))]
+    assert shown == [("$1", "city"), ("$2", "radius_m"), ("$3", "max_parcels"), ("$4", "zonings")]
+    assert [p.label for p in queries.parameters(record, None)] == ["zonings", "city", "max_parcels", "radius_m"]
+
+
+def test_named_parameters_keep_their_at_sign(rig, console):
+    record = rig.app.ledger.find_job(deliver(rig, "msg_named"))
+    text = page(console, key_url(record.key))
+    assert "<td><code>@number_of_clusters</code></td>" in text
 
 
 def test_a_running_delivery_has_no_event_yet_and_offers_cancel_not_rerun(rig, console):
@@ -460,3 +567,46 @@ def test_p50_and_p95_interpolate_between_closest_ranks():
 
     assert percentiles([float(n) for n in range(1, 101)]) == pytest.approx((50.5, 95.05))
     assert percentiles([4.0]) == (4.0, 4.0) and percentiles([]) == (None, None)
+
+
+def bars(svg: str) -> list[tuple[float, float, float]]:
+    """Each drawn bar of a chart: (x, width, height), only those with a height."""
+    found = [tuple(map(float, m)) for m in re.findall(r'<rect x="([^"]+)" y="[^"]+" width="([^"]+)" height="([^"]+)"', svg)]
+    return [bar for bar in found if bar[2] > 0]
+
+
+def numbers(svg: str) -> list[float]:
+    """Every number in the chart's attributes."""
+    return [float(n) for n in re.findall(r'="(-?[0-9.]+)"', svg)]
+
+
+@pytest.mark.parametrize("count", [1, 3, 5, 40])
+def test_the_duration_chart_of_jobs_that_all_took_the_same_time_is_one_bar_in_the_middle(count):
+    svg = str(charts.duration_histogram([4.2] * count, 4.2, 4.2))
+    assert "nan" not in svg.lower() and "inf" not in svg.lower()
+    (bar,) = bars(svg)
+    assert bar[0] + bar[1] / 2 == pytest.approx((charts.WIDTH - 20) / 2, abs=1)
+    assert ">4.2 s</text>" in svg and "p50 4.2 s" in svg and "p95 4.2 s" in svg
+    assert all(0 <= n <= charts.WIDTH for n in numbers(svg))
+
+
+@pytest.mark.parametrize("durations", [[0.0], [2.0, 30.0], [1.0, 1.0, 9.0], [3.0, 5.0, 8.0, 120.0]])
+def test_the_duration_chart_of_fewer_than_five_jobs_draws_each_duration_where_it_stands(durations):
+    p50, p95 = queries.percentiles(durations)
+    svg = str(charts.duration_histogram(durations, p50, p95))
+    drawn = bars(svg)
+    distinct = sorted(set(durations))
+    assert len(drawn) == len(distinct)
+    centres = [x + width / 2 for x, width, _ in drawn]
+    assert centres == sorted(centres) and len(set(centres)) == len(centres)  # in order, none on another
+    tallest, most = max(bar[2] for bar in drawn), max(map(durations.count, distinct))
+    assert [bar[2] / tallest for bar in drawn] == [durations.count(v) / most for v in distinct]  # height: jobs
+    assert re.findall(r'text-anchor="middle">([^<]+)</text>', svg)[0] == charts._seconds(distinct[0])
+    assert "nan" not in svg.lower() and all(0 <= n <= charts.WIDTH for n in numbers(svg))
+
+
+def test_the_duration_chart_of_five_or_more_spread_jobs_is_a_histogram_labelled_at_both_ends():
+    durations = [1.0, 2.0, 2.5, 3.0, 13.0]
+    svg = str(charts.duration_histogram(durations, *queries.percentiles(durations)))
+    assert len(re.findall(r"<rect ", svg)) == 12 and len(bars(svg)) == 4  # 1 · 2, 2.5 · 3 · 13
+    assert '">1.0 s</text>' in svg and 'text-anchor="end">13.0 s</text>' in svg

@@ -39,6 +39,9 @@ from gateway.serving import Response, serve
 log = logging.getLogger("gateway.console")
 HERE = Path(__file__).resolve().parent
 MAX_FORM_BYTES = 16 * 1024
+# A page with something still running reloads itself after this many seconds (a meta refresh: no script).
+# The list's is longer, to leave time to change its filters.
+REFRESH_S, LIST_REFRESH_S = 5, 10
 # What the page after an action says (fixed texts: a link cannot make the console say anything else).
 NOTICES = {"cancelled": "The job was cancelled; its completion event is below.",
            "rerun": "This is the re-run you asked for: a new delivery with its own job and event.",
@@ -196,13 +199,19 @@ def _get(request: flask.Request, answer: Any) -> Response:
 
 
 def _page(template: str, status: int = 200, **context: Any) -> Response:
+    """A rendered page; `refresh` (seconds) makes it reload itself, for a page whose delivery still runs."""
+    context.setdefault("refresh", None)
     return _ENV.get_template(template).render(**context), status, dict(_HEADERS)
 
 
 def _list(app: App, request: flask.Request, operator: str) -> Response:
     filters = queries.parse_filters(request.args)
     page = queries.list_page(app.ledger, filters)
+    now = app.clock.now()
     return _page("list.html", filters=filters, page=page, operator=operator, duration=queries.duration_s,
+                 progress=lambda record: queries.progress(record, app.poller.schedule, now),
+                 error=lambda record: queries.error_message(record, queries.ERROR_CLIP), now=now,
+                 refresh=LIST_REFRESH_S if any(map(queries.running, page.rows)) else None,
                  workflows=sorted(app.registry.workflows), outcomes=queries.OUTCOMES, states=queries.STATES)
 
 
@@ -213,11 +222,15 @@ def _delivery(app: App, key: str, operator: str, done: str | None = None) -> Res
         # Rebuilt by the function that published it, from the same record: the event as it went out.
         message = completion_event(record, source=event_source(app.settings.project))
         event = {"attributes": message.attributes, "data": json.loads(message.data)}
+    now = app.clock.now()
     return _page("delivery.html", record=record, steps=queries.timeline(record), event=event, operator=operator, done=done,
                  duration=queries.duration_s(record), logs_url=_logs_url(app, record),
                  can_cancel=actions.can_cancel(record), can_rerun=actions.can_rerun(record),
-                 waiting=queries.queued_detail(record),
-                 waited_s=app.clock.now() - record.created_at)
+                 waiting=queries.queued_detail(record), waited_s=now - record.created_at, now=now,
+                 progress=queries.progress(record, app.poller.schedule, now),
+                 error=queries.error_message(record), error_details=queries.error_details(record),
+                 parameters=queries.parameters(record, app.registry.get(record.workflow)),
+                 refresh=REFRESH_S if queries.running(record) else None)
 
 
 def _logs_url(app: App, record: Any) -> str | None:
@@ -237,7 +250,9 @@ def _workflows(app: App, operator: str) -> Response:
         cards.append({"summary": summary, "waiting": queries.waiting(app.ledger, name, now),
                       "outcomes": charts.outcome_bars(summary.by_outcome),
                       "durations": charts.duration_histogram(summary.durations, summary.p50, summary.p95)})
-    return _page("workflows.html", cards=cards, operator=operator, since=now - queries.DAY_S)
+    busy = any(card["waiting"].count or queries.RUNNING in card["summary"].by_outcome for card in cards)
+    return _page("workflows.html", cards=cards, operator=operator, since=now - queries.DAY_S,
+                 refresh=LIST_REFRESH_S if busy else None)
 
 
 def _purpose(action: str, key: str, attempt: int) -> str:

@@ -14,11 +14,15 @@ from urllib.parse import urlencode
 
 from gateway.carto import CANCELLED, FAILED, SUCCEEDED, TIMED_OUT
 from gateway.errors import FieldError, MalformedRequest
-from gateway.ledger import QUEUED, STATES, SUPERSEDED, Delivery, DeliveryQuery, Ledger
+from gateway.ledger import FINISHED, QUEUED, STATES, SUPERSEDED, Delivery, DeliveryQuery, Ledger
+from gateway.poller import Schedule
+from gateway.warehouses import COLON, DOLLAR, scan
+from gateway.workflows import Workflow
 
 OUTCOMES = (SUCCEEDED, FAILED, TIMED_OUT, CANCELLED, SUPERSEDED)
 RUNNING = "RUNNING"  # how the pictures name deliveries that have no outcome yet
 PAGE_SIZE, MAX_PAGE_SIZE = 50, 200
+ERROR_CLIP = 140  # characters of CARTO's error message on a list row (the delivery's page shows all of it)
 DAY_S = 86400.0
 SUMMARY_LIMIT = 1000
 _WORKFLOW = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -158,6 +162,73 @@ def duration_s(record: Delivery) -> float | None:
     if record.finished_at is None or record.submitted_at is None:
         return None
     return max(0.0, record.finished_at - record.submitted_at)
+
+
+def running(record: Delivery) -> bool:
+    """Whether the delivery has yet to end (claimed, queued, submitted or tracked): its page may still change."""
+    return record.state != FINISHED
+
+
+def error_message(record: Delivery, limit: int | None = None) -> str | None:
+    """CARTO's error message (its reason when it gave no message), clipped to `limit` characters with "…"."""
+    error = record.error or {}
+    text = str(error.get("message") or error.get("reason") or "").strip()
+    if not text:
+        return None
+    return text if limit is None or len(text) <= limit else text[:limit - 1].rstrip() + "…"
+
+
+def error_details(record: Delivery) -> dict[str, Any]:
+    """The error's other fields (reason, location, …) that say something, for beside its message."""
+    return {name: value for name, value in (record.error or {}).items()
+            if name != "message" and value not in (None, "")}
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A job CARTO runs: how long since it was submitted, when the poller checks it next, its deadline."""
+
+    elapsed_s: float
+    next_check_at: float
+    deadline_at: float | None
+
+
+def progress(record: Delivery, schedule: Schedule, now: float) -> Progress | None:
+    """The running job's progress; None for a delivery without a running job.
+
+    Checks fall on fixed points of the schedule counted from submission (gateway/poller.py), and the
+    ledger's progress is written only now and then, so the next check is the schedule's next point after
+    now, never past the deadline (where the last check is made)."""
+    if record.job_id is None or record.outcome is not None or record.submitted_at is None:
+        return None
+    elapsed = max(0.0, now - record.submitted_at)
+    next_at = record.submitted_at + schedule.next_after(elapsed)
+    if record.deadline_at is not None:
+        next_at = min(next_at, max(now, record.deadline_at))
+    return Progress(elapsed, next_at, record.deadline_at)
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One parameter as the CALL names it: `@name`, or `:k` / `$k` of a positional warehouse with its name."""
+
+    label: str
+    name: str
+    value: Any
+
+
+def parameters(record: Delivery, workflow: Workflow | None) -> list[Parameter]:
+    """The parameters that went to CARTO, labelled by their placeholders in the CALL; a positional
+    warehouse's in placeholder order, each number from the workflow's `position` (the bare name when the
+    workflow no longer names it)."""
+    style = scan(record.query).style
+    if style not in (COLON, DOLLAR):
+        return [Parameter(f"@{name}", name, value) for name, value in record.parameters.items()]
+    specs = workflow.parameters if workflow is not None else {}
+    positions = {name: specs[name].position if name in specs else None for name in record.parameters}
+    ordered = sorted(record.parameters.items(), key=lambda item: (positions[item[0]] is None, positions[item[0]] or 0))
+    return [Parameter(name if positions[name] is None else f"{style[0]}{positions[name]}", name, value)
+            for name, value in ordered]
 
 
 @dataclass(frozen=True)
