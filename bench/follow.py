@@ -272,7 +272,7 @@ def fake_clock_row(state: Path, duration: float, jobs: int = 1) -> Row:
            "GATEWAY_LEDGER": f"sqlite:///{state / name / 'ledger.sqlite3'}", "STORE_CLUSTERS_SECRET": SECRET}
     new_design = not hasattr(poller_module, "RetryLater")
     extra = {"scheduler": scheduler} if new_design else {}
-    app = App.build(Settings.from_env(env), publisher=publisher, clock=poller_module.Clock(clock.now, clock.sleep),
+    app = App.build(Settings.from_env(env), publisher=publisher, clock=clock,
                     **extra)
     row = Row(duration, "fake", jobs)
     try:

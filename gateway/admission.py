@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable
 
 from gateway.carto import CANCELLED, TIMED_OUT
+from gateway.clock import Clock
 from gateway.errors import DeliveryInFlight, NotFound
 from gateway.events import Handoff
 from gateway.intake import Intake
@@ -29,7 +29,7 @@ class Admission:
     """Moves queued deliveries on: submits them when their task comes, ends them at their deadline."""
 
     def __init__(self, *, ledger: Ledger, intake: Intake, poller: Poller, registry: Registry,
-                 clock: Callable[[], float]):
+                 clock: Clock):
         self.ledger, self.intake, self.poller, self.registry, self.clock = ledger, intake, poller, registry, clock
 
     def handle(self, handoff: Handoff) -> Delivery | None:
@@ -46,7 +46,7 @@ class Admission:
         if record.attempts != handoff.attempt:  # a stale task: make sure the current one exists
             self.poller.hand_off([record.key])
             return record
-        now = self.clock()
+        now = self.clock.now()
         if record.deadline_at is not None and now >= record.deadline_at:
             return self.not_submitted(record, now)
         workflow = self.registry.get(record.workflow)
@@ -87,7 +87,7 @@ class Admission:
             return self.poller.cancel(record)
         if record.state == CLAIMED:
             raise DeliveryInFlight("the delivery is being submitted right now", retry_after=2)
-        ended = self.ledger.end_queued(key, CANCELLED, None, self.clock())
+        ended = self.ledger.end_queued(key, CANCELLED, None, self.clock.now())
         if ended is None:  # dequeued or ended meanwhile
             return self.cancel(key) if self._moved_on(key) else record
         log.info("queued delivery cancelled", extra={"key": key, "workflow": record.workflow})

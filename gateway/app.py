@@ -6,7 +6,6 @@ own with injected fakes or real loopback servers.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,12 +15,13 @@ from gateway.admission import Admission
 from gateway.auth.config import default_id_token_verifier
 from gateway.auth.operators import Operators
 from gateway.carto import CartoClient, ClientCredentials, StaticToken, TokenSource
+from gateway.clock import Clock, SystemClock
 from gateway.errors import ConfigError
 from gateway.events import Publisher, event_source
 from gateway.intake import Intake
 from gateway.ledger import Ledger, open_ledger
 from gateway.outbound import Http
-from gateway.poller import Clock, Poller, Schedule, Scheduler
+from gateway.poller import Poller, Schedule, Scheduler
 from gateway.pubsub import PubSubPublisher
 from gateway.results import ResultReader, ResultSpec
 from gateway.settings import Secret, Settings
@@ -52,7 +52,7 @@ class App:
               ledger: Ledger | None = None, publisher: Publisher | None = None, clock: Clock | None = None,
               scheduler: Scheduler | None = None, id_token_verifier: Any = None) -> App:
         """Wire an instance; every client may be injected."""
-        clock = clock or Clock(time.time, time.sleep)
+        clock = clock or SystemClock()
         registry = registry or load_registry(settings.schemas_dir, settings.env, id_token_verifier=id_token_verifier)
         _check_carto_settings(settings, registry)
         http = http or Http()
@@ -71,11 +71,11 @@ class App:
                                              max_bytes=settings.result_max_bytes))
         intake = Intake(carto=carto, ledger=ledger, publisher=publisher, jobs_topic=settings.jobs_topic,
                         default_base_url=settings.carto_api_base_url, retention_s=settings.retention_s,
-                        clock=clock.now, poller=poller, inline_s=settings.submit_inline_s,
+                        clock=clock, poller=poller, inline_s=settings.submit_inline_s,
                         reconcile_after_s=carto.longest_post_s)
-        admission = Admission(ledger=ledger, intake=intake, poller=poller, registry=registry, clock=clock.now)
+        admission = Admission(ledger=ledger, intake=intake, poller=poller, registry=registry, clock=clock)
         sweeper = Sweeper(ledger=ledger, intake=intake, poller=poller, admission=admission, registry=registry,
-                          clock=clock.now, sweep_grace_s=settings.sweep_grace_s)
+                          clock=clock, sweep_grace_s=settings.sweep_grace_s)
         operators = Operators.from_settings(tuple(token.reveal() for token in settings.operator_tokens),
                                             settings.operators, _verifier(id_token_verifier))
         return cls(settings, registry, carto, ledger, publisher, intake, poller, sweeper, clock, scheduler, operators,

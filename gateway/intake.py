@@ -13,13 +13,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway import idempotency, logs
 from gateway.carto import FAILED, CartoClient, delivery_marker, delivery_metadata
 from gateway.carto.dialects import connection_of, find_by_marker, find_by_metadata, job_id_of
+from gateway.clock import Clock
 from gateway.errors import (
     CartoUnavailable,
     DeliveryInFlight,
@@ -93,7 +94,7 @@ class Intake:
     """Turns inbound deliveries into CARTO jobs exactly once."""
 
     def __init__(self, *, carto: CartoClient, ledger: Ledger, publisher: Publisher, jobs_topic: str,
-                 default_base_url: str | None, retention_s: int, clock: Callable[[], float], poller: Poller,
+                 default_base_url: str | None, retention_s: int, clock: Clock, poller: Poller,
                  inline_s: float, reconcile_after_s: float, claim_stale_s: float | None = None):
         self.carto, self.ledger, self.publisher, self.poller = carto, ledger, publisher, poller
         self.claim_stale_s = claim_stale_s if claim_stale_s is not None else carto.longest_submit_s + CLAIM_MARGIN_S
@@ -115,7 +116,7 @@ class Intake:
         same attempt asked twice is one job: the second answers the first's, `duplicate`."""
         if workflow.paused:
             raise Unavailable(f"workflow {workflow.name} is paused", retry_after=300)
-        now = self.clock()
+        now = self.clock.now()
         key_part = idempotency.rerun_key(original.idempotency_key, attempt)
         delivery_id = idempotency.rerun_key(original.delivery_id or original.idempotency_key, attempt)
         return self._claim(workflow=workflow, delivery=Delivery(
@@ -135,7 +136,7 @@ class Intake:
 
     def _admit(self, delivery: Delivery, workflow: Workflow) -> Accepted:
         """Claim through the workflow's line: a slot (submit now), a place (queued) or busy (refused)."""
-        admitted = self.ledger.claim_admitted(delivery, rule_of(workflow), self.clock())
+        admitted = self.ledger.claim_admitted(delivery, rule_of(workflow), self.clock.now())
         self.after_arrival(admitted)
         if admitted.verdict == BUSY:
             raise WorkflowBusy(f"workflow {workflow.name} already runs {workflow.max_concurrent_jobs} job(s)")
@@ -169,7 +170,7 @@ class Intake:
         return Accepted(record.job_id, record.workflow, record.delivery_id, duplicate, record.key, queued)
 
     def _new_delivery(self, inbound: Inbound, rendered: Rendered) -> Delivery:
-        now = self.clock()
+        now = self.clock.now()
         key_part = inbound.idempotency_key or idempotency.anonymous_key()
         return Delivery(
             key=idempotency.ledger_key(inbound.workflow.name, key_part), workflow=inbound.workflow.name,
@@ -208,7 +209,7 @@ class Intake:
         except GatewayError:  # refused before any job exists: undo the claim (and hand its slot on)
             self.ledger.release(delivery.key, delivery.claim_token)
             if delivery.capped and (workflow := self._workflow_of(delivery, workflow)) is not None:
-                self.poller.hand_off(self.ledger.refill(delivery.workflow, rule_of(workflow), self.clock()))
+                self.poller.hand_off(self.ledger.refill(delivery.workflow, rule_of(workflow), self.clock.now()))
             raise
         return self._record_job(delivery, job_id, duplicate=False)
 
@@ -218,7 +219,7 @@ class Intake:
 
     def _queue(self, delivery: Delivery, exc: CartoUnavailable, *, unknown: bool) -> Accepted:
         """Record that CARTO could not take the job now and hand the delivery to a submit task due later."""
-        now = self.clock()
+        now = self.clock.now()
         slow = unknown and "Timeout" in exc.detail  # ReadTimeoutError: CARTO is slow, not down
         reason = "carto_slow" if slow else "carto_unavailable"
         delay = self.reconcile_after_s if unknown else backoff_s(delivery.attempts + 1, exc.retry_after, delivery.key)
@@ -259,7 +260,7 @@ class Intake:
         except (UpstreamRejected, NotFound) as exc:
             ended = self.ledger.end_queued(delivery.key, FAILED, {"reason": "notAccepted", "location": None,
                                                                    "message": exc.detail[:1000]},
-                                           self.clock(), claim_token=delivery.claim_token)
+                                           self.clock.now(), claim_token=delivery.claim_token)
             return self.poller.publish(ended) if ended is not None else (self.ledger.get(delivery.key) or delivery)
         self._record_job(delivery, job_id, duplicate=False)
         submitted = self.ledger.get(delivery.key) or delivery
@@ -269,7 +270,7 @@ class Intake:
         return submitted
 
     def _record_job(self, delivery: Delivery, job_id: str, *, duplicate: bool) -> Accepted:
-        now = self.clock()
+        now = self.clock.now()
         if delivery.queued_at is not None and delivery.deadline_at is not None:
             deadline = delivery.deadline_at  # counted from acceptance
         else:
@@ -289,7 +290,7 @@ class Intake:
             log.warning("tracking message not published; the sweeper will re-drive it",
                         extra=logs.event("publish.failed", kind="tracking", key=delivery.key, job_id=delivery.job_id))
             return False
-        self.ledger.mark_tracked(delivery.key, self.clock())
+        self.ledger.mark_tracked(delivery.key, self.clock.now())
         return True
 
     def _replay(self, existing: Delivery, fingerprint: str, workflow: Workflow) -> Accepted:
@@ -307,7 +308,7 @@ class Intake:
 
     def _resume_claim(self, existing: Delivery, workflow: Workflow) -> Accepted:
         """A twin is in flight; if it has been silent too long, its instance died: reconcile and resume."""
-        now = self.clock()
+        now = self.clock.now()
         if now - existing.updated_at < self.claim_stale_s:
             raise DeliveryInFlight("the same delivery is still being processed", retry_after=2)
         token = secrets.token_hex(16)

@@ -31,12 +31,12 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from gateway import logs
 from gateway.carto import CANCELLED, FAILED, SUCCEEDED, TIMED_OUT, CartoClient, JobStatus
+from gateway.clock import Clock
 from gateway.errors import GatewayError, NotFound, TasksUnavailable, Unavailable
 from gateway.events import Check, Handoff, Publisher, Tracking, completion_event
 from gateway.ledger import QUEUED, Delivery, Ledger
@@ -80,14 +80,6 @@ class Schedule:
     def next_after(self, elapsed: float) -> float:
         """The first check time strictly after `elapsed` seconds since submission."""
         return self.due(self.index_after(elapsed))
-
-
-@dataclass(frozen=True)
-class Clock:
-    """Time and sleep, passed in so tests can run the schedule instantly."""
-
-    now: Callable[[], float]
-    sleep: Callable[[float], None]
 
 
 class Results(Protocol):

@@ -17,11 +17,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway import logs
 from gateway.admission import Admission
+from gateway.clock import Clock
 from gateway.errors import GatewayError
 from gateway.intake import Intake, rule_of
 from gateway.ledger import CLAIMED, FINISHED, QUEUED, SUBMITTED, TRACKED, Delivery, Ledger, Rule
@@ -56,7 +56,7 @@ class Sweeper:
     """Finds stuck deliveries and moves each one step on."""
 
     def __init__(self, *, ledger: Ledger, intake: Intake, poller: Poller, admission: Admission, registry: Registry,
-                 clock: Callable[[], float], sweep_grace_s: float, claim_stale_s: float | None = None):
+                 clock: Clock, sweep_grace_s: float, claim_stale_s: float | None = None):
         self.ledger, self.intake, self.poller, self.clock = ledger, intake, poller, clock
         self.admission, self.registry = admission, registry
         self.sweep_grace_s = sweep_grace_s
@@ -64,7 +64,7 @@ class Sweeper:
 
     def sweep(self, limit: int = 200) -> SweepReport:
         report = SweepReport()
-        now = self.clock()
+        now = self.clock.now()
         self._refill(now, report)
         for delivery in self.ledger.stale(now - self.sweep_grace_s, limit):
             try:
@@ -134,7 +134,7 @@ class Sweeper:
             self.intake.adopt(delivery, job_id)
             _redriven(report, "adopted", delivery, job_id)
         elif delivery.queued_at is not None:  # accepted: its submitter died before CARTO took the job
-            now = self.clock()
+            now = self.clock.now()
             if self.ledger.queue(delivery.key, delivery.claim_token, reason=delivery.queue_reason or "carto_unavailable",
                                  hand_off_at=now, answer=delivery.last_answer, unknown=False, now=now):
                 self.poller.hand_off([delivery.key])
@@ -143,7 +143,7 @@ class Sweeper:
             _redriven(report, "released", delivery)
             workflow = self.registry.get(delivery.workflow)
             if delivery.capped and workflow is not None:
-                self.poller.hand_off(self.ledger.refill(delivery.workflow, rule_of(workflow), self.clock()))
+                self.poller.hand_off(self.ledger.refill(delivery.workflow, rule_of(workflow), self.clock.now()))
 
     def _queued(self, delivery: Delivery, now: float, report: SweepReport) -> None:
         """A waiting delivery is stale only at its deadline; one with a hand-off due, when its task is lost."""

@@ -15,9 +15,9 @@ import functions_framework
 
 from gateway import entrypoints
 from gateway.app import App
+from gateway.clock import Clock
 from gateway.errors import PublishUnavailable, TasksUnavailable
 from gateway.events import Check, Handoff, Message
-from gateway.poller import Clock
 from gateway.settings import Settings
 from gateway.tasks import handoff_request, task_request
 from tests.constants import CARTO_TOKEN, DEMO_SECRETS, OPERATOR_TOKEN, ROOT
@@ -106,7 +106,7 @@ def task_delivery(request: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
 
 
 class FakeClock:
-    """Time that moves only when slept on (or advanced)."""
+    """A gateway.clock.Clock whose time moves only when slept on (or advanced)."""
 
     def __init__(self, start: float = 1_800_000_000.0):
         self.t = start
@@ -121,9 +121,6 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.t += seconds
-
-    def as_clock(self) -> Clock:
-        return Clock(self.now, self.sleep)
 
 
 def settings_env(schemas_dir: Path, sandbox_url: str, state_dir: Path, **extra: str) -> dict[str, str]:

@@ -95,7 +95,7 @@ class Rig:
     def build(cls, env: dict[str, str], clock: FakeClock, sandbox: SandboxServer, *,
               ledger: Ledger | None = None) -> Rig:
         publisher, tasks = RecordingPublisher(), RecordingScheduler()
-        app = App.build(Settings.from_env(env), publisher=publisher, ledger=ledger, clock=clock.as_clock(),
+        app = App.build(Settings.from_env(env), publisher=publisher, ledger=ledger, clock=clock,
                         scheduler=tasks)
         return cls(clock, sandbox, app, publisher, tasks)
 

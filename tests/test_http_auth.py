@@ -160,7 +160,7 @@ def make_gateway(auth_schemas, sandbox, tmp_path) -> GatewayFactory:
         settings = Settings.from_env(settings_env(schemas, sandbox.url, state, **{**TABLE_ENV, **(env or {})}))
         publisher = RecordingPublisher()
         app = App.build(settings, publisher=publisher,
-                        clock=FakeClock(clock).as_clock() if clock is not None else None,
+                        clock=FakeClock(clock) if clock is not None else None,
                         id_token_verifier=verifier or RecordingVerifier())
         earlier = frozenset(job.external_id for job in sandbox.jobs())
         return Gateway(app, function_client(app), sandbox, publisher, state / "ledger.sqlite3", earlier)

@@ -51,7 +51,7 @@ def test_a_webhook_logs_json_lines_that_carry_trace_workflow_delivery_and_job(te
     sandbox = serve(token=CARTO_TOKEN, default_duration_s=0.1)
     clock = FakeClock(start=time.time())  # signatures are checked against it
     publisher = RecordingPublisher()
-    app = build_app(settings_env(test_schemas, sandbox.url, tmp_path), publisher=publisher, clock=clock.as_clock())
+    app = build_app(settings_env(test_schemas, sandbox.url, tmp_path), publisher=publisher, clock=clock)
     headers = {**signed_headers(SECRET, BODY, "msg_trace_1"), "traceparent": f"00-{TRACE}-00f067aa0ba902b7-01"}
     try:
         answer = function_client(app).post("/hooks/store-clusters", data=BODY, headers=headers).get_json()

@@ -14,7 +14,7 @@ import pytest
 from gateway.errors import CartoUnavailable, PublishUnavailable, TasksUnavailable
 from gateway.events import parse_check, parse_tracking
 from gateway.ledger.sqlite import SqliteLedger
-from gateway.poller import Clock, Schedule
+from gateway.poller import Schedule
 from tests.apptools import RecordingPublisher, RecordingScheduler, build_app, settings_env
 from tests.constants import CARTO_TOKEN, ROOT, load_json
 from tests.rigs import BODY
@@ -73,10 +73,10 @@ def make_app(test_schemas, sandbox, tmp_path, clock, *, ledger=None, **extra):
     from gateway.settings import Settings
 
     if ledger is not None:
-        app = App.build(Settings.from_env(env), publisher=publisher, clock=clock.as_clock(), scheduler=scheduler,
+        app = App.build(Settings.from_env(env), publisher=publisher, clock=clock, scheduler=scheduler,
                         ledger=ledger)
     else:
-        app = build_app(env, publisher=publisher, clock=clock.as_clock(), scheduler=scheduler)
+        app = build_app(env, publisher=publisher, clock=clock, scheduler=scheduler)
     return app, publisher, scheduler
 
 
@@ -147,13 +147,15 @@ def test_a_first_trigger_while_another_waits_inline_answers_at_once_with_its_fir
     _, behind = submit(app, key="k2")
     inside, release = threading.Event(), threading.Event()
 
+    wait = clock.sleep
+
     def sleep(seconds):  # the first trigger on the other thread waits inline until released
         if threading.current_thread() is not threading.main_thread():
             inside.set()
             release.wait(30)
-        clock.sleep(seconds)
+        wait(seconds)
 
-    app.poller.clock = Clock(clock.now, sleep)
+    clock.sleep = sleep  # the app's clock
     first = threading.Thread(target=app.poller.handle, args=(waiting,))
     first.start()
     try:
