@@ -137,26 +137,14 @@ missing_secrets_message() {
 }
 
 # Least roles: each function publishes only where it must and reads only the secrets it is
-# given (function_secret_envs). Firestore has no per-collection IAM: datastore.user on the
-# project is the narrowest role that reads and writes documents.
+# given (runtime_bindings, deploy/lib.sh).
 grant_runtime_roles() {
   say "IAM for the runtime service accounts"
-  local fn name secrets
-  for fn in "${FUNCTIONS[@]}"; do
-    gc_retry projects add-iam-policy-binding "$PROJECT" --member="$(sa_member "$fn")" \
-      --role=roles/datastore.user --condition=None --format=none
-  done
+  runtime_bindings add gc_retry
   # console: a re-run publishes its tracking message, a cancel its completion event.
   grant_publishers "$GATEWAY_JOBS_TOPIC" webhook submit poll sweep console
   # webhook: DELETE /jobs/{id} publishes the cancelled job's event.
   grant_publishers "$GATEWAY_EVENTS_TOPIC" webhook poll sweep console
-  for fn in "${FUNCTIONS[@]}"; do
-    mapfile -t secrets < <(secret_names $(function_secret_envs "$fn"))
-    for name in "${secrets[@]}"; do
-      gc_retry secrets add-iam-policy-binding "$name" --member="$(sa_member "$fn")" \
-        --role=roles/secretmanager.secretAccessor --format=none
-    done
-  done
 }
 
 # Builds run as their own identity: since 2024 Cloud Build's default one (the Compute Engine default
@@ -164,11 +152,7 @@ grant_runtime_roles() {
 grant_build_roles() {
   [[ -z $BUILD_SERVICE_ACCOUNT ]] || { say "builds run as $BUILD_SERVICE_ACCOUNT (its roles are yours to grant)"; return; }
   say "IAM for the build service account"
-  local role
-  for role in "${BUILD_ROLES[@]}"; do
-    gc_retry projects add-iam-policy-binding "$PROJECT" --member="serviceAccount:$(build_sa_email)" \
-      --role="$role" --condition=None --format=none
-  done
+  build_bindings add gc_retry
 }
 
 grant_publishers() {

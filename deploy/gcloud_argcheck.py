@@ -129,6 +129,21 @@ def offline_env(config_dir: str) -> dict[str, str]:
     return env
 
 
+def _offline_run(
+    command: list[str], config_dir: str, timeout_s: float
+) -> subprocess.CompletedProcess[str]:
+    """Run one command of the SDK offline, in its own configuration directory, output captured."""
+    return subprocess.run(
+        command,
+        check=False,
+        env=offline_env(config_dir),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
 def check(
     argvs: list[tuple[str, ...]], sdk: Sdk, timeout_s: float = 60
 ) -> list[Verdict]:
@@ -136,14 +151,8 @@ def check(
     with tempfile.TemporaryDirectory(prefix="gcloud-argcheck-") as config_dir:
         batch = Path(config_dir) / "commands.json"
         batch.write_text(json.dumps([list(argv) for argv in argvs]))
-        worker = subprocess.run(
-            [sdk.python, "-S", str(WORKER), str(sdk.root), str(batch)],
-            check=False,
-            env=offline_env(config_dir),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
+        worker = _offline_run(
+            [sdk.python, "-S", str(WORKER), str(sdk.root), str(batch)], config_dir, timeout_s
         )
     if worker.returncode != 0:
         raise RuntimeError(
@@ -164,15 +173,7 @@ def check_separately(
 def _check_one(argv: tuple[str, ...], sdk: Sdk, timeout_s: float) -> Verdict:
     with tempfile.TemporaryDirectory(prefix="gcloud-argcheck-") as config_dir:
         try:
-            done = subprocess.run(
-                [str(sdk.gcloud), *argv[1:]],
-                check=False,
-                env=offline_env(config_dir),
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=timeout_s,
-            )
+            done = _offline_run([str(sdk.gcloud), *argv[1:]], config_dir, timeout_s)
         except subprocess.TimeoutExpired:
             return classify(argv, TIMEOUT, "")
     return classify(argv, done.returncode, done.stderr)

@@ -341,6 +341,36 @@ function_secret_envs() {
   fi
 }
 
+# The roles deploy grants (VERB add) and teardown takes back (VERB remove), each through its RUNNER:
+# gc_retry (deploy) or gc_try (teardown goes on past a failure).
+# One role on the project: unconditional when granted; every condition of it when taken back.
+project_binding() {
+  local verb=$1 run=$2 member=$3 role=$4 scope=--condition=None
+  [[ $verb == add ]] || scope=--all
+  "$run" projects "$verb-iam-policy-binding" "$PROJECT" --member="$member" --role="$role" "$scope" --format=none
+}
+
+# `build_bindings VERB RUNNER`: what a build needs, for the gateway's build account.
+build_bindings() {
+  local role
+  for role in "${BUILD_ROLES[@]}"; do project_binding "$1" "$2" "serviceAccount:$(build_sa_email)" "$role"; done
+}
+
+# `runtime_bindings VERB RUNNER [project]`: each function's account reads the ledger and the secrets it is
+# given (function_secret_envs); with `project`, the ledger's role alone. Firestore has no per-collection
+# IAM: datastore.user on the project is the narrowest role that reads and writes documents.
+runtime_bindings() {
+  local verb=$1 run=$2 fn name
+  for fn in "${FUNCTIONS[@]}"; do
+    project_binding "$verb" "$run" "$(sa_member "$fn")" roles/datastore.user
+    [[ ${3:-} != project ]] || continue
+    for name in $(secret_names $(function_secret_envs "$fn")); do
+      "$run" secrets "$verb-iam-policy-binding" "$name" --member="$(sa_member "$fn")" \
+        --role=roles/secretmanager.secretAccessor --format=none
+    done
+  done
+}
+
 # What deploy creates from the monitoring configs: "metric<TAB>ID", "dashboard<TAB>TITLE" and
 # "policy<TAB>TITLE" lines (deploy/monitoring.py).
 monitoring_names() {

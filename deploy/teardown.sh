@@ -118,23 +118,8 @@ delete_topics() {
 # Bindings on the project and on kept secrets would outlive the accounts as "deleted:" members.
 revoke_runtime_roles() {
   say "IAM bindings of the runtime service accounts"
-  local fn name secrets role
-  if [[ -z $BUILD_SERVICE_ACCOUNT ]]; then
-    for role in "${BUILD_ROLES[@]}"; do
-      gc_try projects remove-iam-policy-binding "$PROJECT" --member="serviceAccount:$(build_sa_email)" \
-        --role="$role" --all --format=none
-    done
-  fi
-  for fn in "${FUNCTIONS[@]}"; do
-    gc_try projects remove-iam-policy-binding "$PROJECT" --member="$(sa_member "$fn")" \
-      --role=roles/datastore.user --all --format=none
-    if ((DELETE_SECRETS)); then continue; fi
-    mapfile -t secrets < <(secret_names $(function_secret_envs "$fn"))
-    for name in "${secrets[@]}"; do
-      gc_try secrets remove-iam-policy-binding "$name" --member="$(sa_member "$fn")" \
-        --role=roles/secretmanager.secretAccessor --format=none
-    done
-  done
+  if [[ -z $BUILD_SERVICE_ACCOUNT ]]; then build_bindings remove gc_try; fi
+  if ((DELETE_SECRETS)); then runtime_bindings remove gc_try project; else runtime_bindings remove gc_try; fi
 }
 
 delete_service_accounts() {
