@@ -11,7 +11,7 @@ import pytest
 
 from gateway.cli import main
 from gateway.local.demos import write_demo_schemas
-from gateway.local.sandbox import load_procedures, serve
+from gateway.local.sandbox import load_procedures
 from tests.constants import CARTO_TOKEN, ROOT
 from tests.rigs import BODY
 from tests.stackutil import answer_json
@@ -23,14 +23,13 @@ POSTGRES_PROCEDURE = "carto_workflows.workflow_procedure_8c2d41e07f3a9b15"
 
 
 @pytest.fixture(params=["workflows", "sql-api"])
-def carto(request, monkeypatch):
-    server = serve(token=CARTO_TOKEN, procedures=load_procedures(ROOT / "examples"), default_duration_s=0.1,
-                   dialect=request.param, connections=CONNECTIONS)
+def carto(request, monkeypatch, make_sandbox):
+    server = make_sandbox(token=CARTO_TOKEN, procedures=load_procedures(ROOT / "examples"), default_duration_s=0.1,
+                          dialect=request.param, connections=CONNECTIONS)
     monkeypatch.setenv("CARTO_API_BASE_URL", server.url)
     monkeypatch.setenv("CARTO_API_TOKEN", CARTO_TOKEN)
     monkeypatch.delenv("CARTO_CLIENT_ID", raising=False)
-    yield server
-    server.stop()
+    return server
 
 
 def run(capsys, *argv):
@@ -188,25 +187,22 @@ def test_a_job_whose_procedure_is_gone_fails_with_its_likely_cause(rig):
 # --- a CARTO account that knows only the user's procedure -----------------------------------------
 
 def test_doctor_and_check_live_pass_against_an_account_that_knows_only_the_users_procedure(schemas, capsys,
-                                                                                           monkeypatch):
+                                                                                           monkeypatch, make_sandbox):
     seed = json.loads((ROOT / "examples" / "workflows" / "store-clusters.json").read_text())
     mine = {**seed, "connection": "my_conn",
             "query": seed["query"].replace(SEED_PROCEDURE, "my-project.my_dataset.my_procedure"),
             "auth": [{"scheme": "standard-webhooks", "secrets": "env:MY_STORES_SECRET"}]}
     (schemas / "workflows" / "my-stores.json").write_text(json.dumps(mine))
-    server = serve(token=CARTO_TOKEN, procedures=load_procedures(schemas), default_duration_s=0.1,
-                   connections=["my_conn"])
+    server = make_sandbox(token=CARTO_TOKEN, procedures=load_procedures(schemas), default_duration_s=0.1,
+                          connections=["my_conn"])
     assert set(server.api._procedures) == {"my-project.my_dataset.my_procedure"}  # no demo procedure anywhere
     monkeypatch.setenv("CARTO_API_BASE_URL", server.url)
     monkeypatch.setenv("CARTO_API_TOKEN", CARTO_TOKEN)
     monkeypatch.delenv("CARTO_CLIENT_ID", raising=False)
-    try:
-        doctor = main(["--schemas", str(schemas), "doctor"])
-        doctor_out = capsys.readouterr().out
-        live = main(["--schemas", str(schemas), "check", "--live"])
-        live_out = capsys.readouterr().out
-    finally:
-        server.stop()
+    doctor = main(["--schemas", str(schemas), "doctor"])
+    doctor_out = capsys.readouterr().out
+    live = main(["--schemas", str(schemas), "check", "--live"])
+    live_out = capsys.readouterr().out
 
     assert doctor == 0, doctor_out
     assert "connection my_conn" in doctor_out and "all checks passed" in doctor_out

@@ -18,7 +18,6 @@ import requests
 from gateway import entrypoints, http
 from gateway.console import app as console_app
 from gateway.local import emulators
-from gateway.local.sandbox import serve
 from tests.apptools import settings_env
 from tests.constants import CARTO_TOKEN, ROOT
 
@@ -109,10 +108,10 @@ class Recorder(logging.Handler):
 
 
 @pytest.fixture
-def functions(test_schemas, tmp_path, monkeypatch):
+def functions(test_schemas, tmp_path, monkeypatch, make_sandbox):
     """target -> the real functions-framework app of main.py (its instance built at start from the
     environment, as deployed), and the gateway's log records."""
-    sandbox = serve(token=CARTO_TOKEN)
+    sandbox = make_sandbox(token=CARTO_TOKEN)
     for name, value in settings_env(test_schemas, sandbox.url, tmp_path).items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", f"127.0.0.1:{emulators.free_port()}")
@@ -123,7 +122,6 @@ def functions(test_schemas, tmp_path, monkeypatch):
                                               signature_type=signature.get(t, "http")).test_client() for t in TARGETS}
     yield apps, recorder
     logging.getLogger("gateway").removeHandler(recorder)
-    sandbox.stop()
 
 
 def assert_problem(answer, recorder: Recorder) -> dict:

@@ -14,7 +14,6 @@ import pytest
 
 from gateway import logs
 from gateway.events import parse_tracking
-from gateway.local.sandbox import serve
 from tests.apptools import FakeClock, RecordingPublisher, build_app, function_client, settings_env
 from tests.constants import CARTO_TOKEN, SECRET
 from tests.stackutil import signed_headers
@@ -47,20 +46,18 @@ def captured():
     logger.setLevel(previous)
 
 
-def test_a_webhook_logs_json_lines_that_carry_trace_workflow_delivery_and_job(test_schemas, tmp_path, captured):
-    sandbox = serve(token=CARTO_TOKEN, default_duration_s=0.1)
+def test_a_webhook_logs_json_lines_that_carry_trace_workflow_delivery_and_job(test_schemas, tmp_path, captured,
+                                                                              make_sandbox):
+    sandbox = make_sandbox(token=CARTO_TOKEN, default_duration_s=0.1)
     clock = FakeClock(start=time.time())  # signatures are checked against it
     publisher = RecordingPublisher()
     app = build_app(settings_env(test_schemas, sandbox.url, tmp_path), publisher=publisher, clock=clock)
     headers = {**signed_headers(SECRET, BODY, "msg_trace_1"), "traceparent": f"00-{TRACE}-00f067aa0ba902b7-01"}
-    try:
-        answer = function_client(app).post("/hooks/store-clusters", data=BODY, headers=headers).get_json()
-        tracking = parse_tracking(publisher.on("workflow-jobs")[0].data)
-        time.sleep(0.3)  # the job (0.1 s of real time) is over: the first check sees its end
-        clock.advance(1)
-        app.poller.handle(tracking)
-    finally:
-        sandbox.stop()
+    answer = function_client(app).post("/hooks/store-clusters", data=BODY, headers=headers).get_json()
+    tracking = parse_tracking(publisher.on("workflow-jobs")[0].data)
+    time.sleep(0.3)  # the job (0.1 s of real time) is over: the first check sees its end
+    clock.advance(1)
+    app.poller.handle(tracking)
 
     lines = [json.loads(line) for line in captured.getvalue().splitlines()]
     answered = next(line for line in lines if line["message"].startswith("answered POST"))

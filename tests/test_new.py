@@ -17,7 +17,7 @@ from gateway.auth.config import build_schemes
 from gateway.cli import main
 from gateway.cli.new import SENDERS, guess_type, secret_env_name
 from gateway.cli.paste import read_paste
-from gateway.local.sandbox import load_procedures, serve
+from gateway.local.sandbox import load_procedures
 from tests.constants import CARTO_TOKEN, DATA, PROJECT, ROOT
 
 PASTES = DATA / "pastes"
@@ -280,13 +280,12 @@ def test_a_paste_that_is_not_the_dialogs_command_is_refused(text, message):
 
 
 @pytest.fixture
-def carto(monkeypatch):
+def carto(monkeypatch, make_sandbox):
     """The local CARTO job API on loopback, knowing the shipped workflows' procedures; the deployment's settings."""
-    server = serve(token=CARTO_TOKEN, procedures=load_procedures(ROOT / "examples"), default_duration_s=0.1)
+    server = make_sandbox(token=CARTO_TOKEN, procedures=load_procedures(ROOT / "examples"), default_duration_s=0.1)
     monkeypatch.setenv("CARTO_API_BASE_URL", server.url)
     monkeypatch.setenv("CARTO_API_TOKEN", CARTO_TOKEN)
-    yield server
-    server.stop()
+    return server
 
 
 def test_live_takes_each_type_from_the_procedures_signature(capsys, dirs, carto):

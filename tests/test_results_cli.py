@@ -9,7 +9,6 @@ import json
 import pytest
 
 from gateway.cli import main
-from gateway.local.sandbox import serve
 from tests.constants import CARTO_TOKEN
 from tests.resulttools import PROJECT_DS, SECRETS, merged, procedure, workflow, write_workflows
 
@@ -68,20 +67,17 @@ def test_new_adds_a_result_block_only_for_carto_output_naming(capsys, schemas, t
         assert "result      none" in out and '"result": {"table": "project.dataset.table"' in out
 
 
-def test_doctor_says_whether_job_answers_name_an_output_table(capsys, schemas, monkeypatch):
+def test_doctor_says_whether_job_answers_name_an_output_table(capsys, schemas, monkeypatch, make_sandbox):
     write_workflows(schemas, {"answer": workflow("answer", "answer_proc", {"rows": 5})})
-    server = serve(token=CARTO_TOKEN, default_duration_s=0.1,
-                   procedures=merged(procedure("answer_proc", count=3, duration_s=0.1)))
+    server = make_sandbox(token=CARTO_TOKEN, default_duration_s=0.1,
+                          procedures=merged(procedure("answer_proc", count=3, duration_s=0.1)))
     monkeypatch.setenv("CARTO_API_BASE_URL", server.url)
     monkeypatch.setenv("CARTO_API_TOKEN", CARTO_TOKEN)
     monkeypatch.delenv("CARTO_CLIENT_ID", raising=False)
-    try:
-        _, before = gateway(capsys, schemas, "doctor")
-        server.api.submit("carto_dw", {"query": f"CALL `{PROJECT_DS}.answer_proc`(@n)", "queryParameters": {"n": 1}},
-                          None, None)
-        _, after = gateway(capsys, schemas, "doctor")
-    finally:
-        server.stop()
+    _, before = gateway(capsys, schemas, "doctor")
+    server.api.submit("carto_dw", {"query": f"CALL `{PROJECT_DS}.answer_proc`(@n)", "queryParameters": {"n": 1}},
+                      None, None)
+    _, after = gateway(capsys, schemas, "doctor")
 
     assert "no job answer seen carries jobMetadata.workflowOutputTableName" in before
     assert "result blocks without table: answer" in before

@@ -18,7 +18,6 @@ import pytest
 from gateway.errors import TasksUnavailable
 from gateway.events import CHECK_TYPE, Check, parse_check
 from gateway.local import emulators
-from gateway.local.sandbox import serve
 from gateway.tasks import CloudTasksScheduler, task_id, task_request
 from tests.apptools import POLL_URL, QUEUE, TASKS_ACCOUNT, RecordingPublisher, build_app, function_client, settings_env
 from tests.constants import CARTO_TOKEN, TASKS_QUEUE
@@ -147,28 +146,25 @@ class CallLog:
 
 
 def test_the_emulator_calls_poll_with_the_cloudevent_and_each_check_of_a_running_job_answers_2xx_once(
-        test_schemas, tmp_path, tasks_emulator):
-    sandbox = serve(token=CARTO_TOKEN, default_duration_s=2.5)  # real time, like the emulator
+        test_schemas, tmp_path, tasks_emulator, make_sandbox):
+    sandbox = make_sandbox(token=CARTO_TOKEN, default_duration_s=2.5)  # real time, like the emulator
     publisher = RecordingPublisher()
-    try:
-        env = settings_env(test_schemas, sandbox.url, tmp_path, GATEWAY_POLL_FIRST_S="0.5", GATEWAY_POLL_INLINE_S="0")
-        app = build_app(env, publisher=publisher, scheduler=_Deferred())
-        client = function_client(app, "poll")
-        poll_app = CallLog(client.application)
-        with served(poll_app) as url:
-            app.poller.scheduler = CloudTasksScheduler(queue=TASKS_QUEUE, poll_url=f"{url}/", service_account=None,
-                                                       source="//src", emulator_host=tasks_emulator.host)
-            raw = json.dumps(BODY).encode()
-            from gateway.intake import Inbound
+    env = settings_env(test_schemas, sandbox.url, tmp_path, GATEWAY_POLL_FIRST_S="0.5", GATEWAY_POLL_INLINE_S="0")
+    app = build_app(env, publisher=publisher, scheduler=_Deferred())
+    client = function_client(app, "poll")
+    poll_app = CallLog(client.application)
+    with served(poll_app) as url:
+        app.poller.scheduler = CloudTasksScheduler(queue=TASKS_QUEUE, poll_url=f"{url}/", service_account=None,
+                                                   source="//src", emulator_host=tasks_emulator.host)
+        raw = json.dumps(BODY).encode()
+        from gateway.intake import Inbound
 
-            app.intake.accept(Inbound(app.registry.get("store-clusters"), raw, BODY, {}, "k1", "k1"))
-            tracking = publisher.on("workflow-jobs")[-1]
-            first = client.post("/", json=push_body(tracking)).status_code
-            deadline = time.monotonic() + 30
-            while not publisher.events() and time.monotonic() < deadline:
-                time.sleep(0.1)
-    finally:
-        sandbox.stop()
+        app.intake.accept(Inbound(app.registry.get("store-clusters"), raw, BODY, {}, "k1", "k1"))
+        tracking = publisher.on("workflow-jobs")[-1]
+        first = client.post("/", json=push_body(tracking)).status_code
+        deadline = time.monotonic() + 30
+        while not publisher.events() and time.monotonic() < deadline:
+            time.sleep(0.1)
 
     events = publisher.events()
     assert first == 200 and len(events) == 1 and events[0]["attributes"]["outcome"] == "SUCCEEDED"
@@ -201,7 +197,7 @@ def test_the_tasks_settings_are_checked_when_they_are_read(tmp_path):
         Settings.from_env({**base, "GATEWAY_TASKS_QUEUE": QUEUE})
 
 
-def test_the_webhook_never_loads_the_cloud_tasks_client(tmp_path, test_schemas):
+def test_the_webhook_never_loads_the_cloud_tasks_client(tmp_path, test_schemas, make_sandbox):
     """Neither /healthz nor a signed delivery accepted with 202 (intake.accept: claim, submit, track)."""
     import subprocess
     import sys
@@ -228,18 +224,15 @@ def test_the_webhook_never_loads_the_cloud_tasks_client(tmp_path, test_schemas):
         print(json.dumps({"status": [health, delivery.status_code],
                           "loaded": sorted(m for m in sys.modules if m.startswith("google.cloud.tasks"))}))
     """)
-    sandbox = serve(token="t", default_duration_s=60)
+    sandbox = make_sandbox(token="t", default_duration_s=60)
     env = {"PATH": "/usr/bin:/bin", "GATEWAY_SCHEMAS_DIR": str(test_schemas), "CARTO_API_BASE_URL": sandbox.url,
            "CARTO_API_TOKEN": "t", **DEMO_SECRETS, "GOOGLE_CLOUD_PROJECT": "p",
            "GATEWAY_LEDGER": f"sqlite:///{tmp_path / 'ledger.sqlite3'}", "GATEWAY_TASKS_QUEUE": QUEUE,
            "GATEWAY_POLL_URL": POLL_URL, "GATEWAY_TASKS_SERVICE_ACCOUNT": TASKS_ACCOUNT}
     body = json.dumps(BODY).encode()
     headers = signed_headers(SECRET, body, "msg_never_loads")
-    try:
-        done = subprocess.run([sys.executable, "-c", script, body.hex(), json.dumps(headers)], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=120, check=False)
-    finally:
-        sandbox.stop()
+    done = subprocess.run([sys.executable, "-c", script, body.hex(), json.dumps(headers)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
 
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
