@@ -21,7 +21,6 @@ from werkzeug.exceptions import HTTPException
 from gateway import http, logs
 from gateway.app import App
 from gateway.bodies import parse_json
-from gateway.console import app as console_app
 from gateway.errors import (
     CartoUnavailable,
     ConfigError,
@@ -119,7 +118,10 @@ def webhook(app: App, request: flask.Request) -> Response:
 
 
 def console(app: App, request: flask.Request) -> Response:
-    """The operators' console (README, "Console"): its pages and its two actions."""
+    """The operators' console (README, "Console"): its pages and its two actions. Imported here, by the
+    console function only: its templates and queries are no part of the other functions' cold start."""
+    from gateway.console import app as console_app
+
     with logs.invocation():
         return console_app.handle(app, request)
 

@@ -197,8 +197,9 @@ def test_the_tasks_settings_are_checked_when_they_are_read(tmp_path):
         Settings.from_env({**base, "GATEWAY_TASKS_QUEUE": QUEUE})
 
 
-def test_the_webhook_never_loads_the_cloud_tasks_client(tmp_path, test_schemas, make_sandbox):
-    """Neither /healthz nor a signed delivery accepted with 202 (intake.accept: claim, submit, track)."""
+def test_the_webhook_never_loads_the_cloud_tasks_client_or_the_console(tmp_path, test_schemas, make_sandbox):
+    """Neither /healthz nor a signed delivery accepted with 202 (intake.accept: claim, submit, track) loads
+    them: both would only add to the webhook's cold start."""
     import subprocess
     import sys
     import textwrap
@@ -222,7 +223,7 @@ def test_the_webhook_never_loads_the_cloud_tasks_client(tmp_path, test_schemas, 
         health = client.get("/healthz").status_code
         delivery = client.post("/hooks/store-clusters", data=bytes.fromhex(sys.argv[1]), headers=json.loads(sys.argv[2]))
         print(json.dumps({"status": [health, delivery.status_code],
-                          "loaded": sorted(m for m in sys.modules if m.startswith("google.cloud.tasks"))}))
+                          "loaded": sorted(m for m in sys.modules if m.startswith(("google.cloud.tasks", "gateway.console")))}))
     """)
     sandbox = make_sandbox(token="t", default_duration_s=60)
     env = {"PATH": "/usr/bin:/bin", "GATEWAY_SCHEMAS_DIR": str(test_schemas), "CARTO_API_BASE_URL": sandbox.url,
