@@ -13,9 +13,9 @@ of an instance waits inline at a time: under a burst of new jobs the others chec
 hand the rest to tasks at once, since a subscription pushes only a few messages at a time (Pub/Sub
 ramps its push rate up with fast acknowledgements), so pushes held for seconds would keep the burst's
 later jobs — a short one among them — waiting behind them. A task's body carries
-the check count and the last check time, so a retried task resumes where it was; the ledger's
-`updated_at` moves to the next check's due time whenever that is later than the sweeper's grace
-would allow, so the sweeper finds a job whose next check is overdue (its task lost) and schedules it again.
+the check count and the last check time, so a retried task resumes where it was; each invocation that
+checked copies them to the ledger record and moves its `updated_at` to the next check's due time, so the
+record shows the checks made and the sweeper finds a job whose next check is overdue (its task lost).
 
 Final transitions are first-writer-wins in the ledger, and the event is published before the
 invocation answers, with a deterministic id, so retries never yield a second, different outcome.
@@ -201,9 +201,10 @@ class Poller:
 
     def _schedule(self, record: Delivery, check: Check) -> None:
         self.scheduler.schedule(check)
-        # The ledger is written only when the next check falls past what the sweeper tolerates
-        # (updated_at + its grace): short gaps early in a job cost no write.
-        if check.due_at > record.updated_at + self.sweep_grace_s:
+        # One write per invocation that made a check (the inline ones together), so the record's count is
+        # the count made (the console, `status`, a cancel's event); and one when the next check falls past
+        # what the sweeper tolerates (updated_at + its grace), so it leaves the job alone until then.
+        if check.checks != record.checks or check.due_at > record.updated_at + self.sweep_grace_s:
             self.ledger.note_checks(record.key, check.checks, check.last_check_at or _submitted_at(record),
                                     next_check_at=check.due_at)
 
@@ -269,7 +270,9 @@ class Poller:
 
     def cancelled(self, record: Delivery, now: float, answer: JobStatus | None = None) -> Delivery:
         """Record a cancellation made through DELETE /jobs/{id} and publish its event; a job CARTO's
-        answer shows had already succeeded or failed keeps that outcome (a cancel cannot undo it)."""
+        answer shows had already succeeded or failed keeps that outcome (a cancel cannot undo it). The
+        checks are the ledger's as of now: a check may have landed while CARTO was cancelling."""
+        record = self.ledger.get(record.key) or record
         if answer is not None and answer.outcome in (SUCCEEDED, FAILED):
             result = self._result(record, answer) if answer.outcome == SUCCEEDED else None
             final = self.ledger.finish(record.key, answer.outcome, answer.state, answer.error, record.checks, now,

@@ -305,9 +305,9 @@ def test_carto_down_during_polling_is_retried_and_does_not_end_the_job(test_sche
     assert failures >= 1 and record.outcome == "SUCCEEDED" and len(publisher.events()) == 1
 
 
-@pytest.mark.parametrize("duration, most_notes", [(10, 0), (3600, 16)])
-def test_following_a_job_writes_the_ledger_only_when_its_next_check_is_past_the_sweepers_grace(
-        test_schemas, tmp_path, clock, make_sandbox, duration, most_notes):
+@pytest.mark.parametrize("duration", [10, 3600])
+def test_following_a_job_writes_its_progress_once_per_invocation_that_leaves_it_running(
+        test_schemas, tmp_path, clock, make_sandbox, duration):
     sandbox = make_sandbox(token=CARTO_TOKEN, default_duration_s=float(duration), on_clock=True)
     ledger = CountingLedger(tmp_path / "counted.sqlite3")
     app, _, scheduler = make_app(test_schemas, sandbox, tmp_path, clock, ledger=ledger)
@@ -317,7 +317,25 @@ def test_following_a_job_writes_the_ledger_only_when_its_next_check_is_past_the_
     assert record.outcome == "SUCCEEDED"
     notes = ledger.writes.pop("note_checks", 0)
     assert ledger.writes == {"claim": 1, "mark_submitted": 1, "mark_tracked": 1, "finish": 1, "mark_published": 1}
-    assert notes <= most_notes and notes < invocations
+    assert notes == invocations - 1  # the inline checks in one write, then one per task; the last one finishes
+
+
+def test_the_ledger_counts_every_status_check_while_the_job_runs_and_a_cancel_reports_them_all(
+        test_schemas, tmp_path, clock, make_sandbox):
+    sandbox = make_sandbox(token=CARTO_TOKEN, default_duration_s=600.0, on_clock=True)
+    app, publisher, scheduler = make_app(test_schemas, sandbox, tmp_path, clock)
+    _, tracking = submit(app)
+    made = []  # (checks in the ledger, status checks CARTO answered) after each invocation
+    assert app.poller.handle(tracking) is None
+    while clock.now() - tracking.submitted_at < 90:
+        made.append((app.ledger.get(tracking.key).checks, sandbox.stats()["requests"]["status"]))
+        assert run_next(app, scheduler, clock)[0] is None
+    record = app.poller.cancel(app.ledger.get(tracking.key))
+    checked = sandbox.stats()["requests"]["status"]
+
+    assert len(made) > 10 and all(noted == checked_then for noted, checked_then in made)
+    assert record.outcome == "CANCELLED" and record.checks == checked > 20
+    assert publisher.events()[0]["data"]["checks"] == checked
 
 
 def test_a_check_naming_another_job_or_impossible_progress_is_refused_without_a_status_check(

@@ -141,7 +141,8 @@ def test_a_tracked_job_whose_check_task_was_lost_gets_its_next_check_scheduled_a
     rig.post("store-clusters", BODY)
     statuses = rig.poll_all()
     nothing_pending, no_event = not rig.tasks.pending, not rig.publisher.events()
-    rig.clock.advance(GRACE_S + 1)
+    lost_due = rig.tasks.requests[-1]["task"]["schedule_time"].timestamp()
+    rig.clock.advance(lost_due + GRACE_S + 1 - rig.clock.now())  # the lost check is overdue by the grace
 
     report = sweep(rig)
     again = sweep(rig)  # the first re-drive moved the record on: not twice
