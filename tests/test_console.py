@@ -211,6 +211,24 @@ def test_a_running_deliverys_page_shows_elapsed_time_and_the_next_check_and_refr
     assert answer.headers["Content-Security-Policy"] == POLICY and "<script" not in text
 
 
+def test_a_job_whose_checks_go_on_is_on_time_and_one_whose_check_task_was_lost_is_overdue(rig, console):
+    rig.sandbox.faults.never_finish()
+    record = rig.app.ledger.find_job(deliver(rig, "msg_endless", finish=False))
+    rig.deliver(rig.tracking()[-1], "msg_endless")
+    while rig.clock.now() < record.submitted_at + 600:  # ten minutes of checks, each task run when due
+        assert rig.run_task(rig.tasks.take_next()) < 300
+    on_time = page(console, key_url(record.key))
+    assert "next status check at" in on_time and "overdue" not in on_time
+
+    lost = rig.tasks.take_next()["task"]["schedule_time"].timestamp()  # the next check's task, lost
+    rig.clock.advance(lost - rig.clock.now() + rig.app.poller.sweep_grace_s + 5)
+
+    late = html.unescape(page(console, key_url(record.key)))
+    assert re.search(r"its status checks are [0-9.]+ (s|min) overdue: the next sweep schedules them again", late)
+    assert "next status check at" not in late
+    assert '<div class="why">checks overdue</div>' in page(console, "/")
+
+
 def test_a_finished_deliverys_page_does_not_refresh(rig, console):
     record = rig.app.ledger.find_job(deliver(rig, "msg_done"))
     text = page(console, key_url(record.key))

@@ -209,7 +209,7 @@ def _list(app: App, request: flask.Request, operator: str) -> Response:
     page = queries.list_page(app.ledger, filters)
     now = app.clock.now()
     return _page("list.html", filters=filters, page=page, operator=operator, duration=queries.duration_s,
-                 progress=lambda record: queries.progress(record, app.poller.schedule, now),
+                 progress=lambda record: queries.progress(record, app.poller.schedule, app.poller.sweep_grace_s, now),
                  error=lambda record: queries.error_message(record, queries.ERROR_CLIP), now=now,
                  refresh=LIST_REFRESH_S if any(map(queries.running, page.rows)) else None,
                  workflows=sorted(app.registry.workflows), outcomes=queries.OUTCOMES, states=queries.STATES)
@@ -227,7 +227,7 @@ def _delivery(app: App, key: str, operator: str, done: str | None = None) -> Res
                  duration=queries.duration_s(record), logs_url=_logs_url(app, record),
                  can_cancel=actions.can_cancel(record), can_rerun=actions.can_rerun(record),
                  waiting=queries.queued_detail(record), waited_s=now - record.created_at, now=now,
-                 progress=queries.progress(record, app.poller.schedule, now),
+                 progress=queries.progress(record, app.poller.schedule, app.poller.sweep_grace_s, now),
                  error=queries.error_message(record), error_details=queries.error_details(record),
                  parameters=queries.parameters(record, app.registry.get(record.workflow)),
                  refresh=REFRESH_S if queries.running(record) else None)

@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 
 from gateway.carto import CANCELLED, FAILED, SUCCEEDED, TIMED_OUT
 from gateway.errors import FieldError, MalformedRequest
-from gateway.ledger import FINISHED, QUEUED, STATES, SUPERSEDED, Delivery, DeliveryQuery, Ledger
+from gateway.ledger import FINISHED, QUEUED, STATES, SUPERSEDED, TRACKED, Delivery, DeliveryQuery, Ledger
 from gateway.poller import Schedule
 from gateway.warehouses import COLON, DOLLAR, scan
 from gateway.workflows import Workflow
@@ -186,26 +186,31 @@ def error_details(record: Delivery) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Progress:
-    """A job CARTO runs: how long since it was submitted, when the poller checks it next, its deadline."""
+    """A job CARTO runs: how long since it was submitted, when the poller checks it next, its deadline,
+    and by how much its checks are overdue (None while they are on time)."""
 
     elapsed_s: float
     next_check_at: float
     deadline_at: float | None
+    overdue_s: float | None = None
 
 
-def progress(record: Delivery, schedule: Schedule, now: float) -> Progress | None:
+def progress(record: Delivery, schedule: Schedule, grace_s: float, now: float) -> Progress | None:
     """The running job's progress; None for a delivery without a running job.
 
     Checks fall on fixed points of the schedule counted from submission (gateway/poller.py), and the
     ledger's progress is written only now and then, so the next check is the schedule's next point after
-    now, never past the deadline (where the last check is made)."""
+    now, never past the deadline (where the last check is made). A tracked record's `updated_at` is its
+    next check's due time, rewritten before it falls more than `grace_s` behind: past that, the check is
+    overdue (its task lost), as the sweeper sees it too before it schedules the check again."""
     if record.job_id is None or record.outcome is not None or record.submitted_at is None:
         return None
     elapsed = max(0.0, now - record.submitted_at)
     next_at = record.submitted_at + schedule.next_after(elapsed)
     if record.deadline_at is not None:
         next_at = min(next_at, max(now, record.deadline_at))
-    return Progress(elapsed, next_at, record.deadline_at)
+    late = now - record.updated_at - grace_s
+    return Progress(elapsed, next_at, record.deadline_at, late if record.state == TRACKED and late > 0 else None)
 
 
 @dataclass(frozen=True)
