@@ -205,7 +205,8 @@ class DeliveryInFlight(GatewayError):
 class ActionRefused(GatewayError):
     status, code, title = 409, "action-refused", "The action does not apply"
     what_happened = ("The action (the console's, or DELETE /jobs/{id}) does not apply to the delivery as it stands: a cancel "
-                     "of a job that has already ended (or has no job yet), or a re-run of a delivery that has not finished.")
+                     "of a job that has already ended (or has no job yet), or a re-run of a delivery that has not finished "
+                     "or whose workflow file now takes other parameters.")
     what_to_do = "Reload the delivery's page to see its current state; nothing was changed."
 
 

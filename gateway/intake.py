@@ -22,6 +22,7 @@ from gateway.carto import FAILED, CartoClient, delivery_marker, delivery_metadat
 from gateway.carto.dialects import connection_of, find_by_marker, find_by_metadata, job_id_of
 from gateway.clock import Clock
 from gateway.errors import (
+    ActionRefused,
     CartoUnavailable,
     DeliveryInFlight,
     FieldError,
@@ -111,11 +112,14 @@ class Intake:
         return self._claim(self._new_delivery(inbound, rendered), inbound.workflow)
 
     def rerun(self, original: Delivery, workflow: Workflow, attempt: int, *, trace: str | None = None) -> Accepted:
-        """Run a delivery again as a new one, `{key}:rerun-{attempt}`, with the CALL and parameters that
-        went to CARTO the first time. It takes the path of any delivery (claim, submit, track), so the
-        same attempt asked twice is one job: the second answers the first's, `duplicate`."""
+        """Run a delivery again as a new one, `{key}:rerun-{attempt}`: the parameters that went to CARTO the
+        first time, in the CALL (and to the connection) of the workflow file as loaded now, which names
+        another procedure once the workflow was updated in CARTO (`rerun_call`). It takes the path of any
+        delivery (claim, submit, track), so the same attempt asked twice is one job: the second answers
+        the first's, `duplicate`."""
         if workflow.paused:
             raise Unavailable(f"workflow {workflow.name} is paused", retry_after=300)
+        query = rerun_call(original, workflow)
         now = self.clock.now()
         key_part = idempotency.rerun_key(original.idempotency_key, attempt)
         delivery_id = idempotency.rerun_key(original.delivery_id or original.idempotency_key, attempt)
@@ -123,7 +127,7 @@ class Intake:
             key=idempotency.ledger_key(original.workflow, key_part), workflow=original.workflow, idempotency_key=key_part,
             fingerprint=original.fingerprint, claim_token=secrets.token_hex(16), created_at=now, updated_at=now,
             expires_at=now + self.retention_s, delivery_id=delivery_id,
-            trace=trace, connection=original.connection, api_base_url=original.api_base_url, query=original.query,
+            trace=trace, connection=workflow.connection, api_base_url=self.base_url(workflow), query=query,
             parameters=original.parameters, deadline_at=now + workflow.deadline_s, rerun_of=original.key))
 
     def _claim(self, delivery: Delivery, workflow: Workflow) -> Accepted:
@@ -348,6 +352,16 @@ class Intake:
             if find_by_metadata([{**body, "externalId": job_id}], delivery.key):
                 return job_id
         return None
+
+
+def rerun_call(original: Delivery, workflow: Workflow) -> str:
+    """The CALL a re-run of `original` sends: the workflow file's as loaded now. ActionRefused when the file's
+    parameters are no longer the ones the delivery was mapped to (its body is not kept to map again)."""
+    if set(workflow.parameters) != set(original.parameters):
+        raise ActionRefused(f"the workflow file's parameters ({', '.join(sorted(workflow.parameters))}) are no "
+                            f"longer this delivery's ({', '.join(sorted(original.parameters))}): it cannot be "
+                            "re-run with the current file; send its body again instead")
+    return workflow.query
 
 
 def _status_in(detail: str) -> int | None:

@@ -7,6 +7,7 @@ import base64
 import html
 import json
 import re
+import shutil
 from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
@@ -378,6 +379,56 @@ def test_rerun_makes_a_new_linked_delivery_with_the_same_parameters_its_own_job_
     assert rerun.actions[0]["rerun_of"] == original.key
     text = page(console, answer.headers["Location"])
     assert "This is the re-run you asked for" in text and f"{html.escape(original.key)}</code>" in text
+
+
+def rewritten_registry(rig, tmp_path, change):
+    """The rig's workflows with store-clusters' file changed by `change` (a function of its definition)."""
+    schemas = shutil.copytree(rig.app.settings.schemas_dir, tmp_path / "changed-schemas")
+    path = schemas / "workflows" / "store-clusters.json"
+    path.write_text(json.dumps(change(json.loads(path.read_text()))))
+    return load_registry(schemas, rig.app.settings.env)
+
+
+def test_rerun_after_the_procedure_was_renamed_sends_the_files_current_call_and_the_page_shows_both(
+        rig, console, tmp_path):
+    original = rig.app.ledger.find_job(deliver(rig, "msg_renamed"))
+    renamed = original.query.replace("workflow_procedure_09cc2e19ad5bbc6f", "workflow_procedure_5d1e0b7a2c94f318")
+    assert renamed != original.query
+    rig.app.registry = rewritten_registry(rig, tmp_path, lambda definition: {**definition, "query": renamed})
+
+    text = page(console, f"/actions/rerun?key={quote(original.key, safe='')}")
+    answer = console.post("/actions/rerun", data=form(text))
+
+    assert "The workflow file's CALL has changed since this delivery ran" in text
+    assert f"<pre>{html.escape(original.query)}</pre>" in text and f"<pre>{html.escape(renamed)}</pre>" in text
+    assert answer.status_code == 303
+    rerun = rig.app.ledger.get(f"{original.key}:rerun-1")
+    received = rig.sandbox.jobs()[-1]
+    assert received.external_id == rerun.job_id and received.query.startswith(renamed + "\n")
+    assert received.procedure == "carto-dw-ac-jfjjof5m.workflows_temp_x.workflow_procedure_5d1e0b7a2c94f318"
+    assert (rerun.query, rerun.parameters) == (renamed, original.parameters)
+    assert rerun.actions[0]["call_changed"] is True and rerun.actions[0]["original_query"] == original.query
+
+
+def test_the_rerun_page_of_an_unchanged_workflow_shows_one_call(rig, console):
+    original = rig.app.ledger.find_job(deliver(rig, "msg_same"))
+    text = page(console, f"/actions/rerun?key={quote(original.key, safe='')}")
+    assert "has changed" not in text and text.count("<pre>") == 1 and "with the same CALL and parameters" in text
+
+
+def test_rerun_is_refused_when_the_workflow_file_now_takes_other_parameters(rig, console, tmp_path):
+    original = rig.app.ledger.find_job(deliver(rig, "msg_reshaped"))
+
+    def dropped(definition):
+        definition["query"] = definition["query"].replace(",@store_type", "")
+        del definition["parameters"]["store_type"]
+        return definition
+    rig.app.registry = rewritten_registry(rig, tmp_path, dropped)
+
+    answer = console.post("/actions/rerun", data=confirm(console, "rerun", original.key))
+
+    assert answer.status_code == 409 and "send its body again" in answer.get_data(as_text=True)
+    assert len(rig.sandbox.jobs()) == 1 and rig.app.ledger.get(f"{original.key}:rerun-1") is None
 
 
 def test_posting_the_same_rerun_form_twice_makes_one_job(rig, console):

@@ -68,21 +68,35 @@ def cancel(app: App, key: str, operator: str) -> Done:
     return Done(key, "cancelled")
 
 
+def rerun_call(app: App, record: Delivery) -> str | None:
+    """The CALL a re-run of `record` would send: its workflow file's as loaded now (None: no such workflow)."""
+    workflow = app.registry.get(record.workflow)
+    return None if workflow is None else workflow.query
+
+
 def rerun(app: App, key: str, attempt: int, operator: str) -> Done:
-    """Run the delivery again as a new delivery linked to it (same CALL and parameters, its own job and event)."""
+    """Run the delivery again as a new delivery linked to it (its parameters in the workflow file's CALL as it
+    is now, its own job and event); the new record notes when that CALL is not the one the original sent."""
     original = delivery(app, key)
     if not can_rerun(original):
         raise ActionRefused(f"only a finished delivery can be re-run; this one is {original.state}")
     workflow = app.registry.get(original.workflow)
     if workflow is None:
         raise ActionRefused(f"the workflow {original.workflow} is no longer defined")
+    changed = workflow.query != original.query
     with logs.bound(workflow=original.workflow, delivery_id=original.delivery_id, key=original.key,
                     operator=operator, action=RERUN):
         accepted = app.intake.rerun(original, workflow, attempt)
         if not accepted.duplicate:
             _note(app, original.key, RERUN, operator, new_key=accepted.key, job_id=accepted.job_id)
-            _note(app, accepted.key, "created as a re-run", operator, rerun_of=original.key)
-        log.info("delivery re-run from the console", extra=logs.event("console.rerun", job_id=accepted.job_id))
+            _note(app, accepted.key, "created as a re-run", operator, rerun_of=original.key,
+                  **({"call_changed": True, "original_query": original.query} if changed else {}))
+        said = logs.event("console.rerun", job_id=accepted.job_id)
+        if changed:
+            log.info("delivery re-run from the console with the workflow file's CALL, not the original's: %s "
+                     "(was: %s)", workflow.query, original.query, extra=said)
+        else:
+            log.info("delivery re-run from the console with the original's CALL", extra=said)
     return Done(accepted.key, "rerun-again" if accepted.duplicate else "rerun")
 
 

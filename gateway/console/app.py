@@ -264,8 +264,9 @@ def _confirm(app: App, action: str, key: str, operator: str) -> Response:
     allowed = actions.can_cancel(record) if action == actions.CANCEL else actions.can_rerun(record)
     attempt = actions.next_attempt(record) if action == actions.RERUN else 0
     token = csrf.issue(operator, _purpose(action, key, attempt), app.clock.now())
+    call = actions.rerun_call(app, record) if action == actions.RERUN else None
     return _page("confirm.html", action=action, record=record, allowed=allowed, attempt=attempt, token=token,
-                 operator=operator)
+                 operator=operator, call=call)
 
 
 def _act(app: App, action: str, request: flask.Request, operator: str) -> Response:
