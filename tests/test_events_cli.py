@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 
+from gateway.cli import main
 from gateway.cli.events import Event, Filters, format_json, format_line, watch
 from gateway.errors import ConfigError
 from gateway.events import completion_event, event_source
@@ -90,6 +91,21 @@ def test_filters_match_on_attributes():
 def test_a_filter_that_could_inject_into_the_expression_is_refused():
     with pytest.raises(ConfigError):
         Filters(workflow='x" OR attributes.outcome = "y')
+
+
+def test_without_an_emulator_or_credentials_it_says_in_one_line_what_to_export(tmp_path, monkeypatch, capsys):
+    # No PUBSUB_EMULATOR_HOST, no credentials file or gcloud login, and no metadata server to ask.
+    for name in ("PUBSUB_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {"HOME": str(tmp_path), "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"),
+                        "GCE_METADATA_HOST": "127.0.0.1:9", "GCE_METADATA_IP": "127.0.0.1:9"}.items():
+        monkeypatch.setenv(name, value)
+
+    status = main(["events", "--max", "1"])
+
+    out, err = capsys.readouterr()
+    assert status == 1 and out == "" and err.count("\n") == 1
+    assert err.startswith("error: no Pub/Sub to read: export PUBSUB_EMULATOR_HOST=127.0.0.1:8085")
 
 
 # --- against the real Pub/Sub emulator -------------------------------------------------------------

@@ -126,10 +126,18 @@ def watch(args: Any, *, env: Mapping[str, str] | None = None, subscriber: Any = 
     return 0
 
 
+NO_PUBSUB = ("no Pub/Sub to read: export PUBSUB_EMULATOR_HOST=127.0.0.1:8085 for the local stack's emulator "
+             "(make dev), or run `gcloud auth application-default login` for a project's topic")
+
+
 def _subscriber() -> Any:
+    from google.auth.exceptions import DefaultCredentialsError
     from google.cloud import pubsub_v1
 
-    return pubsub_v1.SubscriberClient()
+    try:
+        return pubsub_v1.SubscriberClient()
+    except DefaultCredentialsError:  # neither an emulator nor credentials: one line, not the library's traceback
+        raise ConfigError(NO_PUBSUB) from None
 
 
 def _announce(path: str) -> None:
