@@ -8,6 +8,7 @@ import base64
 import json
 import re
 import shutil
+import socket
 import time
 import uuid
 
@@ -310,6 +311,30 @@ def test_live_for_a_procedure_that_does_not_exist_says_why_and_writes_nothing(ca
                              "--connection", "carto_dw", "--live")
     assert status == 1 and "p.workflows_temp.workflow_procedure_gone does not exist on connection carto_dw" in err
     assert not (dirs[0] / "workflows" / "gone.json").exists() and not dirs[1].exists()
+
+
+def test_live_reads_the_signature_from_carto_api_base_url_when_the_paste_names_another_host(capsys, dirs, carto):
+    # CARTO_API_BASE_URL is the local CARTO; the paste's URL and token are the real account's.
+    status, out, err = new(capsys, dirs, "seed-clusters", "seed-post.txt", "--live")
+
+    assert status == 0, err
+    written = json.loads((dirs[0] / "workflows" / "seed-clusters.json").read_text())["parameters"]
+    assert written["buffer_radius"]["type"] == "FLOAT64"  # the procedure's, where a guess from 500 says INT64
+    assert any("INFORMATION_SCHEMA" in str(query) for query in carto.stats()["queries"])
+
+
+def test_live_that_cannot_reach_carto_names_the_url_it_tried_and_the_pastes(capsys, dirs, monkeypatch):
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    monkeypatch.setenv("CARTO_API_BASE_URL", closed)
+    monkeypatch.setenv("CARTO_API_TOKEN", CARTO_TOKEN)
+
+    status, _, err = new(capsys, dirs, "seed-clusters", "seed-post.txt", "--live")
+
+    assert status == 1
+    assert f"at {closed} (CARTO_API_BASE_URL; the paste names https://gcp-us-east1.api.carto.com)" in err
+    assert "SENTINEL" not in err and not (dirs[0] / "workflows" / "seed-clusters.json").exists()
 
 
 def test_live_without_a_base_url_is_refused_clearly(capsys, dirs):

@@ -315,7 +315,7 @@ def run(args: Any, env: Mapping[str, str] | None = None) -> int:
     names = check_placeholders(paste)
     override = base_url_override(paste, env)
     if args.live:
-        guesses = live_types(paste, names, override or env.get("CARTO_API_BASE_URL") or paste.base_url, env)
+        guesses = live_types(paste, names, env)
     else:
         guesses = {n: guess_type(n, paste.parameters[n]) for n in names}
     chosen = sender(args.sender, name)
@@ -350,25 +350,44 @@ def _refs(value: Any) -> list[str]:
     return [v for v in ([value] if isinstance(value, str) else value or []) if isinstance(v, str) and v.startswith("env:")]
 
 
-def live_types(paste: Paste, names: list[str], base_url: str | None, env: Mapping[str, str]) -> dict[str, Guess]:
-    """Each parameter's type from the procedure's real signature, read through CARTO as `check --live` reads it.
+def live_source(paste: Paste, env: Mapping[str, str]) -> tuple[str, str, Mapping[str, str]]:
+    """Where `new --live` reads the signature: (base URL, where that URL came from, the settings for the client).
 
-    The token is the paste's own when it carried one (held in memory for this one query, never written),
-    else the deployment's (CARTO_API_TOKEN, or CARTO_CLIENT_ID and CARTO_CLIENT_SECRET)."""
+    CARTO_API_BASE_URL when it is set (the CARTO the gateway is configured for, the local one included), else
+    the paste's URL. The token is the paste's own when the URL is the paste's and the paste carried one (held
+    in memory for this one query, never written), else the deployment's (CARTO_API_TOKEN, or CARTO_CLIENT_ID
+    and CARTO_CLIENT_SECRET): a token goes only to the host it was pasted for."""
+    configured = (env.get("CARTO_API_BASE_URL") or "").rstrip("/")
+    pasted = (paste.base_url or "").rstrip("/")
+    base_url = configured or pasted
+    if not base_url:
+        raise ConfigError("new --live needs CARTO's base URL: paste the dialog's curl (its URL has it) "
+                          "or set CARTO_API_BASE_URL")
+    source = "CARTO_API_BASE_URL" if configured else "the paste's URL"
+    if pasted and configured and pasted != configured:
+        source += f"; the paste names {pasted}"
+    settings = {**env, "CARTO_API_TOKEN": paste.token} if paste.token and base_url == pasted else env
+    return base_url, source, settings
+
+
+def live_types(paste: Paste, names: list[str], env: Mapping[str, str]) -> dict[str, Guess]:
+    """Each parameter's type from the procedure's real signature, read through CARTO (`live_source`) as
+    `check --live` reads it."""
     from gateway.cli.live import client_from_env, read_signature
     from gateway.errors import GatewayError
     from gateway.warehouses import BIGQUERY, binding_type
 
-    if not base_url:
-        raise ConfigError("new --live needs CARTO's base URL: paste the dialog's curl (its URL has it) "
-                          "or set CARTO_API_BASE_URL")
+    base_url, source, settings = live_source(paste, env)
     procedure = _procedure(paste.query)
-    client, _ = client_from_env({**env, "CARTO_API_TOKEN": paste.token} if paste.token else env)
+    try:
+        client, _ = client_from_env(settings)
+    except ConfigError as exc:
+        raise ConfigError(f"new --live reads {base_url} ({source}): {exc}") from None
     try:
         real = read_signature(client, base_url, str(paste.connection), procedure, BIGQUERY, arity=len(names))
     except GatewayError as exc:
         raise ConfigError(f"new --live could not read the signature of {procedure} on connection "
-                          f"{paste.connection}: {exc.detail}") from None
+                          f"{paste.connection} at {base_url} ({source}): {exc.detail}") from None
     if real is None:
         raise ConfigError(f"new --live: {procedure} does not exist on connection {paste.connection} (API access "
                           "disabled, or the workflow updated under another procedure name): open the workflow's "
