@@ -147,6 +147,7 @@ def run(args: argparse.Namespace, state: Path) -> dict[str, Any]:
 
 def _cold_starts(stack: Any, state: Path, repeats: int, fs_env: dict[str, str] | None) -> dict[str, Any]:
     env, runs = stack.function_env(), []
+    procs.compile_bytecode(stacks.BARE_SOURCE, procs.ROOT / "main.py", procs.ROOT / "gateway")
     webhook = ("webhook", procs.ROOT / "main.py", ROUTES["webhook"], 202)
     configurations = [(env, "webhook", SLOW_WEBHOOK)]
     if fs_env is not None:

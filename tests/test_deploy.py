@@ -18,6 +18,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -1190,7 +1191,11 @@ def test_the_upload_leaves_out_tests_and_the_local_stack(sdk, tmp_path):
         ".state/ledger.db",
         "deploy/env",
         ".ci/run",
-        "gateway/__pycache__/x.pyc",
+        "gateway/__pycache__/http.cpython-311.pyc",
+        "gateway/auth/__pycache__/config.cpython-311.pyc",
+        "gateway/local/__pycache__/devstack.cpython-311.pyc",
+        "tests/__pycache__/test_a.cpython-311.pyc",
+        "__pycache__/main.cpython-311.pyc",
     ]
     source = tmp_path / "source"
     for name in tree:
@@ -1211,6 +1216,8 @@ def test_the_upload_leaves_out_tests_and_the_local_stack(sdk, tmp_path):
         "requirements.txt",
         "gateway/__init__.py",
         "gateway/http.py",
+        "gateway/__pycache__/http.cpython-311.pyc",  # the bytecode deploy.sh compiled for the runtime
+        "gateway/auth/__pycache__/config.cpython-311.pyc",
         "schemas/workflows/a.json",
     }
 
@@ -1453,3 +1460,41 @@ def test_teardown_removes_the_default_subscriber_deploy_subscriber_makes(teardow
     assert created_subscriptions <= {a[4] for a in with_prefix(teardown_commands, "pubsub", "subscriptions", "delete")}
     assert {f"{n}@{PROJECT}.iam.gserviceaccount.com" for n in created_accounts} <= {
         a[4] for a in with_prefix(teardown_commands, "iam", "service-accounts", "delete")}
+
+
+# --- bytecode shipped with the source ------------------------------------------------------------------------
+
+
+def ship_bytecode(source: Path, runtime: str) -> subprocess.CompletedProcess:
+    """deploy.sh's own ship_bytecode function, run on `source` (its text taken from the script)."""
+    text = (REPO / "deploy" / "deploy.sh").read_text()
+    function = re.search(r"^ship_bytecode\(\) \{\n.*?^\}\n", text, re.S | re.M).group(0)
+    script = f"set -euo pipefail\nDRY_RUN=0\nsay() {{ printf '%s\\n' \"$*\"; }}\n{function}ship_bytecode\n"
+    return subprocess.run(["bash", "-c", script], env={**os.environ, "SOURCE_DIR": str(source), "RUNTIME": runtime},
+                          capture_output=True, text=True, timeout=120, check=True)
+
+
+def test_the_gateway_ships_bytecode_the_runtime_reads_whatever_mtime_the_upload_gives_its_sources(tmp_path):
+    import sys
+
+    source = tmp_path / "source"
+    shutil.copytree(REPO / "gateway", source / "gateway", ignore=shutil.ignore_patterns("__pycache__"))
+    here = f"python{sys.version_info[0]}{sys.version_info[1]}"
+    assert "bytecode of gateway/" in ship_bytecode(source, here).stdout
+    compiled = sorted(p.relative_to(source).as_posix() for p in source.rglob("*.pyc"))
+    assert "gateway/__pycache__/intake.cpython-311.pyc".replace("311", here[6:]) in compiled
+    assert not [p for p in compiled if p.startswith(("gateway/local/", "gateway/cli/"))]  # never uploaded
+    later = time.time() + 3600  # the upload's unpacking gives the sources new times
+    for path in source.rglob("*.py"):
+        os.utime(path, (later, later))
+    done = subprocess.run([sys.executable, "-v", "-c", "import gateway.intake"], cwd=source, capture_output=True,
+                          text=True, timeout=60, check=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    read = [line for line in done.stderr.splitlines() if line.startswith("# code object from")]
+    assert any(line.endswith("gateway/__pycache__/intake.cpython-311.pyc'".replace("311", here[6:])) for line in read)
+
+
+def test_no_bytecode_is_shipped_for_a_runtime_of_another_python(tmp_path):
+    source = tmp_path / "source"
+    shutil.copytree(REPO / "gateway", source / "gateway", ignore=shutil.ignore_patterns("__pycache__", "local", "cli"))
+    said = ship_bytecode(source, "python39").stdout
+    assert "no bytecode shipped" in said and not list(source.rglob("*.pyc"))
