@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -16,6 +17,9 @@ from gateway.errors import ConfigError, GatewayError
 from gateway.events import EVENT_TYPES
 
 DEFAULT_WEBHOOK_URL = "http://127.0.0.1:8080"
+WORKFLOW_HELP = "the workflow's name: schemas/workflows/WORKFLOW.json, posted to at /hooks/WORKFLOW"
+URL_HELP = ("the webhook function's base URL; the body goes to URL/hooks/WORKFLOW "
+            "(GATEWAY_URL, default: %(default)s, make dev's webhook)")
 OPERATOR_TOKEN_HELP = ("the bearer credential is GATEWAY_OPERATOR_TOKEN if set (an operator token, or "
                        "$(gcloud auth print-identity-token --audiences=URL)), else the first of GATEWAY_OPERATOR_TOKENS")
 
@@ -93,20 +97,32 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--timeout", type=float, default=120.0, help="seconds to follow each test job (default 120)")
     doctor.set_defaults(run=_doctor)
 
-    render = verbs.add_parser("render", help="print the CALL and typed parameters for a payload")
-    render.add_argument("workflow")
-    render.add_argument("file", type=Path)
+    render = verbs.add_parser("render", help="print the CALL and typed parameters for a payload",
+                              description="Validate FILE as WORKFLOW's webhook would and print the CALL and the typed "
+                                          "queryParameters that would go to CARTO. Nothing is sent.")
+    render.add_argument("workflow", help=WORKFLOW_HELP)
+    render.add_argument("file", type=Path, help="a JSON payload, as a sender would POST it")
     render.set_defaults(run=_render)
 
-    sign = verbs.add_parser("sign", help="print headers that authenticate FILE for WORKFLOW")
-    sign.add_argument("workflow")
-    sign.add_argument("file", type=Path)
+    sign = verbs.add_parser("sign", help="print headers that authenticate FILE for WORKFLOW",
+                            description="Print the headers that authenticate FILE's exact bytes for WORKFLOW (its first "
+                                        "auth scheme, the secret from the environment or .env), one per line, or with "
+                                        "--curl a ready curl command. A signature carries the time: use it within "
+                                        "minutes.")
+    sign.add_argument("workflow", help=WORKFLOW_HELP)
+    sign.add_argument("file", type=Path, help="the JSON payload to sign; what is sent must be these bytes unchanged")
+    sign.add_argument("--curl", action="store_true",
+                      help="print a curl command that POSTs FILE with the headers to --url instead")
+    sign.add_argument("--url", default=os.environ.get("GATEWAY_URL", DEFAULT_WEBHOOK_URL), help=URL_HELP)
+    sign.add_argument("--delivery-id", help="the delivery id the headers carry (default: a new one)")
     sign.set_defaults(run=_sign)
 
-    send = verbs.add_parser("send", help="sign FILE and POST it to the webhook")
-    send.add_argument("workflow")
-    send.add_argument("file", type=Path)
-    send.add_argument("--url", default=os.environ.get("GATEWAY_URL", DEFAULT_WEBHOOK_URL))
+    send = verbs.add_parser("send", help="sign FILE and POST it to the webhook",
+                            description="Sign FILE for WORKFLOW (as sign does), POST it to the webhook and print the "
+                                        "HTTP status and answer; exit 1 on a 4xx or 5xx.")
+    send.add_argument("workflow", help=WORKFLOW_HELP)
+    send.add_argument("file", type=Path, help="the JSON payload to sign and POST")
+    send.add_argument("--url", default=os.environ.get("GATEWAY_URL", DEFAULT_WEBHOOK_URL), help=URL_HELP)
     send.add_argument("--delivery-id", help="idempotency / delivery id (default: a new one)")
     send.set_defaults(run=_send)
 
@@ -121,25 +137,31 @@ def _parser() -> argparse.ArgumentParser:
                          help="the webhook function's URL (GATEWAY_URL, default: %(default)s)")
         job.set_defaults(run=_job, method=method)
 
-    openapi = verbs.add_parser("openapi", help="print the OpenAPI 3.1 document")
+    openapi = verbs.add_parser("openapi", help="print the OpenAPI 3.1 document",
+                               description="Print the OpenAPI 3.1 document of the webhook as JSON: one POST "
+                                           "/hooks/WORKFLOW per workflow in --schemas, with its payload schema, auth "
+                                           "headers and answers (the webhook serves it to operators at /openapi.json).")
     openapi.set_defaults(run=_openapi)
 
     events = verbs.add_parser("events", help="print completion events as they arrive")
     events.add_argument("--json", action="store_true", help="print raw JSON")
-    events.add_argument("--workflow")
-    events.add_argument("--outcome", choices=sorted(EVENT_TYPES))
+    events.add_argument("--workflow", help="only the events of this workflow (by the events' workflow attribute)")
+    events.add_argument("--outcome", choices=sorted(EVENT_TYPES), help="only the events with this outcome")
     events.add_argument("--subscription", help="existing subscription to read (default: a new one)")
     events.add_argument("--max", type=int, default=0, help="stop after N events (0: run until Ctrl-C)")
     events.set_defaults(run=_events)
 
-    dev = verbs.add_parser("dev", help="run the whole stack locally")
-    dev.add_argument("--webhook-port", type=int, default=8080)
-    dev.add_argument("--poll-port", type=int, default=8081)
-    dev.add_argument("--submit-port", type=int, default=8082, help="the `submit` function, pushed the requests topic")
-    dev.add_argument("--console-port", type=int, default=8083, help="the operators' console (a web page)")
-    dev.add_argument("--sandbox-port", type=int, default=8090)
-    dev.add_argument("--pubsub-port", type=int, default=8085)
-    dev.add_argument("--tasks-port", type=int, default=8123, help="the Cloud Tasks emulator (check tasks for `poll`)")
+    dev = verbs.add_parser("dev", help="run the whole stack locally",
+                           description="Run the whole stack on 127.0.0.1: the Pub/Sub and Cloud Tasks emulators, the "
+                                       "local CARTO job API and the functions, each on its port below.")
+    for flag, port, what in (("webhook", 8080, "the `webhook` function, where senders POST /hooks/WORKFLOW"),
+                             ("poll", 8081, "the `poll` function, pushed the tracking topic and the check tasks"),
+                             ("submit", 8082, "the `submit` function, pushed the requests topic"),
+                             ("console", 8083, "the operators' console (a web page)"),
+                             ("sandbox", 8090, "the local CARTO job API (CARTO_API_BASE_URL of the stack)"),
+                             ("pubsub", 8085, "the Pub/Sub emulator (PUBSUB_EMULATOR_HOST)"),
+                             ("tasks", 8123, "the Cloud Tasks emulator (check tasks for `poll`)")):
+        dev.add_argument(f"--{flag}-port", type=int, default=port, help=f"{what} (default: %(default)s)")
     dev.add_argument("--state-dir", type=Path, default=None,
                      help="where the ledger, the local CARTO job API's jobs and the logs go (default: .state)")
     dev.add_argument("--demos", action="store_true",
@@ -204,7 +226,7 @@ def _render(args: argparse.Namespace) -> int:
     from gateway.validation import render
 
     workflow = _workflow(args, require_secrets=False)
-    payload = parse_json(args.file.read_bytes())
+    payload = parse_json(_payload(args.file))
     try:
         rendered = render(workflow, payload, {})
     except GatewayError as exc:
@@ -228,19 +250,40 @@ def _signed_headers(args: argparse.Namespace, body: bytes) -> dict[str, str]:
     return {"Content-Type": "application/json", **headers}
 
 
+def _payload(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _hook_url(args: argparse.Namespace) -> str:
+    return f"{args.url.rstrip('/')}/hooks/{args.workflow}"
+
+
 def _sign(args: argparse.Namespace) -> int:
-    body = args.file.read_bytes()
-    for name, value in _signed_headers(args, body).items():
+    headers = _signed_headers(args, _payload(args.file))
+    if args.curl:
+        print(curl_command(_hook_url(args), headers, args.file))
+        return 0
+    for name, value in headers.items():
         print(f"{name}: {value}")
     return 0
+
+
+def curl_command(url: str, headers: Mapping[str, str], file: Path) -> str:
+    """A shell command that POSTs `file`'s bytes unchanged (--data-binary) to `url` with `headers`."""
+    words = ["curl", "-sS", url, *(w for name, value in headers.items() for w in ("-H", f"{name}: {value}")),
+             "--data-binary", f"@{file}"]
+    return " ".join(shlex.quote(word) for word in words)
 
 
 def _send(args: argparse.Namespace) -> int:
     import requests
 
-    body = args.file.read_bytes()
+    body = _payload(args.file)
     headers = _signed_headers(args, body)
-    answer = requests.post(f"{args.url.rstrip('/')}/hooks/{args.workflow}", data=body, headers=headers, timeout=60)
+    answer = requests.post(_hook_url(args), data=body, headers=headers, timeout=60)
     print(f"HTTP {answer.status_code}")
     print(answer.text)
     return 0 if answer.status_code < 400 else 1
