@@ -322,6 +322,20 @@ def test_the_seed_workflow_refuses_2_5_clusters_once(client):
     assert problem["errors"] == [{"path": "/clusters", "message": "number_of_clusters (INT64): expected an integer, got 2.5"}]
 
 
+def test_a_running_jobs_record_and_its_cancelled_event_count_every_status_check_made(rig):
+    job_id = rig.post("store-clusters", BODY).get_json()["job_id"]
+    rig.deliver(rig.tracking()[0])  # the first trigger's inline checks
+    rig.run_tasks(limit=2)  # two more checks; the 10 s job still runs
+
+    running = rig.job_request("GET", job_id).get_json()
+    made = rig.sandbox.stats()["requests"]["status"] - 1  # the GET itself asked CARTO for the live status once
+    cancelled = rig.job_request("DELETE", job_id).get_json()
+
+    assert running["outcome"] is None and running["checks"] == made > 2
+    assert cancelled["outcome"] == "CANCELLED" and cancelled["checks"] == made
+    assert [event["data"]["checks"] for event in rig.publisher.events()] == [made]
+
+
 # --- python -m gateway status / cancel --------------------------------------------------------------
 
 def gateway_cli(*args: str, **env: str):
