@@ -33,6 +33,11 @@ pytestmark = pytest.mark.stack
 PROJECT = "admission-project"
 EVENT_SCHEMA = json.loads((ROOT / "schemas" / "job-event.schema.json").read_text())
 INLINE_S = 1.0  # GATEWAY_SUBMIT_INLINE_S of this stack
+# CARTO_TIMEOUT_S of this stack: a POST whose answer never came is looked for in CARTO's job list 5 + 5 s
+# later (CartoClient.longest_post_s) instead of 5 + 30 s; still far below the 12 s creation it must outwait.
+CARTO_TIMEOUT_S = 5.0
+OUTAGE_S = 6  # longer than sending ten deliveries takes, shorter than the third submit attempt's backoff (6 s)
+RATE_WINDOW_S = 6  # CARTO's minute, scaled down: the 429s' Retry-After says so and the gateway honours it
 SENDER_LIMIT_S = 3.0  # the shortest sender timeout named by the contract (Slack's)
 # workflow -> (seconds each job runs at CARTO, admission block or None)
 WORKFLOWS = {
@@ -80,6 +85,7 @@ def stack(pubsub_emulator, tmp_path_factory):
         pubsub_host=pubsub_emulator.host,
         sandbox_procedures={procedure(w): {"duration_s": seconds} for w, (seconds, _) in WORKFLOWS.items()},
         env={"ADMISSION_SECRET": DEV_SECRET, "GATEWAY_SUBMIT_INLINE_S": str(INLINE_S), "GATEWAY_POLL_FIRST_S": "0.2",
+             "CARTO_TIMEOUT_S": str(CARTO_TIMEOUT_S),
              "GATEWAY_POLL_INLINE_S": "1",
              "GATEWAY_SWEEP_GRACE_S": "1"})
     try:
@@ -184,7 +190,7 @@ def assert_queued(sent: Sent) -> None:
 def test_ten_deliveries_during_an_outage_are_all_accepted_and_each_runs_once_when_carto_returns(
         stack, inbox, kind):
     workflow = "adm-outage" if kind == "error" else "adm-refused"
-    stack.sandbox.outage(12, kind=kind)  # 503 on every route, or the port refusing connections
+    stack.sandbox.outage(OUTAGE_S, kind=kind)  # 503 on every route, or the port refusing connections
     sent = send_at_once(stack, workflow, 10)
 
     for one in sent:
@@ -200,8 +206,10 @@ def test_ten_deliveries_during_an_outage_are_all_accepted_and_each_runs_once_whe
         assert event.attributes["job_id"] == event.data["job_id"]
 
 
-def test_thirty_deliveries_against_fifteen_creations_a_minute_all_accepted_one_job_each(stack, inbox):
-    stack.sandbox.conditions.rate_limit(15)
+def test_thirty_deliveries_against_fifteen_creations_per_window_all_accepted_one_job_each(stack, inbox):
+    """CARTO's 15 creations a minute, with the minute scaled down to RATE_WINDOW_S: the 15 beyond the limit
+    can only be created once the gateway waits out the Retry-After the 429s carry."""
+    stack.sandbox.conditions.rate_limit(15, window_s=RATE_WINDOW_S)
     sent = send_at_once(stack, "adm-rate", 30)
 
     assert [s.status for s in sent] == [202] * 30, [s.answer.text for s in sent if s.status != 202]

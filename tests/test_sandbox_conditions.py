@@ -145,6 +145,23 @@ def test_the_rate_limit_window_slides_the_oldest_creation_frees_a_place_after_60
     assert conditions.admit_creation() == 10
 
 
+def test_a_shorter_window_slides_the_same_way_and_its_retry_after_says_so():
+    clock = FakeMonotonic()
+    conditions = Conditions(clock=clock)
+    conditions.rate_limit(2, window_s=6)
+    assert conditions.admit_creation() is None
+    clock.now += 1
+    assert conditions.admit_creation() is None
+    clock.now += 1.5
+    assert conditions.admit_creation() == 4  # the first creation leaves the 6 s window 3.5 s from now: rounded up
+    clock.now += 3.5
+    assert conditions.admit_creation() is None
+    assert conditions.admit_creation() == 1
+    assert conditions.state()["submit_window_s"] == 6
+    conditions.clear()
+    assert conditions.state()["submit_window_s"] == 60  # a cleared limit forgets its window too
+
+
 def test_a_refused_creation_does_not_count_against_the_limit(sandbox):
     sandbox.conditions.rate_limit(1)
     assert create(sandbox).status_code == 200
@@ -189,20 +206,22 @@ def test_a_client_that_gives_up_on_a_slow_creation_leaves_one_job_behind(sandbox
 
 def test_conditions_are_set_read_and_cleared_over_http(sandbox):
     url = f"{sandbox.url}/_sandbox/conditions"
-    answer = requests.post(url, json={"submit_per_minute": 15, "submit_delay_s": 0.2, "outage_s": 30}, timeout=5)
+    answer = requests.post(url, json={"submit_per_minute": 15, "submit_window_s": 6, "submit_delay_s": 0.2,
+                                      "outage_s": 30}, timeout=5)
     assert answer.status_code == 200
     state = answer.json()["conditions"]
-    assert state["submit_per_minute"] == 15 and state["submit_delay_s"] == 0.2
+    assert state["submit_per_minute"] == 15 and state["submit_window_s"] == 6 and state["submit_delay_s"] == 0.2
     assert state["outage"]["kind"] == "error" and 29 < state["outage"]["seconds_left"] <= 30
     assert create(sandbox).status_code == 503
 
     assert requests.delete(url, timeout=5).json()["conditions"] == {
-        "outage": None, "submit_per_minute": None, "submit_delay_s": 0.0}
+        "outage": None, "submit_per_minute": None, "submit_window_s": 60, "submit_delay_s": 0.0}
     assert create(sandbox).status_code == 200
 
 
 @pytest.mark.parametrize("body", [{"outage_s": -1}, {"outage_s": 5, "outage": "melt"}, {"submit_per_minute": 0},
                                   {"submit_per_minute": 1.5}, {"submit_delay_s": "slow"}, {"explode": True},
+                                  {"submit_per_minute": 2, "submit_window_s": 0}, {"submit_window_s": 6},
                                   [1, 2], {"outage_s": 5, "status": 404}])
 def test_malformed_conditions_are_a_400_and_change_nothing(sandbox, body):
     answer = requests.post(f"{sandbox.url}/_sandbox/conditions", json=body, timeout=5)

@@ -66,7 +66,8 @@ Admin (never authenticated, never faulted): `POST /_sandbox/faults` (a fault obj
 `DELETE /_sandbox/faults`, `GET /_sandbox/stats` (jobs, requests, faults, conditions and `peak_running`:
 per procedure the most jobs running at once), `POST /_sandbox/reset`. Standing conditions:
 `POST /_sandbox/conditions` `{"outage_s": 30, "outage": "error|refuse", "status": 503,
-"submit_per_minute": 15, "submit_delay_s": 12}` (each optional), `DELETE /_sandbox/conditions`.
+"submit_per_minute": 15, "submit_window_s": 60, "submit_delay_s": 12}` (each optional), `DELETE
+/_sandbox/conditions`.
 See `faults.py`.
 """
 

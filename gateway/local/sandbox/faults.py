@@ -24,8 +24,8 @@ the way CARTO misbehaves in production:
 
     outage        for N seconds every CARTO route answers 503 (`error`), or the port refuses
                   connections (`refuse`: the listening socket is closed and open connections are cut)
-    rate limit    at most N job creations in any 60 s; beyond it 429 with `Retry-After` (the seconds
-                  until the oldest creation in the window leaves it)
+    rate limit    at most N job creations in any 60 s (CARTO's window; tests may shorten it); beyond it
+                  429 with `Retry-After` (the seconds until the oldest creation in the window leaves it)
     slow creation every job creation takes N s to answer; the job exists from the moment the request
                   arrived, so a client that gives up early finds it in the job list
 """
@@ -207,6 +207,7 @@ class Conditions:
         self._outage_kind = "error"
         self._outage_status = 503
         self._per_minute: int | None = None
+        self._window_s = RATE_WINDOW_S
         self._created: deque[float] = deque()
         self._submit_delay_s = 0.0
 
@@ -233,23 +234,26 @@ class Conditions:
                 return Fault("submit", "drop")
             return Fault("submit", "error", status=self._outage_status)
 
-    def rate_limit(self, per_minute: int | None) -> None:
-        """At most `per_minute` job creations in any 60 s (None: no limit)."""
+    def rate_limit(self, per_minute: int | None, window_s: float = RATE_WINDOW_S) -> None:
+        """At most `per_minute` job creations in any `window_s` seconds (None: no limit). The window is
+        CARTO's minute unless a test scales it down: the 429s then carry that window's Retry-After."""
         if per_minute is not None and (isinstance(per_minute, bool) or not isinstance(per_minute, int)
                                        or per_minute < 1):
             raise ValueError("per_minute must be a positive integer or null")
+        if isinstance(window_s, bool) or not 0 < window_s < math.inf:
+            raise ValueError("window_s must be a positive, finite number of seconds")
         with self._lock:
-            self._per_minute = per_minute
+            self._per_minute, self._window_s = per_minute, float(window_s)
             self._created.clear()
 
     def admit_creation(self) -> int | None:
         """Count one job creation; None when it is admitted, else the Retry-After (whole seconds) of its 429."""
         with self._lock:
             now = self._clock()
-            while self._created and self._created[0] <= now - RATE_WINDOW_S:
+            while self._created and self._created[0] <= now - self._window_s:
                 self._created.popleft()
             if self._per_minute is not None and len(self._created) >= self._per_minute:
-                return max(1, math.ceil(self._created[0] + RATE_WINDOW_S - now))
+                return max(1, math.ceil(self._created[0] + self._window_s - now))
             self._created.append(now)
             return None
 
@@ -269,6 +273,7 @@ class Conditions:
         """No outage, no limit, no slowness."""
         with self._lock:
             self._outage_until, self._per_minute, self._submit_delay_s = 0.0, None, 0.0
+            self._window_s = RATE_WINDOW_S
             self._created.clear()
 
     def state(self) -> dict[str, Any]:
@@ -276,24 +281,28 @@ class Conditions:
         with self._lock:
             left = max(0.0, self._outage_until - self._clock())
             return {"outage": {"kind": self._outage_kind, "seconds_left": round(left, 3)} if left else None,
-                    "submit_per_minute": self._per_minute, "submit_delay_s": self._submit_delay_s}
+                    "submit_per_minute": self._per_minute, "submit_window_s": self._window_s,
+                    "submit_delay_s": self._submit_delay_s}
 
 
 def apply_conditions(conditions: Conditions, raw: Any) -> float | None:
     """Apply the admin endpoint's JSON body: `{"outage_s", "outage": "error|refuse", "status",
-    "submit_per_minute", "submit_delay_s"}` (each optional). Returns the seconds of a `refuse` outage to
-    start (the server closes its port), else None; ValueError when malformed."""
+    "submit_per_minute", "submit_window_s", "submit_delay_s"}` (each optional; the window, 60 s unless given,
+    goes with a limit). Returns the seconds of a `refuse` outage to start (the server closes its port), else
+    None; ValueError when malformed."""
     if not isinstance(raw, Mapping):
         raise ValueError("expected a JSON object")
-    allowed = {"outage_s", "outage", "status", "submit_per_minute", "submit_delay_s"}
+    allowed = {"outage_s", "outage", "status", "submit_per_minute", "submit_window_s", "submit_delay_s"}
     if set(raw) - allowed:
         raise ValueError(f"fields: {sorted(allowed)}")
-    numbers = {name: raw[name] for name in ("outage_s", "submit_delay_s", "status") if name in raw}
+    numbers = {name: raw[name] for name in ("outage_s", "submit_delay_s", "submit_window_s", "status") if name in raw}
     for name, value in numbers.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{name} must be a number")
+    if "submit_window_s" in raw and "submit_per_minute" not in raw:
+        raise ValueError("submit_window_s goes with submit_per_minute")
     if "submit_per_minute" in raw:
-        conditions.rate_limit(raw["submit_per_minute"])
+        conditions.rate_limit(raw["submit_per_minute"], float(raw.get("submit_window_s", RATE_WINDOW_S)))
     if "submit_delay_s" in raw:
         conditions.slow_creation(float(raw["submit_delay_s"]))
     if "outage_s" in raw:
