@@ -145,16 +145,15 @@ def test_the_rate_limit_window_slides_the_oldest_creation_frees_a_place_after_60
     assert conditions.admit_creation() == 10
 
 
-def test_a_shorter_window_slides_the_same_way_and_its_retry_after_says_so():
-    clock = FakeMonotonic()
-    conditions = Conditions(clock=clock)
+def test_a_shorter_window_slides_the_same_way_and_its_retry_after_says_so(clock):
+    conditions = Conditions(clock=clock.now)
     conditions.rate_limit(2, window_s=6)
     assert conditions.admit_creation() is None
-    clock.now += 1
+    clock.advance(1)
     assert conditions.admit_creation() is None
-    clock.now += 1.5
+    clock.advance(1.5)
     assert conditions.admit_creation() == 4  # the first creation leaves the 6 s window 3.5 s from now: rounded up
-    clock.now += 3.5
+    clock.advance(3.5)
     assert conditions.admit_creation() is None
     assert conditions.admit_creation() == 1
     assert conditions.state()["submit_window_s"] == 6
