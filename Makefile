@@ -18,12 +18,15 @@ venv: $(STAMP)
 dev: $(STAMP)
 	$(PY) -m gateway dev
 
+# On several workers (pytest-xdist), a test file to a worker: its module-scoped stack starts once, and each
+# worker starts the emulators it needs on free ports. Most stack tests wait on the clock, not the CPU.
+WORKERS ?= 4
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(WORKERS) --dist loadfile
 
 # Everything but the tests marked `stack` (emulators, the local stack, other processes): well under a minute.
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not stack"
+	$(PY) -m pytest -m "not stack" -n $(WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(PY) -m ruff check gateway tests main.py bench soak deploy client examples
