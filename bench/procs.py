@@ -33,7 +33,7 @@ class Usage:
 def compile_bytecode(*sources: Path) -> None:
     """Compile `sources` as deploy/deploy.sh ships the gateway (checked-hash .pyc files beside them), so the
     cold starts read bytecode as a deployed instance does, the bare function's and the gateway's alike."""
-    subprocess.run([sys.executable, "-m", "compileall", "-q", "--invalidation-mode", "checked-hash",
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "-f", "--invalidation-mode", "checked-hash",
                     "-x", "/gateway/(local|cli)/", *map(str, sources)], check=True, stdout=subprocess.DEVNULL)
 
 

@@ -274,7 +274,7 @@ ship_bytecode() {
   fi
   [[ -d $SOURCE_DIR/gateway ]] || return 0
   say "bytecode of gateway/ for $RUNTIME (checked against the sources' hashes)"
-  ((DRY_RUN)) || python3 -m compileall -q --invalidation-mode checked-hash -x '/gateway/(local|cli)/' \
+  ((DRY_RUN)) || python3 -m compileall -q -f --invalidation-mode checked-hash -x '/gateway/(local|cli)/' \
     "$SOURCE_DIR/gateway" >/dev/null
 }
 

@@ -61,6 +61,8 @@ def start(target: str, build: Callable[..., App]) -> None:
     previous revision serving). Another target (a test importing main.py) builds on first use."""
     if target not in VERIFY_SENDERS:
         return
+    if target == "console":  # loaded at start like the rest: a broken console stops its worker, not a request
+        from gateway.console import app  # noqa: F401
     try:
         build(verify_senders=VERIFY_SENDERS[target])
     except ConfigError as exc:

@@ -207,3 +207,18 @@ def test_a_dependency_busy_at_start_builds_on_first_use_but_a_bad_configuration_
     with pytest.raises(SystemExit) as stopped:
         entrypoints.start("webhook", bad)
     assert stopped.value.code == 1 and "MY_STORES_SECRET" in capsys.readouterr().err
+
+
+def test_the_console_function_loads_its_pages_at_start_and_the_webhook_does_not(deployed_env):
+    """The console's modules are imported when the console's process starts (a broken one stops that worker
+    like a bad configuration), and never by the other functions (they add nothing to their cold start)."""
+    script = ("import json, os, sys, functions_framework\n"
+              "functions_framework.create_app(target=os.environ['FUNCTION_TARGET'], source=sys.argv[1])\n"
+              "print(json.dumps(sorted(m for m in sys.modules if m.startswith('gateway.console'))))\n")
+    loaded = {}
+    for target in ("console", "webhook"):
+        done = subprocess.run([sys.executable, "-c", script, str(ROOT / "main.py")], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120, check=False, env={**deployed_env, "FUNCTION_TARGET": target})
+        assert done.returncode == 0, done.stderr[-2000:]
+        loaded[target] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "gateway.console.app" in loaded["console"] and loaded["webhook"] == []
