@@ -11,6 +11,7 @@ sweeper can finish. A capped or paused workflow's deliveries claim through its a
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import secrets
 from collections.abc import Mapping
@@ -38,7 +39,9 @@ from gateway.errors import (
 )
 from gateway.events import Handoff, Publisher, queued_s, tracking_message
 from gateway.ledger import BUSY, CLAIMED, QUEUED, SUBMITTED, WAIT, Admitted, Delivery, Ledger, Rule
+from gateway.params import MISSING, ParamSpec
 from gateway.poller import Poller
+from gateway.sqltypes import BindError, bind
 from gateway.validation import Rendered, render
 from gateway.workflows import Workflow
 
@@ -111,15 +114,25 @@ class Intake:
         rendered = render(inbound.workflow, inbound.payload, inbound.headers)
         return self._claim(self._new_delivery(inbound, rendered), inbound.workflow)
 
-    def rerun(self, original: Delivery, workflow: Workflow, attempt: int, *, trace: str | None = None) -> Accepted:
+    def rerun_plan(self, original: Delivery, workflow: Workflow) -> RerunPlan:
+        """What a re-run of `original` sends with `workflow` as loaded now (ActionRefused: it cannot, see
+        `rerun_call`)."""
+        return RerunPlan(rerun_call(original, workflow), workflow.connection, self.base_url(workflow))
+
+    def rerun(self, original: Delivery, workflow: Workflow, attempt: int, *, trace: str | None = None,
+              confirmed: str | None = None) -> Accepted:
         """Run a delivery again as a new one, `{key}:rerun-{attempt}`: the parameters that went to CARTO the
-        first time, in the CALL (and to the connection) of the workflow file as loaded now, which names
-        another procedure once the workflow was updated in CARTO (`rerun_call`). It takes the path of any
-        delivery (claim, submit, track), so the same attempt asked twice is one job: the second answers
-        the first's, `duplicate`."""
+        first time, in the CALL, to the connection and at the CARTO base URL of the workflow file as loaded
+        now (`rerun_plan`), which names another procedure once the workflow was updated in CARTO. With
+        `confirmed` (a plan's digest), ActionRefused unless that is still what the re-run sends. It takes the
+        path of any delivery (claim, submit, track), so the same attempt asked twice is one job: the second
+        answers the first's, `duplicate`."""
         if workflow.paused:
             raise Unavailable(f"workflow {workflow.name} is paused", retry_after=300)
-        query = rerun_call(original, workflow)
+        plan = self.rerun_plan(original, workflow)
+        if confirmed is not None and plan.digest != confirmed:
+            raise ActionRefused("the workflow file changed since this re-run was confirmed (its CALL, connection "
+                                "or CARTO base URL): nothing was sent; open the confirmation page again")
         now = self.clock.now()
         key_part = idempotency.rerun_key(original.idempotency_key, attempt)
         delivery_id = idempotency.rerun_key(original.delivery_id or original.idempotency_key, attempt)
@@ -127,7 +140,7 @@ class Intake:
             key=idempotency.ledger_key(original.workflow, key_part), workflow=original.workflow, idempotency_key=key_part,
             fingerprint=original.fingerprint, claim_token=secrets.token_hex(16), created_at=now, updated_at=now,
             expires_at=now + self.retention_s, delivery_id=delivery_id,
-            trace=trace, connection=workflow.connection, api_base_url=self.base_url(workflow), query=query,
+            trace=trace, connection=plan.connection, api_base_url=plan.api_base_url, query=plan.query,
             parameters=original.parameters, deadline_at=now + workflow.deadline_s, rerun_of=original.key))
 
     def _claim(self, delivery: Delivery, workflow: Workflow) -> Accepted:
@@ -354,14 +367,58 @@ class Intake:
         return None
 
 
+@dataclass(frozen=True)
+class RerunPlan:
+    """What a re-run of a delivery sends, from its workflow file as loaded now: the CALL, the connection and
+    the CARTO base URL. `digest` names the three, so a confirmation can be held to what it showed."""
+
+    query: str
+    connection: str
+    api_base_url: str
+
+    @property
+    def digest(self) -> str:
+        text = json.dumps([self.query, self.connection, self.api_base_url], ensure_ascii=False)
+        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+    def changes(self, original: Delivery) -> dict[str, tuple[str, str]]:
+        """Each part that differs from what `original` sent: {"query"|"connection"|"api_base_url": (was, now)}."""
+        parts = {"query": (original.query, self.query), "connection": (original.connection, self.connection),
+                 "api_base_url": (original.api_base_url, self.api_base_url)}
+        return {part: pair for part, pair in parts.items() if pair[0] != pair[1]}
+
+
 def rerun_call(original: Delivery, workflow: Workflow) -> str:
     """The CALL a re-run of `original` sends: the workflow file's as loaded now. ActionRefused when the file's
-    parameters are no longer the ones the delivery was mapped to (its body is not kept to map again)."""
+    parameters no longer take the values the delivery was mapped to (its body is not kept to map again): other
+    names, a constant that changed, or a type the recorded value does not bind to as it was sent."""
     if set(workflow.parameters) != set(original.parameters):
         raise ActionRefused(f"the workflow file's parameters ({', '.join(sorted(workflow.parameters))}) are no "
                             f"longer this delivery's ({', '.join(sorted(original.parameters))}): it cannot be "
                             "re-run with the current file; send its body again instead")
+    for name, spec in workflow.parameters.items():
+        problem = _parameter_change(spec, original.parameters[name])
+        if problem:
+            raise ActionRefused(f"the workflow file's parameter {name} {problem}: this delivery cannot be re-run "
+                                "with the current file; send its body again instead")
     return workflow.query
+
+
+def _parameter_change(spec: ParamSpec, sent: Any) -> str | None:
+    """Why the value `sent` the first time does not fit `spec` as the file states it now (None: it does)."""
+    if spec.value is not MISSING:
+        try:
+            constant = bind(spec.type, spec.value, coerce=spec.coerce)
+        except BindError:
+            constant = MISSING
+        if constant != sent:
+            return f"is now the constant {json.dumps(spec.value)}; the delivery sent {json.dumps(sent)}"
+        return None
+    try:
+        same = bind(spec.type, sent, coerce=False) == sent
+    except BindError:
+        same = False
+    return None if same else f"is now {spec.type}; the delivery sent {json.dumps(sent)}, bound to another type"
 
 
 def _status_in(detail: str) -> int | None:

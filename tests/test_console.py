@@ -399,7 +399,7 @@ def test_rerun_after_the_procedure_was_renamed_sends_the_files_current_call_and_
     text = page(console, f"/actions/rerun?key={quote(original.key, safe='')}")
     answer = console.post("/actions/rerun", data=form(text))
 
-    assert "The workflow file's CALL has changed since this delivery ran" in text
+    assert "The workflow file has changed since this delivery ran" in text and "file's CALL as it is now" in text
     assert f"<pre>{html.escape(original.query)}</pre>" in text and f"<pre>{html.escape(renamed)}</pre>" in text
     assert answer.status_code == 303
     rerun = rig.app.ledger.get(f"{original.key}:rerun-1")
@@ -413,7 +413,22 @@ def test_rerun_after_the_procedure_was_renamed_sends_the_files_current_call_and_
 def test_the_rerun_page_of_an_unchanged_workflow_shows_one_call(rig, console):
     original = rig.app.ledger.find_job(deliver(rig, "msg_same"))
     text = page(console, f"/actions/rerun?key={quote(original.key, safe='')}")
-    assert "has changed" not in text and text.count("<pre>") == 1 and "with the same CALL and parameters" in text
+    assert "has changed" not in text and text.count("<pre>") == 1
+    assert "with the same CALL, parameters, connection and CARTO base URL" in text
+
+
+def refused_rerun(rig, console, key: str) -> str:
+    """The confirmation page of a re-run that is not allowed (no form to post), and the answer to a POST made
+    all the same with a valid token: 409, nothing sent to CARTO."""
+    text = page(console, f"/actions/rerun?key={quote(key, safe='')}")
+    assert "This delivery cannot be re-run" in text and "Yes, re-run it" not in text and "<form" not in text
+    fields = {"key": key, "attempt": "1", "plan": "",
+              "csrf": csrf.issue("local operator (127.0.0.1)", f"rerun\n{key}\n1\n", rig.clock.now())}
+    before = len(rig.sandbox.jobs())
+    answer = console.post("/actions/rerun", data=fields)
+    assert answer.status_code == 409 and len(rig.sandbox.jobs()) == before
+    assert rig.app.ledger.get(f"{key}:rerun-1") is None
+    return text
 
 
 def test_rerun_is_refused_when_the_workflow_file_now_takes_other_parameters(rig, console, tmp_path):
@@ -425,10 +440,56 @@ def test_rerun_is_refused_when_the_workflow_file_now_takes_other_parameters(rig,
         return definition
     rig.app.registry = rewritten_registry(rig, tmp_path, dropped)
 
-    answer = console.post("/actions/rerun", data=confirm(console, "rerun", original.key))
+    assert "send its body again" in refused_rerun(rig, console, original.key)
 
-    assert answer.status_code == 409 and "send its body again" in answer.get_data(as_text=True)
+
+@pytest.mark.parametrize(("change", "said"), [
+    ({"type": "INT64", "from": "/store/type"}, "is now INT64"),
+    ({"type": "STRING", "value": "Pharmacy"}, "is now the constant &#34;Pharmacy&#34;"),
+])
+def test_rerun_is_refused_when_a_parameters_type_or_constant_changed(rig, console, tmp_path, change, said):
+    original = rig.app.ledger.find_job(deliver(rig, "msg_retyped"))
+
+    def retyped(definition):
+        definition["parameters"]["store_type"] = change
+        return definition
+    rig.app.registry = rewritten_registry(rig, tmp_path, retyped)
+
+    text = refused_rerun(rig, console, original.key)
+    assert "parameter store_type " + said in text and "send its body again" in text
+
+
+def test_rerun_is_refused_when_the_file_changed_between_the_confirmation_and_the_post(rig, console, tmp_path):
+    original = rig.app.ledger.find_job(deliver(rig, "msg_swapped"))
+    fields = confirm(console, "rerun", original.key)  # the page said: the same CALL, connection and base URL
+    evil = original.query.replace("workflow_procedure_09cc2e19ad5bbc6f", "evil_proc")
+    rig.app.registry = rewritten_registry(rig, tmp_path, lambda d: {**d, "query": evil, "connection": "other_conn"})
+
+    answer = console.post("/actions/rerun", data=fields)
+
+    assert answer.status_code == 409 and "open the confirmation page again" in answer.get_data(as_text=True)
     assert len(rig.sandbox.jobs()) == 1 and rig.app.ledger.get(f"{original.key}:rerun-1") is None
+    assert rig.app.ledger.get(original.key).actions == []
+    tampered = {**fields, "plan": console_app.actions.rerun_plan(rig.app, original).digest}
+    assert console.post("/actions/rerun", data=tampered).status_code == 403  # the token names what was shown
+
+
+def test_a_connection_only_change_is_shown_on_the_confirmation_and_recorded_on_the_rerun(rig, console, tmp_path):
+    original = rig.app.ledger.find_job(deliver(rig, "msg_moved"))
+    rig.app.registry = rewritten_registry(rig, tmp_path, lambda d: {**d, "connection": "other_conn"})
+
+    text = page(console, f"/actions/rerun?key={quote(original.key, safe='')}")
+    answer = console.post("/actions/rerun", data=form(text))
+
+    assert "The workflow file has changed since this delivery ran" in text and "file's connection as it is now" in text
+    assert "<pre>carto_dw</pre>" in text and "<pre>other_conn</pre>" in text and "with the same CALL" not in text
+    assert answer.status_code == 303
+    rerun = rig.app.ledger.get(f"{original.key}:rerun-1")
+    assert (rerun.connection, rerun.query) == ("other_conn", original.query)
+    assert rig.sandbox.jobs()[-1].external_id == rerun.job_id
+    noted = rerun.actions[0]
+    assert noted["connection_changed"] is True and noted["original_connection"] == "carto_dw"
+    assert "call_changed" not in noted and "base_url_changed" not in noted
 
 
 def test_posting_the_same_rerun_form_twice_makes_one_job(rig, console):
@@ -453,11 +514,7 @@ def test_rerun_without_its_csrf_token_is_refused_and_runs_nothing(rig, console):
 
 def test_a_running_delivery_cannot_be_rerun(rig, console):
     record = rig.app.ledger.find_job(deliver(rig, "msg_busy", finish=False))
-    assert "Only a finished delivery can be re-run" in page(console, f"/actions/rerun?key={quote(record.key)}")
-    fields = {"key": record.key, "attempt": "1",
-              "csrf": csrf.issue("local operator (127.0.0.1)", f"rerun\n{record.key}\n1", rig.clock.now())}
-    assert console.post("/actions/rerun", data=fields).status_code == 409
-    assert len(rig.sandbox.jobs()) == 1
+    assert "only a finished delivery can be re-run" in refused_rerun(rig, console, record.key)
 
 
 # --- who may look ----------------------------------------------------------------------------------

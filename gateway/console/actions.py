@@ -16,6 +16,7 @@ from typing import Any
 from gateway import logs
 from gateway.app import App
 from gateway.errors import ActionRefused, NotFound
+from gateway.intake import RerunPlan
 from gateway.ledger import FINISHED, QUEUED, Delivery
 
 log = logging.getLogger("gateway.console")
@@ -68,35 +69,49 @@ def cancel(app: App, key: str, operator: str) -> Done:
     return Done(key, "cancelled")
 
 
-def rerun_call(app: App, record: Delivery) -> str | None:
-    """The CALL a re-run of `record` would send: its workflow file's as loaded now (None: no such workflow)."""
+def rerun_plan(app: App, record: Delivery) -> RerunPlan:
+    """What a re-run of `record` would send (the intake's `rerun_plan`); ActionRefused when it cannot be re-run
+    (not finished, its workflow gone, or the file's parameters no longer take its values)."""
+    if not can_rerun(record):
+        raise ActionRefused(f"only a finished delivery can be re-run; this one is {record.state}")
     workflow = app.registry.get(record.workflow)
-    return None if workflow is None else workflow.query
-
-
-def rerun(app: App, key: str, attempt: int, operator: str) -> Done:
-    """Run the delivery again as a new delivery linked to it (its parameters in the workflow file's CALL as it
-    is now, its own job and event); the new record notes when that CALL is not the one the original sent."""
-    original = delivery(app, key)
-    if not can_rerun(original):
-        raise ActionRefused(f"only a finished delivery can be re-run; this one is {original.state}")
-    workflow = app.registry.get(original.workflow)
     if workflow is None:
-        raise ActionRefused(f"the workflow {original.workflow} is no longer defined")
-    changed = workflow.query != original.query
+        raise ActionRefused(f"the workflow {record.workflow} is no longer defined")
+    return app.intake.rerun_plan(record, workflow)
+
+
+# What the re-run's record notes for each part of the plan that is not what the original sent.
+_CHANGED = {"query": ("call_changed", "original_query"), "connection": ("connection_changed", "original_connection"),
+            "api_base_url": ("base_url_changed", "original_api_base_url")}
+
+
+def rerun(app: App, key: str, attempt: int, operator: str, confirmed: str) -> Done:
+    """Run the delivery again as a new delivery linked to it (its parameters in the workflow file's CALL, on its
+    connection and at its CARTO base URL, as the file is now; its own job and event), only if that is still
+    what the operator confirmed (`confirmed`: the plan's digest on the confirmation page), else ActionRefused
+    with nothing sent. The new record notes each part that is not what the original sent."""
+    original = delivery(app, key)
+    plan = rerun_plan(app, original)
+    workflow = app.registry.get(original.workflow)
+    assert workflow is not None
+    changes = plan.changes(original)
     with logs.bound(workflow=original.workflow, delivery_id=original.delivery_id, key=original.key,
                     operator=operator, action=RERUN):
-        accepted = app.intake.rerun(original, workflow, attempt)
+        accepted = app.intake.rerun(original, workflow, attempt, confirmed=confirmed)
         if not accepted.duplicate:
+            noted: dict[str, Any] = {}
+            for part, (was, _) in changes.items():
+                flag, field = _CHANGED[part]
+                noted.update({flag: True, field: was})
             _note(app, original.key, RERUN, operator, new_key=accepted.key, job_id=accepted.job_id)
-            _note(app, accepted.key, "created as a re-run", operator, rerun_of=original.key,
-                  **({"call_changed": True, "original_query": original.query} if changed else {}))
+            _note(app, accepted.key, "created as a re-run", operator, rerun_of=original.key, **noted)
         said = logs.event("console.rerun", job_id=accepted.job_id)
-        if changed:
-            log.info("delivery re-run from the console with the workflow file's CALL, not the original's: %s "
-                     "(was: %s)", workflow.query, original.query, extra=said)
+        if changes:
+            log.info("delivery re-run from the console with the workflow file's %s, not the original's: %s",
+                     ", ".join(changes), "; ".join(f"{part} {now} (was: {was})" for part, (was, now) in changes.items()),
+                     extra=said)
         else:
-            log.info("delivery re-run from the console with the original's CALL", extra=said)
+            log.info("delivery re-run from the console with the original's CALL, connection and base URL", extra=said)
     return Done(accepted.key, "rerun-again" if accepted.duplicate else "rerun")
 
 

@@ -32,7 +32,7 @@ import jinja2
 from gateway import logs
 from gateway.app import App
 from gateway.console import actions, charts, csrf, queries
-from gateway.errors import Forbidden, GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
+from gateway.errors import ActionRefused, Forbidden, GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
 from gateway.events import completion_event, event_source, isoformat
 from gateway.serving import Response, serve
 
@@ -46,6 +46,8 @@ REFRESH_S, LIST_REFRESH_S = 5, 10
 NOTICES = {"cancelled": "The job was cancelled; its completion event is below.",
            "rerun": "This is the re-run you asked for: a new delivery with its own job and event.",
            "rerun-again": "This re-run had already been made: here it is (no second job)."}
+# The parts of what a re-run sends, as its confirmation page names them.
+PLAN_PARTS = {"query": "CALL", "connection": "connection", "api_base_url": "CARTO base URL"}
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 _LOOPBACK_NAMES = {"127.0.0.1", "[::1]", "localhost"}  # as a Host header names them
 # Nothing but this origin's stylesheet; no script at all; forms post only back here.
@@ -255,31 +257,43 @@ def _workflows(app: App, operator: str) -> Response:
                  refresh=LIST_REFRESH_S if busy else None)
 
 
-def _purpose(action: str, key: str, attempt: int) -> str:
-    return "\n".join((action, key, str(attempt)))
+def _purpose(action: str, key: str, attempt: int, plan: str) -> str:
+    """What a form's CSRF token is for: the action on the delivery, its attempt, and (a re-run) the digest of
+    what the confirmation page said it sends."""
+    return "\n".join((action, key, str(attempt), plan))
 
 
 def _confirm(app: App, action: str, key: str, operator: str) -> Response:
     record = actions.delivery(app, key)
-    allowed = actions.can_cancel(record) if action == actions.CANCEL else actions.can_rerun(record)
+    plan, refused = None, None
+    if action == actions.CANCEL:
+        allowed = actions.can_cancel(record)
+    else:
+        try:
+            plan = actions.rerun_plan(app, record)
+        except ActionRefused as exc:
+            refused = exc.detail
+        allowed = plan is not None
     attempt = actions.next_attempt(record) if action == actions.RERUN else 0
-    token = csrf.issue(operator, _purpose(action, key, attempt), app.clock.now())
-    call = actions.rerun_call(app, record) if action == actions.RERUN else None
+    digest = plan.digest if plan is not None else ""
+    token = csrf.issue(operator, _purpose(action, key, attempt, digest), app.clock.now())
     return _page("confirm.html", action=action, record=record, allowed=allowed, attempt=attempt, token=token,
-                 operator=operator, call=call)
+                 operator=operator, plan=plan, digest=digest, refused=refused,
+                 changes=plan.changes(record) if plan is not None else {}, parts=PLAN_PARTS)
 
 
 def _act(app: App, action: str, request: flask.Request, operator: str) -> Response:
     if (request.content_length or 0) > MAX_FORM_BYTES:
         raise PayloadTooLarge(f"a console form is at most {MAX_FORM_BYTES} bytes")
     form = request.form
-    key, attempt_text = form.get("key", ""), form.get("attempt", "0")
+    key, attempt_text, plan = form.get("key", ""), form.get("attempt", "0"), form.get("plan", "")
     attempt = int(attempt_text) if attempt_text.isdigit() and len(attempt_text) < 6 else -1
-    if not csrf.valid(form.get("csrf"), operator, _purpose(action, key, attempt), app.clock.now()):
+    if not csrf.valid(form.get("csrf"), operator, _purpose(action, key, attempt, plan), app.clock.now()):
         log.warning("console action refused: no valid CSRF token",
                     extra=logs.event("console.refused", action=action, operator=operator))
         raise Forbidden("this form has expired or did not come from this console: open the confirmation page again")
-    done = actions.cancel(app, key, operator) if action == actions.CANCEL else actions.rerun(app, key, attempt, operator)
+    done = actions.cancel(app, key, operator) if action == actions.CANCEL else actions.rerun(
+        app, key, attempt, operator, plan)
     # Post/redirect/get: reloading the page that follows does not post the form again.
     location = "/deliveries/" + quote(done.key, safe="") + "?" + urlencode({"done": done.notice})
     return "", 303, {"Location": location, "Cache-Control": "no-store"}
