@@ -313,27 +313,61 @@ def test_live_for_a_procedure_that_does_not_exist_says_why_and_writes_nothing(ca
     assert not (dirs[0] / "workflows" / "gone.json").exists() and not dirs[1].exists()
 
 
-def test_live_reads_the_signature_from_carto_api_base_url_when_the_paste_names_another_host(capsys, dirs, carto):
-    # CARTO_API_BASE_URL is the local CARTO; the paste's URL and token are the real account's.
-    status, out, err = new(capsys, dirs, "seed-clusters", "seed-post.txt", "--live")
+def paste_at(tmp_path, url: str, *, token: bool = True) -> str:
+    """seed-post.txt naming the CARTO at `url` (with its token, or without its Authorization line): its path."""
+    text = (PASTES / "seed-post.txt").read_text().replace("https://gcp-us-east1.api.carto.com", url)
+    if not token:
+        text = "\n".join(line for line in text.splitlines() if "Authorization" not in line) + "\n"
+    path = tmp_path / f"paste-{'token' if token else 'bare'}.txt"
+    path.write_text(text)
+    return str(path)
+
+
+def new_from(capsys, dirs, name, paste_path, *extra) -> tuple[int, str, str]:
+    return gateway(capsys, dirs, "new", name, "--from", paste_path, "--examples", str(dirs[1]), *extra)
+
+
+def test_live_reads_the_signature_from_the_carto_the_written_file_calls_with_the_pastes_token(
+        capsys, dirs, carto, make_sandbox, tmp_path, monkeypatch):
+    # CARTO_API_BASE_URL is one local CARTO (with the deployment's token); the paste names another, with its own.
+    monkeypatch.setenv("CARTO_API_TOKEN", "deployment-token")
+    configured = make_sandbox(token="deployment-token", procedures=load_procedures(ROOT / "examples"))
+    monkeypatch.setenv("CARTO_API_BASE_URL", configured.url)
+
+    status, out, err = new_from(capsys, dirs, "seed-clusters", paste_at(tmp_path, carto.url), "--live")
 
     assert status == 0, err
-    written = json.loads((dirs[0] / "workflows" / "seed-clusters.json").read_text())["parameters"]
-    assert written["buffer_radius"]["type"] == "FLOAT64"  # the procedure's, where a guess from 500 says INT64
+    written = json.loads((dirs[0] / "workflows" / "seed-clusters.json").read_text())
+    assert written["carto"]["api_base_url"] == carto.url  # the host the gateway will call for this workflow
+    assert written["parameters"]["buffer_radius"]["type"] == "FLOAT64"  # the procedure's; a guess from 500: INT64
     assert any("INFORMATION_SCHEMA" in str(query) for query in carto.stats()["queries"])
+    assert configured.stats()["queries"] == [] and configured.stats()["requests"] == {}
 
 
-def test_live_that_cannot_reach_carto_names_the_url_it_tried_and_the_pastes(capsys, dirs, monkeypatch):
+def test_live_does_not_send_the_deployments_token_to_a_pastes_other_host(
+        capsys, dirs, carto, make_sandbox, tmp_path):
+    elsewhere = make_sandbox(procedures=load_procedures(ROOT / "examples"))
+
+    status, _, err = new_from(capsys, dirs, "seed-clusters", paste_at(tmp_path, elsewhere.url, token=False), "--live")
+
+    assert status == 1 and "the deployment's token is not sent to another host" in err
+    assert "Paste the curl with its token, or set CARTO_API_BASE_URL to that host" in err
+    assert elsewhere.stats()["requests"] == {} and carto.stats()["queries"] == []
+    assert CARTO_TOKEN not in err and not (dirs[0] / "workflows" / "seed-clusters.json").exists()
+
+
+def test_live_that_cannot_reach_carto_names_the_url_it_tried(capsys, dirs, monkeypatch, tmp_path):
     with socket.socket() as probe:  # a loopback port nothing listens on
         probe.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
-    monkeypatch.setenv("CARTO_API_BASE_URL", closed)
-    monkeypatch.setenv("CARTO_API_TOKEN", CARTO_TOKEN)
+    monkeypatch.setenv("CARTO_API_BASE_URL", "https://gcp-us-east1.api.carto.com")
+    monkeypatch.setenv("CARTO_API_TOKEN", "deployment-token")
 
-    status, _, err = new(capsys, dirs, "seed-clusters", "seed-post.txt", "--live")
+    status, _, err = new_from(capsys, dirs, "seed-clusters", paste_at(tmp_path, closed), "--live")
 
     assert status == 1
-    assert f"at {closed} (CARTO_API_BASE_URL; the paste names https://gcp-us-east1.api.carto.com)" in err
+    assert (f"at {closed} (the paste's URL, which the workflow file names (CARTO_API_BASE_URL is "
+            "https://gcp-us-east1.api.carto.com))") in err
     assert "SENTINEL" not in err and not (dirs[0] / "workflows" / "seed-clusters.json").exists()
 
 

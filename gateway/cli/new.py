@@ -353,19 +353,27 @@ def _refs(value: Any) -> list[str]:
 def live_source(paste: Paste, env: Mapping[str, str]) -> tuple[str, str, Mapping[str, str]]:
     """Where `new --live` reads the signature: (base URL, where that URL came from, the settings for the client).
 
-    CARTO_API_BASE_URL when it is set (the CARTO the gateway is configured for, the local one included), else
-    the paste's URL. The token is the paste's own when the URL is the paste's and the paste carried one (held
-    in memory for this one query, never written), else the deployment's (CARTO_API_TOKEN, or CARTO_CLIENT_ID
-    and CARTO_CLIENT_SECRET): a token goes only to the host it was pasted for."""
+    The CARTO the written file will call, as `check --live` reads it: the paste's URL when the file names it
+    (`base_url_override`: it is not CARTO_API_BASE_URL), else CARTO_API_BASE_URL, else the paste's URL. The
+    token is the paste's own for the paste's host (held in memory for this one query, never written), else the
+    deployment's (CARTO_API_TOKEN, or CARTO_CLIENT_ID and CARTO_CLIENT_SECRET) for the CARTO it is configured
+    for: a token goes only to the host it was pasted or configured for, so a paste naming another host without
+    a token is refused."""
     configured = (env.get("CARTO_API_BASE_URL") or "").rstrip("/")
     pasted = (paste.base_url or "").rstrip("/")
-    base_url = configured or pasted
+    override = base_url_override(paste, env)
+    base_url = override or configured or pasted
     if not base_url:
         raise ConfigError("new --live needs CARTO's base URL: paste the dialog's curl (its URL has it) "
                           "or set CARTO_API_BASE_URL")
-    source = "CARTO_API_BASE_URL" if configured else "the paste's URL"
-    if pasted and configured and pasted != configured:
-        source += f"; the paste names {pasted}"
+    if override and not paste.token:
+        raise ConfigError(f"new --live reads the signature from {override}, the paste's CARTO (the workflow file "
+                          f"will call it), but the paste has no token and CARTO_API_BASE_URL is {configured}: the "
+                          "deployment's token is not sent to another host. Paste the curl with its token, or set "
+                          "CARTO_API_BASE_URL to that host")
+    source = "the paste's URL" if base_url == pasted and (override or not configured) else "CARTO_API_BASE_URL"
+    if override:
+        source += f", which the workflow file names (CARTO_API_BASE_URL is {configured})"
     settings = {**env, "CARTO_API_TOKEN": paste.token} if paste.token and base_url == pasted else env
     return base_url, source, settings
 
