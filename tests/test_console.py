@@ -244,13 +244,19 @@ def test_the_list_refreshes_while_a_listed_delivery_runs_and_shows_its_elapsed_t
     rig.clock.advance(3)
     text = page(console, "/")
     assert f'{REFRESH} content="{console_app.LIST_REFRESH_S}">' in text and '<span class="running">3.0 s so far</span>' in text
-    assert REFRESH in page(console, "/workflows")
     assert REFRESH not in page(console, "/?outcome=SUCCEEDED")  # only what the page shows counts
 
 
-def test_a_refreshing_page_keeps_the_policy_that_forbids_scripts(rig, console):
+def test_the_workflows_page_never_refreshes_even_while_deliveries_run_or_wait(rig, console):
+    # Each render reads up to SUMMARY_LIMIT records twice per workflow: an open tab must not repeat that.
     deliver(rig, "msg_going", finish=False)
-    for url in ("/", "/workflows"):
+    text = page(console, "/workflows")
+    assert "running" in text.lower() and REFRESH not in text
+
+
+def test_a_refreshing_page_keeps_the_policy_that_forbids_scripts(rig, console):
+    record = rig.app.ledger.find_job(deliver(rig, "msg_going", finish=False))
+    for url in ("/", key_url(record.key)):
         answer = console.get(url)
         assert REFRESH in answer.get_data(as_text=True)
         assert answer.headers["Content-Security-Policy"] == POLICY, url

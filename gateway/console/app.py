@@ -39,8 +39,8 @@ from gateway.serving import Response, serve
 log = logging.getLogger("gateway.console")
 HERE = Path(__file__).resolve().parent
 MAX_FORM_BYTES = 16 * 1024
-# A page with something still running reloads itself after this many seconds (a meta refresh: no script).
-# The list's is longer, to leave time to change its filters.
+# A delivery's page or the list, with something still running, reloads itself after this many seconds (a meta
+# refresh: no script); the list's is longer, to leave time to change its filters. /workflows never reloads.
 REFRESH_S, LIST_REFRESH_S = 5, 10
 # What the page after an action says (fixed texts: a link cannot make the console say anything else).
 NOTICES = {"cancelled": "The job was cancelled; its completion event is below.",
@@ -252,9 +252,9 @@ def _workflows(app: App, operator: str) -> Response:
         cards.append({"summary": summary, "waiting": queries.waiting(app.ledger, name, now),
                       "outcomes": charts.outcome_bars(summary.by_outcome),
                       "durations": charts.duration_histogram(summary.durations, summary.p50, summary.p95)})
-    busy = any(card["waiting"].count or queries.RUNNING in card["summary"].by_outcome for card in cards)
-    return _page("workflows.html", cards=cards, operator=operator, since=now - queries.DAY_S,
-                 refresh=LIST_REFRESH_S if busy else None)
+    # No reload: 24-hour aggregates do not need the list's freshness, and each render reads up to
+    # SUMMARY_LIMIT records twice per workflow (on a busy gateway something always runs).
+    return _page("workflows.html", cards=cards, operator=operator, since=now - queries.DAY_S)
 
 
 def _purpose(action: str, key: str, attempt: int, plan: str) -> str:
