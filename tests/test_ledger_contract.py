@@ -237,6 +237,17 @@ def test_note_checks_with_the_next_check_moves_updated_at_there_so_stale_waits_f
     assert record.key in [d.key for d in ledger.stale(T0 + 91)]
 
 
+def test_note_checks_never_moves_the_count_back(ledger):
+    # The next check's task is scheduled before this invocation's count is written: it may land first.
+    record = submitted(ledger)
+    ledger.note_checks(record.key, 5, T0 + 50, next_check_at=T0 + 70)
+    ledger.note_checks(record.key, 4, T0 + 40, next_check_at=T0 + 50)
+    stored = ledger.get(record.key)
+    assert (stored.checks, stored.last_check_at, stored.updated_at) == (5, T0 + 50, T0 + 70)
+    ledger.note_checks(record.key, 5, T0 + 55, next_check_at=T0 + 75)  # the same count again (a resume): taken
+    assert ledger.get(record.key).updated_at == T0 + 75
+
+
 def test_note_checks_after_finish_changes_nothing(ledger):
     record = submitted(ledger)
     final = ledger.finish(record.key, "SUCCEEDED", "DONE", None, 3, T0 + 20)

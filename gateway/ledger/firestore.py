@@ -257,7 +257,7 @@ class FirestoreLedger:
         return record
 
     def note_checks(self, key: str, checks: int, last_check_at: float, next_check_at: float | None = None) -> None:
-        self._update(key, lambda d: d.outcome is None, checks=checks, last_check_at=last_check_at,
+        self._update(key, lambda d: d.outcome is None and d.checks <= checks, checks=checks, last_check_at=last_check_at,
                      updated_at=last_check_at if next_check_at is None else next_check_at)
 
     def mark_published(self, key: str, now: float) -> None:

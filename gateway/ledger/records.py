@@ -136,7 +136,8 @@ class Ledger(Protocol):
 
     def note_checks(self, key: str, checks: int, last_check_at: float, next_check_at: float | None = None) -> None:
         """Record progress; `updated_at` moves to `next_check_at` (when given), so `stale` returns the record
-        only once that check is overdue."""
+        only once that check is overdue. Only forward: a count below the recorded one changes nothing (the next
+        check's task may write its count before this one lands)."""
 
     def mark_published(self, key: str, now: float) -> None: ...
     def stale(self, updated_before: float, limit: int = 100) -> list[Delivery]: ...

@@ -191,7 +191,7 @@ class SqliteLedger:
     def note_checks(self, key: str, checks: int, last_check_at: float, next_check_at: float | None = None) -> None:
         updated_at = last_check_at if next_check_at is None else next_check_at
         self._update("checks = ?, last_check_at = ?, updated_at = ?", (checks, last_check_at, updated_at),
-                     "key = ? AND outcome IS NULL", (key,))
+                     "key = ? AND outcome IS NULL AND checks <= ?", (key, checks))
 
     def mark_published(self, key: str, now: float) -> None:
         self._update("published = 1, updated_at = ?, published_at = COALESCE(published_at, ?)", (now, now),
