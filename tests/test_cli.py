@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import subprocess
 
 import pytest
@@ -29,7 +30,8 @@ def help_of(capsys, verb: str) -> str:
 @pytest.mark.parametrize(("verb", "sentences"), [
     ("render", [f"workflow {WORKFLOW}", "file a JSON payload, as a sender would POST it", "Nothing is sent."]),
     ("sign", [f"workflow {WORKFLOW}", "file the JSON payload to sign; what is sent must be these bytes unchanged",
-              "--curl print a curl command that POSTs FILE with the headers to --url instead", f"--url URL {URL}"]),
+              "--curl print a curl command (POSIX shell) that POSTs FILE with the headers to --url instead",
+              f"--url URL {URL}"]),
     ("send", [f"workflow {WORKFLOW}", "file the JSON payload to sign and POST", f"--url URL {URL}"]),
     ("events", ["--workflow WORKFLOW only the events of this workflow", "only the events with this outcome"]),
     ("openapi", ["Print the OpenAPI 3.1 document of the webhook as JSON: one POST /hooks/WORKFLOW per workflow"]),
@@ -54,15 +56,33 @@ def webhook(test_schemas, sandbox, tmp_path, monkeypatch):
         yield url
 
 
-def test_sign_curl_prints_a_command_that_the_webhook_accepts_when_run(capsys, webhook, sandbox, test_schemas):
-    body_file = ROOT / "examples" / "store-clusters.json"
+def test_sign_curl_prints_a_command_that_the_webhook_accepts_when_run(capsys, webhook, sandbox, test_schemas,
+                                                                     monkeypatch, tmp_path):
+    monkeypatch.chdir(ROOT)  # FILE given relative to here; the command is run from another directory
 
-    status = main(["--schemas", str(test_schemas), "sign", "store-clusters", str(body_file), "--curl", "--url", webhook])
-    command = capsys.readouterr().out.strip()
+    status = main(["--schemas", str(test_schemas), "sign", "store-clusters", "examples/store-clusters.json", "--curl",
+                   "--url", webhook])
+    printed = capsys.readouterr()
+    command = printed.out.strip()
     done = subprocess.run([*shlex.split(command), "-w", "\n%{http_code}"], capture_output=True, text=True,
-                          timeout=60, check=False)
+                          timeout=60, check=False, cwd=tmp_path)
 
-    assert status == 0 and command.startswith("curl ") and "\n" not in command
+    assert status == 0 and command.startswith("curl ") and "\n" not in command and printed.err == ""
+    assert f"@{ROOT / 'examples' / 'store-clusters.json'}" in shlex.split(command)
     answer, code = done.stdout.rsplit("\n", 1)
     assert code == "202", done.stdout + done.stderr
     assert json.loads(answer)["job_id"] == sandbox.jobs()[0].external_id
+
+
+def test_sign_curl_for_a_static_token_warns_that_the_command_holds_the_secret(capsys, schemas, monkeypatch):
+    shutil.copy(ROOT / "tests" / "data" / "workflows" / "auth" / "auth-bearer.json", schemas / "workflows")
+    monkeypatch.setenv("AUTH_BEARER_TOKENS", "static-token-SENTINEL")
+
+    status = main(["--schemas", str(schemas), "sign", "auth-bearer", str(ROOT / "examples" / "store-clusters.json"),
+                   "--curl", "--url", "http://127.0.0.1:9"])
+    printed = capsys.readouterr()
+
+    assert status == 0 and "Authorization: Bearer static-token-SENTINEL" in shlex.split(printed.out)
+    (warning,) = printed.err.splitlines()
+    assert warning.startswith("warning: the bearer scheme's header is the shared secret itself")
+    assert "shell history" in warning and "SENTINEL" not in warning

@@ -112,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     sign.add_argument("workflow", help=WORKFLOW_HELP)
     sign.add_argument("file", type=Path, help="the JSON payload to sign; what is sent must be these bytes unchanged")
     sign.add_argument("--curl", action="store_true",
-                      help="print a curl command that POSTs FILE with the headers to --url instead")
+                      help="print a curl command (POSIX shell) that POSTs FILE with the headers to --url instead")
     sign.add_argument("--url", default=os.environ.get("GATEWAY_URL", DEFAULT_WEBHOOK_URL), help=URL_HELP)
     sign.add_argument("--delivery-id", help="the delivery id the headers carry (default: a new one)")
     sign.set_defaults(run=_sign)
@@ -236,7 +236,16 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
+# Schemes whose header is the shared secret itself, not a signature of one body at one time.
+STATIC_SCHEMES = frozenset({"bearer"})
+
+
 def _signed_headers(args: argparse.Namespace, body: bytes) -> dict[str, str]:
+    return _sign_with_first_scheme(args, body)[1]
+
+
+def _sign_with_first_scheme(args: argparse.Namespace, body: bytes) -> tuple[str, dict[str, str]]:
+    """(the name of the workflow's first scheme, the headers it makes for `body`)."""
     import uuid
 
     from gateway.auth.config import build_schemes
@@ -247,7 +256,7 @@ def _signed_headers(args: argparse.Namespace, body: bytes) -> dict[str, str]:
         raise ConfigError(f"workflow {workflow.name} has no auth scheme to sign with")
     delivery_id = getattr(args, "delivery_id", None) or f"msg_{uuid.uuid4().hex}"
     headers = schemes[0].sign(body, time.time(), delivery_id)
-    return {"Content-Type": "application/json", **headers}
+    return schemes[0].name, {"Content-Type": "application/json", **headers}
 
 
 def _payload(path: Path) -> bytes:
@@ -262,9 +271,13 @@ def _hook_url(args: argparse.Namespace) -> str:
 
 
 def _sign(args: argparse.Namespace) -> int:
-    headers = _signed_headers(args, _payload(args.file))
+    scheme, headers = _sign_with_first_scheme(args, _payload(args.file))
     if args.curl:
-        print(curl_command(_hook_url(args), headers, args.file))
+        if scheme in STATIC_SCHEMES:
+            print(f"warning: the {scheme} scheme's header is the shared secret itself; this command puts it in your "
+                  "shell history and, while curl runs, the process list (`sign` > FILE, then curl -H @FILE, does not)",
+                  file=sys.stderr)
+        print(curl_command(_hook_url(args), headers, args.file.resolve()))
         return 0
     for name, value in headers.items():
         print(f"{name}: {value}")
@@ -272,7 +285,7 @@ def _sign(args: argparse.Namespace) -> int:
 
 
 def curl_command(url: str, headers: Mapping[str, str], file: Path) -> str:
-    """A shell command that POSTs `file`'s bytes unchanged (--data-binary) to `url` with `headers`."""
+    """A POSIX shell command that POSTs `file`'s bytes unchanged (--data-binary) to `url` with `headers`."""
     words = ["curl", "-sS", url, *(w for name, value in headers.items() for w in ("-H", f"{name}: {value}")),
              "--data-binary", f"@{file}"]
     return " ".join(shlex.quote(word) for word in words)
