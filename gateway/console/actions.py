@@ -18,6 +18,7 @@ from gateway.app import App
 from gateway.errors import ActionRefused, NotFound
 from gateway.intake import RerunPlan
 from gateway.ledger import FINISHED, QUEUED, Delivery
+from gateway.workflows import Workflow
 
 log = logging.getLogger("gateway.console")
 CANCEL, RERUN = "cancel", "rerun"
@@ -72,12 +73,16 @@ def cancel(app: App, key: str, operator: str) -> Done:
 def rerun_plan(app: App, record: Delivery) -> RerunPlan:
     """What a re-run of `record` would send (the intake's `rerun_plan`); ActionRefused when it cannot be re-run
     (not finished, its workflow gone, or the file's parameters no longer take its values)."""
+    return app.intake.rerun_plan(record, _rerun_workflow(app, record))
+
+
+def _rerun_workflow(app: App, record: Delivery) -> Workflow:
     if not can_rerun(record):
         raise ActionRefused(f"only a finished delivery can be re-run; this one is {record.state}")
     workflow = app.registry.get(record.workflow)
     if workflow is None:
         raise ActionRefused(f"the workflow {record.workflow} is no longer defined")
-    return app.intake.rerun_plan(record, workflow)
+    return workflow
 
 
 # What the re-run's record notes for each part of the plan that is not what the original sent.
@@ -91,10 +96,8 @@ def rerun(app: App, key: str, attempt: int, operator: str, confirmed: str) -> Do
     what the operator confirmed (`confirmed`: the plan's digest on the confirmation page), else ActionRefused
     with nothing sent. The new record notes each part that is not what the original sent."""
     original = delivery(app, key)
-    plan = rerun_plan(app, original)
-    workflow = app.registry.get(original.workflow)
-    assert workflow is not None
-    changes = plan.changes(original)
+    workflow = _rerun_workflow(app, original)  # one reading of the file for the plan and the re-run
+    changes = app.intake.rerun_plan(original, workflow).changes(original)
     with logs.bound(workflow=original.workflow, delivery_id=original.delivery_id, key=original.key,
                     operator=operator, action=RERUN):
         accepted = app.intake.rerun(original, workflow, attempt, confirmed=confirmed)
