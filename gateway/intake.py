@@ -141,7 +141,8 @@ class Intake:
             fingerprint=original.fingerprint, claim_token=secrets.token_hex(16), created_at=now, updated_at=now,
             expires_at=now + self.retention_s, delivery_id=delivery_id,
             trace=trace, connection=plan.connection, api_base_url=plan.api_base_url, query=plan.query,
-            parameters=original.parameters, deadline_at=now + workflow.deadline_s, rerun_of=original.key))
+            parameters=original.parameters, parameter_sources=parameter_sources(workflow),
+            deadline_at=now + workflow.deadline_s, rerun_of=original.key))
 
     def _claim(self, delivery: Delivery, workflow: Workflow) -> Accepted:
         if workflow.admitted:
@@ -196,7 +197,7 @@ class Intake:
             expires_at=now + self.retention_s, delivery_id=inbound.delivery_id, trace=inbound.trace,
             connection=inbound.workflow.connection, api_base_url=self.base_url(inbound.workflow),
             query=rendered.query, parameters=rendered.parameters,
-            deadline_at=now + inbound.workflow.deadline_s)
+            parameter_sources=parameter_sources(inbound.workflow), deadline_at=now + inbound.workflow.deadline_s)
 
     def base_url(self, workflow: Workflow) -> str:
         base = workflow.api_base_url or self.default_base_url
@@ -388,16 +389,25 @@ class RerunPlan:
         return {part: pair for part, pair in parts.items() if pair[0] != pair[1]}
 
 
+def parameter_sources(workflow: Workflow) -> dict[str, dict[str, Any]]:
+    """Each parameter's type and source as the workflow file states them (a delivery's `parameter_sources`)."""
+    return {name: spec.source for name, spec in workflow.parameters.items()}
+
+
 def rerun_call(original: Delivery, workflow: Workflow) -> str:
     """The CALL a re-run of `original` sends: the workflow file's as loaded now. ActionRefused when the file's
     parameters no longer take the values the delivery was mapped to (its body is not kept to map again): other
-    names, a constant that changed, or a type the recorded value does not bind to as it was sent."""
+    names, another type or source than the delivery recorded, a constant that changed, or a type the value
+    sent does not bind to as it was sent (all a record from before `parameter_sources` can tell)."""
     if set(workflow.parameters) != set(original.parameters):
         raise ActionRefused(f"the workflow file's parameters ({', '.join(sorted(workflow.parameters))}) are no "
                             f"longer this delivery's ({', '.join(sorted(original.parameters))}): it cannot be "
                             "re-run with the current file; send its body again instead")
+    recorded = original.parameter_sources or {}
     for name, spec in workflow.parameters.items():
-        problem = _parameter_change(spec, original.parameters[name])
+        was = recorded.get(name)
+        problem = (f"is now {json.dumps(spec.source)}; the delivery's was {json.dumps(was)}"
+                   if was is not None and was != spec.source else _parameter_change(spec, original.parameters[name]))
         if problem:
             raise ActionRefused(f"the workflow file's parameter {name} {problem}: this delivery cannot be re-run "
                                 "with the current file; send its body again instead")

@@ -85,6 +85,14 @@ class ParamSpec:
         """The type in the warehouse's own words."""
         return self.declared or self.type
 
+    @property
+    def source(self) -> dict[str, Any]:
+        """Its type and where its value comes from, as a delivery records them: {"type", and "from", "header"
+        or "value"}."""
+        where = (("from", self.pointer) if self.pointer is not None else ("header", self.header)
+                 if self.header is not None else ("value", self.value))
+        return {"type": self.sql_type, where[0]: where[1]}
+
 
 # --- checking a spec (load time) -------------------------------------------------------------
 

@@ -16,7 +16,9 @@ import pytest
 
 from gateway.console import app as console_app
 from gateway.console import charts, csrf, queries
+from gateway.errors import ActionRefused
 from gateway.events import isoformat
+from gateway.intake import rerun_call
 from gateway.ledger import Delivery
 from gateway.workflows import load_registry
 from tests.constants import CARTO_TOKEN, DEMO_SECRETS, ROOT, SECRET
@@ -449,20 +451,42 @@ def test_rerun_is_refused_when_the_workflow_file_now_takes_other_parameters(rig,
     assert "send its body again" in refused_rerun(rig, console, original.key)
 
 
-@pytest.mark.parametrize(("change", "said"), [
-    ({"type": "INT64", "from": "/store/type"}, "is now INT64"),
-    ({"type": "STRING", "value": "Pharmacy"}, "is now the constant &#34;Pharmacy&#34;"),
+@pytest.mark.parametrize("change", [
+    {"type": "INT64", "from": "/store/type", "coerce": True},  # another type
+    {"type": "STRING", "value": "Pharmacy"},  # a constant
+    {"type": "STRING", "from": "/store/kind"},  # another field of the body
+    {"type": "STRING", "header": "X-Store-Type"},  # a header
 ])
-def test_rerun_is_refused_when_a_parameters_type_or_constant_changed(rig, console, tmp_path, change, said):
+def test_rerun_is_refused_when_a_parameters_type_or_source_changed(rig, console, tmp_path, change):
     original = rig.app.ledger.find_job(deliver(rig, "msg_retyped"))
+    assert original.parameter_sources["store_type"] == {"type": "STRING", "from": "/store/type"}
 
     def retyped(definition):
         definition["parameters"]["store_type"] = change
         return definition
     rig.app.registry = rewritten_registry(rig, tmp_path, retyped)
 
-    text = refused_rerun(rig, console, original.key)
-    assert "parameter store_type " + said in text and "send its body again" in text
+    text = html.unescape(refused_rerun(rig, console, original.key))
+    said = json.dumps({k: v for k, v in change.items() if k != "coerce"})
+    assert f"parameter store_type is now {said}; the delivery's was " in text and "send its body again" in text
+
+
+@pytest.mark.parametrize(("change", "said"), [
+    ({"type": "INT64", "from": "/store/type"}, "is now INT64"),
+    ({"type": "STRING", "value": "Pharmacy"}, 'is now the constant "Pharmacy"'),
+])
+def test_a_record_without_parameter_sources_is_checked_by_its_values(rig, tmp_path, change, said):
+    # A delivery recorded before parameter_sources: its values must still fit the file as it is now.
+    original = replace(rig.app.ledger.find_job(deliver(rig, "msg_older")), parameter_sources=None)
+
+    def retyped(definition):
+        definition["parameters"]["store_type"] = change
+        return definition
+    workflow = rewritten_registry(rig, tmp_path, retyped).get("store-clusters")
+
+    with pytest.raises(ActionRefused, match=f"parameter store_type {said}; the delivery sent "):
+        rerun_call(original, workflow)
+    assert rerun_call(original, rig.app.registry.get("store-clusters")) == original.query
 
 
 def test_rerun_is_refused_when_the_file_changed_between_the_confirmation_and_the_post(rig, console, tmp_path):

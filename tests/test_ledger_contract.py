@@ -74,7 +74,9 @@ def test_every_field_round_trips(ledger):
         error={"reason": "invalidQuery", "location": "query", "message": "Cannot coerce @a to INT64 at [1:158]"},
         checks=7, last_check_at=T0 + 30.75, finished_at=T0 + 31.5, published=True,
         tracked_at=T0 + 1.5, published_at=T0 + 31.75, rerun_of="store-clusters:evt-0",
-        actions=[{"action": "rerun", "by": "ops@example.com", "at": T0 + 40, "new_key": "store-clusters:x"}])
+        actions=[{"action": "rerun", "by": "ops@example.com", "at": T0 + 40, "new_key": "store-clusters:x"}],
+        parameter_sources={"a": {"type": "INT64", "from": "/a"}, "b": {"type": "FLOAT64", "header": "X-B"},
+                           "c": {"type": "STRING", "value": "x"}})
     ledger.claim(record)
     assert ledger.get(record.key) == record
 
@@ -453,7 +455,7 @@ def test_a_ledger_file_from_before_the_console_gains_its_columns(tmp_path):
     db.close()
     ledger = open_ledger(f"sqlite:///{path}")
     old = ledger.get("w:old")
-    assert (old.actions, old.tracked_at, old.rerun_of) == ([], None, None)
+    assert (old.actions, old.tracked_at, old.rerun_of, old.parameter_sources) == ([], None, None, None)
     assert ledger.note_action("w:old", {"action": "cancel"})
     assert ledger.get("w:old").actions == [{"action": "cancel"}]
 

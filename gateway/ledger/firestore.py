@@ -79,7 +79,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 _COLLECTION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _DATABASE = re.compile(r"\(default\)|[a-z][a-z0-9-]{3,62}")
-_JSON_FIELDS = {"parameters", "error", "actions", "result", "last_answer", "handed_to"}  # JSON text: key order kept
+# JSON text: key order kept
+_JSON_FIELDS = {"parameters", "error", "actions", "result", "last_answer", "handed_to", "parameter_sources"}
 _LINES_SUFFIX = "-admission"  # the collection of the workflows' admission lines, beside the deliveries
 _FILTERS = ("workflow", "outcome", "state")
 # The composite indexes `recent` needs: each non-empty combination of equality filters (in this

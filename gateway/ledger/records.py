@@ -65,6 +65,9 @@ class Delivery:
     capped: bool = False  # it goes through its workflow's admission line (a cap, or paused)
     superseded_by: str | None = None  # outcome SUPERSEDED: the delivery that replaced it
     handed_to: list[str] = field(default_factory=list)  # keys its end handed a slot to
+    # Each parameter's type and source ({"type", and "from", "header" or "value"}) as the workflow file stated
+    # them when the delivery was mapped: a re-run refuses a file that now states another (None: not recorded).
+    parameter_sources: dict[str, dict[str, Any]] | None = None
 
     @property
     def waiting(self) -> bool:

@@ -18,13 +18,14 @@ from gateway.ledger.slots import Line, Rule
 
 T = TypeVar("T")
 _COLUMNS = tuple(Delivery.__dataclass_fields__)
-_JSON_COLUMNS = {"parameters", "error", "actions", "result", "last_answer", "handed_to"}
+_JSON_COLUMNS = {"parameters", "error", "actions", "result", "last_answer", "handed_to", "parameter_sources"}
 _BOOL_COLUMNS = ("published", "unknown", "capped")
 # Columns added after the first release: a ledger file made before them gains them on open.
 _ADDED_COLUMNS = {"tracked_at": "REAL", "published_at": "REAL", "rerun_of": "TEXT", "actions": "TEXT",
                   "result": "TEXT", "queued_at": "REAL", "queue_reason": "TEXT", "hand_off_at": "REAL",
                   "attempts": "INTEGER NOT NULL DEFAULT 0", "last_answer": "TEXT", "unknown": "INTEGER NOT NULL DEFAULT 0",
-                  "capped": "INTEGER NOT NULL DEFAULT 0", "superseded_by": "TEXT", "handed_to": "TEXT"}
+                  "capped": "INTEGER NOT NULL DEFAULT 0", "superseded_by": "TEXT", "handed_to": "TEXT",
+                  "parameter_sources": "TEXT"}
 
 
 class SqliteLedger:
