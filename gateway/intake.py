@@ -126,9 +126,8 @@ class Intake:
         now (`rerun_plan`), which names another procedure once the workflow was updated in CARTO. With
         `confirmed` (a plan's digest), ActionRefused unless that is still what the re-run sends. It takes the
         path of any delivery (claim, submit, track), so the same attempt asked twice is one job: the second
-        answers the first's, `duplicate`."""
-        if workflow.paused:
-            raise Unavailable(f"workflow {workflow.name} is paused", retry_after=300)
+        answers the first's, `duplicate`; a paused or capped workflow's re-run claims through its line, as
+        any delivery does (a paused one: accepted and queued, held until the flag goes)."""
         plan = self.rerun_plan(original, workflow)
         if confirmed is not None and plan.digest != confirmed:
             raise ActionRefused("the workflow file changed since this re-run was confirmed (its CALL, connection "

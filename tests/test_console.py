@@ -533,6 +533,34 @@ def test_posting_the_same_rerun_form_twice_makes_one_job(rig, console):
     assert confirm(console, "rerun", original.key)["attempt"] == "2"  # a new confirmation is a new re-run
 
 
+def test_a_rerun_of_a_paused_workflows_delivery_is_accepted_and_held_until_the_flag_goes(rig, console, tmp_path):
+    original = rig.app.ledger.find_job(deliver(rig, "msg_held"))
+    unpaused = rig.app.registry
+    rig.app.registry = rewritten_registry(rig, tmp_path, lambda d: {**d, "paused": True})
+
+    text = html.unescape(page(console, f"/actions/rerun?key={quote(original.key, safe='')}"))
+    answer = console.post("/actions/rerun", data=form(text))
+
+    assert "Workflow store-clusters is paused: the re-run is accepted and waits" in text and "Yes, re-run it" in text
+    new_key = f"{original.key}:rerun-1"
+    assert answer.status_code == 303 and answer.headers["Location"] == key_url(new_key) + "?done=rerun-queued"
+    held = rig.app.ledger.get(new_key)
+    assert (held.state, held.queue_reason, held.job_id, held.rerun_of) == ("queued", "paused", None, original.key)
+    assert len(rig.sandbox.jobs()) == 1  # nothing sent to CARTO while paused
+    shown = html.unescape(page(console, answer.headers["Location"]))
+    assert "waiting for its job" in shown and "the workflow is paused" in shown
+    again = console.post("/actions/rerun", data=form(text))
+    assert again.status_code == 303 and "done=rerun-again" in again.headers["Location"]
+    (noted,) = rig.app.ledger.get(original.key).actions
+    assert (noted["new_key"], noted["job_id"]) == (new_key, None)
+
+    rig.app.registry = unpaused  # the file no longer says paused: the sweeper lets it through
+    assert rig.client("sweep").post("/").get_json()["handed_off"] == 1
+    rig.run_tasks()
+    started = rig.app.ledger.get(new_key)
+    assert started.job_id == rig.sandbox.jobs()[-1].external_id and len(rig.sandbox.jobs()) == 2
+
+
 def test_rerun_without_its_csrf_token_is_refused_and_runs_nothing(rig, console):
     original = rig.app.ledger.find_job(deliver(rig, "msg_norerun"))
     fields = confirm(console, "rerun", original.key)

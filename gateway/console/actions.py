@@ -115,7 +115,7 @@ def rerun(app: App, key: str, attempt: int, operator: str, confirmed: str) -> Do
                      extra=said)
         else:
             log.info("delivery re-run from the console with the original's CALL, connection and base URL", extra=said)
-    return Done(accepted.key, "rerun-again" if accepted.duplicate else "rerun")
+    return Done(accepted.key, "rerun-again" if accepted.duplicate else "rerun-queued" if accepted.queued else "rerun")
 
 
 def _note(app: App, key: str, action: str, operator: str, **detail: Any) -> None:

@@ -45,6 +45,7 @@ REFRESH_S, LIST_REFRESH_S = 5, 10
 # What the page after an action says (fixed texts: a link cannot make the console say anything else).
 NOTICES = {"cancelled": "The job was cancelled; its completion event is below.",
            "rerun": "This is the re-run you asked for: a new delivery with its own job and event.",
+           "rerun-queued": "This is the re-run you asked for: a new delivery, waiting for its job (why is below).",
            "rerun-again": "This re-run had already been made: here it is (no second job)."}
 # The parts of what a re-run sends, as its confirmation page names them.
 PLAN_PARTS = {"query": "CALL", "connection": "connection", "api_base_url": "CARTO base URL"}
@@ -277,8 +278,10 @@ def _confirm(app: App, action: str, key: str, operator: str) -> Response:
     attempt = actions.next_attempt(record) if action == actions.RERUN else 0
     digest = plan.digest if plan is not None else ""
     token = csrf.issue(operator, _purpose(action, key, attempt, digest), app.clock.now())
+    workflow = app.registry.get(record.workflow)
     return _page("confirm.html", action=action, record=record, allowed=allowed, attempt=attempt, token=token,
                  operator=operator, plan=plan, digest=digest, refused=refused,
+                 paused=plan is not None and workflow is not None and workflow.paused,
                  changes=plan.changes(record) if plan is not None else {}, parts=PLAN_PARTS)
 
 
