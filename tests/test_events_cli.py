@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import http.server
 import io
 import json
+import threading
 import uuid
 from argparse import Namespace
+from concurrent import futures
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -93,19 +97,141 @@ def test_a_filter_that_could_inject_into_the_expression_is_refused():
         Filters(workflow='x" OR attributes.outcome = "y')
 
 
-def test_without_an_emulator_or_credentials_it_says_in_one_line_what_to_export(tmp_path, monkeypatch, capsys):
-    # No PUBSUB_EMULATOR_HOST, no credentials file or gcloud login, and no metadata server to ask.
+def without_google(tmp_path, monkeypatch) -> None:
+    """No PUBSUB_EMULATOR_HOST, no credentials file or gcloud login, and no metadata server to ask."""
     for name in ("PUBSUB_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS"):
         monkeypatch.delenv(name, raising=False)
     for name, value in {"HOME": str(tmp_path), "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"),
                         "GCE_METADATA_HOST": "127.0.0.1:9", "GCE_METADATA_IP": "127.0.0.1:9"}.items():
         monkeypatch.setenv(name, value)
 
+
+def test_without_an_emulator_or_credentials_it_says_in_one_line_what_to_export(tmp_path, monkeypatch, capsys):
+    without_google(tmp_path, monkeypatch)
+
     status = main(["events", "--max", "1"])
 
     out, err = capsys.readouterr()
     assert status == 1 and out == "" and err.count("\n") == 1
     assert err.startswith("error: no Pub/Sub to read: export PUBSUB_EMULATOR_HOST=127.0.0.1:8085")
+
+
+@pytest.fixture
+def token_endpoint():
+    """A loopback OAuth token endpoint that refuses every refresh as Google does a revoked or expired login."""
+    asked: list[str] = []
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            asked.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode())
+            body = json.dumps({"error": "invalid_grant", "error_description": "Token has been expired or revoked."})
+            self.send_response(400)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/token", asked
+    server.shutdown()
+    server.server_close()
+
+
+def assert_one_line_saying_to_log_in(status: int, printed: tuple[str, str]) -> str:
+    out, err = printed
+    *before, last = err.splitlines()
+    assert status == 1 and out == "" and all(line.startswith("watching ") for line in before), err  # no traceback
+    assert last.startswith("error: ") and "gcloud auth application-default login" in last
+    return last
+
+
+def test_expired_credentials_are_one_line_saying_to_log_in_again(tmp_path, monkeypatch, capsys, token_endpoint):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    url, asked = token_endpoint
+    without_google(tmp_path, monkeypatch)
+    pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    key = {"type": "service_account", "project_id": PROJECT, "private_key_id": "k1", "private_key": pem,
+           "client_email": f"watcher@{PROJECT}.iam.gserviceaccount.com", "client_id": "1", "token_uri": url}
+    (tmp_path / "key.json").write_text(json.dumps(key))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "key.json"))
+
+    err = assert_one_line_saying_to_log_in(main(["events", "--max", "1"]), capsys.readouterr())
+
+    assert "were refused" in err and "invalid_grant" in err and "PRIVATE KEY" not in err
+    assert len(asked) == 1 and "assertion=" in asked[0]  # the refresh was tried once, at the loopback endpoint
+
+
+def test_an_unusable_credentials_file_is_one_line_naming_the_variable(tmp_path, monkeypatch, capsys):
+    without_google(tmp_path, monkeypatch)
+    (tmp_path / "adc.json").write_text("{not json")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "adc.json"))
+
+    err = assert_one_line_saying_to_log_in(main(["events", "--max", "1"]), capsys.readouterr())
+
+    assert "GOOGLE_APPLICATION_CREDENTIALS cannot be used" in err
+
+
+@pytest.fixture
+def refusing_pubsub():
+    """A loopback gRPC server answering every call with the status code it is set to, and a real
+    SubscriberClient talking to it (over a plain channel: as Pub/Sub answers credentials it refuses)."""
+    import grpc
+    from google.cloud import pubsub_v1
+    from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
+
+    refusal: dict[str, Any] = {}
+    calls: list[str] = []
+
+    def refuse(request: bytes, context: Any) -> None:
+        context.abort(refusal["code"], refusal["message"])
+
+    class Refusing(grpc.GenericRpcHandler):
+        def service(self, details: Any) -> Any:
+            calls.append(details.method)
+            return grpc.unary_unary_rpc_method_handler(refuse)
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), handlers=[Refusing()])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    client = pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(channel=channel))
+
+    def refusing(code: Any, message: str) -> Any:
+        refusal.update(code=code, message=message)
+        return client
+
+    yield refusing, calls
+    channel.close()
+    server.stop(None)
+
+
+@pytest.mark.parametrize("subscription", [None, "mine"], ids=["new-subscription", "existing-subscription"])
+@pytest.mark.parametrize("code, says", [("PERMISSION_DENIED", "Pub/Sub refused the request"),
+                                        ("UNAUTHENTICATED", "Pub/Sub refused the credentials")])
+def test_pubsub_refusing_the_first_call_is_one_line_saying_what_to_do(
+        monkeypatch, capsys, refusing_pubsub, code, says, subscription):
+    import grpc
+
+    from gateway.cli import events as events_cli
+
+    refusing, calls = refusing_pubsub
+    client = refusing(getattr(grpc.StatusCode, code), "Request had invalid authentication credentials.")
+    monkeypatch.setattr(events_cli, "_subscriber", lambda: client)
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", PROJECT)
+
+    argv = ["events", "--max", "1"] + (["--subscription", subscription] if subscription else [])
+    err = assert_one_line_saying_to_log_in(main(argv), capsys.readouterr())
+
+    assert says in err and "invalid authentication credentials" in err
+    first = "Pull" if subscription else "CreateSubscription"
+    assert calls[0] == f"/google.pubsub.v1.Subscriber/{first}" and len(calls) == 1
 
 
 # --- against the real Pub/Sub emulator -------------------------------------------------------------

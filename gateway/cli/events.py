@@ -15,7 +15,8 @@ import json
 import os
 import sys
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -113,11 +114,12 @@ def watch(args: Any, *, env: Mapping[str, str] | None = None, subscriber: Any = 
     subscriber = subscriber or _subscriber()
     created = None
     try:
-        path = _existing(subscriber, project, args.subscription) if args.subscription else None
-        if path is None:
-            path = created = _create(subscriber, project, topic, filters)
-        (ready or _announce)(path)
-        _pump(subscriber, path, filters, render, out, max(0, args.max or 0))
+        with _refusals_in_one_line():
+            path = _existing(subscriber, project, args.subscription) if args.subscription else None
+            if path is None:
+                path = created = _create(subscriber, project, topic, filters)
+            (ready or _announce)(path)
+            _pump(subscriber, path, filters, render, out, max(0, args.max or 0))
     except KeyboardInterrupt:
         pass
     finally:
@@ -130,14 +132,67 @@ NO_PUBSUB = ("no Pub/Sub to read: export PUBSUB_EMULATOR_HOST=127.0.0.1:8085 for
              "(make dev), or run `gcloud auth application-default login` for a project's topic")
 
 
+LOGIN = "run `gcloud auth application-default login`"
+# How a gRPC call says its credentials could not be refreshed (an UNAVAILABLE the client library retries).
+PLUGIN_FAILED = "Getting metadata from plugin failed"
+
+
 def _subscriber() -> Any:
-    from google.auth.exceptions import DefaultCredentialsError
     from google.cloud import pubsub_v1
 
-    try:
+    if os.environ.get("PUBSUB_EMULATOR_HOST"):
         return pubsub_v1.SubscriberClient()
-    except DefaultCredentialsError:  # neither an emulator nor credentials: one line, not the library's traceback
-        raise ConfigError(NO_PUBSUB) from None
+    return pubsub_v1.SubscriberClient(credentials=_credentials())
+
+
+def _credentials() -> Any:
+    """The application default credentials, refreshed once here: expired or revoked ones are one line now,
+    not a minute of the client library retrying and then its traceback."""
+    import google.auth
+    from google.auth.exceptions import DefaultCredentialsError, RefreshError, TransportError
+    from google.auth.transport.requests import Request
+
+    try:
+        credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
+    except DefaultCredentialsError as exc:
+        if not os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):  # neither an emulator nor credentials
+            raise ConfigError(NO_PUBSUB) from None
+        raise ConfigError(f"the credentials in GOOGLE_APPLICATION_CREDENTIALS cannot be used ({_first_line(exc)}): "
+                          f"point it at a valid key file, or unset it and {LOGIN}") from None
+    try:
+        credentials.refresh(Request())
+    except RefreshError as exc:
+        raise ConfigError(f"the Google credentials were refused ({_first_line(exc)}): {LOGIN}") from None
+    except TransportError as exc:
+        raise ConfigError(f"cannot refresh the Google credentials: {_first_line(exc)}") from None
+    return credentials
+
+
+@contextmanager
+def _refusals_in_one_line() -> Iterator[None]:
+    """Pub/Sub refusing the credentials, or them failing to refresh, as one ConfigError line saying what to do."""
+    from google.api_core import exceptions
+    from google.auth.exceptions import DefaultCredentialsError, RefreshError
+
+    try:
+        yield
+    except (RefreshError, DefaultCredentialsError) as exc:
+        raise ConfigError(f"the Google credentials were refused ({_first_line(exc)}): {LOGIN}") from None
+    except exceptions.Unauthenticated as exc:
+        raise ConfigError(f"Pub/Sub refused the credentials ({_first_line(exc)}): {LOGIN}") from None
+    except exceptions.PermissionDenied as exc:
+        raise ConfigError(f"Pub/Sub refused the request ({_first_line(exc)}): {LOGIN} as an account that may "
+                          "create and read subscriptions of the topic (roles/pubsub.editor), or pass --subscription "
+                          "with one you may read (roles/pubsub.subscriber)") from None
+    except (exceptions.ServiceUnavailable, exceptions.RetryError) as exc:
+        if PLUGIN_FAILED not in str(exc):
+            raise
+        raise ConfigError(f"the Google credentials could not be refreshed ({_first_line(exc)}): {LOGIN}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] or type(exc).__name__
 
 
 def _announce(path: str) -> None:
@@ -165,10 +220,11 @@ def _create(subscriber: Any, project: str, topic: str, filters: Filters) -> str:
 
 def _delete(subscriber: Any, path: str) -> None:
     from google.api_core import exceptions
+    from google.auth.exceptions import GoogleAuthError
 
     try:
         subscriber.delete_subscription(request={"subscription": path})
-    except exceptions.GoogleAPICallError:
+    except (exceptions.GoogleAPICallError, exceptions.RetryError, GoogleAuthError):
         print(f"could not delete {path}; it expires by itself within a day", file=sys.stderr)
 
 
