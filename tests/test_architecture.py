@@ -135,9 +135,11 @@ def test_relative_imports_are_resolved(source, module, expected):
 
 
 # What cites a document the repository does not hold: its name, an issue number, a section of "the design".
-# A section sign is fine beside the RFC it belongs to ("RFC 9457 §3.1.1").
-CITED = re.compile(r"\bDESIGN\b|\bSTYLE\b|\b[Ii]ssues? #?\d+|\b[Dd]esign (section|doc)|\bthe issue's\b")
-SECTION = re.compile(r"§ ?\d")
+# A section sign is fine beside the RFC it belongs to. The names are written in pieces, so that this file,
+# which lists what to look for, cites nothing itself.
+_DOC, _GUIDE, _SIGN = "DESI" "GN", "STY" "LE", "\u00a7"
+CITED = re.compile(rf"\b{_DOC}\b|\b{_GUIDE}\b|\b[Ii]ss(?:ue)s? #?\d+|\b[Dd]es(?:ign) (section|doc)|\bthe iss(?:ue)'s\b")
+SECTION = re.compile(rf"{_SIGN} ?\d")
 SCANNED = ("gateway", "tests", "bench", "soak", "deploy", "docs", "examples", "client", "main.py", "README.md",
            "BENCHMARKS.md", "Makefile", ".gcloudignore")
 
@@ -151,7 +153,7 @@ def test_nothing_cites_a_document_outside_the_repository():
     for top in SCANNED:
         base = ROOT / top
         for path in [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file()):
-            if path == Path(__file__) or "__pycache__" in path.parts or path.suffix in (".png", ".pyc"):
+            if "__pycache__" in path.parts or path.suffix in (".png", ".pyc"):
                 continue
             for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
                 if cites_outside(line):
@@ -159,13 +161,14 @@ def test_nothing_cites_a_document_outside_the_repository():
     assert hits == []
 
 
-@pytest.mark.parametrize("line", ["see DESIGN.md", "DESIGN §15", "(STYLE 4)", "issue 23", "Issue #6, item 3",
-                                  "as the design section says", "§15 says so", "the issue's bound"])
+@pytest.mark.parametrize("line", [f"see {_DOC}.md", f"{_DOC} {_SIGN}15", f"({_GUIDE} 4)", "iss" "ue 23",
+                                  "Iss" "ue #6, item 3", "as the des" "ign section says", f"{_SIGN}15 says so",
+                                  "the iss" "ue's bound"])
 def test_each_kind_of_outside_citation_is_found(line):
     assert cites_outside(line)
 
 
-@pytest.mark.parametrize("line", ["RFC 9457 §3.1.1", "a relative `type`, rfc 9457 §3.1.1", "style-src 'self'",
+@pytest.mark.parametrize("line", [f"RFC 9457 {_SIGN}3.1.1", f"a relative `type`, rfc 9457 {_SIGN}3.1.1", "style-src 'self'",
                                   "the design before and after a change", "no issue here"])
 def test_citations_of_what_the_repository_or_a_standard_holds_pass(line):
     assert not cites_outside(line)
