@@ -170,7 +170,7 @@ grant_publishers() {
 # (https://cloud.google.com/firestore/docs/best-practices#high_read_write_and_delete_rates_to_a_narrow_document_range).
 # The queries use job_id (find_job), delivery_id (find_delivery), sweep_at (stale) and created_at
 # (the console's list, newest first): those keep their automatic indexes.
-UNINDEXED_LEDGER_FIELDS=(expires_at parameters query error last_answer result
+UNINDEXED_LEDGER_FIELDS=(expires_at parameters parameter_sources query error last_answer result
   updated_at submitted_at deadline_at last_check_at finished_at queued_at)
 
 create_firestore_ledger() {

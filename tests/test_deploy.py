@@ -543,7 +543,8 @@ def test_ledger_fields_never_queried_are_not_indexed(deploy_commands):
     updates = with_prefix(deploy_commands, "firestore", "indexes", "fields", "update")
     # Large fields, and every timestamp no query uses: an indexed field whose values only grow caps
     # the collection's writes at about 500 per second.
-    assert {argv[5] for argv in updates} == {"parameters", "query", "error", "last_answer", "result"} | LEDGER_TIMESTAMPS
+    assert {argv[5] for argv in updates} == {"parameters", "parameter_sources", "query", "error", "last_answer",
+                                             "result"} | LEDGER_TIMESTAMPS
     assert all(flags(argv)["disable-indexes"] is True for argv in updates)
     assert all(flags(argv)["collection-group"] == "deliveries" for argv in updates)
 
