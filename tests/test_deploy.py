@@ -71,7 +71,7 @@ case "$1 $2 $3" in
     else echo "https://$3.a.run.app"; fi ;;
   "eventarc triggers describe") echo "projects/p/subscriptions/${4##*/}-sub" ;;
   "firestore indexes fields")
-    [[ $4 == list ]] && deployed && printf 'projects/p/databases/d/collectionGroups/c/fields/%s\n' expires_at parameters \
+    [[ $4 == list ]] && deployed && printf 'projects/p/databases/d/collectionGroups/c/fields/%s\n' expires_at parameters parameter_sources \
       query error last_answer result updated_at submitted_at deadline_at last_check_at finished_at queued_at ;;
   "firestore indexes composite")
     if [[ $4 == list ]] && deployed; then
